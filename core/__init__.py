@@ -1,0 +1,1 @@
+"""The kernel: events, bus, plugins, token layout, model, checkpoints, decoding, CLI."""

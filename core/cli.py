@@ -1,0 +1,62 @@
+"""The `omnivox` command line. Each command lives in `omnivox.core.commands.<module>` and exposes
+`register(subparsers)`; a command sets `func(args) -> int` on its parser."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from omnivox.core.errors import OmnivoxError
+
+# Command modules, in --help order. Each is imported only to build the parser (no torch at import).
+COMMAND_MODULES = [
+    "omnivox.core.commands.chat",
+    "omnivox.core.commands.run",
+    "omnivox.core.commands.model",
+    "omnivox.core.commands.plugins",
+    "omnivox.core.commands.train",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnivox",
+        description="Streaming speech agents (Mini-Omni) built from plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"omnivox {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command module not written yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from omnivox import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except OmnivoxError as exc:
+        print(f"omnivox {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

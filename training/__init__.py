@@ -1,0 +1,1 @@
+"""Recipe-driven training: YAML recipes, data, collator, trainer."""
