@@ -81,9 +81,11 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: OmniConf
     return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
 
 
-def upstream_to_native(state: dict[str, torch.Tensor], config: OmniConfig) -> dict[str, torch.Tensor]:
+def upstream_to_native(state: dict[str, torch.Tensor], config: OmniConfig,
+                       source: str = "state dict") -> dict[str, torch.Tensor]:
     """Rename/split a litgpt Mini-Omni state dict into OmniLM keys. Unknown keys are kept under their
     upstream name so that the shape check reports them as unexpected."""
+    fused_rows = (config.n_head + 2 * config.n_query_groups) * config.head_size
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in _TOP_KEYS:
@@ -97,6 +99,11 @@ def upstream_to_native(state: dict[str, torch.Tensor], config: OmniConfig) -> di
         prefix = f"{_STACKS[stack]}.layers.{index}."
         if rest in ("attn.attn.weight", "attn.attn.bias"):
             kind = rest.rsplit(".", 1)[1]
+            if value.shape[0] != fused_rows or (kind == "weight" and tuple(value.shape[1:]) != (config.n_embd,)):
+                want = (fused_rows, config.n_embd) if kind == "weight" else (fused_rows,)
+                raise CheckpointError(f"{source} does not fit its model_config.yaml: mis-shaped: {key} "
+                                      f"{tuple(value.shape)} != {want}",
+                                      "use the weights and model_config.yaml of the same checkpoint")
             q, k, v = split_fused_qkv(value, config)
             for name, part in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
                 out[f"{prefix}self_attn.{name}.{kind}"] = part
@@ -261,7 +268,8 @@ def load_upstream(directory: Path, dtype: torch.dtype | None = None) -> OmniMode
     if config is None:
         raise CheckpointError(f"{directory / CONFIG_FILE} not found",
                               "an upstream checkpoint needs its model_config.yaml next to lit_model.pth")
-    state = upstream_to_native(load_torch_state_dict(directory / UPSTREAM_WEIGHTS), config)
+    weights = directory / UPSTREAM_WEIGHTS
+    state = upstream_to_native(load_torch_state_dict(weights), config, str(weights))
     check_state_dict(state, _meta_model(config), str(directory / UPSTREAM_WEIGHTS), upstream_name)
     return OmniModel(_materialize(config, state, dtype), _load_tokenizer(directory, config), str(directory))
 
@@ -312,7 +320,7 @@ def convert_upstream(src: str | Path, dst: str | Path) -> Path:
     if src.resolve() == dst.resolve():
         raise CheckpointError("source and destination are the same directory", "choose a new destination")
     config = OmniConfig.from_file(src / CONFIG_FILE)
-    state = upstream_to_native(load_torch_state_dict(src / UPSTREAM_WEIGHTS), config)
+    state = upstream_to_native(load_torch_state_dict(src / UPSTREAM_WEIGHTS), config, str(src / UPSTREAM_WEIGHTS))
     check_state_dict(state, _meta_model(config), str(src / UPSTREAM_WEIGHTS), upstream_name)
     dst.mkdir(parents=True, exist_ok=True)
     tmp = dst / (NATIVE_WEIGHTS + ".tmp")

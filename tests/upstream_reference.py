@@ -77,12 +77,13 @@ def upstream_state_dict(cfg: dict, seed: int = 0, dtype=torch.float32) -> dict[s
     return sd
 
 
-def write_upstream_checkpoint(directory: Path, cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+def write_upstream_checkpoint(directory: Path, cfg: dict, seed: int = 0,
+                              dtype=torch.float32) -> dict[str, torch.Tensor]:
     """lit_model.pth + model_config.yaml (+ a byte-level tokenizer.json), as in HF gpt-omni/mini-omni."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     directory.mkdir(parents=True, exist_ok=True)
-    sd = upstream_state_dict(cfg, seed)
+    sd = upstream_state_dict(cfg, seed, dtype)
     torch.save(sd, directory / "lit_model.pth")
     (directory / "model_config.yaml").write_text(yaml.safe_dump(cfg))
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())

@@ -1,0 +1,35 @@
+# One-command entry points. `make demo` installs and runs the main job; `make test` installs and runs the tests.
+PY ?= python3
+# The CPU build of torch; override for CUDA machines, e.g. `make install TORCH=torch`.
+TORCH ?= torch==2.13.0
+OUT ?= out
+APT_PACKAGES = espeak-ng sox mosquitto libsndfile1
+
+.PHONY: install install-system demo test test-fast bench
+
+install-system:
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v mosquitto >/dev/null \
+	    || ! ldconfig -p | grep -q libsndfile; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+install: install-system
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,vad,train]"
+
+demo: install
+	mkdir -p $(OUT)
+	espeak-ng -v en-us -s 150 -w $(OUT)/question.wav "What is the capital of France?"
+	omnivox chat --input $(OUT)/question.wav --output $(OUT)/answer.wav --text-out $(OUT)/answer.txt
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/bench_bus.py
+	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_snac_streaming.py
+	$(PY) benchmarks/bench_convert.py

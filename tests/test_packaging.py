@@ -1,0 +1,35 @@
+"""The distribution maps core/, plugins/, training/ to omnivox.core/.plugins/.training in a real
+(non-editable) install, and the console script works."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_non_editable_install_imports_all_subpackages(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    code = ("import omnivox, omnivox.core.model, omnivox.plugins, omnivox.training, omnivox.core.cli;"
+            "print(omnivox.__file__)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.strip()).is_relative_to(target)
+    assert (target / "omnivox" / "core" / "model.py").is_file()
+    assert not (target / "core").exists() and not (target / "tests").exists()
+
+
+def test_console_script_lists_commands():
+    run = subprocess.run(["omnivox", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    for command in ("convert", "download"):
+        assert command in run.stdout
