@@ -7,6 +7,7 @@ width, channels)`: width 2 = s16le, width 4 = float32le; channels interleaved.""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +29,7 @@ class AudioFormat:
 
     def __post_init__(self) -> None:
         if self.width not in _WIRE_DTYPES:
-            raise InputError(
-                f"unsupported PCM width {self.width} bytes", "use width 2 (s16le) or 4 (float32le)"
-            )
+            raise InputError(f"unsupported PCM width {self.width} bytes", "use width 2 (s16le) or 4 (float32le)")
         if self.rate <= 0 or self.channels <= 0:
             raise InputError(
                 f"bad PCM format: rate {self.rate}, channels {self.channels}",
@@ -110,20 +109,25 @@ def to_mono(pcm: np.ndarray) -> np.ndarray:
 
 def resampled_length(num_samples: int, rate_in: int, rate_out: int) -> int:
     """Length of `resample()`'s output for `num_samples` input samples: ceil(n * out / in)."""
+    _check_rates(rate_in, rate_out)
     g = math.gcd(rate_in, rate_out)
     return -(-num_samples * (rate_out // g) // (rate_in // g))
 
 
 def resample(pcm: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Polyphase resampling along the last axis (scipy.signal.resample_poly, Kaiser window)."""
-    if rate_in <= 0 or rate_out <= 0:
-        raise InputError(f"bad sample rate {rate_in} -> {rate_out}", "give positive sample rates")
+    _check_rates(rate_in, rate_out)
     if rate_in == rate_out:
         return pcm
     from scipy.signal import resample_poly
 
     g = math.gcd(rate_in, rate_out)
     return resample_poly(pcm, rate_out // g, rate_in // g, axis=-1).astype(np.float32)
+
+
+def _check_rates(rate_in: int, rate_out: int) -> None:
+    if not all(isinstance(r, numbers.Integral) and r > 0 for r in (rate_in, rate_out)):
+        raise InputError(f"bad sample rate {rate_in!r} -> {rate_out!r}", "give positive integer sample rates in Hz")
 
 
 def convert(pcm, rate: int, *, to_rate: int, mono: bool, what: str = "audio") -> np.ndarray:

@@ -32,6 +32,6 @@ def unknown_name(kind: str, name: str, valid) -> PluginError:
     """The error for an unknown strategy/codec/encoder/task name: lists the valid ones."""
     valid = sorted(valid)
     return PluginError(
-        f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid) if valid else '(none loaded)'}",
+        f"unknown {kind} {name!r}; valid choices: {', '.join(valid) if valid else '(none loaded)'}",
         f"use one of: {', '.join(valid)}" if valid else "install a plugin that provides one",
     )

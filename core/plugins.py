@@ -188,7 +188,8 @@ def _missing(exc: ImportError, module: str, extra: str | None, dist: str | None)
         return f"plugin module {module!r} not found (reinstall {dist or 'the package that declares it'})"
     if extra:
         return f"missing module {missing!r}: install the extra: pip install '{dist or 'omnivox'}[{extra}]'"
-    return f"missing module {missing!r}: install the package that provides it" + (f" (needed by {dist})" if dist else "")
+    needed_by = f" (needed by {dist})" if dist else ""
+    return f"missing module {missing!r}: install the package that provides it{needed_by}"
 
 
 def _extra_of(ep: metadata.EntryPoint) -> str | None:

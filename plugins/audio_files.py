@@ -36,12 +36,10 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return pcm, int(rate)
 
 
-def write_audio(
-    path: str | os.PathLike, pcm, rate: int, *, subtype: str | None = DEFAULT_SUBTYPE
-) -> Path:
+def write_audio(path: str | os.PathLike, pcm, rate: int, *, subtype: str | None = DEFAULT_SUBTYPE) -> Path:
     """Write PCM ((samples,) or (channels, samples), float or int) to `path`; the container follows the
     suffix (.wav, .flac, ...), `subtype` is a soundfile subtype ("PCM_16", "PCM_24", "FLOAT", ...; None =
-    the container's default). Float samples are clipped to [-1, 1] for integer subtypes."""
+    the container's default). libsndfile clips samples to [-1, 1] for integer subtypes."""
     path = Path(path)
     container = path.suffix.lstrip(".").upper()
     formats = sf.available_formats()
@@ -56,8 +54,6 @@ def write_audio(
             f"use one of: {', '.join(sf.available_subtypes(container))}",
         )
     x = audio.as_float32(pcm, what=f"audio for {path}")  # (channels, samples)
-    if subtype not in ("FLOAT", "DOUBLE"):
-        x = np.clip(x, -1.0, 1.0)
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist", "create it first")
     try:

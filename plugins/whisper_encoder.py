@@ -83,7 +83,7 @@ class WhisperEncoder:
             for start in range(0, x.shape[0], WINDOW_SAMPLES)
         ]  # each (n_mels, 3000)
         dtype = self.encoder.conv1.weight.dtype
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a trained adapter may take these features in autograd
             feats = self.encoder(torch.stack(mels).to(dtype))  # (windows, 1500, feature_dim)
         return feats.reshape(-1, self.feature_dim)[:frames].float()  # (T, feature_dim)
 
@@ -128,9 +128,7 @@ def _audio_dims(dims: Any, where: str, error: type[OmnivoxError] = ConfigError) 
         raise error(f"whisper {where} lack {', '.join(missing)}", f"give all of {', '.join(_AUDIO_DIMS)}")
     out = {k: int(dims[k]) for k in _AUDIO_DIMS}
     if out["n_audio_ctx"] != WINDOW_FRAMES:
-        raise error(
-            f"whisper {where}: n_audio_ctx={out['n_audio_ctx']}", f"use {WINDOW_FRAMES} (30 s of audio)"
-        )
+        raise error(f"whisper {where}: n_audio_ctx={out['n_audio_ctx']}", f"use {WINDOW_FRAMES} (30 s of audio)")
     if out["n_mels"] not in (80, 128):
         raise error(f"whisper {where}: n_mels={out['n_mels']}", "use 80 or 128 (whisper's mel banks)")
     return out

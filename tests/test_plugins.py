@@ -67,8 +67,20 @@ def toy_site(tmp_path_factory) -> Path:
     (src / "omnivox_toycodec.py").write_text(textwrap.dedent(TOY_CODEC))
     (src / "omnivox_toybroken.py").write_text(TOY_BROKEN)
     site = root / "site"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-           "--disable-pip-version-check", "--quiet", "--target", str(site), str(src)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--target",
+        str(site),
+        str(src),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
     assert list(site.glob("omnivox_toycodec-0.3.1.dist-info/entry_points.txt"))
@@ -119,8 +131,7 @@ def test_failed_import_is_skipped_naming_the_module(with_toy):
         manager = plugins.PluginManager(load="toybroken,toycodec")
     why = manager.skipped["toybroken"]
     assert why == (
-        "missing module 'omnivox_toy_missing_dep': install the package that provides it "
-        "(needed by omnivox-toycodec)"
+        "missing module 'omnivox_toy_missing_dep': install the package that provides it (needed by omnivox-toycodec)"
     )
     assert [name for name, _ in manager.pm.list_name_plugin()] == ["toycodec"]
 
@@ -162,7 +173,7 @@ def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(PluginError) as err:
         manager.create("encoders", "whisperr")
     assert "unknown encoder 'whisperr'" in str(err.value) and "whisper" in err.value.fix
-    with pytest.raises(PluginError, match="valid plugin kinds: .*codecs"):
+    with pytest.raises(PluginError, match="valid choices: .*codecs"):
         manager.registry("codec")
 
 
@@ -208,3 +219,19 @@ def test_unknown_name_in_load_limit_is_reported(monkeypatch):
     with pytest.warns(UserWarning, match="'whisper_encodr' skipped: named in OMNIVOX_LOAD_PLUGINS"):
         manager = plugins.PluginManager()
     assert manager.pm.list_name_plugin() == []
+
+
+def test_pipeline_config_selects_the_third_party_codec(with_toy, monkeypatch):
+    from omnivox.core import pipeline
+    from omnivox.core.stage import Stage
+
+    class CodecStage(Stage):
+        def __init__(self, codec, name):
+            super().__init__(name)
+            self.codec = codec
+
+    monkeypatch.setitem(pipeline.STAGE_ADAPTERS, "codecs", CodecStage)
+    config = {"stages": [{"name": "vocoder", "plugin": "codecs/toycodec", "params": {"bits": 4}}]}
+    built = pipeline.Pipeline.from_config(config, plugins=plugins.PluginManager(load="toycodec"))
+    (stage,) = built.stages
+    assert stage.name == "vocoder" and type(stage.codec).__name__ == "ToyCodec" and stage.codec.bits == 4

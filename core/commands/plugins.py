@@ -29,8 +29,7 @@ def collect() -> dict:
         warnings.simplefilter("ignore")
         manager = PluginManager()
     loaded = {
-        name: {"source": manager.sources.get(name, "?"), "registers": {}}
-        for name, _ in manager.pm.list_name_plugin()
+        name: {"source": manager.sources.get(name, "?"), "registers": {}} for name, _ in manager.pm.list_name_plugin()
     }
     for kind in KINDS:
         for entry in manager.registry(kind).entries.values():
