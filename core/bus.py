@@ -12,21 +12,24 @@ Delivery rules:
   from every queue, each subscription's `on_interrupt` callback cancels that turn's in-flight work, and any
   data event of the turn published later is discarded at the door (counted in `Bus.discarded`).
   Cancel(session) does the same for every turn of the session.
+- Shutdown closes the bus: in-flight work is cancelled (on_interrupt(None, None)), publishers blocked on a
+  full queue are released and later data/control events are refused, so every stage stops promptly.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from omnivox.core.errors import ConfigError
-from omnivox.core.events import Cancel, DataEvent, Event, Interruption, SystemEvent
+from omnivox.core.events import Cancel, DataEvent, Event, Interruption, Shutdown, SystemEvent
 
 OVERFLOW_POLICIES = ("block", "drop_oldest")
 
-# on_interrupt(session_id, turn_id): turn_id None means every turn of the session (Cancel).
-InterruptCallback = Callable[[str, "int | None"], None]
+# on_interrupt(session_id, turn_id): cancel in-flight work of that turn; turn_id None = every turn of the
+# session (Cancel); session_id None = all work (Shutdown).
+InterruptCallback = Callable[["str | None", "int | None"], None]
 
 
 class Subscription:
@@ -59,11 +62,6 @@ class Subscription:
 
     def __len__(self) -> int:
         return len(self._items) + len(self._system)
-
-    def wants(self, event: Event, sender: str | None) -> bool:
-        if self.senders is not None and sender not in self.senders:
-            return False
-        return isinstance(event, self.types)
 
     async def get(self) -> Event:
         """The next event: system events first, then the rest in order."""
@@ -107,9 +105,11 @@ class Subscription:
             finally:
                 if putter in self._putters:
                     self._putters.remove(putter)
-            if isinstance(event, DataEvent) and self.bus.is_interrupted(event.session_id, event.turn_id):
+            if self.bus.closed or (
+                isinstance(event, DataEvent) and self.bus.is_interrupted(event.session_id, event.turn_id)
+            ):
                 self.bus.discarded += 1
-                self._wake_putter()  # our turn was interrupted while we waited: leave the room to others
+                self._wake_putter()  # interrupted or shut down while we waited: leave the room to others
                 return
         self._append(event)
 
@@ -136,9 +136,7 @@ class Subscription:
             e
             for e in self._items
             if not (
-                isinstance(e, DataEvent)
-                and e.session_id == session_id
-                and (turn_id is None or e.turn_id == turn_id)
+                isinstance(e, DataEvent) and e.session_id == session_id and (turn_id is None or e.turn_id == turn_id)
             )
         )
         removed = len(self._items) - len(kept)
@@ -166,7 +164,8 @@ class Bus:
 
     def __init__(self, *, remember_turns: int = 4096):
         self.subscriptions: list[Subscription] = []
-        self.discarded = 0  # data events of interrupted turns refused at publish time
+        self.discarded = 0  # events refused: data of interrupted turns, anything after Shutdown
+        self.closed = False  # set by Shutdown: blocked publishers are released, later events refused
         self._interrupted: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._cancelled_sessions: OrderedDict[str, None] = OrderedDict()
         self._remember = remember_turns
@@ -219,14 +218,12 @@ class Bus:
         if isinstance(event, SystemEvent):
             self._publish_system(event)
             return
-        if isinstance(event, DataEvent) and self.is_interrupted(event.session_id, event.turn_id):
+        if self.closed or (isinstance(event, DataEvent) and self.is_interrupted(event.session_id, event.turn_id)):
             self.discarded += 1
             return
         route = self._routes.get(sender)
         if route is None:
-            route = self._routes[sender] = [
-                s for s in self.subscriptions if s.senders is None or sender in s.senders
-            ]
+            route = self._routes[sender] = [s for s in self.subscriptions if s.senders is None or sender in s.senders]
         for sub in route:
             if isinstance(event, sub.types):
                 if sub.overflow == "block":
@@ -241,23 +238,32 @@ class Bus:
         elif isinstance(event, Cancel):
             self._remember_interrupt(self._cancelled_sessions, event.session_id)
             self._interrupt(event.session_id, None)
+        elif isinstance(event, Shutdown):
+            self.closed = True
+            self._interrupt(None, None)
         for sub in list(self.subscriptions):
             sub._put_system(event)
+            if self.closed:
+                for putter in sub._putters:
+                    if not putter.done():
+                        putter.set_result(None)
 
     def _remember_interrupt(self, table: OrderedDict, key) -> None:
         table[key] = None
         if len(table) > self._remember:
             table.popitem(last=False)
 
-    def _interrupt(self, session_id: str, turn_id: int | None) -> None:
-        for sub in list(self.subscriptions):
-            sub._purge(session_id, turn_id)
+    def _interrupt(self, session_id: str | None, turn_id: int | None) -> None:
+        if session_id is not None:
+            for sub in list(self.subscriptions):
+                sub._purge(session_id, turn_id)
         for sub in list(self.subscriptions):
             if sub.on_interrupt is not None:
                 sub.on_interrupt(session_id, turn_id)
 
     async def join(self) -> None:
-        """Wait until every delivered event has been handled (task_done) by its subscriber."""
+        """Wait until every delivered event has been handled (task_done) by its subscriber; so every
+        subscription must be read (or unsubscribed) for a join to return."""
         while self._unfinished > 0:
             if self._idle is None:
                 self._idle = asyncio.Event()

@@ -16,8 +16,9 @@ endian), `channels` (interleaved).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from omnivox.core.errors import InputError
 
