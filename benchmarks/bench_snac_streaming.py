@@ -1,0 +1,98 @@
+"""SNAC 24 kHz streaming decode vs whole-utterance decode (real architecture, random weights, deterministic).
+
+Prints three figures for the default stream decoder (1 coarse frame of lookahead):
+  ours SNR min      - min over frame boundaries of the SNR vs whole decode in a +-256-sample region (dB)
+  upstream SNR min  - the same for upstream's scheme (independent 4-frame windows, tail dropped)
+  compute ratio     - streaming decode time / whole decode time (median of interleaved repeats)
+and the same figures for 2 and 3 frames of lookahead. Run: python benchmarks/bench_snac_streaming.py"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
+
+REGION = 256  # samples each side of a boundary
+
+
+def boundary_snrs(ref: torch.Tensor, est: torch.Tensor, spf: int, n_frames: int) -> list[float]:
+    """SNR (dB) of est vs ref in [b - REGION, b + REGION) for each inner boundary b both cover."""
+    out = []
+    for t in range(1, n_frames):
+        b = t * spf
+        if b + REGION > min(ref.numel(), est.numel()):
+            break
+        r, e = ref[b - REGION : b + REGION], est[b - REGION : b + REGION]
+        out.append(10 * torch.log10(r.pow(2).sum() / (r - e).pow(2).sum().clamp_min(1e-30)).item())
+    return out
+
+
+def stream(codec: SnacCodec, frames: torch.Tensor) -> torch.Tensor:
+    decoder = codec.stream_decoder()
+    parts = [decoder.push(f) for f in frames]
+    return torch.cat(parts + [decoder.flush()])
+
+
+def upstream_windows(codec: SnacCodec, frames: torch.Tensor, window: int = 4) -> torch.Tensor:
+    """Upstream's streaming: each complete group of 4 frames decoded on its own; a shorter tail is dropped."""
+    n = frames.shape[0] // window * window
+    return torch.cat([codec.decode(frames[i : i + window]) for i in range(0, n, window)])
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=18, help="utterance length in coarse frames (85 ms each)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: robust to other load)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base = SnacCodec.load(config=SNAC_24KHZ_CONFIG, seed=0)  # lookahead 1 frame, the default
+    codecs = {la: SnacCodec(base.model, lookahead_frames=la) for la in (1, 2, 3)}  # same weights
+    spf = base.grid.samples_per_frame
+    frames = torch.randint(
+        0, base.grid.codebook_size, (args.frames, base.grid.n_slots), generator=torch.Generator().manual_seed(1)
+    )
+    whole = base.decode(frames)  # also warms up the kernels
+    up_snr = min(boundary_snrs(whole, upstream_windows(base, frames), spf, args.frames))
+    snr = {}
+    for la, codec in codecs.items():
+        ours = stream(codec, frames)
+        assert ours.shape == whole.shape
+        snr[la] = min(boundary_snrs(whole, ours, spf, args.frames))
+
+    times: dict[str, list[float]] = {"whole": [], "upstream": [], 1: [], 2: [], 3: []}
+    for _ in range(args.repeats):  # interleaved, so load changes hit all alike
+        times["whole"].append(timed(base.decode, frames))
+        times["upstream"].append(timed(upstream_windows, base, frames))
+        for la, codec in codecs.items():
+            times[la].append(timed(stream, codec, frames))
+    ratio = {k: statistics.median(v) / statistics.median(times["whole"]) for k, v in times.items()}
+
+    print(
+        f"SNAC 24 kHz, random weights, {args.frames} frames ({args.frames * spf / 24000:.2f} s), "
+        f"{args.threads} threads, boundary region +-{REGION} samples"
+    )
+    print(f"whole-utterance decode: {statistics.median(times['whole']):.2f} s (median of {args.repeats})")
+    print(f"ours SNR min (lookahead 1 frame): {snr[1]:.1f} dB")
+    print(
+        f"upstream SNR min (4-frame windows): {up_snr:.1f} dB  (compute ratio {ratio['upstream']:.2f}x, "
+        f"tail of {args.frames % 4} frames dropped)"
+    )
+    print(f"compute ratio (lookahead 1 frame): {ratio[1]:.2f}x whole-utterance decode")
+    for la in (2, 3):
+        print(f"lookahead {la} frames: SNR min {snr[la]:.1f} dB, compute ratio {ratio[la]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

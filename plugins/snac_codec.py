@@ -1,0 +1,470 @@
+"""SNAC codec plugin (`snac`): hubertsiuzdak/snac_24khz or any SNAC config, with seamless streaming decode.
+
+Token grid: from the config's vq_strides, slots depth-first (core.codec.depth_first_slots): 7 slots for
+[4, 2, 1], 15 for [8, 4, 2, 1]. Input audio is mixed to mono and resampled with
+scipy.signal.resample_poly (core.audio.convert).
+
+Deterministic decoding (`deterministic=True`): the decoder's NoiseBlocks are bypassed (their noise term
+is dropped), so decode is a pure function of the codes and streaming can reproduce it.
+
+Streaming decode. SNAC's decoder is non-causal: each output sample depends on latents on both sides.
+Its receptive field per side (24 kHz model, hop 512 samples per latent): the depthwise k7 conv at the
+latent rate reaches 3 latents (1536 samples); each DecoderBlock(stride s) is a ConvTranspose(k=2s)
+(one input step) then ResidualUnits with k7 convs at dilations 1, 3, 9, i.e. 39 steps of its output
+rate: 39 * (64 + 8 + 2 + 1) = 2925 samples; the final k7 conv 3. Together ~4.7k samples, 10 latents
+(`right_reach()` = 5120, computed from the layers): 2.3 coarse frames. So exact equality needs 3 frames
+of lookahead; with 1 frame the samples just before each frame boundary miss part of their right
+context. `lookahead_frames` (default 1, the project's latency budget) sets the trade-off; left context
+is never cut. Measured (benchmarks/bench_snac_streaming.py; random weights; min SNR over +-256 samples
+around every frame boundary vs whole decode): lookahead 1 -> ~40 dB at ~2.2-2.7x the compute of whole
+decode; 2 -> ~77 dB at ~1.3-2.2x; 3 -> exact (~123 dB, float rounding) at ~1.5x; upstream's independent
+4-frame windows -> 16 dB.
+
+Rather than re-decoding overlapping windows (cost ~ (context + 1) frames per frame), the decoder runs as
+a stream of stateful layers (`_Stream*` below): every conv keeps the last (kernel-1)*dilation inputs,
+every transposed conv its last input, every residual unit the skip inputs it still has to add, so each
+latent is processed once and the exact part of the output grows incrementally. The part not yet exact
+but due under the lookahead is computed speculatively, as if the stream ended there (the layers' zero
+padding), in the same kernel calls, without touching the states; flush() emits exactly that
+end-of-stream tail, so the total output equals whole-utterance decode. Extra compute per push is that
+speculative span: (right reach - lookahead) samples at every layer (~1.5 frames at lookahead 1), plus
+one read of the big first upsampler's weights. Local attention (32/44 kHz models) is not
+streamable this way: stream_decoder() refuses those configs; encode/decode work for them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omnivox.core.audio import convert
+from omnivox.core.codec import (
+    TokenGrid,
+    codes_to_frames,
+    depth_first_slots,
+    frames_to_codes,
+    validate_frame,
+)
+from omnivox.core.errors import CheckpointError, ConfigError, InputError
+from omnivox.core.hookspecs import hookimpl
+
+DEFAULT_MODEL = "hubertsiuzdak/snac_24khz"
+SNAC_24KHZ_CONFIG = {
+    "sampling_rate": 24000,
+    "encoder_dim": 48,
+    "encoder_rates": [2, 4, 8, 8],
+    "decoder_dim": 1024,
+    "decoder_rates": [8, 8, 4, 2],
+    "attn_window_size": None,
+    "codebook_size": 4096,
+    "codebook_dim": 8,
+    "vq_strides": [4, 2, 1],
+    "noise": True,
+    "depthwise": True,
+}
+
+
+class SnacCodec:
+    """A SNAC model behind the codec contract. Build with `SnacCodec.load(...)` or `SnacCodec(model)`; the
+    model is changed in place (weight norm folded into plain weights; with `deterministic`, noise bypassed)."""
+
+    def __init__(self, model, *, deterministic: bool = True, lookahead_frames: float = 1.0):
+        from snac.layers import NoiseBlock
+
+        if lookahead_frames < 0:
+            raise ConfigError(f"lookahead_frames={lookahead_frames} is negative", "use 0 or more (default 1)")
+        self.model = model.eval()
+        self.deterministic = deterministic
+        self.lookahead_frames = lookahead_frames
+        strides = list(model.vq_strides)
+        hop = int(math.prod(model.decoder_rates))
+        if hop != int(model.hop_length):
+            raise ConfigError(
+                f"SNAC config: decoder_rates {model.decoder_rates} (x{hop}) do not invert encoder_rates "
+                f"{model.encoder_rates} (x{model.hop_length})",
+                "use a config whose encoder and decoder rates have the same product",
+            )
+        self.grid = TokenGrid(
+            n_codebooks=len(strides),
+            codebook_size=int(model.codebook_size),
+            frame_rate=model.sampling_rate / (hop * strides[0]),
+            sample_rate=int(model.sampling_rate),
+            slots=depth_first_slots(strides),
+        )
+        for module in model.modules():  # weight norm -> plain weights: same values, computed once
+            if torch.nn.utils.parametrize.is_parametrized(module, "weight"):
+                torch.nn.utils.parametrize.remove_parametrizations(module, "weight")
+            if deterministic and isinstance(module, NoiseBlock):
+                module.forward = _identity
+
+    @classmethod
+    def load(cls, model: str | None = None, config: dict | None = None, *, seed: int | None = None, **kw):
+        """`config` dict: SNAC(**config) with random weights (seeded by `seed`). Otherwise `model`: a local
+        dir with config.json + pytorch_model.bin, or a Hugging Face id (default hubertsiuzdak/snac_24khz)."""
+        from snac import SNAC
+
+        if config is not None:
+            if model is not None:
+                raise ConfigError("snac codec: both `model` and `config` given", "give one of them")
+            if seed is not None:
+                torch.manual_seed(seed)
+            try:
+                return cls(SNAC(**config), **kw)
+            except TypeError as exc:
+                raise ConfigError(f"snac codec config: {exc}", f"use the keys of {sorted(SNAC_24KHZ_CONFIG)}") from None
+        model = model or DEFAULT_MODEL
+        if os.path.isdir(model):
+            cfg_path, weights_path = Path(model, "config.json"), Path(model, "pytorch_model.bin")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            try:
+                cfg_path = Path(hf_hub_download(model, "config.json"))
+                weights_path = Path(hf_hub_download(model, "pytorch_model.bin"))
+            except Exception as exc:  # offline, unknown repo, ...
+                raise CheckpointError(
+                    f"cannot fetch SNAC model {model!r} from the Hugging Face hub ({type(exc).__name__})",
+                    "pass a local directory holding config.json and pytorch_model.bin",
+                ) from None
+        for path in (cfg_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(f"SNAC checkpoint file {path} is missing", "download the full model dir")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+            snac = SNAC(**cfg)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{cfg_path} is not a SNAC config: {exc}", "use the model's config.json") from None
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {weights_path}: {exc}", "re-download the checkpoint") from None
+        _check_state(snac, state, weights_path)
+        snac.load_state_dict(state)
+        return cls(snac, **kw)
+
+    # ---- contract ---------------------------------------------------------------------------------
+    def encode(self, pcm, sample_rate: int) -> Tensor:
+        """PCM -> frames (n_frames, n_slots); the audio is zero-padded to whole coarse frames."""
+        x = torch.from_numpy(convert(pcm, sample_rate, to_rate=self.grid.sample_rate, mono=True))
+        with torch.inference_mode():
+            codes = self.model.encode(x[None, None])  # list of (1, T_k)
+        return codes_to_frames([c[0] for c in codes], self.grid)
+
+    def decode(self, frames: Tensor) -> Tensor:
+        """(n_frames, n_slots) -> float32 (n_frames * samples_per_frame,)."""
+        window = self.model.attn_window_size
+        with torch.inference_mode():
+            z = self.latents(frames)  # (1, latent_dim, n_frames * strides[0])
+            pad = -z.shape[-1] % window if window else 0  # local attention needs whole windows (zero-padded)
+            audio = self.model.decoder(F.pad(z, (0, pad)))
+        return audio[0, 0, : z.shape[-1] * self.model.hop_length].float().contiguous()
+
+    def stream_decoder(self) -> SnacStreamDecoder:
+        return SnacStreamDecoder(self)
+
+    def right_reach(self) -> int:
+        """Samples of future the decoder's output depends on (its right receptive field), from the layers'
+        kernels, dilations and strides: lookahead_frames >= ceil(right_reach / samples_per_frame) is exact."""
+        graph, hop = _stream_graph(self.model.decoder.model), int(self.model.hop_length)
+        upto = 1000 * hop
+        return graph.need(upto) * hop - upto
+
+    def latents(self, frames: Tensor) -> Tensor:
+        """(n_frames, n_slots) -> decoder input (1, latent_dim, n_frames * strides[0])."""
+        codes = [c[None] for c in frames_to_codes(frames, self.grid)]
+        return self.model.quantizer.from_codes(codes)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _check_state(snac: nn.Module, state: dict, path: Path) -> None:
+    """CheckpointError naming the file and the first mismatching tensor (missing, extra, wrong shape).
+    Old weight-norm names (`weight_g`/`weight_v`, which torch converts on load) count as the new ones."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict", "use pytorch_model.bin")
+    renamed = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+    theirs = {}
+    for key, value in state.items():
+        for old, new in renamed.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        theirs[key] = value
+    own = snac.state_dict()
+    missing = [k for k in own if k not in theirs]
+    extra = [k for k in theirs if k not in own]
+    wrong = [
+        (k, tuple(theirs[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in theirs and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    if missing or extra or wrong:
+        if wrong:
+            detail = f"tensor {wrong[0][0]} has shape {wrong[0][1]}, the config needs {wrong[0][2]}"
+        else:
+            detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise CheckpointError(
+            f"{path} does not fit the SNAC config beside it ({len(wrong)} shape mismatches, {len(missing)} "
+            f"missing, {len(extra)} unexpected tensors): {detail}",
+            "use the config.json saved with these weights (is this a checkpoint of another codec config?)",
+        )
+
+
+# ---- streaming layers ---------------------------------------------------------------------------------
+# Each node maps (1, C, n) chunks. run(x, spec, upto) commits the new exact inputs x and returns
+# (exact outputs now computable, speculative outputs or None). `spec` continues x speculatively (None: no
+# speculation); the speculative outputs are those that would follow if the stream ended after spec (zero
+# padding), computed only up to absolute output position `upto` (None: to the end), in the same kernel
+# calls as the exact ones. need(upto): the absolute input position those outputs read up to.
+
+
+def _empty(x: Tensor, channels: int) -> Tensor:
+    return x.new_zeros(x.shape[0], channels, 0)
+
+
+def _split(y: Tensor, n: int, spec: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    return (y, None) if spec is None else (y[..., :n], y[..., n:])
+
+
+class _StreamPointwise:
+    """Snake, Tanh, bypassed noise, k=1 convs: no context."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
+        both = x if spec is None else torch.cat([x, spec], -1)
+        return _split(self.fn(both) if both.shape[-1] else both, x.shape[-1], spec)
+
+    def need(self, upto: int) -> int:
+        return upto
+
+
+class _StreamConv:
+    """Stride-1 Conv1d with `padding` zeros each side: keeps the last (kernel-1)*dilation inputs."""
+
+    def __init__(self, conv: nn.Conv1d):
+        self.weight, self.bias = conv.weight, conv.bias
+        self.dilation, self.groups = conv.dilation[0], conv.groups
+        self.span = (conv.kernel_size[0] - 1) * self.dilation
+        self.right_pad = self.span - conv.padding[0]
+        self.state = conv.weight.new_zeros(1, conv.in_channels, conv.padding[0])  # left zero padding
+        self.n_out = 0
+
+    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
+        buf = torch.cat([self.state, x], dim=-1)
+        n_exact = max(0, buf.shape[-1] - self.span)
+        self.state = buf[..., buf.shape[-1] - min(self.span, buf.shape[-1]) :]
+        if spec is not None:
+            length = None if upto is None else max(buf.shape[-1], upto - self.n_out + self.span)
+            buf = F.pad(torch.cat([buf, spec], -1), (0, self.right_pad))[..., :length]
+        self.n_out += n_exact
+        if buf.shape[-1] <= self.span:
+            return _split(_empty(x, self.weight.shape[0]), 0, spec)
+        y = F.conv1d(buf, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
+        return _split(y, n_exact, spec)
+
+    def need(self, upto: int) -> int:
+        return upto + self.right_pad
+
+
+class _StreamConvTranspose:
+    """ConvTranspose1d with kernel 2*stride (SNAC's upsamplers). Full-output block j (positions [j*s, (j+1)*s))
+    = W[..., :s] x_j + W[..., s:] x_(j-1), so after n inputs positions < n*s are exact; the module's output
+    is full[pad : pad + n*s]. Computed as two matmuls over exact and speculative inputs together: the big
+    first upsampler is weight-bandwidth bound at streaming chunk sizes, so its weights are read once a push."""
+
+    def __init__(self, conv: nn.ConvTranspose1d):
+        self.s = conv.stride[0]
+        if conv.kernel_size[0] != 2 * self.s or conv.groups != 1:
+            raise ConfigError(
+                f"transposed conv (kernel {conv.kernel_size[0]}, stride {self.s}, groups {conv.groups}) "
+                "is not SNAC's kernel-2x-stride upsampler",
+                "stream only SNAC decoders",
+            )
+        w = conv.weight.detach()  # (C_in, C_out, 2s)
+        self.w_now = w[..., : self.s].permute(1, 2, 0).reshape(-1, w.shape[0])  # (C_out*s, C_in)
+        self.w_before = w[..., self.s :].permute(1, 2, 0).reshape(-1, w.shape[0])
+        self.bias = None if conv.bias is None else conv.bias.detach()[:, None, None]  # (C_out, 1, 1)
+        self.c_out, self.pad = w.shape[1], conv.padding[0]
+        self.prev = w.new_zeros(1, w.shape[0], 1)  # the input before the first: contributes 0
+        self.n_in = 0
+
+    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
+        m = x.shape[-1]
+        ends = spec is not None
+        if spec is not None and upto is not None:
+            k_need = self.need(upto) - self.n_in - m
+            ends = k_need > spec.shape[-1]  # asked beyond the speculative input: its end is the stream's end
+            spec = spec[..., : max(0, k_need)]
+        seq = x if spec is None else torch.cat([x, spec], -1)  # (1, C_in, L)
+        n_seq, prev = seq.shape[-1], self.prev
+        start = self.n_in * self.s  # full position of the first block computed here
+        first = max(start, self.pad)  # full position of the first output returned
+        n_exact = max(0, (self.n_in + m) * self.s - first)
+        total = self.n_in + n_seq
+        if m:
+            self.prev = x[..., -1:]
+        self.n_in += m
+        if n_seq == 0 and not (ends and total):
+            return _split(_empty(x, self.c_out), 0, spec)
+        before = torch.cat([prev, seq], -1)[0]  # (C_in, L + 1): x_(j-1) for block j; the last feeds the tail
+        y = self.w_before @ (before if ends else before[:, :n_seq])  # (C_out*s, blocks)
+        y[:, :n_seq] += self.w_now @ seq[0]
+        y = y.view(self.c_out, self.s, -1)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.permute(0, 2, 1).reshape(1, self.c_out, -1)  # (1, C_out, blocks*s) from full position `start`
+        hi = self.pad + total * self.s - start if ends else y.shape[-1]
+        return _split(y[..., first - start : max(first - start, hi)], n_exact, spec)
+
+    def need(self, upto: int) -> int:
+        return (upto - 1 + self.pad) // self.s + 1 if upto > 0 else 0
+
+
+class _StreamResidual:
+    """x + block(x): holds the skip inputs until the block's (lagging) output for them is exact."""
+
+    def __init__(self, block: _StreamSequence):
+        self.block = block
+        self.skip: Tensor | None = None
+
+    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
+        y, y_spec = self.block.run(x, spec, upto)
+        skip = x if self.skip is None else torch.cat([self.skip, x], -1)
+        out, self.skip = skip[..., : y.shape[-1]] + y, skip[..., y.shape[-1] :]
+        if spec is not None:
+            y_spec = torch.cat([self.skip, spec], -1)[..., : y_spec.shape[-1]] + y_spec
+        return out, y_spec
+
+    def need(self, upto: int) -> int:
+        return self.block.need(upto)
+
+
+class _StreamSequence:
+    def __init__(self, nodes: list):
+        self.nodes = nodes
+
+    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
+        uptos = [upto]
+        for node in reversed(self.nodes[1:]):
+            uptos.append(None if upto is None else node.need(uptos[-1]))
+        for node, u in zip(self.nodes, reversed(uptos), strict=True):
+            x, spec = node.run(x, spec, u)
+        return x, spec
+
+    def need(self, upto: int) -> int:
+        for node in reversed(self.nodes):
+            upto = node.need(upto)
+        return upto
+
+
+def _stream_graph(module: nn.Module):
+    """Mirror SNAC's decoder module tree with streaming nodes."""
+    from snac.layers import DecoderBlock, NoiseBlock, ResidualUnit, Snake1d
+
+    if isinstance(module, nn.Sequential):
+        return _StreamSequence([_stream_graph(m) for m in module])
+    if isinstance(module, DecoderBlock):
+        return _stream_graph(module.block)
+    if isinstance(module, ResidualUnit):
+        return _StreamResidual(_stream_graph(module.block))
+    if isinstance(module, nn.Conv1d):
+        if module.stride[0] != 1:
+            raise ConfigError(
+                f"decoder conv with stride {module.stride[0]} is not streamable",
+                "decode whole with codec.decode(frames)",
+            )
+        return _StreamPointwise(module) if module.kernel_size[0] == 1 else _StreamConv(module)
+    if isinstance(module, nn.ConvTranspose1d):
+        return _StreamConvTranspose(module)
+    if isinstance(module, (Snake1d, nn.Tanh, NoiseBlock)):
+        return _StreamPointwise(module)
+    raise ConfigError(
+        f"SNAC decoder layer {type(module).__name__} has no streaming form (local attention: 32/44 kHz models)",
+        "decode those models whole with codec.decode(frames)",
+    )
+
+
+class SnacStreamDecoder:
+    """push(frame) returns the audio up to `lookahead_frames` before the newest frame's end; flush() the rest.
+    The concatenation equals SnacCodec.decode of all frames (see the module docstring for the lookahead)."""
+
+    def __init__(self, codec: SnacCodec):
+        if codec.model.attn_window_size:
+            raise ConfigError(
+                f"streaming decode is not available for SNAC configs with local attention "
+                f"(attn_window_size={codec.model.attn_window_size})",
+                "use codec.decode(frames) for this model, or the 24 kHz model for streaming",
+            )
+        self.codec = codec
+        self.spf = codec.grid.samples_per_frame
+        self.lookahead = round(codec.lookahead_frames * self.spf)
+        self.graph = _stream_graph(codec.model.decoder.model)
+        self.n_frames = 0
+        self.emitted = 0  # samples returned so far
+        self.exact_total = 0  # exact samples the layer stream has produced so far
+        self.pending = torch.zeros(0)  # the exact ones not yet returned: positions [exact_total - len, exact_total)
+        self.closed = False
+
+    def push(self, frame) -> Tensor:
+        self._check_open()
+        frame = validate_frame(frame, self.codec.grid)
+        with torch.inference_mode():
+            z = self.codec.latents(frame)  # (1, latent_dim, strides[0])
+            self.n_frames += 1
+            due = self.n_frames * self.spf - self.lookahead  # audio up to here is returned now
+            y, tail = self.graph.run(z, z[..., :0], max(due, 0))  # tail: as if the stream ended here
+            self._take_exact(y[0, 0].float())
+            if due <= self.emitted:
+                return torch.zeros(0)
+            return self._emit(torch.cat([self.pending, tail[0, 0].float()]), due)
+
+    def flush(self) -> Tensor:
+        """The rest of the utterance (the end-of-stream tail upstream drops). The decoder is then spent."""
+        self._check_open()
+        self.closed = True
+        with torch.inference_mode():
+            empty = torch.zeros(1, self.codec.model.latent_dim, 0)
+            _, tail = self.graph.run(empty, empty, None)
+        return self._emit(torch.cat([self.pending, tail[0, 0].float()]), self.n_frames * self.spf)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InputError("this SNAC stream decoder was already flushed", "start a new one: codec.stream_decoder()")
+
+    def _take_exact(self, y: Tensor) -> None:
+        """Append newly exact samples to `pending`, keeping only those not yet returned."""
+        self.exact_total += y.numel()
+        buf, keep = torch.cat([self.pending, y]), max(0, self.exact_total - self.emitted)
+        self.pending = buf[buf.numel() - min(keep, buf.numel()) :]
+
+    def _emit(self, available: Tensor, due: int) -> Tensor:
+        """Positions [emitted, due) of `available`, which starts where `pending` starts."""
+        start = self.exact_total - self.pending.numel()
+        out = available[self.emitted - start : due - start].clone()
+        self.emitted += out.numel()
+        self.pending = self.pending[min(self.pending.numel(), self.emitted - start) :]
+        return out
+
+
+def make_snac_codec(
+    model: str | None = None,
+    config: dict | None = None,
+    deterministic: bool = True,
+    lookahead_frames: float = 1.0,
+    seed: int | None = None,
+) -> SnacCodec:
+    """Factory for the registry: see SnacCodec.load."""
+    return SnacCodec.load(model, config, seed=seed, deterministic=deterministic, lookahead_frames=lookahead_frames)
+
+
+@hookimpl
+def register_codecs(registry):
+    registry.add("snac", make_snac_codec, description="SNAC (default hubertsiuzdak/snac_24khz), seamless streaming")
