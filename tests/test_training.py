@@ -1,0 +1,247 @@
+"""Training runs on a tiny random data set: the trainable map is exact per stage, kill-and-resume gives the
+weights of an uninterrupted run, and bad inputs fail with a clear error before any training step."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omnivox.core.errors import CheckpointError, ConfigError, InputError
+from omnivox.training.freeze import GROUP_PREFIXES, group_of
+from omnivox.training.recipe import build_model, load_recipe
+from omnivox.training.trainer import read_init_state, train, write_native
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+STAGES = {"tiny_stage1_alignment": ["A1T1", "T1A2"], "tiny_stage2_adaption": ["A1T2"],
+          "tiny_stage3_finetune": ["A1A2"]}
+
+
+def make_manifest(directory: Path, n: int = 4, frames: int = 6, feature_frames: int = 12, feature_dim: int = 32,
+                  slots: int = 7, codebook: int = 64, seed: int = 0) -> Path:
+    """A prepared manifest of random features/codec frames: every task over n questions."""
+    rng = np.random.default_rng(seed)
+    (directory / "cache").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n):
+        feats = directory / "cache" / f"f{k}.npy"
+        np.save(feats, rng.standard_normal((feature_frames + k, feature_dim)).astype(np.float32))
+        codes = directory / "cache" / f"c{k}.npy"
+        np.save(codes, rng.integers(0, codebook, (frames + k, slots)).astype(np.int32))
+        q, a = f"what is {k} plus {k}", f"it is {2 * k}"
+        rows += [
+            {"id": f"{k}-asr", "task": "A1T1", "question_features": f"cache/f{k}.npy", "answer_text": q},
+            {"id": f"{k}-tts", "task": "T1A2", "question_text": a, "answer_text": a,
+             "answer_frames": f"cache/c{k}.npy"},
+            {"id": f"{k}-qa", "task": "A1T2", "question_features": f"cache/f{k}.npy", "answer_text": a},
+            {"id": f"{k}-qa-speech", "task": "A1A2", "question_features": f"cache/f{k}.npy", "answer_text": a,
+             "answer_frames": f"cache/c{k}.npy"},
+        ]
+    path = directory / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def overrides(manifest: Path, out: Path, **extra) -> list[str]:
+    base = {"data.path": str(manifest), "output_dir": str(out), "logger.tensorboard": "false",
+            "logger.plot": "false", "training.log_every": "1", "training.checkpoint_every": "0"}
+    base.update({k.replace("__", "."): str(v) for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def random_init(tmp_path_factory) -> Path:
+    """A random tiny model (the tiny recipes' shape) saved in the native format, used as init_from."""
+    from omnivox.core.tokenizer import TextTokenizer
+
+    torch.manual_seed(5)
+    model = build_model("tiny", {"post_adapter": True, "post_adapter_layers": 1}, init_std=0.3)
+    directory = tmp_path_factory.mktemp("init")
+    write_native(directory, model.state_dict(), model.config, TextTokenizer.byte_level())
+    return directory
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_trainable_map_is_exact(stage, data, random_init, tmp_path):
+    """After one step, exactly the tensors of the groups the stage's recipe marks `full` changed."""
+    recipe = load_recipe(RECIPES / f"{stage}.yaml", overrides(
+        data, tmp_path, init_from=random_init, training__max_steps=1, training__batch_size=16,
+        data__tasks=json.dumps(STAGES[stage])))
+    train(recipe)
+    before, _ = read_init_state(random_init)
+    after = load_file(str(tmp_path / "export" / "model.safetensors"))
+    full = {g for g, mode in recipe["trainable"].items() if mode == "full"}
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    expected = {k for k in after if group_of(k) in full}
+    assert changed == expected
+    want = {"tiny_stage1_alignment": {"adapter"}, "tiny_stage2_adaption": {"lm", "heads"},
+            "tiny_stage3_finetune": set(GROUP_PREFIXES)}[stage]
+    assert {group_of(k) for k in changed} == want
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "omnivox.core.cli", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+
+
+@pytest.mark.slow  # a subprocess start plus two short runs
+def test_kill_and_resume_gives_identical_weights(data, random_init, tmp_path):
+    recipe = str(RECIPES / "tiny_stage3_finetune.yaml")
+    common = dict(init_from=random_init, training__max_steps=12, training__batch_size=4,
+                  training__checkpoint_every=3, data__tasks="[A1A2, T1A2, A1T1]")
+    full_run = load_recipe(recipe, overrides(data, tmp_path / "full", **common))
+    train(full_run)
+
+    killed = tmp_path / "killed"
+    proc = _run_cli([recipe, *overrides(data, killed, **common)])
+    for line in proc.stdout:
+        if line.startswith("checkpoint saved") and "step 3)" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "summary.json").exists()  # it died mid-run
+    assert (killed / "checkpoints" / "latest").read_text() in {f"step_{s:06d}" for s in (3, 6, 9)}
+
+    train(load_recipe(recipe, overrides(data, killed, resume="auto", **common)))
+    a = load_file(str(tmp_path / "full" / "export" / "model.safetensors"))
+    b = load_file(str(killed / "export" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the metrics of the resumed run continue those of the killed one, step for step
+    def losses(run: Path) -> list[list[str]]:  # step, loss terms, lr, grad norm (throughput differs)
+        return [row.split(",")[:-2] for row in (run / "metrics.csv").read_text().splitlines()]
+
+    assert losses(killed) == losses(tmp_path / "full")
+    assert [row[0] for row in losses(killed)[1:]] == [f"{s}.0" for s in range(1, 13)]
+    state = torch.load(killed / "checkpoints" / "step_000012" / "state.pt", weights_only=False)
+    assert state["step"] == 12 and state["position"] == 48
+
+
+def _no_step_taken(out: Path) -> bool:
+    return not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()
+
+
+def test_manifest_missing_file_names_file_and_line(data, tmp_path):
+    lines = data.read_text().splitlines()
+    row = json.loads(lines[2])
+    row["question_features"] = "cache/nope.npy"
+    lines[2] = json.dumps(row)
+    bad = data.parent / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"bad\.jsonl:3: question_features file cache/nope\.npy not found"):
+        train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml", overrides(bad, tmp_path, init_from="null")))
+    assert _no_step_taken(tmp_path)
+
+
+def test_unprepared_manifest_says_run_prepare(tmp_path):
+    (tmp_path / "q.wav").write_bytes(b"RIFF")
+    manifest = tmp_path / "raw.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "task": "A1T2", "question_audio": "q.wav", "answer_text": "x"}) + "\n")
+    with pytest.raises(InputError, match=r"raw\.jsonl:1: question_features missing") as info:
+        train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml", overrides(manifest, tmp_path, init_from="null")))
+    assert "omnivox prepare" in info.value.fix
+
+
+def test_audio_too_long_for_context(data, tmp_path):
+    """Features of 12..15 frames + answer do not fit a 24-position context: the first such line is named."""
+    with pytest.raises(InputError, match=r"manifest\.jsonl:1: the question audio and answer need \d+ positions "
+                                         r"but the model's context is 24"):
+        train(load_recipe(RECIPES / "tiny_stage1_alignment.yaml", overrides(
+            data, tmp_path, init_from="null", model__overrides="{post_adapter: true, post_adapter_layers: 1, "
+                                                                "block_size: 24}")))
+    assert _no_step_taken(tmp_path)
+
+
+def test_init_from_with_other_shapes_fails_before_training(data, tmp_path):
+    from omnivox.core.tokenizer import TextTokenizer
+
+    other = build_model("tiny", {"n_embd": 32, "head_size": 8, "post_adapter": True, "post_adapter_layers": 1})
+    write_native(tmp_path / "other", other.state_dict(), other.config, TextTokenizer.byte_level())
+    with pytest.raises(CheckpointError, match=r"do not fit the model: .*backbone\.embed_tokens\.weight "
+                                              r"\(1216, 32\) != model \(1216, 64\)"):
+        train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml",
+                          overrides(data, tmp_path / "run", init_from=tmp_path / "other")))
+    assert _no_step_taken(tmp_path / "run")
+
+
+def test_init_from_partial_load_is_reported(data, tmp_path, capsys):
+    """A model without the TTS adapter loads into one with it: the missing tensors are listed."""
+    from omnivox.core.tokenizer import TextTokenizer
+
+    plain = build_model("tiny")
+    write_native(tmp_path / "plain", plain.state_dict(), plain.config, TextTokenizer.byte_level())
+    train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml",
+                      overrides(data, tmp_path / "run", init_from=tmp_path / "plain", training__max_steps=1)))
+    out = capsys.readouterr().out
+    assert f"init_from {tmp_path / 'plain'} (omnivox): loaded {len(plain.state_dict())} of" in out
+    assert "kept at initialisation" in out and "post_adapter.layers.0" in out
+    after = load_file(str(tmp_path / "run" / "export" / "model.safetensors"))
+    assert torch.equal(after["adapter.gate_proj.weight"], plain.state_dict()["adapter.gate_proj.weight"])
+
+
+def test_init_from_qwen2_extends_the_vocabulary(tmp_path):
+    """A Hugging Face Qwen2 directory (text vocab only) fills the first rows of the multi-stream table."""
+    from transformers import Qwen2ForCausalLM
+
+    from omnivox.core.model import qwen2_config
+    from omnivox.training.trainer import load_init
+
+    model = build_model("tiny")
+    cfg = model.config
+    qwen = Qwen2ForCausalLM(qwen2_config(cfg, vocab_size=cfg.text_vocab_size))
+    qwen.save_pretrained(tmp_path)
+    report = load_init(model, tmp_path)
+    assert report[0].startswith(f"init_from {tmp_path} (qwen2): loaded")
+    assert any("backbone.embed_tokens.weight rows 0..319 of 1216" in line for line in report)
+    assert torch.equal(model.backbone.embed_tokens.weight[:320], qwen.model.embed_tokens.weight)
+    assert torch.equal(model.lm_head.weight[:320], qwen.lm_head.weight)
+    assert torch.equal(model.backbone.layers[1].mlp.up_proj.weight, qwen.model.layers[1].mlp.up_proj.weight)
+
+
+def test_resume_path_without_state_is_refused(data, tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(CheckpointError, match="has no state.pt"):
+        train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml",
+                          overrides(data, tmp_path / "run", init_from="null", resume=tmp_path / "ckpt")))
+
+
+def test_bad_tasks_and_batch_size(data, tmp_path):
+    with pytest.raises(InputError, match="data.tasks names unknown task 'A2T2'"):
+        train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml",
+                          overrides(data, tmp_path, init_from="null", data__tasks="[A2T2]")))
+    with pytest.raises(ConfigError, match="training.batch_size"):
+        load_recipe(RECIPES / "tiny_stage2_adaption.yaml", overrides(data, tmp_path, training__batch_size=0))
+
+
+def test_each_loss_term_is_logged(data, tmp_path):
+    train(load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(
+        data, tmp_path, init_from="null", training__max_steps=2, data__tasks="[A1A2]")))
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:10] == ["step", "loss", "text"] + [f"audio_{i}" for i in range(7)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["replica_digests"] == [summary["export_digest"]]
+
+
+def test_loss_curve_png_at_the_end(data, tmp_path):
+    pytest.importorskip("matplotlib")  # the `train` extra
+    train(load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(
+        data, tmp_path, init_from="null", training__max_steps=3, data__tasks="[A1A2]", logger__plot="true")))
+    png = tmp_path / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "summary.json").read_text())["loss_png"] == str(png)
