@@ -1,8 +1,8 @@
 """Every event that travels on the bus: plain dataclasses in three classes (as in Pipecat).
 
 - SystemEvent: urgent, jumps every queue, never dropped (Interruption, Error, Cancel, Shutdown).
-- DataEvent: ordered, dropped when its turn is interrupted (AudioChunk, Features, TextToken, CodecFrame,
-  AudioOut).
+- DataEvent: ordered, dropped when its turn is interrupted (AudioChunk, Features, TextIn, TextToken,
+  CodecFrame, AudioOut).
 - ControlEvent: ordered, never dropped by an interruption (AudioStart/AudioStop, VoiceStarted/VoiceStopped,
   TurnStart/TurnEnd, Metrics).
 
@@ -149,6 +149,13 @@ class TextToken(DataEvent):
     token_id: int
     text: str = ""
     step: int = 0
+
+
+@dataclass(slots=True)
+class TextIn(DataEvent):
+    """User text for the LM (text-in tasks T1A2 / T1T2)."""
+
+    text: str
 
 
 @dataclass(slots=True)

@@ -70,7 +70,11 @@ STAGE_KINDS: dict[str, StageKind] = {
 
 # kind -> adapter(component, *, name, **params) -> Stage, or "module:attribute" imported on first use. Stage
 # params the factory does not take go to the adapter (its signature is checked like a factory's).
-STAGE_ADAPTERS: dict[str, Callable[..., Stage] | str] = {}
+STAGE_ADAPTERS: dict[str, Callable[..., Stage] | str] = {
+    "encoders": "omnivox.core.model_stages:EncoderStage",
+    "strategies": "omnivox.core.model_stages:LMStage",
+    "codecs": "omnivox.core.model_stages:CodecStage",
+}
 
 
 def register_stage_adapter(kind: str, adapter: Callable[..., Stage] | str) -> None:

@@ -1,0 +1,165 @@
+"""The main job: the chat pipeline with real stages (encoder, LM + strategy, codec, file output) on tiny
+random components, and `omnivox chat` end to end on an espeak-ng recording."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from omnivox.core import demo
+from omnivox.core.events import AudioOut, CodecFrame, Interruption, TextIn, TextToken, TurnEnd, TurnStart
+from omnivox.core.model_stages import CodecStage, LMStage
+from omnivox.core.pipeline import Pipeline
+from omnivox.core.stage import Stage
+from omnivox.plugins.audio_files import FileAudioOutput
+from omnivox.plugins.snac_codec import SnacCodec
+
+# A SNAC with 3 codebooks of 4096 (like the 24 kHz model) but tiny layers.
+TINY_SNAC = dict(sampling_rate=8000, encoder_dim=4, encoder_rates=[2, 2], decoder_dim=16, decoder_rates=[2, 2],
+                 attn_window_size=None, codebook_size=4096, codebook_dim=4, vq_strides=[4, 2, 1], noise=True,
+                 depthwise=True)
+
+
+@pytest.fixture(scope="module")
+def components():
+    """The demo's tiny random model (its audio heads never pick a special id, so every step completes a
+    frame and no answer stops before max_steps) and a tiny SNAC."""
+    return demo.tiny_model(seed=1), SnacCodec.load(config=TINY_SNAC, seed=0)
+
+
+class Recorder(Stage):
+    """Records the events passing by (and passes them on) and, at the first audio of a turn, whether the LM
+    was still generating."""
+
+    consumes = (AudioOut, TextToken, CodecFrame, TurnEnd)
+
+    def __init__(self, lm: LMStage):
+        super().__init__("recorder")
+        self.lm, self.events, self.audio_while_generating = lm, [], {}
+
+    async def process(self, event):
+        if isinstance(event, AudioOut) and event.turn not in self.audio_while_generating:
+            self.audio_while_generating[event.turn] = event.turn in self.lm.generating
+        self.events.append(event)
+        if not isinstance(event, TurnEnd):  # control events are forwarded by the base
+            yield event
+
+
+def _turn(turn_id, text):
+    return [TurnStart(turn_id=turn_id), TextIn(text, turn_id=turn_id), TurnEnd(reason="done", turn_id=turn_id)]
+
+
+def test_first_audio_reaches_the_sink_while_the_lm_is_still_generating(components):
+    model, codec = components
+    lm = LMStage("text-delay", model=model, task="T1A2", max_steps=160)
+    recorder = Recorder(lm)
+    pipeline = Pipeline([lm, CodecStage(codec), recorder])
+    asyncio.run(pipeline.run(_turn(0, "hi")))
+    audio = [e for e in recorder.events if isinstance(e, AudioOut)]
+    assert audio and recorder.audio_while_generating[("default", 0)] is True
+    assert lm.results[("default", 0)].steps == 160  # generation went on after that first audio
+    # the streamed PCM equals decoding the generated frames at once (seamless streaming, tail flushed)
+    frames = lm.results[("default", 0)].frames
+    streamed = sum(len(e.audio) // 2 for e in audio)
+    assert streamed == frames.shape[0] * codec.grid.samples_per_frame
+
+
+def test_interrupted_turn_sends_nothing_more_and_next_turn_completes(components, tmp_path):
+    model, codec = components
+    lm = LMStage("text-delay", model=model, task="T1A2", max_steps=400)
+    recorder = Recorder(lm)
+    out = FileAudioOutput(str(tmp_path / "turn{turn}.wav"))
+    pipeline = Pipeline([lm, CodecStage(codec), recorder, out])
+
+    async def scenario():
+        await pipeline.start()
+        for event in _turn(0, "a long answer please"):
+            await pipeline.feed(event)
+        async def first_audio():
+            while not any(isinstance(e, AudioOut) for e in recorder.events):
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(first_audio(), timeout=120)
+        await pipeline.bus.publish(Interruption(turn_id=0), sender="test")
+        marker = len(recorder.events)
+        for event in _turn(1, "short"):
+            await pipeline.feed(event)
+        await pipeline.drain()
+        await pipeline.stop()
+        return marker
+
+    marker = asyncio.run(scenario())
+    after = recorder.events[marker:]
+    late = [e for e in after if e.turn_id == 0 and isinstance(e, (AudioOut, TextToken, CodecFrame))]
+    assert late == []
+    assert lm.results.get(("default", 0)) is None or lm.results[("default", 0)].stop_reason == "cancelled"
+    ends = {e.turn_id: e.reason for e in recorder.events if isinstance(e, TurnEnd)}
+    assert ends == {0: "interrupted", 1: "done"}
+    assert not (tmp_path / "turn0.wav").exists() and (tmp_path / "turn1.wav").is_file()
+
+
+def test_stage_failure_ends_the_turn_and_the_next_turn_completes(components):
+    model, codec = components
+    lm = LMStage("text-delay", model=model, task="T1A2", max_steps=20)
+    recorder = Recorder(lm)
+    pipeline = Pipeline([lm, CodecStage(codec), recorder])
+    # turn 0's text is empty: the LM stage raises InputError mid-turn
+    asyncio.run(pipeline.run([*_turn(0, ""), *_turn(1, "ok")]))
+    errors = pipeline.errors
+    assert [(e.stage, e.turn_id) for e in errors] == [("lm", 0)] and "empty" in errors[0].message
+    ends = {e.turn_id: e.reason for e in recorder.events if isinstance(e, TurnEnd)}
+    assert ends == {0: "error", 1: "done"}
+    assert any(isinstance(e, AudioOut) and e.turn_id == 1 for e in recorder.events)
+
+
+def _chat(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "omnivox.core.cli", "chat", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+def test_omnivox_chat_on_spoken_question(tmp_path):
+    question = tmp_path / "question.wav"
+    subprocess.run(["espeak-ng", "-w", str(question), "What is the capital of France?"], check=True)
+    run = _chat("--input", str(question), "--output", "answer.wav", "--text-out", "answer.txt",
+                "--max-steps", "40", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert demo.NOTICE in run.stderr and "first audio" in run.stderr
+    data, rate = sf.read(tmp_path / "answer.wav")
+    assert rate == 24000 and data.ndim == 1 and 0 < len(data) and abs(data).max() <= 1.0
+    assert (tmp_path / "answer.txt").is_file()
+
+
+def test_chat_bad_inputs_fail_clearly(tmp_path):
+    run = _chat("--input", "missing.wav", cwd=tmp_path)
+    assert run.returncode == 2 and "missing.wav does not exist" in run.stderr and "Traceback" not in run.stderr
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    run = _chat("--input", "notes.wav", cwd=tmp_path)
+    assert run.returncode == 2 and "cannot read audio file" in run.stderr and "Traceback" not in run.stderr
+    run = _chat("--text", "hi", "--task", "A1A2", cwd=tmp_path)
+    assert run.returncode == 2 and "takes audio" in run.stderr
+
+
+@pytest.mark.slow
+def test_demo_pipeline_file_runs(tmp_path):
+    question = tmp_path / "q.wav"
+    subprocess.run(["espeak-ng", "-w", str(question), "Hello there"], check=True)
+    pipeline = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "chat_demo.yaml"
+    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli", "run", str(pipeline), "--set", f"input.path={question}",
+                          "--set", "output.path=a.wav", "--set", "lm.max_steps=30"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert sf.info(tmp_path / "a.wav").samplerate == 24000
+
+
+def test_mini_omni_pipeline_file_names_the_missing_checkpoint(tmp_path):
+    pipeline = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "chat_mini_omni.yaml"
+    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli", "run", str(pipeline)], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "small.pt" in run.stderr and "Traceback" not in run.stderr
