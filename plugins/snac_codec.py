@@ -1,4 +1,4 @@
-"""SNAC codec plugin (`snac`): hubertsiuzdak/snac_24khz or any SNAC config, with seamless streaming decode.
+"""SNAC codec plugin (`snac`): hubertsiuzdak/snac_24khz or any SNAC config, with stateful streaming decode.
 
 Token grid: from the config's vq_strides, slots depth-first (core.codec.depth_first_slots): 7 slots for
 [4, 2, 1], 15 for [8, 4, 2, 1]. Input audio is mixed to mono and resampled with
@@ -467,4 +467,4 @@ def make_snac_codec(
 
 @hookimpl
 def register_codecs(registry):
-    registry.add("snac", make_snac_codec, description="SNAC (default hubertsiuzdak/snac_24khz), seamless streaming")
+    registry.add("snac", make_snac_codec, description="SNAC (default hubertsiuzdak/snac_24khz), stateful streaming decode")

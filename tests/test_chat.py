@@ -64,7 +64,7 @@ def test_first_audio_reaches_the_sink_while_the_lm_is_still_generating(component
     audio = [e for e in recorder.events if isinstance(e, AudioOut)]
     assert audio and recorder.audio_while_generating[("default", 0)] is True
     assert lm.results[("default", 0)].steps == 160  # generation went on after that first audio
-    # the streamed PCM equals decoding the generated frames at once (seamless streaming, tail flushed)
+    # every generated frame was voiced: the stream (tail flushed at TurnEnd) has all their samples
     frames = lm.results[("default", 0)].frames
     streamed = sum(len(e.audio) // 2 for e in audio)
     assert streamed == frames.shape[0] * codec.grid.samples_per_frame

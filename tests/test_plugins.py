@@ -209,7 +209,7 @@ def test_cli_lists_builtins_and_skipped():
     assert done.returncode == 0, done.stderr
     assert "whisper_encoder [built-in]" in done.stdout
     assert "encoders: whisper - openai-whisper audio encoder" in done.stdout
-    assert "audio_files [built-in]\n    (registers no components)" in done.stdout
+    assert "audio_files [built-in]\n    audio_inputs: file - one turn read from an audio file" in done.stdout
     assert "no_such_plugin: named in OMNIVOX_LOAD_PLUGINS, but no plugin has this name" in done.stdout
     assert "UserWarning" not in done.stderr
 
