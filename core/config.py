@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from omnivox.core.errors import ConfigError
+from omnivox.core.yaml_files import read_yaml
 
 SPECIAL_TOKENS = 64  # specials appended to the text vocab and to every audio codebook (upstream)
 
@@ -152,13 +153,7 @@ class OmniConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> OmniConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found", "point at the checkpoint's model_config.yaml")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})", "fix the YAML syntax") from None
+        data = read_yaml(path, "config file", "point at the checkpoint's model_config.yaml")
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,13 +15,18 @@ NOTICE = "no --checkpoint given: running a tiny RANDOM model (every stage runs; 
 
 def tiny_model(seed: int = 0, **config_overrides):
     """Random tiny OmniModel (byte-level tokenizer) that keeps speaking until its step budget."""
-    import torch
-
     from omnivox.core.checkpoint import OmniModel
     from omnivox.core.config import OmniConfig
 
     overrides = {"whisper_adapter_dim": TINY_WHISPER_DIMS["n_audio_state"], **config_overrides}
-    model = OmniModel.random(OmniConfig.tiny(codebook_size=4096, **overrides), seed=seed)
+    return never_emit_audio_specials(OmniModel.random(OmniConfig.tiny(codebook_size=4096, **overrides), seed=seed))
+
+
+def never_emit_audio_specials(model):
+    """Zero the lm_head rows of every audio stream's special ids: some code always scores higher, so a
+    random model fills every slot with a code (and never stops on eoa)."""
+    import torch
+
     layout = model.layout
     with torch.no_grad():
         for stream in range(layout.audio_streams):

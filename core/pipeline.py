@@ -39,13 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from omnivox.core.bus import OVERFLOW_POLICIES, Bus
 from omnivox.core.errors import ConfigError
 from omnivox.core.events import Error, Event, Metrics, Shutdown
 from omnivox.core.metrics import MetricsCollector
 from omnivox.core.stage import Stage
+from omnivox.core.yaml_files import read_yaml
 
 INPUT = "input"  # sender name of events fed into a pipeline from outside
 
@@ -317,12 +316,7 @@ class Pipeline:
     def from_yaml(cls, path: str | Path, *, plugins=None, overrides: Mapping[str, Any] | None = None) -> Pipeline:
         """Build from a YAML file; `overrides` maps "stage.param" to a value (the CLI's --set)."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"pipeline file {str(path)!r} does not exist", "pass the path of a pipeline YAML")
-        try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}", "fix the YAML syntax") from None
+        config = read_yaml(path, "pipeline file", "pass the path of a pipeline YAML (see recipes/pipelines/)")
         try:
             return cls.from_config(config, plugins=plugins, overrides=overrides)
         except ConfigError as exc:

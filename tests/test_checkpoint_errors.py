@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 import yaml
+from upstream_reference import tiny_fields, write_upstream_checkpoint
 
 from omnivox.core.checkpoint import OmniModel, convert_upstream
 from omnivox.core.errors import CheckpointError, ConfigError
-from upstream_reference import tiny_fields, write_upstream_checkpoint
 
 
 @pytest.fixture

@@ -34,13 +34,7 @@ AUDIO_SPECIALS = {"A1A2": ("answer_a", "answer_t"), "A1T2": ("pad_a", "answer_t"
 
 
 # ---- upstream loops, re-stated ---------------------------------------------------------------------------
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run faster on one thread (and do not fight parallel test workers for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def sample_top1(logits: torch.Tensor, row: int = 0) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from omnivox.core.checkpoint import OmniModel
 from upstream_reference import (
     reference_forward,
     tiny_fields,
@@ -13,6 +11,8 @@ from upstream_reference import (
     upstream_text_prompt,
     write_upstream_checkpoint,
 )
+
+from omnivox.core.checkpoint import OmniModel
 
 TOL = 1e-4
 AUDIO_TASKS = {"A1A2": ("answer_a", "answer_t"), "A1T2": ("pad_a", "answer_t"), "A1T1": ("pad_a", "asr")}

@@ -12,14 +12,7 @@ from omnivox.core.config import OmniConfig
 from omnivox.core.errors import ConfigError
 from omnivox.core.sampling import SamplingConfig, sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run faster on one thread (and do not fight parallel test workers for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 LOGITS = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))

@@ -23,14 +23,7 @@ from omnivox.core.strategies import (
 )
 from omnivox.core.tokens import AUDIO_OUT_TASKS, TASKS, TokenLayout
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run faster on one thread (and do not fight parallel test workers for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 NAMES = ("parallel", "text-delay", "batch-parallel")

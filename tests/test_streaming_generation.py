@@ -12,29 +12,18 @@ import torch
 from omnivox import generate, stream
 from omnivox.core.checkpoint import OmniModel
 from omnivox.core.config import OmniConfig
+from omnivox.core.demo import never_emit_audio_specials
 from omnivox.core.errors import InputError, PluginError
 from omnivox.core.generation import Done, FramePiece, TextPiece
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run faster on one thread (and do not fight parallel test workers for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def speaking_model(audio_streams: int = 7, seed: int = 0, **overrides) -> OmniModel:
     """A random tiny model whose audio heads never emit specials (zeroed rows lose to the best code), so
     every slot holds a code and frames are complete wherever the layout puts them."""
     model = OmniModel.random(OmniConfig.tiny(audio_streams=audio_streams, **overrides), seed=seed)
-    layout = model.layout
-    with torch.no_grad():
-        for i in range(layout.audio_streams):
-            start = layout.audio_offset(i) + layout.codebook_size
-            model.lm.lm_head.weight[start:layout.audio_offset(i) + layout.audio_vocab_size] = 0
-    return model
+    return never_emit_audio_specials(model)
 
 
 FEATURES = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from omnivox.core.errors import ConfigError
+from omnivox.core.yaml_files import read_yaml
 
 TRAINABLE_GROUPS = ("encoder", "adapter", "lm", "heads")
 TRAINABLE_MODES = ("frozen", "full")
@@ -102,12 +103,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read RECIPE.yaml, apply `key.sub=value` overrides (values parsed as YAML), fill defaults, validate.
     Relative paths in the recipe stay relative to the working directory (as torchtune)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} not found", "pass the path of a recipe YAML (see recipes/)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path}: not valid YAML ({exc})", "fix the YAML syntax") from None
+    raw = read_yaml(path, "recipe", "pass the path of a recipe YAML (see recipes/)")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path}: expected a mapping of keys, got {type(raw).__name__}",
                           f"write 'key: value' lines; valid keys: {', '.join(DEFAULTS)}")
