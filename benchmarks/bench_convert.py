@@ -50,7 +50,8 @@ def main() -> None:
         print(f"convert: {secs:.1f}s, peak RSS {rss:.0f} MiB = {rss / size:.2f}x checkpoint size "
               f"(python+torch+transformers alone: {baseline_rss:.0f} MiB)")
         for name, path in (("upstream", src), ("native", dst)):
-            secs, rss = run_child("OmniModel", f"sum(p.float().sum() for p in OmniModel.from_pretrained({str(path)!r}).lm.parameters())")
+            touch_all = f"sum(p.float().sum() for p in OmniModel.from_pretrained({str(path)!r}).lm.parameters())"
+            secs, rss = run_child("OmniModel", touch_all)
             print(f"load {name} (+ touching every weight): {secs:.1f}s, peak RSS {rss:.0f} MiB")
 
 

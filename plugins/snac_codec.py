@@ -467,4 +467,5 @@ def make_snac_codec(
 
 @hookimpl
 def register_codecs(registry):
-    registry.add("snac", make_snac_codec, description="SNAC (default hubertsiuzdak/snac_24khz), stateful streaming decode")
+    registry.add("snac", make_snac_codec,
+                 description="SNAC (default hubertsiuzdak/snac_24khz), stateful streaming decode")
