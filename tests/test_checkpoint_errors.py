@@ -150,3 +150,4 @@ def test_download_offline_gives_clear_error(tmp_path, monkeypatch):
 def test_convert_refuses_same_directory(upstream):
     with pytest.raises(CheckpointError, match="same directory"):
         convert_upstream(upstream, upstream)
+

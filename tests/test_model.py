@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from upstream_reference import (
+    UPSTREAM_FIELDS,
     reference_forward,
     tiny_fields,
     upstream_audio_prompt,
@@ -12,7 +13,7 @@ from upstream_reference import (
     write_upstream_checkpoint,
 )
 
-from omnivox.core.checkpoint import OmniModel
+from omnivox.core.checkpoint import OmniModel, convert_upstream
 
 TOL = 1e-4
 AUDIO_TASKS = {"A1A2": ("answer_a", "answer_t"), "A1T2": ("pad_a", "answer_t"), "A1T1": ("pad_a", "asr")}
@@ -113,3 +114,18 @@ def test_native_round_trip_is_bit_exact(checkpoint, tmp_path):
     assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
     assert again.config == model.config
     assert again.tokenizer.encode("héllo") == model.tokenizer.encode("héllo")
+
+
+@pytest.mark.slow
+def test_convert_mini_omni_shaped_checkpoint(tmp_path):
+    """Mini-Omni's real shape (Qwen2-0.5B, 181,120-row vocab), random bf16 weights: convert, load both formats,
+    and get identical logits (peak RSS of the conversion: benchmarks/bench_convert.py)."""
+    src, dst = tmp_path / "upstream", tmp_path / "native"
+    write_upstream_checkpoint(src, dict(UPSTREAM_FIELDS), seed=0, dtype=torch.bfloat16)
+    convert_upstream(src, dst)
+    up, native = OmniModel.from_pretrained(src), OmniModel.from_pretrained(dst)
+    assert native.config.audio_streams == 7 and native.lm.lm_head.weight.shape == (181_120, 896)
+    prompt = native.layout.text_prompt([9, 8, 7], "T1A2")
+    with torch.no_grad():
+        a, b = up.lm(prompt.ids, last_only=True), native.lm(prompt.ids, last_only=True)
+    assert torch.equal(a.text_logits, b.text_logits) and torch.equal(a.audio_logits, b.audio_logits)
