@@ -36,3 +36,14 @@ def test_console_script_lists_commands():
     assert run.returncode == 0, run.stderr
     for command in ("convert", "download"):
         assert command in run.stdout
+
+
+def test_core_imports_no_plugin_libraries():
+    """omnivox.core loads without whisper/snac/sounddevice/aiomqtt (plugins import them when used)."""
+    modules = sorted(f"omnivox.core.{p.stem}" for p in (ROOT / "core").glob("*.py") if p.stem != "__init__")
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print([m for m in ('whisper', 'snac', 'sounddevice', 'aiomqtt') if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
