@@ -170,7 +170,9 @@ class OmniLM(nn.Module):
     def _heads(self, hidden: torch.Tensor, text_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         L = self.layout
         if text_only:
-            return nn.functional.linear(hidden, self.lm_head.weight[: L.text_vocab_size]), None
+            if isinstance(self.lm_head, nn.Linear):  # only the text rows' product
+                return nn.functional.linear(hidden, self.lm_head.weight[: L.text_vocab_size]), None
+            return self.lm_head(hidden)[..., : L.text_vocab_size], None  # a quantised head (core/quantize.py)
         logits = self.lm_head(hidden)  # (B, T, V)
         text = logits[..., : L.text_vocab_size]
         if self.config.post_adapter:
@@ -192,8 +194,8 @@ class OmniLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.backbone.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.backbone.embed_tokens.weight.dtype

@@ -103,14 +103,14 @@ class LMStage(Stage):
     def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
                  task: str | None = None, max_steps: int | None = 600, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
-                 force_layout: bool = False):
+                 force_layout: bool = False, int8: bool = False):
         from omnivox.core.sampling import SamplingConfig
         from omnivox.core.strategies import get_strategy
 
         super().__init__(name or "lm")
         self.strategy = get_strategy(strategy)
         self.checkpoint, self.model = checkpoint, model
-        self.task, self.max_steps, self.force_layout = task, max_steps, force_layout
+        self.task, self.max_steps, self.force_layout, self.int8 = task, max_steps, force_layout, int8
         self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         self.generating: set[tuple[str, int]] = set()  # turns whose generation is running now
         self.results: dict[tuple[str, int], object] = {}  # last GenerationResult per turn
@@ -126,6 +126,10 @@ class LMStage(Stage):
                 from omnivox.core.checkpoint import OmniModel
 
                 self.model = await _in_thread(OmniModel.from_pretrained, self.checkpoint)
+        if self.int8:
+            from omnivox.core.quantize import quantize_int8
+
+            quantize_int8(self.model.lm)
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         from omnivox.core.generation import Done, FramePiece, TextPiece, stream

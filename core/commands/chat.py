@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int)
+    p.add_argument("--int8", action="store_true",
+                   help="int8 dynamic quantisation of the LM (CPU; ~3x faster decode, tokens may differ)")
     p.add_argument("--quiet", action="store_true", help="no live text, no metrics")
     p.set_defaults(func=chat)
 
@@ -97,8 +99,8 @@ def build_pipeline(args: argparse.Namespace, say=print):
     stages: list[Stage] = [FileAudioInput(args.input) if args.input else TextInput(args.text)]
     if encoder is not None:
         stages.append(EncoderStage(encoder))
-    stages.append(LMStage(args.strategy, model=model, task=task, max_steps=max_steps,
-                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed))
+    stages.append(LMStage(args.strategy, model=model, task=task, max_steps=max_steps, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, int8=args.int8))
     printer = TranscriptPrinter(None if args.quiet else sys.stdout)
     stages.append(printer)  # right after the LM: text shows without waiting for the vocoder
     if codec is not None:
