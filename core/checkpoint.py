@@ -263,14 +263,20 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
                           f"check the path, or download one: omnivox download mini-omni {directory}")
 
 
-def load_upstream(directory: Path, dtype: torch.dtype | None = None) -> OmniModel:
-    config = OmniConfig.from_file(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else None
-    if config is None:
+def read_upstream(directory: Path) -> tuple[OmniConfig, dict[str, torch.Tensor]]:
+    """The config and the (renamed, q/k/v-split, shape-checked) OmniLM state dict of an upstream dir."""
+    if not (directory / CONFIG_FILE).is_file():
         raise CheckpointError(f"{directory / CONFIG_FILE} not found",
                               "an upstream checkpoint needs its model_config.yaml next to lit_model.pth")
+    config = OmniConfig.from_file(directory / CONFIG_FILE)
     weights = directory / UPSTREAM_WEIGHTS
     state = upstream_to_native(load_torch_state_dict(weights), config, str(weights))
-    check_state_dict(state, _meta_model(config), str(directory / UPSTREAM_WEIGHTS), upstream_name)
+    check_state_dict(state, _meta_model(config), str(weights), upstream_name)
+    return config, state
+
+
+def load_upstream(directory: Path, dtype: torch.dtype | None = None) -> OmniModel:
+    config, state = read_upstream(directory)
     return OmniModel(_materialize(config, state, dtype), _load_tokenizer(directory, config), str(directory))
 
 
@@ -295,37 +301,35 @@ def _load_tokenizer(directory: Path, config: OmniConfig) -> TextTokenizer | None
 
 def save_native(model: OmniModel, directory: str | Path) -> Path:
     """Write model.safetensors + model_config.yaml (+ tokenizer.json); loads back bit-exactly."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.lm.state_dict().items()}
-    tmp = directory / (NATIVE_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "producer": "omnivox"})
-    tmp.replace(directory / NATIVE_WEIGHTS)
+    _write_safetensors({k: v.detach().cpu() for k, v in model.lm.state_dict().items()}, directory / NATIVE_WEIGHTS)
     model.config.to_file(directory / CONFIG_FILE)
     if model.tokenizer is not None:
         model.tokenizer.save(directory / TOKENIZER_FILE)
     return directory
 
 
+def _write_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Atomic write (temp file + rename), so a crash never leaves a half-written weights file."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", "producer": "omnivox"})
+    tmp.replace(path)
+
+
 def convert_upstream(src: str | Path, dst: str | Path) -> Path:
     """Upstream Mini-Omni dir -> native dir, without building the model in memory (mmap'd tensors are
     renamed/split and streamed into safetensors). Copies tokenizer files and Whisper's small.pt if present."""
-    from safetensors.torch import save_file
-
     src, dst = resolve_checkpoint_dir(src), Path(dst)
     if not (src / UPSTREAM_WEIGHTS).is_file():
         raise CheckpointError(f"{src} has no {UPSTREAM_WEIGHTS}", "point at an upstream Mini-Omni directory")
     if src.resolve() == dst.resolve():
         raise CheckpointError("source and destination are the same directory", "choose a new destination")
-    config = OmniConfig.from_file(src / CONFIG_FILE)
-    state = upstream_to_native(load_torch_state_dict(src / UPSTREAM_WEIGHTS), config, str(src / UPSTREAM_WEIGHTS))
-    check_state_dict(state, _meta_model(config), str(src / UPSTREAM_WEIGHTS), upstream_name)
+    config, state = read_upstream(src)
     dst.mkdir(parents=True, exist_ok=True)
-    tmp = dst / (NATIVE_WEIGHTS + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", "producer": "omnivox"})
-    tmp.replace(dst / NATIVE_WEIGHTS)
+    _write_safetensors(state, dst / NATIVE_WEIGHTS)
     config.to_file(dst / CONFIG_FILE)
     for name in UPSTREAM_EXTRA_FILES:
         if (src / name).is_file():

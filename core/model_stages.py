@@ -38,8 +38,9 @@ from omnivox.core.stage import Stage
 _DONE = object()
 
 
-async def _in_thread(fn, *args):
-    return await asyncio.to_thread(fn, *args)
+def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
+    """The keys of `per_turn` that an Interruption (one turn, or all turns of its session) covers."""
+    return [k for k in per_turn if k[0] == event.session_id and event.turn_id in (None, k[1])]
 
 
 class EncoderStage(Stage):
@@ -67,11 +68,11 @@ class EncoderStage(Stage):
             if not chunks:
                 raise InputError("the turn ended without audio", "send AudioChunk events before AudioStop")
             pcm = np.concatenate(chunks, axis=1)
-            features = await _in_thread(self.encoder.encode, pcm, rate)  # (T, F)
+            features = await asyncio.to_thread(self.encoder.encode, pcm, rate)  # (T, F)
             yield Features(features=features, frames_per_second=self.encoder.frame_rate, **same_turn(event))
 
     async def on_interrupt(self, event: Interruption) -> None:
-        for key in [k for k in self._chunks if k[0] == event.session_id and event.turn_id in (None, k[1])]:
+        for key in _turn_keys(self._chunks, event):
             self._chunks.pop(key, None)
             self._rate.pop(key, None)
 
@@ -125,7 +126,7 @@ class LMStage(Stage):
             else:
                 from omnivox.core.checkpoint import OmniModel
 
-                self.model = await _in_thread(OmniModel.from_pretrained, self.checkpoint)
+                self.model = await asyncio.to_thread(OmniModel.from_pretrained, self.checkpoint)
         if self.int8:
             from omnivox.core.quantize import quantize_int8
 
@@ -147,7 +148,7 @@ class LMStage(Stage):
         pending = None
         try:
             while True:
-                pending = asyncio.ensure_future(_in_thread(next, pieces, _DONE))
+                pending = asyncio.ensure_future(asyncio.to_thread(next, pieces, _DONE))
                 piece = await pending
                 pending = None
                 if piece is _DONE:
@@ -188,13 +189,13 @@ class CodecStage(Stage):
             decoder = self._decoders.get(key)
             if decoder is None:
                 decoder = self._decoders[key] = self.codec.stream_decoder()
-            pcm = await _in_thread(decoder.push, torch.tensor(event.codes, dtype=torch.long))
+            pcm = await asyncio.to_thread(decoder.push, torch.tensor(event.codes, dtype=torch.long))
             step = event.step
         else:
             decoder = self._decoders.pop(key, None)
             if decoder is None or event.reason != "done":
                 return
-            pcm, step = await _in_thread(decoder.flush), None
+            pcm, step = await asyncio.to_thread(decoder.flush), None
         if pcm.numel():
             yield self._audio_out(pcm, step, event)
 
@@ -204,7 +205,7 @@ class CodecStage(Stage):
         return AudioOut(audio=data, rate=fmt.rate, width=2, channels=1, step=step, **same_turn(event))
 
     async def on_interrupt(self, event: Interruption) -> None:
-        for key in [k for k in self._decoders if k[0] == event.session_id and event.turn_id in (None, k[1])]:
+        for key in _turn_keys(self._decoders, event):
             self._decoders.pop(key, None)
 
 
