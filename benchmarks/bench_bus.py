@@ -17,9 +17,9 @@ import asyncio
 import statistics
 import time
 
-from omnivox.core.events import TextToken, TurnEnd, TurnStart, same_turn
-from omnivox.core.pipeline import Pipeline
-from omnivox.core.stage import Stage
+from omnivox.core.runtime.events import TextToken, TurnEnd, TurnStart, same_turn
+from omnivox.core.runtime.pipeline import Pipeline
+from omnivox.core.runtime.stage import Stage
 
 STAGES = 6
 

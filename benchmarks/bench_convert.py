@@ -21,7 +21,7 @@ from upstream_reference import UPSTREAM_FIELDS, write_upstream_checkpoint  # noq
 # VmHWM (peak RSS of this process image; unlike ru_maxrss it is not inherited from the parent at exec).
 CHILD = """
 import re, time
-from omnivox.core.checkpoint import {fn}
+from omnivox.core.kernel.checkpoint import {fn}
 t = time.perf_counter()
 {call}
 hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)

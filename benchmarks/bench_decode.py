@@ -21,8 +21,8 @@ from functools import partial
 import torch
 
 from omnivox import generate
-from omnivox.core.config import OmniConfig
-from omnivox.core.model import OmniLM
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.model import OmniLM
 
 
 # ---- upstream structure ------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from omnivox.core.config import OmniConfig
-from omnivox.core.model import OmniLM
-from omnivox.core.quantize import quantize_int8
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.model import OmniLM
+from omnivox.core.kernel.quantize import quantize_int8
 
 
 def steps_per_second(lm: OmniLM, steps: int) -> tuple[float, torch.Tensor]:

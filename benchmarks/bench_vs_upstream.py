@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from upstream_reference import UPSTREAM_FIELDS, tiny_fields, write_upstream_checkpoint  # noqa: E402
 
 from omnivox import OmniModel, generate  # noqa: E402
-from omnivox.core.sampling import SamplingConfig  # noqa: E402
+from omnivox.core.kernel.sampling import SamplingConfig  # noqa: E402
 
 TEXT = [72, 105, 33, 10]  # the T1* prompt's text ids
 UPSTREAM_FN = {"A1A2": "generate_AA", "A1T2": "generate_AT", "A1T1": "generate_ASR", "T1A2": "generate_TA",

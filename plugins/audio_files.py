@@ -13,10 +13,10 @@ import numpy as np
 import soundfile as sf
 
 from omnivox.core import audio
+from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import InputError
-from omnivox.core.events import AudioChunk, AudioOut, AudioStart, AudioStop, Event, TurnEnd, TurnStart
-from omnivox.core.hookspecs import hookimpl
-from omnivox.core.stage import Stage
+from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioStop, Event, TurnEnd, TurnStart
+from omnivox.core.runtime.stage import Stage
 
 DEFAULT_SUBTYPE = "PCM_16"
 

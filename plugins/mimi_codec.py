@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from omnivox.core.audio import convert
-from omnivox.core.codec import TokenGrid, codes_to_frames, validate_frame, validate_frames
+from omnivox.core.contracts.codec import TokenGrid, codes_to_frames, validate_frame, validate_frames
+from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError
-from omnivox.core.hookspecs import hookimpl
 
 DEFAULT_MODEL = "kyutai/mimi"
 

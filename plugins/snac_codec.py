@@ -43,15 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnivox.core.audio import convert
-from omnivox.core.codec import (
+from omnivox.core.contracts.codec import (
     TokenGrid,
     codes_to_frames,
     depth_first_slots,
     frames_to_codes,
     validate_frame,
 )
+from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
-from omnivox.core.hookspecs import hookimpl
 
 DEFAULT_MODEL = "hubertsiuzdak/snac_24khz"
 SNAC_24KHZ_CONFIG = {

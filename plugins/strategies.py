@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from omnivox.core.hookspecs import hookimpl
-from omnivox.core.strategies import BatchParallelStrategy, ParallelStrategy, TextDelayStrategy
+from omnivox.core.contracts.hookspecs import hookimpl
+from omnivox.core.kernel.strategies import BatchParallelStrategy, ParallelStrategy, TextDelayStrategy
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from omnivox.core.hookspecs import hookimpl
+from omnivox.core.contracts.hookspecs import hookimpl
 
 
 def make_manifest_dataset(path: str, tasks: list[str] | None = None, limit: int | None = None):

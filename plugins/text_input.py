@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import InputError
-from omnivox.core.events import TextIn, TurnEnd, TurnStart
-from omnivox.core.hookspecs import hookimpl
-from omnivox.core.stage import Stage
+from omnivox.core.runtime.events import TextIn, TurnEnd, TurnStart
+from omnivox.core.runtime.stage import Stage
 
 
 class TextInput(Stage):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omnivox.core import audio
+from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError, InputError, OmnivoxError
-from omnivox.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     import torch

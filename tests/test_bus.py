@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from omnivox.core.bus import Bus
 from omnivox.core.errors import ConfigError
-from omnivox.core.events import (
+from omnivox.core.runtime.bus import Bus
+from omnivox.core.runtime.events import (
     AudioChunk,
     Cancel,
     Error,

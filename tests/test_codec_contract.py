@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnivox.core.codec import TokenGrid, codes_to_frames, depth_first_slots, frames_to_codes, validate_frames
+from omnivox.core.contracts.codec import TokenGrid, codes_to_frames, depth_first_slots, frames_to_codes, validate_frames
 from omnivox.core.errors import ConfigError, InputError
 
 UPSTREAM = Path("/work/.mirror/gpt-omni+mini-omni/repo")

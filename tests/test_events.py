@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from omnivox.core.errors import InputError
-from omnivox.core.events import (
+from omnivox.core.runtime.events import (
     AudioChunk,
     AudioOut,
     AudioStart,

@@ -23,7 +23,7 @@ from upstream_reference import (
 )
 
 from omnivox import generate
-from omnivox.core.checkpoint import OmniModel
+from omnivox.core.kernel.checkpoint import OmniModel
 
 CFG = tiny_fields()
 S = specials(CFG)

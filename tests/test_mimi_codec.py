@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnivox.core.codec import Codec, StreamDecoder
+from omnivox.core.contracts.codec import Codec, StreamDecoder
+from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
-from omnivox.core.plugins import PluginManager
 from omnivox.plugins.mimi_codec import MimiCodec
 
 # Mimi's real rates (24 kHz, upsampling [8, 6, 5, 4], 12.5 frames/s), tiny widths; a 6-step attention

@@ -13,7 +13,7 @@ from upstream_reference import (
     write_upstream_checkpoint,
 )
 
-from omnivox.core.checkpoint import OmniModel, convert_upstream
+from omnivox.core.kernel.checkpoint import OmniModel, convert_upstream
 
 TOL = 1e-4
 AUDIO_TASKS = {"A1A2": ("answer_a", "answer_t"), "A1T2": ("pad_a", "answer_t"), "A1T1": ("pad_a", "asr")}

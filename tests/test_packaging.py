@@ -18,7 +18,7 @@ def test_non_editable_install_imports_all_subpackages(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
                    check=True, capture_output=True, text=True)
-    code = ("import omnivox, omnivox.core.model, omnivox.plugins, omnivox.training, omnivox.core.cli;"
+    code = ("import omnivox, omnivox.core.kernel.model, omnivox.plugins, omnivox.training, omnivox.core.cli.main;"
             "print(omnivox.__file__)")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(target)})
@@ -40,7 +40,8 @@ def test_console_script_lists_commands():
 
 def test_core_imports_no_plugin_libraries():
     """omnivox.core loads without whisper/snac/sounddevice/aiomqtt (plugins import them when used)."""
-    modules = sorted(f"omnivox.core.{p.stem}" for p in (ROOT / "core").glob("*.py") if p.stem != "__init__")
+    modules = sorted("omnivox." + ".".join(p.relative_to(ROOT).with_suffix("").parts)
+                     for p in (ROOT / "core").rglob("*.py") if p.stem != "__init__")
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "print([m for m in ('whisper', 'snac', 'sounddevice', 'aiomqtt') if m in sys.modules])")

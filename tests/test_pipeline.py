@@ -7,10 +7,12 @@ from typing import Literal
 
 import pytest
 
-from omnivox.core import plugins as plugin_module
-from omnivox.core.commands import run as run_command
+from omnivox.core.cli import run as run_command
+from omnivox.core.contracts import manager as plugin_module
+from omnivox.core.contracts.hookspecs import hookimpl
+from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import ConfigError, InputError
-from omnivox.core.events import (
+from omnivox.core.runtime.events import (
     AudioChunk,
     AudioOut,
     CodecFrame,
@@ -23,12 +25,10 @@ from omnivox.core.events import (
     VoiceStopped,
     same_turn,
 )
-from omnivox.core.hookspecs import hookimpl
-from omnivox.core.metrics import format_summary
-from omnivox.core.pipeline import STAGE_ADAPTERS, Pipeline
-from omnivox.core.plugins import PluginManager
-from omnivox.core.stage import Stage
-from omnivox.core.testing import assert_turn_ended, make_turn, of_type, run_pipeline
+from omnivox.core.runtime.metrics import format_summary
+from omnivox.core.runtime.pipeline import STAGE_ADAPTERS, Pipeline
+from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.testing import assert_turn_ended, make_turn, of_type, run_pipeline
 
 # ------------------------------------------------------------------------ a tiny plugin of every kind
 SINKS: dict[str, list] = {}

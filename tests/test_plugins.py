@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from omnivox.core import plugins
+from omnivox.core.contracts import manager as plugins
+from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import PluginError
-from omnivox.core.hookspecs import hookimpl
 
 TOY_PYPROJECT = """
 [build-system]
@@ -37,7 +37,7 @@ py-modules = ["omnivox_toycodec", "omnivox_toybroken"]
 
 TOY_CODEC = '''
 """A third-party codec plugin: mu-law-ish toy codec with a fixed bit depth."""
-from omnivox.core.hookspecs import hookimpl
+from omnivox.core.contracts.hookspecs import hookimpl
 
 
 class ToyCodec:
@@ -101,7 +101,7 @@ def with_toy(toy_site, monkeypatch):
 def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run(
-        [sys.executable, "-m", "omnivox.core.cli", "plugins", *args], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "omnivox.core.cli.main", "plugins", *args], capture_output=True, text=True, env=env
     )
 
 
@@ -222,8 +222,8 @@ def test_unknown_name_in_load_limit_is_reported(monkeypatch):
 
 
 def test_pipeline_config_selects_the_third_party_codec(with_toy, monkeypatch):
-    from omnivox.core import pipeline
-    from omnivox.core.stage import Stage
+    from omnivox.core.runtime import pipeline
+    from omnivox.core.runtime.stage import Stage
 
     class CodecStage(Stage):
         def __init__(self, codec, name):

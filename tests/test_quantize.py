@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnivox.core.checkpoint import OmniModel
-from omnivox.core.config import OmniConfig
 from omnivox.core.errors import InputError
-from omnivox.core.generation import generate
-from omnivox.core.quantize import quantize_int8
+from omnivox.core.kernel.checkpoint import OmniModel
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.generation import generate
+from omnivox.core.kernel.quantize import quantize_int8
 
 
 def test_int8_model_swaps_every_linear_and_keeps_logits_close():

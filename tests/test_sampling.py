@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from omnivox import generate
-from omnivox.core.checkpoint import OmniModel
-from omnivox.core.config import OmniConfig
 from omnivox.core.errors import ConfigError
-from omnivox.core.sampling import SamplingConfig, sample
+from omnivox.core.kernel.checkpoint import OmniModel
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.sampling import SamplingConfig, sample
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

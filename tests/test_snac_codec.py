@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnivox.core.codec import Codec, StreamDecoder
+from omnivox.core.contracts.codec import Codec, StreamDecoder
+from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
-from omnivox.core.plugins import PluginManager
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
 
 # Tiny configs: hop 4 (rates [2, 2]); 3 codebooks like the 24 kHz model, and 4 like the 32/44 kHz ones.

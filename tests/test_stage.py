@@ -4,7 +4,7 @@ import asyncio
 import time
 
 from omnivox.core.errors import InputError
-from omnivox.core.events import (
+from omnivox.core.runtime.events import (
     AudioOut,
     DataEvent,
     Features,
@@ -14,9 +14,9 @@ from omnivox.core.events import (
     VoiceStopped,
     same_turn,
 )
-from omnivox.core.pipeline import Pipeline
-from omnivox.core.stage import Stage
-from omnivox.core.testing import (
+from omnivox.core.runtime.pipeline import Pipeline
+from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.testing import (
     assert_error,
     assert_no_data,
     assert_turn_ended,

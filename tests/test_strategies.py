@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnivox.core import plugins
-from omnivox.core.checkpoint import OmniModel
-from omnivox.core.config import OmniConfig
+from omnivox.core.contracts import manager as plugins
 from omnivox.core.errors import InputError, PluginError
-from omnivox.core.strategies import (
+from omnivox.core.kernel.checkpoint import OmniModel
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.strategies import (
     IGNORE_INDEX,
     BatchParallelStrategy,
     ParallelStrategy,
@@ -21,7 +21,7 @@ from omnivox.core.strategies import (
     get_strategy,
     teacher_forcing,
 )
-from omnivox.core.tokens import AUDIO_OUT_TASKS, TASKS, TokenLayout
+from omnivox.core.kernel.tokens import AUDIO_OUT_TASKS, TASKS, TokenLayout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from omnivox import generate, stream
-from omnivox.core.checkpoint import OmniModel
-from omnivox.core.config import OmniConfig
-from omnivox.core.demo import never_emit_audio_specials
 from omnivox.core.errors import InputError, PluginError
-from omnivox.core.generation import Done, FramePiece, TextPiece
+from omnivox.core.kernel.checkpoint import OmniModel
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.generation import Done, FramePiece, TextPiece
+from omnivox.plugins.random_models import never_emit_audio_specials
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

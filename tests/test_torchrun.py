@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from test_training import RECIPES, make_manifest, overrides
 
-from omnivox.core.checkpoint import OmniModel
+from omnivox.core.kernel.checkpoint import OmniModel
 
 pytestmark = pytest.mark.slow
 LOSS_RTOL = 1e-5
@@ -35,7 +35,7 @@ def _torchrun() -> list[str]:
 def _run(args: list[str], nproc: int | None) -> subprocess.CompletedProcess:
     launcher = [*_torchrun(), "--standalone", "--nproc_per_node", str(nproc)] if nproc else [sys.executable]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, "-m", "omnivox.core.cli", "train", *args], capture_output=True, text=True,
+    return subprocess.run([*launcher, "-m", "omnivox.core.cli.main", "train", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 

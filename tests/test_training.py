@@ -66,7 +66,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def random_init(tmp_path_factory) -> Path:
     """A random tiny model (the tiny recipes' shape) saved in the native format, used as init_from."""
-    from omnivox.core.tokenizer import TextTokenizer
+    from omnivox.core.kernel.tokenizer import TextTokenizer
 
     torch.manual_seed(5)
     model = build_model("tiny", {"post_adapter": True, "post_adapter_layers": 1}, init_std=0.3)
@@ -95,7 +95,7 @@ def test_trainable_map_is_exact(stage, data, random_init, tmp_path):
 
 def _run_cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "omnivox.core.cli", "train", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kw)
 
 
@@ -169,7 +169,7 @@ def test_audio_too_long_for_context(data, tmp_path):
 
 
 def test_init_from_with_other_shapes_fails_before_training(data, tmp_path):
-    from omnivox.core.tokenizer import TextTokenizer
+    from omnivox.core.kernel.tokenizer import TextTokenizer
 
     other = build_model("tiny", {"n_embd": 32, "head_size": 8, "post_adapter": True, "post_adapter_layers": 1})
     write_native(tmp_path / "other", other.state_dict(), other.config, TextTokenizer.byte_level())
@@ -182,7 +182,7 @@ def test_init_from_with_other_shapes_fails_before_training(data, tmp_path):
 
 def test_init_from_partial_load_is_reported(data, tmp_path, capsys):
     """A model without the TTS adapter loads into one with it: the missing tensors are listed."""
-    from omnivox.core.tokenizer import TextTokenizer
+    from omnivox.core.kernel.tokenizer import TextTokenizer
 
     plain = build_model("tiny")
     write_native(tmp_path / "plain", plain.state_dict(), plain.config, TextTokenizer.byte_level())
@@ -199,7 +199,7 @@ def test_init_from_qwen2_extends_the_vocabulary(tmp_path):
     """A Hugging Face Qwen2 directory (text vocab only) fills the first rows of the multi-stream table."""
     from transformers import Qwen2ForCausalLM
 
-    from omnivox.core.model import qwen2_config
+    from omnivox.core.kernel.model import qwen2_config
     from omnivox.training.trainer import load_init
 
     model = build_model("tiny")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from omnivox.core.checkpoint import OmniModel
-from omnivox.core.cli import main
-from omnivox.core.generation import generate
+from omnivox.core.cli.main import main
+from omnivox.core.kernel.checkpoint import OmniModel
+from omnivox.core.kernel.generation import generate
 
 pytestmark = pytest.mark.slow
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -12,9 +12,9 @@ import torch
 import whisper
 from whisper.model import ModelDimensions
 
-from omnivox.core.encoder import AudioEncoder
+from omnivox.core.contracts.encoder import AudioEncoder
+from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import CheckpointError, ConfigError, InputError, PluginError
-from omnivox.core.plugins import PluginManager
 from omnivox.plugins.whisper_encoder import load_whisper_encoder
 
 TINY = ModelDimensions(

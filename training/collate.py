@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from omnivox.core.errors import InputError
-from omnivox.core.tokens import TokenLayout
+from omnivox.core.kernel.tokens import TokenLayout
 from omnivox.training.data import Example
 
 IGNORE = -100
@@ -46,7 +46,7 @@ def build_sequence(example: Example, tokenizer, strategy, layout: TokenLayout, b
     """One example -> its teacher-forced sequence; too long for the context, or features/frames that do
     not fit the model, raise InputError naming the manifest line. Without `load_features` only the
     features' shape is read (the check pass over a whole data set)."""
-    from omnivox.core.strategies.base import teacher_forcing
+    from omnivox.core.kernel.strategies.base import teacher_forcing
 
     answer_ids = tokenizer.encode(example.answer_text)
     if not answer_ids:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from omnivox.core.errors import InputError
-from omnivox.core.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
+from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 
 FIELDS = ("id", "task", "question_audio", "question_features", "question_text", "answer_text", "answer_audio",
           "answer_frames")

@@ -239,7 +239,7 @@ def _check_scalars(data: dict[str, Any], source: str) -> None:
     for key in ("text_weight", "audio_weight"):
         w = data["loss"][key]
         need(isinstance(w, (int, float)) and w >= 0, f"loss.{key}", f"= {w!r}", "give a number >= 0")
-    from omnivox.core.tokens import TASKS
+    from omnivox.core.kernel.tokens import TASKS
 
     streams = data["loss"]["task_streams"]
     need(isinstance(streams, dict), "loss.task_streams", f"= {streams!r}", "write {TASK: [text, audio]}")
@@ -258,7 +258,7 @@ def resolve_component(name: Any, where: str, kind: str | None) -> Callable[..., 
         if kind is None:
             raise ConfigError(f"{where}: _component_ {name!r} is not a dotted path",
                               "write package.module.callable (e.g. torch.optim.AdamW)")
-        from omnivox.core.plugins import get_plugin_manager
+        from omnivox.core.contracts.manager import get_plugin_manager
 
         return get_plugin_manager().registry(kind).get(name).factory
     module_name, _, attr = name.rpartition(".")
@@ -307,7 +307,7 @@ def build(section: dict[str, Any], where: str, kind: str | None = None, **inject
 def model_config(config: str | dict = "tiny", overrides: dict | None = None):
     """The OmniConfig of a recipe's model section: "tiny" (OmniConfig.tiny), "mini-omni" (Qwen2-0.5B shape),
     a model_config.yaml path, or a mapping of config fields; `overrides` replace single fields."""
-    from omnivox.core.config import OmniConfig
+    from omnivox.core.kernel.config import OmniConfig
 
     overrides = dict(overrides or {})
     if config == "tiny":
@@ -326,7 +326,7 @@ def build_model(config: str | dict = "tiny", overrides: dict | None = None, init
     N(0, init_std) (norms stay 1) instead of the default initialisation."""
     import torch
 
-    from omnivox.core.model import OmniLM
+    from omnivox.core.kernel.model import OmniLM
 
     model = OmniLM(model_config(config, overrides))
     if init_std is not None:

@@ -27,17 +27,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from omnivox.core.checkpoint import (
+from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.core.kernel.checkpoint import (
     CONFIG_FILE,
     NATIVE_WEIGHTS,
     TOKENIZER_FILE,
     load_torch_state_dict,
     upstream_to_native,
 )
-from omnivox.core.config import OmniConfig
-from omnivox.core.errors import CheckpointError, ConfigError
-from omnivox.core.model import OmniLM
-from omnivox.core.tokenizer import TextTokenizer
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.model import OmniLM
+from omnivox.core.kernel.tokenizer import TextTokenizer
 from omnivox.training.collate import build_sequence, collate
 from omnivox.training.freeze import apply_trainable
 from omnivox.training.loss import combine, mask_streams, term_names, token_losses
@@ -423,7 +423,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     for line in apply_trainable(model, r["trainable"]):
         say(line)
 
-    from omnivox.core.plugins import create
+    from omnivox.core.contracts.manager import create
 
     strategy = create("strategies", r["strategy"])
     dataset = build(r["data"], f"{recipe.source}: data", "datasets")

@@ -1,0 +1,131 @@
+"""`omnivox chat`: the main job. A spoken (or typed) question in, streaming speech and text out, through
+the full event-bus pipeline: input -> encoder -> LM + strategy -> codec -> audio file, text printed live."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
+from omnivox.core.runtime.events import Event, TextToken, TurnEnd
+from omnivox.core.runtime.stage import Stage
+
+DEFAULT_CODEC = "hubertsiuzdak/snac_24khz"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="ask by voice or text; get streaming speech and text back",
+                       description="Run the streaming pipeline on one question: writes the spoken answer and "
+                                   "prints the text answer as it is generated.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="AUDIO", help="question as an audio file (WAV, FLAC, ...)")
+    source.add_argument("--text", help="question as text (tasks T1A2 / T1T2)")
+    p.add_argument("--output", default="answer.wav", metavar="AUDIO", help="where to write the spoken answer")
+    p.add_argument("--text-out", metavar="FILE", help="also write the text answer to FILE")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="Mini-Omni (upstream or converted) checkpoint dir; without it a tiny random model runs")
+    p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
+    p.add_argument("--task", choices=TASKS, help="default: A1A2 for audio input, T1A2 for text input")
+    p.add_argument("--whisper", metavar="PT", help="whisper checkpoint (default: CHECKPOINT/small.pt)")
+    p.add_argument("--codec", metavar="MODEL", default=DEFAULT_CODEC, help="SNAC model dir or hub id")
+    p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; demo 96)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (upstream's top_k=1)")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--int8", action="store_true",
+                   help="int8 dynamic quantisation of the LM (CPU; ~3x faster decode, tokens may differ)")
+    p.add_argument("--quiet", action="store_true", help="no live text, no metrics")
+    p.set_defaults(func=chat)
+
+
+class TranscriptPrinter(Stage):
+    """Prints each turn's text tokens as they arrive and passes them on; keeps the text per turn."""
+
+    consumes = (TextToken, TurnEnd)
+
+    def __init__(self, out=sys.stdout, name: str = "transcript"):
+        super().__init__(name)
+        self.out, self.texts = out, {}
+
+    async def process(self, event: Event):
+        if isinstance(event, TextToken):
+            self.texts[event.turn] = self.texts.get(event.turn, "") + event.text
+            if self.out is not None:
+                self.out.write(event.text)
+                self.out.flush()
+            yield event
+        elif self.out is not None:
+            self.out.write("\n")
+
+
+def build_pipeline(args: argparse.Namespace, say=print):
+    """The chat pipeline's stages (returned as a Pipeline) and the printer; validates inputs first."""
+    from omnivox.core.cli import demo
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, check_compatible
+    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.plugins.audio_files import FileAudioInput, FileAudioOutput
+    from omnivox.plugins.text_input import TextInput
+
+    task = args.task or ("A1A2" if args.input else "T1A2")
+    if args.input and task not in AUDIO_IN_TASKS:
+        raise InputError(f"task {task} takes text, but --input gave audio", "use --text, or an audio task")
+    if args.text is not None and task in AUDIO_IN_TASKS:
+        raise InputError(f"task {task} takes audio, but --text gave text", "use --input, or T1A2 / T1T2")
+    if args.input and not Path(args.input).is_file():
+        raise InputError(f"input file {args.input} does not exist", "record or synthesise a question first")
+    speech_out = task in AUDIO_OUT_TASKS
+    if speech_out and not Path(args.output).expanduser().resolve().parent.is_dir():
+        raise InputError(f"cannot write {args.output}: its folder does not exist", "create it first")
+
+    if args.checkpoint in (None, demo.TINY):
+        say(demo.NOTICE)
+        model, max_steps = demo.tiny_model(args.seed or 0), args.max_steps or 96
+        encoder = demo.tiny_encoder() if args.input else None
+        codec = demo.random_snac() if speech_out else None
+    else:
+        from omnivox.core.contracts.manager import create
+        from omnivox.core.kernel.checkpoint import OmniModel
+
+        model, max_steps = OmniModel.from_pretrained(args.checkpoint), args.max_steps or 600
+        whisper = args.whisper or str(Path(args.checkpoint) / "small.pt")
+        encoder = create("encoders", "whisper", checkpoint=whisper) if args.input else None
+        codec = create("codecs", "snac", model=args.codec) if speech_out else None
+    check_compatible(model, encoder, codec)
+
+    stages: list[Stage] = [FileAudioInput(args.input) if args.input else TextInput(args.text)]
+    if encoder is not None:
+        stages.append(EncoderStage(encoder))
+    stages.append(LMStage(args.strategy, model=model, task=task, max_steps=max_steps, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, int8=args.int8))
+    printer = TranscriptPrinter(None if args.quiet else sys.stdout)
+    stages.append(printer)  # right after the LM: text shows without waiting for the vocoder
+    if codec is not None:
+        stages += [CodecStage(codec), FileAudioOutput(str(args.output))]
+    return Pipeline(stages), printer, task
+
+
+def chat(args: argparse.Namespace) -> int:
+    from omnivox.core.runtime.metrics import format_summary
+
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}", "pass a positive number of steps")
+    pipeline, printer, task = build_pipeline(args, say=lambda line: print(line, file=sys.stderr))
+    turns = asyncio.run(pipeline.run())
+    for error in pipeline.errors:
+        print(f"omnivox chat: stage {error.stage!r} failed: {error.message}", file=sys.stderr)
+        if error.fix:
+            print(f"  fix: {error.fix}", file=sys.stderr)
+    if pipeline.errors:
+        return 1
+    text = next(iter(printer.texts.values()), "")
+    if args.text_out:
+        Path(args.text_out).write_text(text + "\n", encoding="utf-8")
+    if task in AUDIO_OUT_TASKS:
+        print(f"wrote {args.output}", file=sys.stderr)
+    if not args.quiet:
+        print(format_summary(turns), file=sys.stderr)
+    return 0

@@ -1,0 +1,69 @@
+"""`omnivox train RECIPE.yaml [key=value ...]`, `omnivox prepare RECIPE.yaml MANIFEST`, `omnivox synth-data DIR`.
+
+`train` is the one launcher for a single process and for `torchrun --nproc_per_node N -m omnivox.core.cli.main
+train ...` (the process group is joined from torchrun's environment)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a model from a recipe (single process or under torchrun)",
+        description="Run a training recipe (recipes/*.yaml). Overrides: key.sub=value (YAML values), e.g. "
+        "training.max_steps=10 resume=auto. Under torchrun the run is data-parallel (DDP, or "
+        "training.distributed=fsdp).")
+    train.add_argument("recipe", help="recipe YAML")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    train.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    train.set_defaults(func=run_train)
+
+    prep = subparsers.add_parser(
+        "prepare", help="encode a manifest's audio into codec frames / encoder features (cached)",
+        description="Encode answer audio to codec frames and question audio to encoder features with the "
+        "recipe's prepare.codec / prepare.encoder plugins; writes MANIFEST.prepared.jsonl for training.")
+    prep.add_argument("recipe", help="recipe YAML (its prepare: section names the codec and the encoder)")
+    prep.add_argument("manifest", help="JSONL manifest to prepare")
+    prep.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    prep.add_argument("--out", help="prepared manifest path (default MANIFEST.prepared.jsonl)")
+    prep.set_defaults(func=run_prepare)
+
+    synth = subparsers.add_parser(
+        "synth-data", help="build a small spoken Q->A set with espeak-ng",
+        description="Write DIR/audio/*.wav and DIR/manifest.jsonl: spoken sums ('what is two plus three') "
+        "and answers, as ASR, TTS, spoken-QA-to-text and spoken-QA-to-speech examples. Deterministic.")
+    synth.add_argument("out_dir", help="output folder")
+    synth.add_argument("--pairs", type=int, default=12, help="question/answer pairs (4 examples each)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--voice", default="en-us", help="espeak-ng voice")
+    synth.set_defaults(func=run_synth)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from omnivox.training.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_recipe:
+        print(recipe.to_yaml())
+        return 0
+    from omnivox.training.trainer import train
+
+    train(recipe)
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from omnivox.training.prepare import prepare
+    from omnivox.training.recipe import load_recipe
+
+    prepare(load_recipe(args.recipe, args.overrides), args.manifest, args.out)
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from omnivox.training.synthetic import build_synthetic
+
+    path = build_synthetic(args.out_dir, pairs=args.pairs, seed=args.seed, voice=args.voice)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,201 @@
+"""OmniLM: the Mini-Omni language model on a transformers Qwen2 backbone.
+
+    ids (B, S, T) local per-stream ids ──► + stream offsets ──► shared embedding ──► (B, S, T, D)
+    audio features (B, Ta, F) ──► adapter ──► (B, Ta, D) replaces the AUDIO streams at positions 1..L
+    mean over the S streams ──► (B, T, D) ──► Qwen2 blocks (KV cache) ──► final norm ──► lm_head (B, T, V)
+    V = text_vocab + A * audio_vocab; text logits = [:text_vocab], audio stream i = its own block.
+
+With `post_adapter` (upstream's optional "TTS adapter"), the audio logits instead come from extra blocks on
+the backbone's hidden states (before the final norm), their own norm and an audio head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from transformers import Qwen2Config, Qwen2Model
+from transformers.cache_utils import DynamicCache
+
+from omnivox.core.errors import InputError
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.tokens import TokenLayout
+
+
+def qwen2_config(config: OmniConfig, n_layer: int | None = None, vocab_size: int | None = None) -> Qwen2Config:
+    """The transformers Qwen2 config equivalent to an upstream litgpt config."""
+    qwen = Qwen2Config(
+        vocab_size=config.padded_vocab_size if vocab_size is None else vocab_size,
+        hidden_size=config.n_embd,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.n_layer if n_layer is None else n_layer,
+        num_attention_heads=config.n_head,
+        num_key_value_heads=config.n_query_groups,
+        max_position_embeddings=config.block_size,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_base)},
+        tie_word_embeddings=False,
+        attention_dropout=config.attn_dropout,
+    )
+    qwen.head_dim = config.head_size
+    qwen._attn_implementation = "sdpa"
+    return qwen
+
+
+class SwiGLUAdapter(nn.Module):
+    """Upstream `whisperMLP` ("llamamlp"): down(silu(gate(x)) * up(x)), F -> intermediate -> D, no bias."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(in_dim, hidden, bias=False)
+        self.up_proj = nn.Linear(in_dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@dataclass
+class OmniCache:
+    """KV caches of the backbone (and post-adapter) plus the number of positions already seen."""
+
+    backbone: DynamicCache
+    post: DynamicCache | None
+    length: int = 0
+
+
+@dataclass
+class OmniOutput:
+    text_logits: torch.Tensor  # (B, T, text_vocab)
+    audio_logits: torch.Tensor | None  # (B, A, T, audio_vocab); None when only text was asked for
+    cache: OmniCache | None
+
+
+class OmniLM(nn.Module):
+    def __init__(self, config: OmniConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.layout = TokenLayout.from_config(config)
+        self.backbone = Qwen2Model(qwen2_config(config))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.asr_adapter == "llamamlp":
+            self.adapter: nn.Module = SwiGLUAdapter(config.whisper_adapter_dim, config.intermediate_size,
+                                                    config.n_embd)
+        else:  # "mlp": one Linear with bias, as upstream's nn.Linear default
+            self.adapter = nn.Linear(config.whisper_adapter_dim, config.n_embd)
+        if config.post_adapter:
+            # Extra blocks on the backbone's hidden states; their Qwen2Model.norm is the audio norm. They
+            # take embeddings, so their own token embedding is dropped.
+            self.post_adapter = Qwen2Model(qwen2_config(config, n_layer=config.post_adapter_layers, vocab_size=1))
+            self.post_adapter.embed_tokens = None
+            self.audio_head = nn.Linear(config.n_embd, config.cat_audio_vocab_size, bias=False)
+        self.register_buffer("stream_offsets", self.layout.stream_offsets(), persistent=False)
+        self._hook_backbone_norm()
+
+    def _hook_backbone_norm(self) -> None:
+        """The post-adapter reads the backbone's hidden states before its final norm: capture them."""
+        self._pre_norm: torch.Tensor | None = None
+        if self.config.post_adapter:
+            def keep(_module, args):
+                self._pre_norm = args[0]
+            self.backbone.norm.register_forward_pre_hook(keep)
+
+    # ---- inputs --------------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
+              audio_lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, S, T) local ids [+ (B, Ta, F) features] -> (B, T, D) mean of the stream embeddings."""
+        B, S, T = ids.shape
+        if S != self.layout.n_streams:
+            raise InputError(f"ids carry {S} streams but the model has {self.layout.n_streams}",
+                             "build prompts with the model's TokenLayout")
+        emb = self.backbone.embed_tokens(ids + self.stream_offsets.view(1, S, 1))  # (B, S, T, D)
+        if audio_features is not None:
+            emb = self._inject_audio(emb, audio_features, audio_lengths)
+        return emb.mean(dim=1)
+
+    def _inject_audio(self, emb: torch.Tensor, features: torch.Tensor,
+                      lengths: Sequence[int] | None) -> torch.Tensor:
+        """Adapter(features) replaces the audio streams' embeddings at positions 1..L of each row."""
+        B, S, T, D = emb.shape
+        if features.dim() != 3 or features.shape[0] != B or features.shape[-1] != self.config.whisper_adapter_dim:
+            raise InputError(
+                f"audio features have shape {tuple(features.shape)}, expected (batch={B}, frames, "
+                f"{self.config.whisper_adapter_dim})",
+                "use the encoder the model was trained with (whisper_adapter_dim in model_config.yaml)")
+        lengths = [features.shape[1]] * B if lengths is None else list(lengths)
+        if any(n > features.shape[1] or n + 1 > T for n in lengths):
+            raise InputError(f"audio lengths {lengths} exceed the features ({features.shape[1]} frames) or "
+                             f"the prompt ({T} positions)", "build the prompt from the same audio")
+        projected = self.adapter(features.to(emb.dtype))  # (B, Ta, D)
+        placed = emb.new_zeros(B, T, D)
+        mask = torch.zeros(B, T, dtype=torch.bool, device=emb.device)
+        for b, n in enumerate(lengths):
+            placed[b, 1:n + 1] = projected[b, :n]
+            mask[b, 1:n + 1] = True
+        audio = torch.where(mask[:, None, :, None], placed[:, None], emb[:, :-1])  # (B, A, T, D)
+        return torch.cat([audio, emb[:, -1:]], dim=1)
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def new_cache(self) -> OmniCache:
+        return OmniCache(DynamicCache(config=self.backbone.config),
+                         DynamicCache(config=self.post_adapter.config) if self.config.post_adapter else None)
+
+    def forward(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
+                audio_lengths: Sequence[int] | None = None, cache: OmniCache | None = None,
+                last_only: bool = False, text_only: bool = False) -> OmniOutput:
+        """ids (B, S, T). With `cache`, the T positions continue the cached ones (prefill or step).
+        `last_only`: logits of the last position only. `text_only`: skip the audio logits."""
+        T = ids.shape[-1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise InputError(f"sequence of {start + T} positions exceeds the context of {self.config.block_size}",
+                             "shorten the input or raise block_size (the model was trained up to it)")
+        x = self.embed(ids, audio_features, audio_lengths)  # (B, T, D)
+        position_ids = torch.arange(start, start + T, device=ids.device).unsqueeze(0)
+        # Positional `cache` argument: named `past_key_values` before transformers 5.x, `cache` after.
+        hidden = self.backbone(None, None, position_ids, cache.backbone if cache else None, x,
+                               use_cache=cache is not None).last_hidden_state  # (B, T, D), normed
+        if last_only:
+            hidden = hidden[:, -1:]
+        text_logits, audio_logits = self._heads(hidden, text_only)
+        if self.config.post_adapter and not text_only:
+            audio_logits = self._post_adapter_logits(position_ids, cache, last_only)
+        elif self.config.post_adapter:
+            self._pre_norm = None
+        if cache is not None:
+            cache.length = start + T
+        return OmniOutput(text_logits, audio_logits, cache)
+
+    def _heads(self, hidden: torch.Tensor, text_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        L = self.layout
+        if text_only:
+            if isinstance(self.lm_head, nn.Linear):  # only the text rows' product
+                return nn.functional.linear(hidden, self.lm_head.weight[: L.text_vocab_size]), None
+            return self.lm_head(hidden)[..., : L.text_vocab_size], None  # a quantised head (core/quantize.py)
+        logits = self.lm_head(hidden)  # (B, T, V)
+        text = logits[..., : L.text_vocab_size]
+        if self.config.post_adapter:
+            return text, None
+        B, T, _ = logits.shape
+        audio = logits[..., L.text_vocab_size:].view(B, T, L.audio_streams, L.audio_vocab_size).transpose(1, 2)
+        return text, audio
+
+    def _post_adapter_logits(self, position_ids: torch.Tensor, cache: OmniCache | None,
+                             last_only: bool) -> torch.Tensor:
+        L = self.layout
+        x, self._pre_norm = self._pre_norm, None
+        h = self.post_adapter(None, None, position_ids, cache.post if cache else None, x,
+                              use_cache=cache is not None).last_hidden_state
+        if last_only:
+            h = h[:, -1:]
+        B, T, _ = h.shape
+        return self.audio_head(h).view(B, T, L.audio_streams, L.audio_vocab_size).transpose(1, 2)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embed_tokens.weight.dtype

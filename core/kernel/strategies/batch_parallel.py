@@ -1,0 +1,47 @@
+"""Scheme 3 (paper 3.2, batch parallel decoding), A1A2 only: two rows over the same audio. Row 0 is an A1A2
+prompt and produces the audio; row 1 is an A1T2 prompt and produces the text. Each step, row 1's text id is
+fed to BOTH rows, row 0's audio ids to row 0, and row 1 gets pad_a on every audio stream (upstream
+`generate_TA_BATCH` / `run_AT_batch_stream`). The answer grid (row 0's audio + row 1's text) uses the
+text-delay layout, as upstream reconstructs it with `reconscruct_snac`.
+
+Training: each row is an ordinary sequence; row 0 trains as A1A2 and row 1 as A1T2 with the text-delay
+targets of `layout_target` (the batch trick needs no special training data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from omnivox.core.errors import InputError
+from omnivox.core.kernel.strategies.base import StepRule
+from omnivox.core.kernel.strategies.text_delay import TextDelayStrategy
+from omnivox.core.kernel.tokens import Prompt, TokenLayout
+
+
+class BatchStepRule(StepRule):
+    rows = 2
+    audio_row = 0
+    text_row = 1
+
+    def feed(self, column: list[int]) -> torch.Tensor:
+        """Row 0: the sampled audio + text; row 1: pad_a on every audio stream + the same text."""
+        return torch.tensor([column, self.pads + column[-1:]]).view(2, -1, 1)
+
+
+class BatchParallelStrategy(TextDelayStrategy):
+    name = "batch-parallel"
+    description = "two rows: the text-only row's text drives the audio row (scheme 3, A1A2)"
+    tasks = ("A1A2",)
+
+    def prompt(self, layout: TokenLayout, task: str, n_frames: int | None = None,
+               text_ids: Sequence[int] | None = None) -> Prompt:
+        self.check_task(task)
+        if n_frames is None:
+            raise InputError("batch parallel decoding takes audio, but no encoder frame count was given",
+                             "pass n_frames (the audio features' length)")
+        return layout.batch_audio_prompt(n_frames)
+
+    def step_rule(self, layout: TokenLayout, task: str, force_layout: bool = False) -> StepRule:
+        self.check_task(task)
+        return BatchStepRule(layout, task, self.delays(layout), force_layout)

@@ -1,0 +1,231 @@
+"""Stages that wrap the model components for the event bus: encoder, LM + decoding strategy, codec.
+
+    AudioStart/AudioChunk.../AudioStop ──► EncoderStage ──► Features ──► LMStage ──► TextToken, CodecFrame
+    TextIn ─────────────────────────────────────────────────────────────┘                     │
+    CodecFrame ──► CodecStage (streaming decode, flush at TurnEnd) ──► AudioOut ◄─────────────┘
+
+Heavy work (encoding, each LM step, each codec frame) runs in a worker thread so the event loop keeps
+moving events between stages; the LM checks the turn's interruption flag before every decode step.
+These are the stage adapters the pipeline uses for components of kind encoders, strategies and codecs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import torch
+
+from omnivox.core import audio
+from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.runtime.events import (
+    AudioChunk,
+    AudioOut,
+    AudioStart,
+    AudioStop,
+    CodecFrame,
+    Event,
+    Features,
+    Interruption,
+    TextIn,
+    TextToken,
+    TurnEnd,
+    same_turn,
+)
+from omnivox.core.runtime.stage import Stage
+
+_DONE = object()
+
+
+def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
+    """The keys of `per_turn` that an Interruption (one turn, or all turns of its session) covers."""
+    return [k for k in per_turn if k[0] == event.session_id and event.turn_id in (None, k[1])]
+
+
+class EncoderStage(Stage):
+    """Collects a turn's audio between AudioStart and AudioStop, then emits its Features (T, F)."""
+
+    consumes = (AudioStart, AudioChunk, AudioStop)
+
+    def __init__(self, encoder, *, name: str | None = None):
+        super().__init__(name or "encoder")
+        self.encoder = encoder
+        self._chunks: dict[tuple[str, int], list[np.ndarray]] = {}
+        self._rate: dict[tuple[str, int], int] = {}
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        key = event.turn
+        if isinstance(event, AudioStart):
+            self._chunks[key], self._rate[key] = [], event.rate
+        elif isinstance(event, AudioChunk):
+            if self._rate.setdefault(key, event.rate) != event.rate:
+                raise InputError(f"audio rate changed within a turn ({self._rate[key]} -> {event.rate} Hz)",
+                                 "send one AudioStart per rate change")
+            self._chunks.setdefault(key, []).append(event.to_float32().T)  # (channels, frames)
+        else:  # AudioStop
+            chunks, rate = self._chunks.pop(key, []), self._rate.pop(key, None)
+            if not chunks:
+                raise InputError("the turn ended without audio", "send AudioChunk events before AudioStop")
+            pcm = np.concatenate(chunks, axis=1)
+            features = await asyncio.to_thread(self.encoder.encode, pcm, rate)  # (T, F)
+            yield Features(features=features, frames_per_second=self.encoder.frame_rate, **same_turn(event))
+
+    async def on_interrupt(self, event: Interruption) -> None:
+        for key in _turn_keys(self._chunks, event):
+            self._chunks.pop(key, None)
+            self._rate.pop(key, None)
+
+
+class IncrementalText:
+    """Detokenizes a growing id list, returning only the new text (holds back a partial UTF-8 char)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.done = tokenizer, [], ""
+
+    def push(self, token: int) -> str:
+        if self.tokenizer is None:
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.done = text[len(self.done):], text
+        return new
+
+
+class LMStage(Stage):
+    """Runs the LM with a decoding strategy on each Features (audio in) or TextIn (text in) event.
+    Emits a TextToken per text id and a CodecFrame per complete codec frame, as soon as each exists."""
+
+    consumes = (Features, TextIn)
+    queue_size = 8
+
+    def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
+                 task: str | None = None, max_steps: int | None = 600, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
+                 force_layout: bool = False, int8: bool = False):
+        from omnivox.core.kernel.sampling import SamplingConfig
+        from omnivox.core.kernel.strategies import get_strategy
+
+        super().__init__(name or "lm")
+        self.strategy = get_strategy(strategy)
+        self.checkpoint, self.model = checkpoint, model
+        self.task, self.max_steps, self.force_layout, self.int8 = task, max_steps, force_layout, int8
+        self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        self.generating: set[tuple[str, int]] = set()  # turns whose generation is running now
+        self.results: dict[tuple[str, int], object] = {}  # last GenerationResult per turn
+
+    async def setup(self) -> None:
+        if self.model is None:
+            if self.checkpoint is None:
+                raise ConfigError("the LM stage has no model",
+                                  "give it `checkpoint: DIR` or the name of a registered model "
+                                  "(`omnivox plugins` lists them under models, e.g. tiny-random)")
+            self.model = await asyncio.to_thread(load_model, self.checkpoint, self.sampling.seed or 0)
+        if self.int8:
+            from omnivox.core.kernel.quantize import quantize_int8
+
+            quantize_int8(self.model.lm)
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        from omnivox.core.kernel.generation import Done, FramePiece, TextPiece, stream
+
+        key = event.turn
+        if isinstance(event, Features):
+            task = self.task or "A1A2"
+            features = torch.as_tensor(event.features, dtype=torch.float32)
+            pieces = stream(self.model, task=task, audio_features=features, **self._options(event))
+        else:
+            task = self.task if self.task in ("T1A2", "T1T2") else "T1A2"
+            pieces = stream(self.model, task=task, text_ids=event.text, **self._options(event))
+        text = IncrementalText(getattr(self.model, "tokenizer", None))
+        self.generating.add(key)
+        pending = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(asyncio.to_thread(next, pieces, _DONE))
+                piece = await pending
+                pending = None
+                if piece is _DONE:
+                    break
+                if isinstance(piece, TextPiece):
+                    yield TextToken(piece.token, text.push(piece.token), step=piece.step, **same_turn(event))
+                elif isinstance(piece, FramePiece):
+                    yield CodecFrame(piece.codes, step=piece.step, **same_turn(event))
+                elif isinstance(piece, Done):
+                    self.results[key] = piece.result
+        finally:
+            self.generating.discard(key)
+            if pending is not None:  # cancelled mid-step: close the generator once that step returns
+                pending.add_done_callback(lambda _: pieces.close())
+            else:
+                pieces.close()
+
+    def _options(self, event: Event) -> dict:
+        return dict(strategy=self.strategy, sampling=self.sampling, max_steps=self.max_steps,
+                    force_layout=self.force_layout, cancel=lambda: self.interrupted(event))
+
+
+class CodecStage(Stage):
+    """Decodes CodecFrames with the codec's streaming decoder (one per turn) into s16le AudioOut chunks;
+    flushes the tail at the turn's TurnEnd."""
+
+    consumes = (CodecFrame, TurnEnd)
+    queue_size = 8
+
+    def __init__(self, codec, *, name: str | None = None):
+        super().__init__(name or "codec")
+        self.codec = codec
+        self._decoders: dict[tuple[str, int], object] = {}
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        key = event.turn
+        if isinstance(event, CodecFrame):
+            decoder = self._decoders.get(key)
+            if decoder is None:
+                decoder = self._decoders[key] = self.codec.stream_decoder()
+            pcm = await asyncio.to_thread(decoder.push, torch.tensor(event.codes, dtype=torch.long))
+            step = event.step
+        else:
+            decoder = self._decoders.pop(key, None)
+            if decoder is None or event.reason != "done":
+                return
+            pcm, step = await asyncio.to_thread(decoder.flush), None
+        if pcm.numel():
+            yield self._audio_out(pcm, step, event)
+
+    def _audio_out(self, pcm: torch.Tensor, step: int | None, event: Event) -> AudioOut:
+        fmt = audio.AudioFormat(rate=self.codec.grid.sample_rate, width=2, channels=1)
+        data = audio.to_bytes(pcm.detach().float().cpu().numpy().reshape(1, -1), fmt)
+        return AudioOut(audio=data, rate=fmt.rate, width=2, channels=1, step=step, **same_turn(event))
+
+    async def on_interrupt(self, event: Interruption) -> None:
+        for key in _turn_keys(self._decoders, event):
+            self._decoders.pop(key, None)
+
+
+def load_model(checkpoint: str, seed: int = 0):
+    """A registered model by name (kind `models`), else an upstream or native checkpoint directory."""
+    from omnivox.core.contracts.manager import get_plugin_manager
+
+    models = get_plugin_manager().registry("models")
+    if checkpoint in models.entries:
+        return models.create(checkpoint, seed=seed)
+    from omnivox.core.kernel.checkpoint import OmniModel
+
+    return OmniModel.from_pretrained(checkpoint)
+
+
+def check_compatible(model, encoder=None, codec=None) -> None:
+    """The encoder's feature width and the codec's token grid must be the ones the LM was built for."""
+    config = model.config
+    if encoder is not None and encoder.feature_dim != config.whisper_adapter_dim:
+        raise ConfigError(f"the encoder gives {encoder.feature_dim}-d features but the model's adapter takes "
+                          f"{config.whisper_adapter_dim}", "use the encoder the model was trained with")
+    if codec is not None:
+        grid = codec.grid
+        if grid.n_slots != config.audio_streams or grid.codebook_size != config.codebook_size:
+            raise ConfigError(
+                f"the codec has {grid.n_slots} slots of {grid.codebook_size} codes but the model has "
+                f"{config.audio_streams} audio streams of {config.codebook_size}",
+                "use the codec the model was trained with")

@@ -1,0 +1,41 @@
+"""Built-in random models: `tiny-random`, a tiny OmniLM with Mini-Omni's structure (7 SNAC streams of 4096
+codes, adapter width of the tiny random Whisper encoder). Every stage runs for real; the outputs are noise.
+
+Its audio heads never choose a special id (their rows are zeroed, so some code always scores higher): a
+random model would otherwise end its audio at a random early step, and nothing of the streaming path
+would show."""
+
+from __future__ import annotations
+
+from omnivox.core.contracts.hookspecs import hookimpl
+
+TINY = "tiny-random"
+TINY_WHISPER_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 64, "n_audio_head": 2, "n_audio_layer": 2}
+
+
+def tiny_model(seed: int = 0, **config_overrides):
+    """Random tiny OmniModel (byte-level tokenizer) that keeps speaking until its step budget."""
+    from omnivox.core.kernel.checkpoint import OmniModel
+    from omnivox.core.kernel.config import OmniConfig
+
+    overrides = {"whisper_adapter_dim": TINY_WHISPER_DIMS["n_audio_state"], **config_overrides}
+    return never_emit_audio_specials(OmniModel.random(OmniConfig.tiny(codebook_size=4096, **overrides), seed=seed))
+
+
+def never_emit_audio_specials(model):
+    """Zero the lm_head rows of every audio stream's special ids: some code always scores higher, so a
+    random model fills every slot with a code (and never stops on eoa)."""
+    import torch
+
+    layout = model.layout
+    with torch.no_grad():
+        for stream in range(layout.audio_streams):
+            first_special = layout.audio_offset(stream) + layout.codebook_size
+            model.lm.lm_head.weight[first_special:layout.audio_offset(stream) + layout.audio_vocab_size] = 0
+    return model
+
+
+@hookimpl
+def register_models(registry):
+    registry.add(TINY, tiny_model, description="tiny random OmniLM (7 x 4096 SNAC streams): every stage runs, "
+                 "the answer is noise")
