@@ -124,8 +124,8 @@ def test_garbage_file(upstream):
 
 def test_convert_cli_round_trip(upstream, tmp_path):
     dst = tmp_path / "native"
-    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "convert", "mini-omni", str(upstream), str(dst)],
-                         capture_output=True, text=True)
+    command = [sys.executable, "-m", "omnivox.core.cli.main", "convert", "mini-omni", str(upstream), str(dst)]
+    run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     a, b = OmniModel.from_pretrained(upstream), OmniModel.from_pretrained(dst)
     assert all(torch.equal(a.lm.state_dict()[k], b.lm.state_dict()[k]) for k in a.lm.state_dict())
