@@ -6,11 +6,14 @@
 
 Heavy work (encoding, each LM step, each codec frame) runs in a worker thread so the event loop keeps
 moving events between stages; the LM checks the turn's interruption flag before every decode step.
+Sessions run concurrently (see stage.py): several turns may decode at once on ONE model object (inference
+only, each turn has its own KV cache), so all per-turn state here is keyed by (session, turn).
 These are the stage adapters the pipeline uses for components of kind encoders, strategies and codecs."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -35,6 +38,7 @@ from omnivox.core.runtime.events import (
 from omnivox.core.runtime.stage import Stage
 
 _DONE = object()
+KEEP_RESULTS = 64  # LMStage.results keeps the GenerationResult of this many recent turns
 
 
 def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
@@ -113,7 +117,8 @@ class LMStage(Stage):
         self.task, self.max_steps, self.force_layout, self.int8 = task, max_steps, force_layout, int8
         self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         self.generating: set[tuple[str, int]] = set()  # turns whose generation is running now
-        self.results: dict[tuple[str, int], object] = {}  # last GenerationResult per turn
+        # GenerationResult of the most recent turns (bounded: a service runs turns without end)
+        self.results: OrderedDict[tuple[str, int], object] = OrderedDict()
 
     async def setup(self) -> None:
         if self.model is None:
@@ -154,6 +159,8 @@ class LMStage(Stage):
                     yield CodecFrame(piece.codes, step=piece.step, **same_turn(event))
                 elif isinstance(piece, Done):
                     self.results[key] = piece.result
+                    while len(self.results) > KEEP_RESULTS:
+                        self.results.popitem(last=False)
         finally:
             self.generating.discard(key)
             if pending is not None:  # cancelled mid-step: close the generator once that step returns

@@ -11,10 +11,15 @@ wraps a function from events to events (sync or async) without writing a class. 
 overrides `produce()` instead and yields the events it creates on its own.
 
 What the base does:
-- reads the stage's bounded queue (see omnivox.core.runtime.bus); events of `consumes` go to `process`, every other
+- runs sessions concurrently: a dispatcher reads the stage's bounded queue (see omnivox.core.runtime.bus) and
+  hands each data/control event to its session's worker task (created on the session's first event, reaped
+  after WORKER_IDLE_S idle). Events of one session are handled strictly in order, one at a time; different
+  sessions overlap (an LM turn of session B does not wait for session A's). Per-session state in a stage
+  must therefore be keyed by session (or turn), as the model stages do;
+- in each worker, events of `consumes` go to `process`, every other
   data/control event is forwarded unchanged, control events are forwarded after `process` too unless their
   type is listed in `replaces`;
-- runs `process` in the stage's task: an Interruption of that turn cancels the task at its next await
+- runs `process` in the session's worker task: an Interruption of that turn cancels the task at its next await
   inside `process` (the cancellation is absorbed and the stage goes on); the base awaits once after every
   yielded event, so a generator yielding one event per decode step stops within one step. Work done in a
   thread (asyncio.to_thread) should check `self.interrupted(event)` per step;
@@ -31,7 +36,7 @@ import inspect
 import logging
 import re
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -54,6 +59,7 @@ from omnivox.core.runtime.events import (
 log = logging.getLogger(__name__)
 
 _REMEMBER_FAILED = 1024
+WORKER_IDLE_S = 2.0  # a session's worker task ends after this long without events
 
 
 class Stage:
@@ -70,9 +76,9 @@ class Stage:
         self.busy_s: dict[tuple[str, int], float] = {}  # (session, turn) -> seconds inside process
         self.busy_total_s = 0.0
         self._sub: Subscription | None = None
-        self._current: tuple[str, int] | None = None  # the turn whose process() is running
-        self._cancel_requested = False
-        self._runner: asyncio.Task | None = None
+        self._workers: dict[str, _SessionWorker] = {}  # session -> the task running its events
+        self._dispatcher: asyncio.Task | None = None
+        self._crash: BaseException | None = None  # a worker's unexpected exception (a bug): stops the stage
         self._failed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._source_done: asyncio.Event | None = None
         # Called with every event this stage takes from its queue; an event it returns is published as
@@ -150,46 +156,66 @@ class Stage:
         producer = asyncio.create_task(self._produce()) if self.is_source else None
         if producer is None:
             self._source_done.set()
+        self._dispatcher = asyncio.current_task()
         try:
-            await self._consume()
+            await self._dispatch()
+        except asyncio.CancelledError:
+            if self._crash is None:
+                raise
+            raise RuntimeError(f"stage {self.name!r} failed outside process()") from self._crash
         finally:
+            workers = [w.task for w in self._workers.values()]
+            for task in workers:
+                task.cancel()
             if producer is not None and not producer.done():
                 producer.cancel()
-                await asyncio.gather(producer, return_exceptions=True)
+                workers.append(producer)
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._workers.clear()
             self._source_done.set()
 
-    async def _consume(self) -> None:
-        self._runner = asyncio.current_task()
+    async def _dispatch(self) -> None:
+        """Read the stage's queue: system events are handled here at once; every other event goes to its
+        session's worker (created on demand), so sessions run concurrently and each stays in order."""
         sub = self._sub
         while True:
             event = await sub.get()
+            if not isinstance(event, SystemEvent):
+                worker = self._workers.get(event.session_id)
+                if worker is None:
+                    worker = self._workers[event.session_id] = _SessionWorker(self, event.session_id)
+                await worker.put(event)  # waits while that session's backlog is full (backpressure)
+                continue
             try:
                 if self.observer is not None:
-                    note = self.observer(event)
-                    if note is not None:
-                        await self.bus.publish(note, sender="metrics")
-                if isinstance(event, SystemEvent):
-                    if isinstance(event, Shutdown):
-                        return
-                    if isinstance(event, (Interruption, Cancel)):
-                        try:
-                            await self.on_interrupt(event)
-                        except Exception as exc:
-                            await self._report(exc, same_turn(event))
-                    continue
-                key = (event.session_id, event.turn_id)
-                if isinstance(event, self.consumes) and key not in self._failed:
-                    if isinstance(event, DataEvent) and self.bus.is_interrupted(*key):
-                        continue
-                    await self._process(event, key)
-                    if isinstance(event, DataEvent) or isinstance(event, self.replaces):
-                        continue
-                elif isinstance(event, DataEvent):
-                    if key in self._failed:
-                        continue
-                await self._forward(event, key)
+                    self.observer(event)  # errors are observed; metrics notes come from data/control events
+                if isinstance(event, Shutdown):
+                    return
+                if isinstance(event, (Interruption, Cancel)):
+                    try:
+                        await self.on_interrupt(event)
+                    except Exception as exc:
+                        await self._report(exc, same_turn(event))
             finally:
                 sub.task_done()
+
+    async def _handle(self, event: Event) -> None:
+        """One data/control event, inside its session's worker task."""
+        if self.observer is not None:
+            note = self.observer(event)
+            if note is not None:
+                await self.bus.publish(note, sender="metrics")
+        key = (event.session_id, event.turn_id)
+        if isinstance(event, self.consumes) and key not in self._failed:
+            if isinstance(event, DataEvent) and self.bus.is_interrupted(*key):
+                return
+            await self._process(event, key)
+            if isinstance(event, DataEvent) or isinstance(event, self.replaces):
+                return
+        elif isinstance(event, DataEvent):
+            if key in self._failed or self.bus.is_interrupted(*key):
+                return
+        await self._forward(event, key)
 
     async def _forward(self, event: Event, key: tuple[str, int]) -> None:
         if isinstance(event, TurnEnd):
@@ -200,22 +226,23 @@ class Stage:
         await self.bus.publish(event, sender=self.name)
 
     async def _process(self, event: Event, key: tuple[str, int]) -> None:
-        """Run process() inside the stage's task; an interruption of `key` cancels that task while it is
-        parked inside this call, and the CancelledError is absorbed here (the turn's work is over)."""
-        self._current, self._cancel_requested = key, False
+        """Run process() inside the session's worker task; an interruption of `key` cancels that task while
+        it is parked inside this call, and the CancelledError is absorbed here (the turn's work is over)."""
+        worker = self._workers[event.session_id]
+        worker.current, worker.cancel_requested = key, False
         failure = None
         try:
             await self._drive(event, key)
         except asyncio.CancelledError:
-            if not self._cancel_requested:
+            if not worker.cancel_requested:
                 raise  # the stage itself is being cancelled
-            uncancel = getattr(self._runner, "uncancel", None)  # Python >= 3.11 counts cancel requests
+            uncancel = getattr(worker.task, "uncancel", None)  # Python >= 3.11 counts cancel requests
             if uncancel is not None and uncancel() > 0:
                 raise
         except Exception as exc:
             failure = exc
         finally:
-            self._current, self._cancel_requested = None, False
+            worker.current, worker.cancel_requested = None, False
         if failure is not None:  # reported outside the cancellable region
             await self._fail(event, key, failure)
 
@@ -277,15 +304,67 @@ class Stage:
         finally:
             self._source_done.set()
 
+    def _worker_done(self, task: asyncio.Task) -> None:
+        """A session worker ended: an exception escaping it is a bug in the stage machinery; stop the stage."""
+        if not task.cancelled() and task.exception() is not None and self._crash is None:
+            self._crash = task.exception()
+            self._dispatcher.cancel()
+
     def _cancel_turn(self, session_id: str | None, turn_id: int | None) -> None:
-        """Bus callback for Interruption/Cancel/Shutdown: cancel the running process() if it belongs to
-        that turn (to that session when turn_id is None; any when session_id is None)."""
-        if self._current is None or self._cancel_requested:
-            return
-        session, turn = self._current
-        if session_id is None or (session == session_id and (turn_id is None or turn == turn_id)):
-            self._cancel_requested = True
-            self._runner.cancel()
+        """Bus callback for Interruption/Cancel/Shutdown: cancel the running process() of that turn (every
+        turn of the session when turn_id is None; of every session when session_id is None)."""
+        workers = self._workers.values() if session_id is None else [self._workers.get(session_id)]
+        for worker in workers:
+            if worker is None or worker.current is None or worker.cancel_requested:
+                continue
+            if session_id is None or turn_id is None or worker.current[1] == turn_id:
+                worker.cancel_requested = True
+                worker.task.cancel()
+
+
+class _SessionWorker:
+    """The task running one session's events through a stage, in order. Its backlog is bounded by the
+    stage's queue_size; it ends itself after WORKER_IDLE_S without events (reaped: a new one starts on the
+    session's next event) and when the bus closes."""
+
+    def __init__(self, stage: Stage, session_id: str):
+        self.stage, self.session_id = stage, session_id
+        self.backlog: deque[Event] = deque()
+        self.current: tuple[str, int] | None = None  # the turn whose process() is running
+        self.cancel_requested = False
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"stage:{stage.name}:{session_id}")
+        self.task.add_done_callback(stage._worker_done)
+
+    async def put(self, event: Event) -> None:
+        while len(self.backlog) >= self.stage.queue_size and not self.task.done():
+            self._room.clear()
+            await self._room.wait()
+        self.backlog.append(event)
+        self._arrived.set()
+
+    async def _run(self) -> None:
+        stage, sub = self.stage, self.stage._sub
+        try:
+            while not stage.bus.closed:
+                if not self.backlog:
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), WORKER_IDLE_S)
+                    except asyncio.TimeoutError:
+                        if not self.backlog:  # nothing arrived: reap this worker (no await before the del)
+                            del stage._workers[self.session_id]
+                            return
+                    continue
+                event = self.backlog.popleft()
+                self._room.set()
+                try:
+                    await stage._handle(event)
+                finally:
+                    sub.task_done()
+        finally:
+            self._room.set()  # a dispatcher waiting for room must not wait for a worker that ended
 
 
 class FunctionStage(Stage):
