@@ -15,7 +15,7 @@ install-system:
 
 install: install-system
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,vad,train]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,vad,train,fw]"
 
 demo: install
 	mkdir -p $(OUT)

@@ -36,6 +36,7 @@ _SINGULAR = {
 BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.strategies": None,
     "omnivox.plugins.whisper_encoder": None,
+    "omnivox.plugins.fw_encoder": "fw",
     "omnivox.plugins.snac_codec": None,
     "omnivox.plugins.mimi_codec": None,
     "omnivox.plugins.audio_files": None,

