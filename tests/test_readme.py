@@ -198,6 +198,24 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in commands, ".ci/run does not call `make test`"
 
 
+def quick_starts(text: str) -> dict[str, str]:
+    """Heading -> body of each `## Quick start: ...` section."""
+    sections = re.split(r"^(## .*)$", text, flags=re.M)
+    pairs = zip(sections[1::2], sections[2::2], strict=True)
+    return {heading: body for heading, body in pairs if heading.startswith("## Quick start")}
+
+
+def test_quick_starts_in_order_and_exercised():
+    """One quick start per kind of user, in this order; each one that shows commands runs at least one block."""
+    text = README.read_text(encoding="utf-8")
+    sections = quick_starts(text)
+    topics = [re.search(r"mqtt|codec|microphone|training", h, re.I) for h in sections]
+    assert [m and m[0].lower() for m in topics] == ["mqtt", "codec", "microphone", "training"], list(sections)
+    for heading, body in sections.items():
+        if "```" in body:
+            assert extract_blocks(body), f"README {heading!r} shows commands but marks none runnable"
+
+
 def test_benchmarks_named_in_readme_exist():
     named = set(re.findall(r"benchmarks/[\w./-]+?\.py", README.read_text(encoding="utf-8")))
     assert named, "the README names no benchmark"
