@@ -13,12 +13,11 @@ latent rate reaches 3 latents (1536 samples); each DecoderBlock(stride s) is a C
 (one input step) then ResidualUnits with k7 convs at dilations 1, 3, 9, i.e. 39 steps of its output
 rate: 39 * (64 + 8 + 2 + 1) = 2925 samples; the final k7 conv 3. Together ~4.7k samples, 10 latents
 (`right_reach()` = 5120, computed from the layers): 2.3 coarse frames. So exact equality needs 3 frames
-of lookahead; with 1 frame the samples just before each frame boundary miss part of their right
-context. `lookahead_frames` (default 1, the project's latency budget) sets the trade-off; left context
-is never cut. Measured (benchmarks/bench_snac_streaming.py; random weights; min SNR over +-256 samples
-around every frame boundary vs whole decode): lookahead 1 -> ~40 dB at ~2.2-2.7x the compute of whole
-decode; 2 -> ~77 dB at ~1.3-2.2x; 3 -> exact (~123 dB, float rounding) at ~1.5x; upstream's independent
-4-frame windows -> 16 dB.
+of lookahead; with less, the samples just before each frame boundary miss part of their right context.
+`lookahead_frames` sets the trade-off; left context is never cut. Default 2 frames (170 ms): ~77 dB from
+whole decode. `lookahead_frames=1` is the low-latency choice (85 ms, ~40 dB). Measured by
+benchmarks/bench_snac_streaming.py (random weights; min SNR over +-256 samples around every frame
+boundary vs whole decode); upstream's independent 4-frame windows: 16 dB.
 
 Rather than re-decoding overlapping windows (cost ~ (context + 1) frames per frame), the decoder runs as
 a stream of stateful layers (`_Stream*` below): every conv keeps the last (kernel-1)*dilation inputs,
@@ -27,9 +26,11 @@ latent is processed once and the exact part of the output grows incrementally. T
 but due under the lookahead is computed speculatively, as if the stream ended there (the layers' zero
 padding), in the same kernel calls, without touching the states; flush() emits exactly that
 end-of-stream tail, so the total output equals whole-utterance decode. Extra compute per push is that
-speculative span: (right reach - lookahead) samples at every layer (~1.5 frames at lookahead 1), plus
-one read of the big first upsampler's weights. Local attention (32/44 kHz models) is not
-streamable this way: stream_decoder() refuses those configs; encode/decode work for them."""
+speculative span: (right reach - lookahead) samples at every layer (0.5 frame at lookahead 2, 1.5 at
+1), plus one read of the big first upsampler's weights. The transposed and kernel-1 convs run as
+time-major matmuls (F.linear), which read their weights at full speed on the few latents of a push.
+Local attention (32/44 kHz models) is not streamable this way: stream_decoder() refuses those configs;
+encode/decode work for them."""
 
 from __future__ import annotations
 
@@ -73,11 +74,13 @@ class SnacCodec:
     """A SNAC model behind the codec contract. Build with `SnacCodec.load(...)` or `SnacCodec(model)`; the
     model is changed in place (weight norm folded into plain weights; with `deterministic`, noise bypassed)."""
 
-    def __init__(self, model, *, deterministic: bool = True, lookahead_frames: float = 1.0):
+    def __init__(self, model, *, deterministic: bool = True, lookahead_frames: float = 2.0):
         from snac.layers import NoiseBlock
 
         if lookahead_frames < 0:
-            raise ConfigError(f"lookahead_frames={lookahead_frames} is negative", "use 0 or more (default 1)")
+            raise ConfigError(
+                f"lookahead_frames={lookahead_frames} is negative", "use 0 or more (default 2; 1 for low latency)"
+            )
         self.model = model.eval()
         self.deterministic = deterministic
         self.lookahead_frames = lookahead_frames
@@ -291,7 +294,7 @@ class _StreamConvTranspose:
         w = conv.weight.detach()  # (C_in, C_out, 2s)
         self.w_now = w[..., : self.s].permute(1, 2, 0).reshape(-1, w.shape[0])  # (C_out*s, C_in)
         self.w_before = w[..., self.s :].permute(1, 2, 0).reshape(-1, w.shape[0])
-        self.bias = None if conv.bias is None else conv.bias.detach()[:, None, None]  # (C_out, 1, 1)
+        self.bias = None if conv.bias is None else conv.bias.detach()[:, None]  # (C_out, 1)
         self.c_out, self.pad = w.shape[1], conv.padding[0]
         self.prev = w.new_zeros(1, w.shape[0], 1)  # the input before the first: contributes 0
         self.n_in = 0
@@ -314,13 +317,13 @@ class _StreamConvTranspose:
         self.n_in += m
         if n_seq == 0 and not (ends and total):
             return _split(_empty(x, self.c_out), 0, spec)
-        before = torch.cat([prev, seq], -1)[0]  # (C_in, L + 1): x_(j-1) for block j; the last feeds the tail
-        y = self.w_before @ (before if ends else before[:, :n_seq])  # (C_out*s, blocks)
-        y[:, :n_seq] += self.w_now @ seq[0]
-        y = y.view(self.c_out, self.s, -1)
+        before = torch.cat([prev, seq], -1)[0].t()  # (L + 1, C_in): x_(j-1) for block j; the last feeds the tail
+        y = F.linear(before if ends else before[:n_seq], self.w_before)  # (blocks, C_out*s)
+        y[:n_seq] += F.linear(seq[0].t(), self.w_now)
+        y = y.view(-1, self.c_out, self.s)
         if self.bias is not None:
             y = y + self.bias
-        y = y.permute(0, 2, 1).reshape(1, self.c_out, -1)  # (1, C_out, blocks*s) from full position `start`
+        y = y.permute(1, 0, 2).reshape(1, self.c_out, -1)  # (1, C_out, blocks*s) from full position `start`
         hi = self.pad + total * self.s - start if ends else y.shape[-1]
         return _split(y[..., first - start : max(first - start, hi)], n_exact, spec)
 
@@ -365,6 +368,16 @@ class _StreamSequence:
         return upto
 
 
+def _pointwise_conv(conv: nn.Conv1d):
+    """A kernel-1 conv as a time-major matmul: 3x faster than the conv kernel on the few columns of a push."""
+    weight, bias = conv.weight.detach()[:, :, 0].contiguous(), conv.bias  # (C_out, C_in)
+
+    def run(x: Tensor) -> Tensor:  # (1, C_in, n) -> (1, C_out, n)
+        return F.linear(x[0].t(), weight, bias).t()[None]
+
+    return run
+
+
 def _stream_graph(module: nn.Module):
     """Mirror SNAC's decoder module tree with streaming nodes."""
     from snac.layers import DecoderBlock, NoiseBlock, ResidualUnit, Snake1d
@@ -381,7 +394,7 @@ def _stream_graph(module: nn.Module):
                 f"decoder conv with stride {module.stride[0]} is not streamable",
                 "decode whole with codec.decode(frames)",
             )
-        return _StreamPointwise(module) if module.kernel_size[0] == 1 else _StreamConv(module)
+        return _StreamPointwise(_pointwise_conv(module)) if module.kernel_size[0] == 1 else _StreamConv(module)
     if isinstance(module, nn.ConvTranspose1d):
         return _StreamConvTranspose(module)
     if isinstance(module, (Snake1d, nn.Tanh, NoiseBlock)):
@@ -458,7 +471,7 @@ def make_snac_codec(
     model: str | None = None,
     config: dict | None = None,
     deterministic: bool = True,
-    lookahead_frames: float = 1.0,
+    lookahead_frames: float = 2.0,
     seed: int | None = None,
 ) -> SnacCodec:
     """Factory for the registry: see SnacCodec.load."""
