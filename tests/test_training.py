@@ -3,6 +3,7 @@ weights of an uninterrupted run, and bad inputs fail with a clear error before a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,8 +18,10 @@ from safetensors.torch import load_file
 
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
 from omnivox.training.freeze import GROUP_PREFIXES, group_of
+from omnivox.training.loss import token_losses
 from omnivox.training.recipe import build_model, load_recipe
-from omnivox.training.trainer import read_init_state, train, write_native
+from omnivox.training.trainer import TrainingRecipe, train
+from omnivox.training.weights import read_init_state, write_native
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -93,10 +96,10 @@ def test_trainable_map_is_exact(stage, data, random_init, tmp_path):
     assert {group_of(k) for k in changed} == want
 
 
-def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+def _run_cli(args: list[str], stderr=subprocess.STDOUT) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kw)
+                            stderr=stderr, text=True, env=env)
 
 
 @pytest.mark.slow  # a subprocess start plus two short runs
@@ -200,7 +203,7 @@ def test_init_from_qwen2_extends_the_vocabulary(tmp_path):
     from transformers import Qwen2ForCausalLM
 
     from omnivox.core.kernel.model import qwen2_config
-    from omnivox.training.trainer import load_init
+    from omnivox.training.weights import load_init
 
     model = build_model("tiny")
     cfg = model.config
@@ -245,3 +248,85 @@ def test_loss_curve_png_at_the_end(data, tmp_path):
     png = tmp_path / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "summary.json").read_text())["loss_png"] == str(png)
+
+
+class TextOnlyRecipe(TrainingRecipe):
+    """The extension point: a new objective is a subclass overriding `loss` (here: the text term alone)."""
+
+    def loss(self, out, batch):
+        losses = token_losses(out.text_logits, out.audio_logits, batch.labels)
+        counts = self.ctx.all_sum(losses.counts)
+        terms = losses.sums / counts.clamp(min=1)
+        return terms[0] + 0.0 * terms.sum(), terms.detach(), counts
+
+
+def _metrics(run: Path) -> list[dict[str, float]]:
+    with (run / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def test_a_subclass_with_its_own_loss_runs_through_omnivox_train(data, random_init, tmp_path):
+    from omnivox.core.cli.main import main
+
+    recipe = str(RECIPES / "tiny_stage3_finetune.yaml")
+    args = overrides(data, tmp_path / "base", init_from=random_init, training__max_steps=2, data__tasks="[A1A2]")
+    assert main(["train", recipe, *args]) == 0
+    custom = overrides(data, tmp_path / "custom", init_from=random_init, training__max_steps=2,
+                       data__tasks="[A1A2]", trainer___component_="test_training.TextOnlyRecipe")
+    assert main(["train", recipe, *custom]) == 0
+    base, text_only = _metrics(tmp_path / "base"), _metrics(tmp_path / "custom")
+    assert all(row["loss"] != row["text"] for row in base)  # the default loss adds the audio streams
+    assert all(row["loss"] == row["text"] for row in text_only)  # the override is what was optimised
+    assert text_only[0]["audio_0"] == base[0]["audio_0"]  # same model and batch at step 1
+    assert text_only[1]["audio_0"] != base[1]["audio_0"]  # but other updates after it
+
+
+def test_evaluate_reports_the_held_out_loss_without_changing_training(data, random_init, tmp_path):
+    """Full-batch training on the eval set: the training loss at step k+1 is the eval loss after step k."""
+    common = dict(init_from=random_init, training__max_steps=3, training__batch_size=4, data__tasks="[A1A2]")
+    train(load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(data, tmp_path / "plain", **common)))
+    summary = train(load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(
+        data, tmp_path / "eval", training__eval_every=1, eval_data=f"{{path: {data}, tasks: [A1A2]}}", **common)))
+    plain, trained = _metrics(tmp_path / "plain"), _metrics(tmp_path / "eval")
+    drop = ("tokens_per_s", "examples_per_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in plain] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in trained]  # evaluation perturbs nothing
+    with (tmp_path / "eval" / "eval.csv").open() as f:
+        evals = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    assert [row["step"] for row in evals] == [1.0, 2.0, 3.0]
+    for after, next_step in zip(evals[:2], trained[1:], strict=True):
+        assert after["loss"] == pytest.approx(next_step["loss"], rel=1e-5)
+        assert after["audio_3"] == pytest.approx(next_step["audio_3"], rel=1e-5)
+    assert summary["eval"] == pytest.approx({k: v for k, v in evals[-1].items() if k != "step"})
+
+
+@pytest.mark.slow  # two subprocess starts
+def test_progress_bar_on_a_terminal_only(data, tmp_path):
+    """A step bar on stderr when it is a terminal; none with progress=false; stdout keeps the log lines."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def run(out: Path, *extra: str) -> str:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+        proc = _run_cli([str(RECIPES / "tiny_stage2_adaption.yaml"), *overrides(
+            data, out, init_from="null", training__max_steps=3, training__log_every=3), *extra], stderr=follower)
+        os.close(follower)
+        stderr = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            stderr += chunk
+        assert proc.wait(timeout=120) == 0
+        assert "step 3/3  loss" in proc.stdout.read()
+        os.close(leader)
+        return stderr.decode(errors="replace")
+
+    assert "3/3" in run(tmp_path / "bar")
+    assert "3/3" not in run(tmp_path / "quiet", "progress=false")

@@ -10,6 +10,8 @@ A recipe is one YAML mapping with these top-level keys (defaults in DEFAULTS):
     strategy:   decoding-strategy name whose layout builds the targets (e.g. text-delay)
     trainable:  {encoder, adapter, lm, heads}: frozen | full
     data:       {_component_ (dataset plugin or dotted path), ...its parameters}
+    eval_data:  null | {_component_ (default manifest), ...}: held-out set, evaluated every
+                training.eval_every steps and at the end (eval.csv, summary.json)
     prepare:    {codec: {_component_, ...}, encoder: {_component_, ...}}  used by `omnivox prepare`
     optimizer:  {_component_ (dotted path, called with the trainable params), ...}
     scheduler:  {_component_ (dotted path, called with the optimizer and total_steps), ...}
@@ -18,8 +20,11 @@ A recipe is one YAML mapping with these top-level keys (defaults in DEFAULTS):
                 stream gets no gradient there)
     logger:     {_component_, ...}
     training:   {max_steps, batch_size (global), grad_clip, log_every, checkpoint_every, keep_checkpoints,
-                 distributed: ddp | fsdp, device: cpu | cuda | auto, num_threads}
+                 eval_every, distributed: ddp | fsdp, device: cpu | cuda | auto, num_threads}
     export:     null | DIR (default OUTPUT_DIR/export): the final weights in the native inference format
+    trainer:    {_component_}: the recipe object that runs the steps (training/trainer.py TrainingRecipe, or
+                a subclass of it that overrides a step, e.g. `loss` or `train_step`)
+    progress:   true | false: a step progress bar on stderr (shown only when stderr is a terminal)
 
 A `_component_` without a dot names a plugin of the section's kind (`data` -> datasets, `prepare.codec` ->
 codecs, `prepare.encoder` -> encoders); with dots it is `package.module.callable`. Parameters are checked
@@ -57,23 +62,27 @@ DEFAULTS: dict[str, Any] = {
     "strategy": "text-delay",
     "trainable": {"encoder": "frozen", "adapter": "full", "lm": "full", "heads": "full"},
     "data": {"_component_": "manifest"},
+    "eval_data": None,
     "prepare": None,
     "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-4},
-    "scheduler": {"_component_": "omnivox.training.trainer.warmup_cosine", "warmup_steps": 0},
+    "scheduler": {"_component_": "omnivox.training.schedule.warmup_cosine", "warmup_steps": 0},
     "loss": {"text_weight": 1.0, "audio_weight": 1.0, "task_streams": {}},
-    "logger": {"_component_": "omnivox.training.trainer.MetricsLogger"},
+    "logger": {"_component_": "omnivox.training.metric_logging.MetricsLogger"},
     "training": {"max_steps": 100, "batch_size": 8, "grad_clip": 1.0, "log_every": 10, "checkpoint_every": 0,
-                 "keep_checkpoints": 2, "distributed": "ddp", "device": "cpu", "num_threads": None},
+                 "keep_checkpoints": 2, "eval_every": 0, "distributed": "ddp", "device": "cpu", "num_threads": None},
     "export": None,
+    "trainer": {"_component_": "omnivox.training.trainer.TrainingRecipe"},
+    "progress": True,
 }
 REQUIRED = ("name", "output_dir")
 # sections whose keys are fixed (the others are `_component_` sections whose keys are the callable's parameters)
 FIXED_SECTIONS = ("trainable", "loss", "training")
-COMPONENT_SECTIONS = {"model": None, "data": "datasets", "optimizer": None, "scheduler": None, "logger": None}
+COMPONENT_SECTIONS = {"model": None, "data": "datasets", "optimizer": None, "scheduler": None, "logger": None,
+                      "trainer": None}
 PREPARE_PARTS = {"codec": "codecs", "encoder": "encoders"}
 # parameters the trainer passes itself: a recipe must not set them
 INJECTED = {"model": (), "data": (), "optimizer": ("params",), "scheduler": ("optimizer", "total_steps"),
-            "logger": ("output_dir", "resume_step", "enabled")}
+            "logger": ("output_dir", "resume_step", "enabled"), "trainer": ("recipe",)}
 
 
 @dataclass
@@ -192,6 +201,12 @@ def validate(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     _check_scalars(data, source)
     for section, kind in COMPONENT_SECTIONS.items():
         check_component(data[section], f"{source}: {section}", kind, INJECTED[section])
+    if data["eval_data"] is not None:
+        if not isinstance(data["eval_data"], dict):
+            raise ConfigError(f"{source}: eval_data must be a mapping or null",
+                              "write eval_data: {path: HELD_OUT.prepared.jsonl} (a dataset like data:)")
+        data["eval_data"] = {"_component_": "manifest", **data["eval_data"]}
+        check_component(data["eval_data"], f"{source}: eval_data", "datasets", ())
     if data["prepare"] is not None:
         prep = data["prepare"]
         if not isinstance(prep, dict) or set(prep) - set(PREPARE_PARTS):
@@ -226,7 +241,8 @@ def _check_scalars(data: dict[str, Any], source: str) -> None:
     for key in ("max_steps", "batch_size"):
         need(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] > 0, f"training.{key}",
              f"= {t[key]!r} must be a positive integer", f"write training.{key}: N")
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    need(isinstance(data["progress"], bool), "progress", f"= {data['progress']!r}", "write progress: true or false")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every"):
         need(isinstance(t[key], int) and t[key] >= 0, f"training.{key}", f"= {t[key]!r} must be an integer >= 0",
              f"write training.{key}: N (0 = {'never' if key != 'keep_checkpoints' else 'keep all'})")
     need(t["grad_clip"] is None or (isinstance(t["grad_clip"], (int, float)) and t["grad_clip"] > 0),
