@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "omnivox.core.cli.model",
     "omnivox.core.cli.plugins",
     "omnivox.core.cli.train",
+    "omnivox.core.cli.transcribe",
 ]
 
 
