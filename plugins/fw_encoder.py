@@ -13,6 +13,7 @@ is trained for one encoder and keeps it. The weights are frozen (CTranslate2 has
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,11 +93,20 @@ def load_ct2_whisper(
     path: Path, *, threads: int | None = None, compute_type: str | None = None, device: str = "cpu"
 ) -> ctranslate2.models.Whisper:
     """CTranslate2's Whisper model from the directory `path` (see model_dir); errors name the fix."""
-    if compute_type is None:
-        compute_type = "float32" if device == "cpu" else "default"  # CPUs have no efficient float16
-    threads = default_threads(threads)
-    try:
+    threads, compute_type = default_threads(threads), compute_type or default_compute_type(device)
+    with ct2_load_errors(path):
         return ctranslate2.models.Whisper(str(path), device=device, compute_type=compute_type, intra_threads=threads)
+
+
+def default_compute_type(device: str) -> str:
+    return "float32" if device == "cpu" else "default"  # CPUs have no efficient float16: say so, no warning
+
+
+@contextmanager
+def ct2_load_errors(path: Path):
+    """Turn CTranslate2's load errors into a CheckpointError naming `path` and the fix."""
+    try:
+        yield
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(
             f"CTranslate2 cannot load {path}: {exc}",
