@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.text_input": None,
     "omnivox.plugins.synthetic_data": None,
     "omnivox.plugins.random_models": None,
+    "omnivox.plugins.mqtt": "mqtt",
 }
 
 

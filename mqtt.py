@@ -1,0 +1,13 @@
+"""`omnivox.mqtt`: the device-side MQTT client (see omnivox.plugins.mqtt.client and docs/mqtt_protocol.md).
+
+    from omnivox.mqtt import Client
+    async with Client("mqtt://broker:1883", site="kitchen") as client:
+        answer = await (await client.session()).ask(wav="question.wav")
+
+Importing this module needs the `mqtt` extra (aiomqtt); `import omnivox` alone never loads it.
+"""
+
+from omnivox.plugins.mqtt.client import Answer, Client, Reply, ServiceError, Session, Turn
+from omnivox.plugins.mqtt.protocol import VERSION as PROTOCOL_VERSION
+
+__all__ = ["Answer", "Client", "PROTOCOL_VERSION", "Reply", "ServiceError", "Session", "Turn"]

@@ -1,0 +1,441 @@
+"""The device side of the omnivox MQTT protocol (importable as `omnivox.mqtt`): what a robot runs, what
+`omnivox ask` and the tests use.
+
+    from omnivox.mqtt import Client
+
+    async with Client("mqtt://127.0.0.1:1883", site="kitchen") as client:
+        session = await client.session()                 # claimed by one worker (session-started)
+        answer = await session.ask(wav="question.wav")   # streams the file, collects the streamed answer
+        print(answer.text); answer.write_wav("answer.wav")
+
+        turn = await session.start_turn(rate=16000)      # live audio
+        await turn.send(pcm_chunk)  ...  await turn.stop()
+        async for reply in turn:                         # Reply(event, data, audio) as each arrives
+            ...
+        await session.interrupt()                        # cancels the session's running turn
+
+The client reconnects with backoff; a turn in flight when the connection or the session's worker is lost
+ends with an `error` reply (code connection-lost / worker-offline) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omnivox.core.errors import InputError, OmnivoxError
+from omnivox.core.runtime.sessions import ProtocolError
+from omnivox.plugins.mqtt import protocol as wire
+from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(OmnivoxError):
+    """The service refused or failed a request; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, problem: str, fix: str | None = None):
+        super().__init__(f"{code}: {problem}", fix)
+        self.code = code
+
+
+@dataclass
+class Reply:
+    """One message from the service for a turn: `event` (e.g. "transcript-chunk"), its JSON `data`, and for
+    `audio-out` the PCM `audio` and its `seq`; `at` = time.monotonic() on arrival."""
+
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)
+    audio: bytes | None = None
+    seq: int | None = None
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Answer:
+    """A finished turn: the streamed text, the speech (PCM in `rate`/`width`/`channels`), how it ended."""
+
+    turn: int
+    text: str = ""
+    audio: bytes = b""
+    rate: int | None = None
+    width: int = 2
+    channels: int = 1
+    reason: str | None = None  # the turn-end reason: done, interrupted, error
+    errors: list[dict] = field(default_factory=list)
+    metrics: dict | None = None
+    worker: str | None = None
+    started: float = field(default_factory=time.monotonic)  # when the question was sent
+    first_audio_at: float | None = None
+    ended_at: float | None = None
+    replies: list[Reply] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == "done" and not self.errors
+
+    @property
+    def first_audio_s(self) -> float | None:
+        return None if self.first_audio_at is None else self.first_audio_at - self.started
+
+    def write_wav(self, path: str | Path) -> Path:
+        from omnivox.core import audio
+        from omnivox.plugins.audio_files import write_audio
+
+        if self.rate is None:
+            raise InputError(f"turn {self.turn} has no audio to write", "ask a task with a spoken answer (A1A2)")
+        fmt = audio.AudioFormat(rate=self.rate, width=self.width, channels=self.channels)
+        return write_audio(path, audio.from_bytes(self.audio, fmt), self.rate)
+
+
+class Turn:
+    """One question and its streamed answer. Iterate it for the Replies until turn-end; `result()` for all."""
+
+    def __init__(self, session: Session, turn: int):
+        self.session, self.id = session, turn
+        self.answer = Answer(turn)
+        self.done = asyncio.Event()
+        self._replies: asyncio.Queue[Reply] = asyncio.Queue()
+        self._seq = 0
+
+    async def send(self, pcm: bytes) -> None:
+        """Send one chunk of audio in the format given to start_turn (numbered automatically)."""
+        payload = wire.encode_audio(self.id, self._seq, pcm)
+        await self.session.client._publish(self.session._topic("audio-chunk"), payload, wire.QOS_AUDIO)
+        self._seq += 1
+
+    async def stop(self) -> None:
+        """The question is complete (audio-stop): the service answers now."""
+        await self.session._send("audio-stop", turn=self.id)
+
+    async def result(self, timeout: float = 60.0) -> Answer:
+        """Wait for turn-end; the Answer (an `error` reply does not raise: see Answer.errors/reason)."""
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise ServiceError("timeout", f"turn {self.id} got no turn-end within {timeout:g} s",
+                               "check that a worker is online (omnivox serve) and the broker is reachable") from None
+        return self.answer
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            reply = await self._replies.get()
+            yield reply
+            if reply.event == "turn-end":
+                return
+
+    def _receive(self, reply: Reply) -> None:
+        """Fold a reply into the answer; the last one is turn-end."""
+        a = self.answer
+        a.replies.append(reply)
+        if reply.event == "transcript-chunk":
+            a.text += reply.data.get("text", "")
+        elif reply.event == "audio-start":
+            a.rate, a.width, a.channels = reply.data["rate"], reply.data.get("width", 2), reply.data.get("channels", 1)
+        elif reply.event == "audio-out":
+            a.audio += reply.audio or b""
+            if a.first_audio_at is None:
+                a.first_audio_at = reply.at
+        elif reply.event == "error":
+            a.errors.append(reply.data)
+        elif reply.event == "metrics":
+            a.metrics = reply.data
+        elif reply.event == "turn-end":
+            a.reason, a.worker, a.ended_at = reply.data.get("reason"), reply.data.get("worker"), reply.at
+        self._replies.put_nowait(reply)
+        if reply.event == "turn-end":
+            self.done.set()
+
+    def _fail(self, code: str, message: str) -> None:
+        if not self.done.is_set():
+            self._receive(Reply("error", {"code": code, "message": message, "turn": self.id}))
+            self._receive(Reply("turn-end", {"reason": "error", "turn": self.id}))
+
+
+class Session:
+    """One conversation, pinned to the worker that claimed it."""
+
+    def __init__(self, client: Client, name: str):
+        self.client, self.name = client, name
+        self.worker: str | None = None
+        self.status_topic: str | None = None
+        self.limits: dict = {}
+        self.ready = asyncio.Event()  # claimed, and its worker is online on our current connection
+        self.ended: str | None = None  # why the session is over (session-ended reason, worker-offline)
+        self.turns: dict[int, Turn] = {}
+        self.errors: list[dict] = []  # errors that name no turn
+        self._started = asyncio.get_running_loop().create_future()
+        self._next_turn = 0
+
+    def _topic(self, event: str) -> str:
+        return wire.topic(self.client.site, self.name, "in", event, self.client.prefix)
+
+    async def _send(self, event: str, **fields) -> None:
+        await self.client._publish(self._topic(event), wire.encode_json(event, **fields), wire.QOS_CONTROL)
+
+    async def _ready(self, timeout: float) -> None:
+        if self.ended:
+            raise ServiceError("session-ended", f"session {self.name} is over ({self.ended})",
+                               "start a new session")
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise ServiceError("not-ready", f"session {self.name}: worker {self.worker} not reachable within "
+                               f"{timeout:g} s", "check the broker and the workers") from None
+
+    def _new_turn(self) -> Turn:
+        turn = Turn(self, self._next_turn)
+        self._next_turn += 1
+        self.turns[turn.id] = turn
+        return turn
+
+    async def start_turn(self, rate: int, width: int = 2, channels: int = 1, timeout: float = 10.0) -> Turn:
+        """Begin a spoken turn (audio-start); then turn.send(chunk)... turn.stop()."""
+        await self._ready(timeout)
+        turn = self._new_turn()
+        await self._send("audio-start", turn=turn.id, rate=rate, width=width, channels=channels)
+        return turn
+
+    async def send_text(self, text: str, timeout: float = 10.0) -> Turn:
+        """A typed question (tasks T1A2 / T1T2 on the service)."""
+        await self._ready(timeout)
+        turn = self._new_turn()
+        await self._send("text", turn=turn.id, text=text)
+        return turn
+
+    async def ask(self, *, wav: str | Path | None = None, pcm: bytes | None = None, rate: int = 16000,
+                  width: int = 2, channels: int = 1, text: str | None = None, chunk_ms: int = 100,
+                  timeout: float = 60.0) -> Answer:
+        """One question (a WAV file, raw PCM, or text) and its whole streamed answer."""
+        if text is not None:
+            turn = await self.send_text(text)
+        else:
+            if wav is not None:
+                pcm, rate, width, channels = read_wav_pcm(wav)
+            if not pcm:
+                raise InputError("no question given", "pass wav=PATH, pcm=BYTES (+ rate) or text=TEXT")
+            turn = await self.start_turn(rate, width, channels)
+            step = max(1, rate * chunk_ms // 1000) * width * channels
+            for start in range(0, len(pcm), step):
+                await turn.send(pcm[start:start + step])
+            await turn.stop()
+        return await turn.result(timeout)
+
+    async def interrupt(self) -> None:
+        """Cancel the running turn(s): their turn-end comes with reason "interrupted"."""
+        await self._send("interrupt")
+
+    async def close(self) -> None:
+        if not self.ended:
+            self.ended = "closed by the client"
+            try:
+                await self._send("session-end")
+            except ServiceError:
+                pass
+        self.client._sessions.pop(self.name, None)
+
+    def _receive(self, event: str, data: dict, audio: bytes | None = None, seq: int | None = None) -> None:
+        if event == "session-started":
+            self.worker, self.status_topic = data.get("worker"), data.get("status_topic")
+            self.limits = data.get("limits") or {}
+            if not self._started.done():
+                self._started.set_result(data)
+            return
+        if event == "session-ended":
+            self._end(data.get("reason", "ended"), "session-ended")
+            return
+        turn = data.get("turn")
+        target = self.turns.get(turn) if turn is not None else None
+        if target is None and event == "error":
+            if not self._started.done():
+                self._started.set_exception(ServiceError(data.get("code", "error"), data.get("message", "")))
+                return
+            open_turns = [t for t in self.turns.values() if not t.done.is_set()]
+            if turn is None and open_turns:
+                target = open_turns[-1]
+            else:
+                self.errors.append(data)
+                return
+        if target is None or target.done.is_set():
+            return  # a late message of a finished turn (e.g. after a connection loss)
+        target._receive(Reply(event, data, audio, seq))
+        if event == "turn-end":
+            self.turns.pop(target.id, None)
+
+    def _status(self, data: dict) -> None:
+        if data.get("state") == "online":
+            self.ready.set()
+        else:
+            self.ready.clear()
+            self._end("worker-offline", "worker-offline")
+
+    def _end(self, reason: str, code: str) -> None:
+        self.ended = reason
+        self.ready.clear()
+        for turn in list(self.turns.values()):
+            turn._fail(code, f"session {self.name} ended: {reason}")
+        self.turns.clear()
+
+    def _connection_lost(self) -> None:
+        self.ready.clear()
+        for turn in list(self.turns.values()):
+            turn._fail("connection-lost", "the broker connection was lost during this turn")
+        self.turns.clear()
+
+
+class Client:
+    """A device's connection to the broker: opens sessions, routes the service's replies to them."""
+
+    def __init__(self, broker: str = "mqtt://127.0.0.1:1883", *, site: str, username: str | None = None,
+                 password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, prefix: str = wire.PREFIX, keepalive: int = 5,
+                 connect_timeout: float = 10.0):
+        self.site = wire.check_name("site", site)
+        self.prefix = prefix
+        self.config = BrokerConfig(broker, username=username, password=password, ca_file=ca_file,
+                                   cert_file=cert_file, key_file=key_file, keepalive=keepalive)
+        self.connect_timeout = connect_timeout
+        self.connected = asyncio.Event()
+        self.refused: Exception | None = None  # the last connection error (wrong credentials, ...)
+        self._client = None
+        self._sessions: dict[str, Session] = {}
+        self._statuses: dict[str, dict] = {}  # status topic -> last status payload
+        self._runner: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Client:
+        self._runner = asyncio.create_task(self._run())
+        try:
+            await asyncio.wait_for(self.connected.wait(), self.connect_timeout)
+        except asyncio.TimeoutError:
+            await self.aclose()
+            raise ServiceError("connect-failed", f"cannot connect to {self.config.url}: {self.refused}",
+                               "check the broker URL, credentials and TLS options") from None
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for session in list(self._sessions.values()):
+            try:
+                await asyncio.wait_for(session.close(), 2.0)
+            except (asyncio.TimeoutError, OmnivoxError):
+                pass
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def session(self, name: str | None = None, timeout: float = 10.0) -> Session:
+        """Start a session (session-start through the workers' shared subscription) and wait until a worker
+        claimed it (session-started) and is known online."""
+        name = wire.check_name("session", name or uuid.uuid4().hex[:12])
+        session = self._sessions[name] = Session(self, name)
+        await self._subscribe(wire.session_filter(self.site, name, "out", self.prefix))
+        await session._send("session-start")
+        try:
+            await asyncio.wait_for(asyncio.shield(session._started), timeout)
+        except asyncio.TimeoutError:
+            self._sessions.pop(name, None)
+            raise ServiceError("no-worker", f"no worker claimed session {name} within {timeout:g} s",
+                               "start `omnivox serve` (for this site) and check the broker") from None
+        except ServiceError:
+            self._sessions.pop(name, None)
+            raise
+        if session.status_topic:
+            await self._subscribe(session.status_topic)
+            status = self._statuses.get(session.status_topic)
+            if status is not None:
+                session._status(status)
+        await session._ready(timeout)
+        return session
+
+    # ---- connection -------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        import aiomqtt
+
+        backoff = Backoff()
+        while True:
+            try:
+                async with self.config.client(identifier=f"omnivox-dev-{self.site}-{uuid.uuid4().hex[:8]}") as client:
+                    self._client = client
+                    for session in self._sessions.values():
+                        await client.subscribe(wire.session_filter(self.site, session.name, "out", self.prefix),
+                                               qos=1)
+                        if session.status_topic:
+                            await client.subscribe(session.status_topic, qos=1)
+                    self.connected.set()
+                    backoff.reset()
+                    async for message in client.messages:
+                        self._dispatch(str(message.topic), bytes(message.payload or b""))
+            except aiomqtt.MqttError as exc:
+                self.refused = exc
+                log.info("device %s: broker connection lost (%s)", self.site, exc)
+            self._client = None
+            self.connected.clear()
+            for session in self._sessions.values():
+                session._connection_lost()
+            await asyncio.sleep(backoff.next())
+
+    async def _subscribe(self, topic_filter: str) -> None:
+        client = await self._connected_client()
+        await client.subscribe(topic_filter, qos=1)
+
+    async def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        import aiomqtt
+
+        client = await self._connected_client()
+        try:
+            await client.publish(topic, payload, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise ServiceError("connection-lost", f"could not publish to {topic}: {exc}",
+                               "the client reconnects by itself; ask again") from None
+
+    async def _connected_client(self):
+        try:
+            await asyncio.wait_for(self.connected.wait(), self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise ServiceError("connection-lost", f"not connected to {self.config.url}",
+                               "check the broker") from None
+        return self._client
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/status"):
+            try:
+                data = wire.decode_json(payload, "status")
+            except ProtocolError:
+                return
+            self._statuses[topic] = data
+            for session in self._sessions.values():
+                if session.status_topic == topic:
+                    session._status(data)
+            return
+        try:
+            address = wire.parse_topic(topic, self.prefix)
+            session = self._sessions.get(address.session)
+            if session is None or address.site != self.site:
+                return
+            if address.event == "audio-out":
+                turn, seq, pcm = wire.decode_audio(payload)
+                session._receive("audio-out", {"turn": turn}, pcm, seq)
+            else:
+                session._receive(address.event, wire.decode_json(payload, address.event))
+        except ProtocolError as exc:
+            log.warning("ignored a malformed message on %s: %s", topic, exc.problem)
+
+
+def read_wav_pcm(path: str | Path) -> tuple[bytes, int, int, int]:
+    """(s16le PCM, rate, width=2, channels) of an audio file."""
+    from omnivox.core import audio
+    from omnivox.plugins.audio_files import read_audio
+
+    pcm, rate = read_audio(path)  # (channels, samples)
+    fmt = audio.AudioFormat(rate=rate, width=2, channels=pcm.shape[0])
+    return audio.to_bytes(pcm, fmt), rate, 2, pcm.shape[0]

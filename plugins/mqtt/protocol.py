@@ -1,0 +1,140 @@
+"""The omnivox MQTT wire protocol, version 1 (docs/mqtt_protocol.md is the reference for other languages).
+
+Topics (`prefix` defaults to "omnivox"; `site` = one device, `session` = one conversation, both
+[A-Za-z0-9_-]{1,64}):
+
+    <prefix>/<site>/<session>/in/<event>     device -> service   (session-start goes through a shared
+                                                                 subscription; everything else to the owner)
+    <prefix>/<site>/<session>/out/<event>    service -> device
+    <prefix>/workers/<worker>/status         retained JSON {"version", "worker", "state": online|offline, ...}
+                                             (the worker's last will sets "offline")
+
+Payloads: control events are UTF-8 JSON objects with "version": 1 (QoS 1). Audio (`in/audio-chunk`,
+`out/audio-out`; QoS 0 allowed) is binary: a 12-byte header, then raw little-endian PCM in the format given by
+that turn's `audio-start`:
+
+    bytes 0..3   magic b"OVA" + protocol version byte (b"OVA\\x01")
+    bytes 4..7   turn, unsigned 32-bit big-endian (the turn's id, as in its audio-start)
+    bytes 8..11  seq, unsigned 32-bit big-endian: 0, 1, 2, ... from each audio-start
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from omnivox.core.runtime.sessions import ProtocolError
+
+VERSION = 1
+PREFIX = "omnivox"
+AUDIO_MAGIC = b"OVA" + bytes([VERSION])
+HEADER = struct.Struct(">4sII")  # magic, turn, seq
+
+# device -> service
+IN_EVENTS = ("session-start", "audio-start", "audio-chunk", "audio-stop", "text", "interrupt", "session-end")
+# service -> device
+OUT_EVENTS = ("session-started", "turn-start", "transcript-chunk", "audio-start", "audio-out", "audio-stop",
+              "voice-started", "turn-end", "error", "metrics", "session-ended")
+BINARY_EVENTS = ("audio-chunk", "audio-out")
+QOS_CONTROL, QOS_AUDIO = 1, 0
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a message belongs: site, session, direction ("in" / "out") and event name."""
+
+    site: str
+    session: str
+    direction: str
+    event: str
+
+    @property
+    def session_id(self) -> str:
+        """The pipeline's session_id: "<site>/<session>"."""
+        return f"{self.site}/{self.session}"
+
+
+def check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ProtocolError(f"bad-{kind}", f"{kind} {value!r} is not 1-64 characters of A-Z a-z 0-9 _ -",
+                            f"choose a {kind} id made of letters, digits, '_' and '-'")
+    return value
+
+
+def topic(site: str, session: str, direction: str, event: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}/{site}/{session}/{direction}/{event}"
+
+
+def session_filter(site: str, session: str, direction: str, prefix: str = PREFIX) -> str:
+    """Every event of one session in one direction: `<prefix>/<site>/<session>/<direction>/+`."""
+    return f"{prefix}/{site}/{session}/{direction}/+"
+
+
+def start_filter(site: str | None, group: str, prefix: str = PREFIX) -> str:
+    """The shared subscription workers take session starts from (`site` None = every site)."""
+    return f"$share/{group}/{prefix}/{site or '+'}/+/in/session-start"
+
+
+def status_topic(worker: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}/workers/{worker}/status"
+
+
+def parse_topic(name: str, prefix: str = PREFIX) -> Address:
+    parts = name.split("/")
+    if len(parts) != 5 or parts[0] != prefix or parts[3] not in ("in", "out"):
+        raise ProtocolError("bad-topic", f"topic {name!r} is not {prefix}/<site>/<session>/<in|out>/<event>")
+    site, session, direction, event = parts[1:]
+    events = IN_EVENTS if direction == "in" else OUT_EVENTS
+    address = Address(site, session, direction, event)
+    if event not in events:
+        raise ProtocolError("unknown-event", f"unknown {direction} event {event!r}",
+                            f"valid events: {', '.join(events)}")
+    return address
+
+
+def encode_json(event: str, **fields: Any) -> bytes:
+    return json.dumps({"version": VERSION, "event": event, **fields}, separators=(",", ":")).encode()
+
+
+def decode_json(payload: bytes, event: str) -> dict[str, Any]:
+    """The JSON object of a control message; ProtocolError naming what is wrong."""
+    try:
+        data = json.loads(payload.decode("utf-8")) if payload else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("bad-json", f"{event}: payload is not UTF-8 JSON ({exc})",
+                            'send a JSON object such as {"version": 1}') from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad-json", f"{event}: payload is JSON {type(data).__name__}, not an object",
+                            'send a JSON object such as {"version": 1}')
+    version = data.get("version")
+    if version != VERSION:
+        raise ProtocolError("unsupported-version", f"{event}: protocol version {version!r}, this service speaks "
+                            f"{VERSION}", f'put "version": {VERSION} in every JSON payload')
+    return data
+
+
+def field_of(data: dict[str, Any], name: str, kind: type, event: str, default: Any = None) -> Any:
+    value = data.get(name, default)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError("bad-field", f"{event}: field {name!r} must be {kind.__name__}, got {value!r}",
+                            f"send {name!r} as a JSON {'number' if kind is int else 'string'}")
+    return value
+
+
+def encode_audio(turn: int, seq: int, pcm: bytes) -> bytes:
+    return HEADER.pack(AUDIO_MAGIC, turn & 0xFFFFFFFF, seq & 0xFFFFFFFF) + pcm
+
+
+def decode_audio(payload: bytes) -> tuple[int, int, bytes]:
+    """(turn, seq, pcm) of a binary audio message."""
+    if len(payload) < HEADER.size or payload[:4] != AUDIO_MAGIC:
+        raise ProtocolError("bad-audio-header", f"audio payload does not start with the {HEADER.size}-byte header "
+                            f"{AUDIO_MAGIC!r} + turn + seq", "prefix each chunk with b'OVA\\x01' and big-endian "
+                            "uint32 turn and sequence numbers")
+    _, turn, seq = HEADER.unpack_from(payload)
+    return turn, seq, payload[HEADER.size:]

@@ -1,0 +1,175 @@
+"""`audio_inputs/mqtt` and `audio_outputs/mqtt`: the MQTT service as two pipeline stages, so any middle
+stages (VAD, encoder, LM, another codec) sit between the devices and the broker:
+
+    stages:
+      - {name: input, plugin: audio_inputs/mqtt, params: {broker: "mqtt://127.0.0.1:1883"}}
+      - ...                                      # encoder, LM + strategy, codec
+      - {name: output, plugin: audio_outputs/mqtt}
+
+The input stage runs the worker (omnivox.plugins.mqtt.service) and turns device messages into pipeline
+events (session_id "<site>/<session>"); the output stage publishes the answer on the same connection
+(found by `service` name): turn-start, transcript-chunk per text token, audio-start + audio-out per PCM
+chunk, audio-stop, turn-end, and each stage Error and turn Metrics of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from omnivox.core.contracts.hookspecs import hookimpl
+from omnivox.core.errors import ConfigError
+from omnivox.core.runtime.bus import Bus, Subscription
+from omnivox.core.runtime.events import (
+    AudioOut,
+    Error,
+    Event,
+    Metrics,
+    Shutdown,
+    TextToken,
+    TurnEnd,
+    TurnStart,
+    VoiceStarted,
+)
+from omnivox.core.runtime.sessions import Limits
+from omnivox.core.runtime.stage import Stage
+from omnivox.plugins.mqtt.connection import BrokerConfig
+from omnivox.plugins.mqtt.service import SERVICES, MqttService, ServiceConfig, default_worker_id
+
+
+class MqttAudioInput(Stage):
+    """Source: runs an MQTT worker; every device message becomes pipeline events (never ends by itself)."""
+
+    def __init__(self, broker: str = "mqtt://127.0.0.1:1883", site: str | None = None, worker: str | None = None,
+                 group: str = "omnivox", prefix: str = "omnivox", username: str | None = None,
+                 password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, keepalive: int = 5, limits: dict | None = None,
+                 service: str = "mqtt", name: str | None = None):
+        super().__init__(name or "mqtt_in")
+        broker_config = BrokerConfig(broker, username=username, password=password, ca_file=ca_file,
+                                     cert_file=cert_file, key_file=key_file, keepalive=keepalive)
+        self.config = ServiceConfig(broker=broker_config, site=site, worker=worker or default_worker_id(),
+                                    group=group, prefix=prefix, limits=Limits.from_mapping(limits or {}))
+        self.service_name = service
+        self.service: MqttService | None = None
+        self._events: asyncio.Queue[Event] | None = None
+
+    async def setup(self) -> None:
+        self._events = asyncio.Queue()
+        self.service = MqttService(self.config, feed=self._events.put_nowait)
+        SERVICES[self.service_name] = self.service
+
+    async def teardown(self) -> None:
+        if SERVICES.get(self.service_name) is self.service:
+            del SERVICES[self.service_name]
+
+    async def produce(self):
+        runner = asyncio.create_task(self.service.run(), name=f"mqtt:{self.config.worker}")
+        try:
+            while True:
+                getter = asyncio.ensure_future(self._events.get())
+                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    runner.result()  # the service stopped: raise its error
+                    return
+                yield getter.result()
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+
+class MqttAudioOutput(Stage):
+    """Sink: publishes each session's answer to its device as it streams (see the module docstring)."""
+
+    consumes = (TextToken, AudioOut, TurnStart, TurnEnd, VoiceStarted)
+
+    def __init__(self, service: str = "mqtt", name: str | None = None):
+        super().__init__(name or "mqtt_out")
+        self.service_name = service
+        self.service: MqttService | None = None
+        self._audio_seq: dict[tuple[str, int], int] = {}  # turns whose audio-start was sent -> next seq
+        self._notes: Subscription | None = None
+        self._sending_note = False
+
+    def attach(self, bus: Bus, inputs) -> Subscription:
+        sub = super().attach(bus, inputs)
+        # Errors (system events reach every subscription) and the pipeline's per-turn Metrics
+        self._notes = bus.subscribe(f"{self.name}:notes", types=(Metrics,), senders=("metrics",), maxsize=256)
+        return sub
+
+    async def setup(self) -> None:
+        self.service = SERVICES.get(self.service_name)
+        if self.service is None:
+            raise ConfigError(f"audio_outputs/mqtt: no MQTT input named service {self.service_name!r} in this "
+                              "pipeline", "put an audio_inputs/mqtt stage (same `service` param) first")
+
+    async def run(self) -> None:
+        notes = asyncio.create_task(self._forward_notes())
+        try:
+            await super().run()
+        finally:
+            notes.cancel()
+            await asyncio.gather(notes, return_exceptions=True)
+
+    async def process(self, event: Event) -> None:
+        service, sid, turn = self.service, event.session_id, event.turn_id
+        if "/" not in sid:
+            return  # not a device session (e.g. an event fed by a test)
+        if isinstance(event, TextToken):
+            await service.send_json(sid, "transcript-chunk", turn=turn, text=event.text, token=event.token_id,
+                                    step=event.step)
+        elif isinstance(event, AudioOut):
+            seq = self._audio_seq.get(event.turn)
+            if seq is None:
+                seq = 0
+                await service.send_json(sid, "audio-start", turn=turn, rate=event.rate, width=event.width,
+                                        channels=event.channels)
+            self._audio_seq[event.turn] = seq + 1
+            await service.send_audio(sid, turn, seq, event.audio)
+        elif isinstance(event, TurnStart):
+            await service.send_json(sid, "turn-start", turn=turn)
+        elif isinstance(event, VoiceStarted):
+            await service.send_json(sid, "voice-started", turn=turn)
+        else:  # TurnEnd
+            await self._notes_sent()  # the turn's Error / Metrics go out before its turn-end
+            if self._audio_seq.pop(event.turn, None) is not None:
+                await service.send_json(sid, "audio-stop", turn=turn)
+            await service.send_json(sid, "turn-end", turn=turn, reason=event.reason, worker=service.config.worker)
+            service.turn_ended(sid, turn)
+
+    async def _notes_sent(self) -> None:
+        while len(self._notes) or self._sending_note:
+            await asyncio.sleep(0.001)
+
+    async def _forward_notes(self) -> None:
+        notes = self._notes
+        while True:
+            event = await notes.get()
+            self._sending_note = True
+            try:
+                if isinstance(event, Shutdown):
+                    return
+                if "/" not in event.session_id:
+                    continue
+                if isinstance(event, Error):
+                    await self.service.send_json(event.session_id, "error", turn=event.turn_id, code="stage-failed",
+                                                 stage=event.stage, message=event.message, fix=event.fix)
+                elif isinstance(event, Metrics):
+                    await self.service.send_json(
+                        event.session_id, "metrics", turn=event.turn_id, worker=self.service.config.worker,
+                        reason=event.reason, first_text_ms=event.first_text_ms, first_audio_ms=event.first_audio_ms,
+                        first_audio_step=event.first_audio_step, audio_s=event.audio_s, wall_s=event.wall_s,
+                        rtf=event.rtf, text_tokens=event.text_tokens, stage_busy_ms=dict(event.stage_busy_ms))
+            finally:
+                self._sending_note = False
+                notes.task_done()
+
+
+@hookimpl
+def register_audio_inputs(registry):
+    registry.add("mqtt", MqttAudioInput, description="devices over an MQTT 5 broker (omnivox wire protocol v1)")
+
+
+@hookimpl
+def register_audio_outputs(registry):
+    registry.add("mqtt", MqttAudioOutput, description="stream answers back to MQTT devices")
