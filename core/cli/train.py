@@ -37,6 +37,11 @@ def register(subparsers) -> None:
     synth.add_argument("--pairs", type=int, default=12, help="question/answer pairs (4 examples each)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--voice", default="en-us", help="espeak-ng voice")
+    synth.add_argument("--corpus", nargs="?", const="", metavar="CONFIG.yaml",
+                       help="build the configurable corpus instead (training/corpus.py: voices, rates, pitches, "
+                       "noise, reverb, sentence-level splits; codec, ASR and Q->A manifests), from the defaults "
+                       "or CONFIG.yaml's keys")
+    synth.add_argument("--set", action="append", default=[], metavar="key=value", help="corpus config override")
     synth.set_defaults(func=run_synth)
 
 
@@ -62,6 +67,15 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    if args.set and args.corpus is None:
+        from omnivox.core.errors import ConfigError
+
+        raise ConfigError("--set is given without --corpus", "add --corpus (the overrides are corpus settings)")
+    if args.corpus is not None:
+        from omnivox.training.corpus import build_corpus, load_corpus_config
+
+        print(f"wrote {build_corpus(args.out_dir, load_corpus_config(args.corpus or None, args.set))}")
+        return 0
     from omnivox.training.synthetic import build_synthetic
 
     path = build_synthetic(args.out_dir, pairs=args.pairs, seed=args.seed, voice=args.voice)
