@@ -181,8 +181,8 @@ class MqttService:
             return
         session_id = address.session_id
         try:
-            self.engine.admit(address.site)
             if address.event == "session-start":
+                self.engine.admit(address.site)
                 await self._start(address, payload)
                 return
             session = self.engine.get(session_id)
@@ -193,10 +193,15 @@ class MqttService:
             self._handle(session, address.event, payload)
         except ProtocolError as exc:
             await self._error(session_id, exc)
+            session = self.engine.get(session_id)
             if exc.dropped_turn:  # the turn was dropped mid-audio: stop its work, end it with reason "error"
                 ids = {"session_id": session_id, "turn_id": exc.turn}
                 self.feed(Interruption(**ids))
                 self.feed(TurnEnd(reason="error", **ids))
+            elif address.event in ("audio-start", "text") and exc.turn is not None and session is not None \
+                    and exc.turn not in session.open_turns:  # a refused turn: it ends here
+                await self.send_json(session_id, "turn-end", turn=exc.turn, reason="error",
+                                     worker=self.config.worker)
 
     async def _start(self, address: wire.Address, payload: bytes) -> None:
         wire.check_name("site", address.site)
@@ -213,10 +218,12 @@ class MqttService:
     def _handle(self, session: Session, event: str, payload: bytes) -> None:
         if event == "audio-chunk":
             turn, seq, pcm = wire.decode_audio(payload)
+            self._admit(session, turn)
             events = session.audio_chunk(turn, seq, pcm)
         else:
             data = wire.decode_json(payload, event)
             turn = data.get("turn")
+            self._admit(session, turn if isinstance(turn, int) else None)
             if event == "audio-start":
                 fields = [wire.field_of(data, k, int, event, d) for k, d in (("rate", None), ("width", 2),
                                                                              ("channels", 1))]
@@ -234,6 +241,14 @@ class MqttService:
                 return
         for item in events:
             self.feed(item)
+
+    def _admit(self, session: Session, turn: int | None) -> None:
+        """Count the message against its site's rate; a refusal names the message's turn."""
+        try:
+            self.engine.admit(session.site)
+        except ProtocolError as exc:
+            exc.turn = turn
+            raise
 
     # ---- sessions -----------------------------------------------------------------------------------------
     def _close(self, session_id: str, reason: str) -> None:
