@@ -13,6 +13,8 @@ from omnivox.core.errors import OmnivoxError
 COMMAND_MODULES = [
     "omnivox.core.cli.chat",
     "omnivox.core.cli.run",
+    "omnivox.core.cli.serve",
+    "omnivox.core.cli.ask",
     "omnivox.core.cli.model",
     "omnivox.core.cli.plugins",
     "omnivox.core.cli.train",

@@ -1,0 +1,159 @@
+"""`omnivox serve`: the MQTT worker. One model in memory serves many concurrent device sessions through one
+pipeline (mqtt in -> encoder -> LM + strategy -> codec -> mqtt out); run several (on several machines) with
+the same `--group` to share the load. Wire protocol: docs/mqtt_protocol.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from omnivox.core.errors import ConfigError
+from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
+
+# keys of the --config YAML (command-line options given explicitly win)
+CONFIG_KEYS = ("broker", "site", "worker", "group", "prefix", "keepalive", "username", "password", "tls_ca",
+               "tls_cert", "tls_key", "limits", "checkpoint", "strategy", "task", "max_steps", "pipeline")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve robots and edge devices over an MQTT 5 broker",
+                       description="Run an MQTT worker: devices start sessions through the broker, speak (or type) "
+                                   "questions and get streamed text and speech back. Protocol: docs/mqtt_protocol.md")
+    p.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)")
+    p.add_argument("--checkpoint", metavar="DIR", help="Mini-Omni checkpoint dir; default: the tiny random model")
+    p.add_argument("--site", help="serve only this site (device id); default: every site")
+    p.add_argument("--config", metavar="FILE", help=f"YAML with any of: {', '.join(CONFIG_KEYS)}")
+    p.add_argument("--pipeline", metavar="FILE",
+                   help="pipeline YAML to serve instead of the built-in one (first stage audio_inputs/mqtt, "
+                        "last audio_outputs/mqtt); the broker options here are applied to its mqtt input")
+    p.add_argument("--worker", help="this worker's id (default: host-pid-random)")
+    p.add_argument("--group", help="shared-subscription group of the worker pool (default omnivox)")
+    p.add_argument("--max-sessions", type=int, help="concurrent sessions on this worker (default 32)")
+    auth = p.add_argument_group("authentication and TLS (passed to the MQTT client)")
+    auth.add_argument("--username")
+    auth.add_argument("--password", help="or set OMNIVOX_MQTT_PASSWORD")
+    auth.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signed the broker's certificate")
+    auth.add_argument("--tls-cert", metavar="PEM", help="client certificate")
+    auth.add_argument("--tls-key", metavar="PEM", help="client certificate's key")
+    model = p.add_argument_group("model")
+    model.add_argument("--strategy", help="decoding strategy (default text-delay)")
+    model.add_argument("--task", choices=[t for t in TASKS if t in AUDIO_IN_TASKS],
+                       help="task of spoken turns (default A1A2; typed turns use T1A2)")
+    model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; demo 96)")
+    model.add_argument("--whisper", metavar="PT", help="whisper checkpoint (default: CHECKPOINT/small.pt)")
+    model.add_argument("--codec", metavar="MODEL", default="hubertsiuzdak/snac_24khz", help="SNAC dir or hub id")
+    model.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
+    p.set_defaults(func=serve)
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The --config file's settings overridden by the options given on the command line."""
+    import os
+
+    from omnivox.core.yaml_files import read_yaml
+
+    values: dict = {}
+    if args.config:
+        values = read_yaml(Path(args.config), "serve config", "pass a YAML file (see `omnivox serve --help`)") or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{args.config}: expected a mapping", f"valid keys: {', '.join(CONFIG_KEYS)}")
+        for key in values:
+            if key not in CONFIG_KEYS:
+                raise ConfigError(f"{args.config}: unknown key {key!r}", f"valid keys: {', '.join(CONFIG_KEYS)}")
+    given = {"broker": args.broker, "site": args.site, "worker": args.worker, "group": args.group,
+             "username": args.username, "password": args.password or os.environ.get("OMNIVOX_MQTT_PASSWORD"),
+             "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+             "checkpoint": args.checkpoint, "strategy": args.strategy, "task": args.task,
+             "max_steps": args.max_steps, "pipeline": args.pipeline}
+    values.update({k: v for k, v in given.items() if v is not None})
+    limits = dict(values.get("limits") or {})
+    if args.max_sessions is not None:
+        limits["max_sessions"] = args.max_sessions
+    values["limits"] = limits
+    if values.get("max_steps") is not None and values["max_steps"] < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {values['max_steps']}", "pass a positive number of steps")
+    return values
+
+
+def mqtt_params(values: dict) -> dict:
+    """Parameters of the audio_inputs/mqtt stage."""
+    names = {"broker": "broker", "site": "site", "worker": "worker", "group": "group", "prefix": "prefix",
+             "keepalive": "keepalive", "username": "username", "password": "password", "tls_ca": "ca_file",
+             "tls_cert": "cert_file", "tls_key": "key_file"}
+    params = {stage_key: values[key] for key, stage_key in names.items() if values.get(key) is not None}
+    params.setdefault("broker", "mqtt://127.0.0.1:1883")
+    if values.get("limits"):
+        params["limits"] = values["limits"]
+    return params
+
+
+def build_pipeline(args: argparse.Namespace, values: dict, say=print):
+    from omnivox.core.cli import demo
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, check_compatible
+    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.plugins.mqtt.stages import MqttAudioInput, MqttAudioOutput
+
+    if values.get("pipeline"):
+        return served_yaml_pipeline(values)
+    checkpoint = values.get("checkpoint")
+    if checkpoint in (None, demo.TINY):
+        say(demo.NOTICE)
+        model, max_steps = demo.tiny_model(0), values.get("max_steps") or 96
+        encoder, codec = demo.tiny_encoder(), demo.random_snac()
+    else:
+        from omnivox.core.contracts.manager import create
+        from omnivox.core.kernel.checkpoint import OmniModel
+
+        model, max_steps = OmniModel.from_pretrained(checkpoint), values.get("max_steps") or 600
+        encoder = create("encoders", "whisper", checkpoint=args.whisper or str(Path(checkpoint) / "small.pt"))
+        codec = create("codecs", "snac", model=args.codec)
+    check_compatible(model, encoder, codec)
+    lm = LMStage(values.get("strategy") or "text-delay", model=model, task=values.get("task") or "A1A2",
+                 max_steps=max_steps, int8=args.int8)
+    return Pipeline([MqttAudioInput(**mqtt_params(values)), EncoderStage(encoder), lm, CodecStage(codec),
+                     MqttAudioOutput()])
+
+
+def served_yaml_pipeline(values: dict):
+    """A pipeline file whose first stage is audio_inputs/mqtt (given the broker options) and whose last is
+    audio_outputs/mqtt."""
+    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.core.yaml_files import read_yaml
+
+    path = Path(values["pipeline"])
+    config = read_yaml(path, "pipeline file", "pass the path of a pipeline YAML (see recipes/pipelines/)")
+    stages = config.get("stages") if isinstance(config, dict) else None
+    plugins = [entry.get("plugin") if isinstance(entry, dict) else None for entry in stages or []]
+    if not plugins or plugins[0] != "audio_inputs/mqtt" or plugins[-1] != "audio_outputs/mqtt":
+        raise ConfigError(f"{path}: a served pipeline starts with audio_inputs/mqtt and ends with audio_outputs/mqtt",
+                          "see recipes/pipelines/mqtt_demo.yaml")
+    name = stages[0].get("name", "mqtt")
+    overrides = {f"{name}.{key}": value for key, value in mqtt_params(values).items()}
+    return Pipeline.from_yaml(path, overrides=overrides)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    values = settings(args)
+    pipeline = build_pipeline(args, values, say=lambda line: print(line, file=sys.stderr))
+    print(f"omnivox serve: worker {pipeline.stages[0].config.worker} on {pipeline.stages[0].config.broker.url}",
+          file=sys.stderr, flush=True)
+    asyncio.run(_run_until_stopped(pipeline))
+    return 0
+
+
+async def _run_until_stopped(pipeline) -> None:
+    """Run the pipeline until Ctrl-C or SIGTERM; either stops it cleanly (status "offline" is published)."""
+    import signal
+
+    task = asyncio.current_task()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await pipeline.run()
+    except asyncio.CancelledError:
+        pass
