@@ -330,3 +330,17 @@ def test_progress_bar_on_a_terminal_only(data, tmp_path):
 
     assert "3/3" in run(tmp_path / "bar")
     assert "3/3" not in run(tmp_path / "quiet", "progress=false")
+
+
+def test_export_keeps_the_seeded_codec_the_frames_came_from(data, tmp_path):
+    """`--codec EXPORT/codec` loads the very codec `omnivox prepare` encoded the answers with."""
+    from omnivox.core.contracts.manager import create
+
+    recipe = load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(
+        data, tmp_path, init_from="null", training__max_steps=1, data__tasks="[A1A2]"))
+    train(recipe)
+    section = recipe["prepare"]["codec"]
+    exported = create("codecs", "snac", model=str(tmp_path / "export" / "codec"))
+    original = create("codecs", "snac", config=section["config"], seed=section["seed"])
+    frames = torch.from_numpy(np.load(data.parent / "cache" / "c0.npy")).long()
+    assert torch.equal(exported.decode(frames), original.decode(frames))

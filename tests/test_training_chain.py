@@ -17,6 +17,7 @@ import torch
 from omnivox.core.cli.main import main
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.generation import generate
+from omnivox.plugins.audio_files import read_audio
 
 pytestmark = pytest.mark.slow
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -73,3 +74,9 @@ def test_tiny_three_stage_chain(tmp_path, monkeypatch, capsys):
                  "data/synthetic/audio/q000.wav", "--task", "A1T2", "--max-steps", "40", "--quiet",
                  "--text-out", "answer.txt"]) == 0
     assert Path("answer.txt").read_text().strip()
+    # ... and speaks through the codec the export keeps (the seeded tiny SNAC its frames were encoded with)
+    assert main(["chat", "--checkpoint", "runs/tiny_stage3_finetune/export", "--codec",
+                 "runs/tiny_stage3_finetune/export/codec", "--input", "data/synthetic/audio/q000.wav",
+                 "--max-steps", "80", "--quiet", "--output", "answer.wav"]) == 0
+    pcm, rate = read_audio(Path("answer.wav"))
+    assert rate == 24000 and pcm.shape[-1] > rate // 4  # (channels, samples): some speech came out

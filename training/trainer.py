@@ -8,7 +8,7 @@ torchrun (DDP or FSDP).
                 train_step(next_batch())  forward, loss(), backward, clip, optimizer and scheduler step
                 evaluate()                every training.eval_every steps (and at the end) when eval_data is set
                 save_checkpoint()         every training.checkpoint_every steps (and at the end); atomic
-            export()                      native inference files, loss curve, summary.json
+            export()                      native inference files (+ encoder, codec), loss curve, summary.json
 
 A new stage is a recipe YAML; a new objective or update rule is a subclass that overrides `loss` or
 `train_step`, named in the recipe (`trainer: {_component_: mypackage.MyRecipe}`) and run by `omnivox train`.
@@ -310,6 +310,7 @@ class TrainingRecipe:
             replicas = gathered
         if not self.ctx.main:
             return {}
+        from omnivox.training.export import export_codec
         from omnivox.training.prepare import export_encoder
 
         export = self.recipe.export_dir
@@ -317,6 +318,7 @@ class TrainingRecipe:
         shutil.rmtree(tmp, ignore_errors=True)
         write_native(tmp, model_state, self.config, self.tokenizer)
         export_encoder(self.recipe, tmp)
+        codec = export_codec(self.recipe, tmp)
         replace_dir(tmp, export)
         png = self.logger.close()
         summary = {"name": self.cfg["name"], "steps": self.step, "world_size": self.ctx.world,
@@ -324,7 +326,8 @@ class TrainingRecipe:
                    "export": str(export), "loss_png": str(png) if png else None, "eval": final_eval,
                    "replica_digests": replicas, "export_digest": digest(model_state)}
         (self.recipe.output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        self.say(f"exported {export} (load with: omnivox chat --checkpoint {export})")
+        codec_arg = f" --codec {export / codec.name}" if codec else ""
+        self.say(f"exported {export} (load with: omnivox chat --checkpoint {export}{codec_arg})")
         if len(set(replicas)) > 1:
             raise CheckpointError(f"replicas diverged: weight digests per rank {replicas}",
                                   "report this: data-parallel ranks must hold identical weights")
