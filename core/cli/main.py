@@ -12,6 +12,7 @@ from omnivox.core.errors import OmnivoxError
 # Command modules, in --help order. Each is imported only to build the parser (no torch at import).
 COMMAND_MODULES = [
     "omnivox.core.cli.chat",
+    "omnivox.core.cli.listen",
     "omnivox.core.cli.run",
     "omnivox.core.cli.serve",
     "omnivox.core.cli.ask",

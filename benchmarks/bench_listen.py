@@ -1,0 +1,91 @@
+"""Microphone assistant benchmark: per-turn latency, end of the user's speech -> first answer sample handed to
+the speaker, over N spoken questions, through real PortAudio devices (the virtual ones of tests/virtual_audio.py:
+ALSA file plugin + a private PulseAudio, real-time paced) and the tiny random model.
+
+    python benchmarks/bench_listen.py [--turns 10] [--gap 9] [--max-steps 16]
+
+`omnivox listen --trace` records, per turn, where the latency goes:
+  vad       end of speech -> end of turn decided (the end-of-turn silence the VAD waits for, --silence-ms)
+  model     -> first codec frame (Whisper encoder, LM prefill, decode steps up to the first complete frame)
+  codec     -> first AudioOut (streaming SNAC decode of the first frames)
+  playback  -> first sample handed to the device (the speaker's jitter buffer)
+Reports p50/p90 of each and each part's share of the median total (shares of the same run, so they do not
+depend on the machine's speed). Needs libportaudio2, libasound2-plugins and pulseaudio (make install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from virtual_audio import DEVICE_RATE, VirtualAudio, available  # noqa: E402
+
+from omnivox.core import audio  # noqa: E402
+from omnivox.plugins.audio_files import read_audio  # noqa: E402
+
+QUESTIONS = ["What is the capital of France?", "How far away is the moon?", "Tell me a joke.",
+             "What time is it?", "Why is the sky blue?"]
+PARTS = ("vad_ms", "model_ms", "codec_ms", "playback_ms")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--gap", type=float, default=9.0, help="seconds of silence after each question (half "
+                        "duplex: the next question must come after the answer has played)")
+    parser.add_argument("--max-steps", type=int, default=16, help="answer length in LM steps")
+    args = parser.parse_args()
+    if available() is not None:
+        print(f"bench_listen: {available()}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        speech = []
+        for i in range(args.turns):
+            wav = folder / f"q{i}.wav"
+            subprocess.run(["espeak-ng", "-w", str(wav), QUESTIONS[i % len(QUESTIONS)]], check=True)
+            pcm, rate = read_audio(wav)
+            speech += [audio.resample(pcm[0], rate, DEVICE_RATE), np.zeros(int(args.gap * DEVICE_RATE), np.float32)]
+        mono = np.concatenate([np.zeros(DEVICE_RATE // 2, np.float32), *speech])
+        trace = folder / "trace.jsonl"
+        with VirtualAudio(folder / "va") as va:
+            va.set_microphone(np.stack([mono, mono]))
+            run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "listen", "--max-turns",
+                                  str(args.turns), "--max-steps", str(args.max_steps), "--trace", str(trace)],
+                                 env=va.env, capture_output=True, text=True,
+                                 timeout=60 + len(mono) / DEVICE_RATE * 3)
+        if run.returncode != 0:
+            print(run.stderr, file=sys.stderr)
+            return 1
+        lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    turns = [t for t in lines if "turn" in t and t["latency_ms"] is not None]
+    summary = next(t["summary"] for t in lines if "summary" in t)
+    print(f"{len(turns)} answered turns of {args.turns} (half duplex, tiny random model, max {args.max_steps} steps)"
+          f"; speaker underruns {summary['speaker_underruns']}, mic blocks dropped {summary['mic_blocks_dropped']}")
+    total = [t["latency_ms"] for t in turns]
+    median = statistics.median(total)
+    print(f"{'part':<10} {'p50 ms':>8} {'p90 ms':>8} {'share of p50 total':>20}")
+    print(f"{'total':<10} {median:8.0f} {percentile(total, 90):8.0f} {'100%':>20}")
+    for part in PARTS:
+        values = [t[part] for t in turns]
+        print(f"{part[:-3]:<10} {statistics.median(values):8.0f} {percentile(values, 90):8.0f} "
+              f"{statistics.median(values) / median:>19.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""`omnivox listen`: the local microphone assistant. Microphone -> Silero VAD (one turn per utterance) ->
+encoder -> LM + strategy -> codec -> speaker, with half- or full-duplex barge-in, and a console view: state
+(listening / hearing / thinking / speaking), input level, the answer text as it streams, and per turn the
+latency from the end of the user's speech to the first audio played. Plain lines when stdout is no TTY."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import asdict, dataclass
+
+from omnivox.core.errors import ConfigError
+from omnivox.core.runtime.events import AudioStop, CodecFrame, Event, TextToken, TurnEnd, VoiceStopped
+from omnivox.core.runtime.stage import Stage
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("listen", help="talk to the assistant through the microphone and speaker",
+                       description="The local microphone assistant: speak, hear the answer start while the model "
+                                   "is still thinking; in full duplex, talk over it to interrupt. Ctrl-C stops.")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="Mini-Omni (upstream or converted) checkpoint dir; without it a tiny random model runs")
+    p.add_argument("--duplex", choices=("half", "full"), default="half",
+                   help="half: the microphone is ignored while the assistant speaks (open speakers); "
+                        "full: speaking over the answer interrupts it (headset)")
+    p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
+    p.add_argument("--input-device", metavar="NAME|INDEX", help="microphone (default: the system default)")
+    p.add_argument("--output-device", metavar="NAME|INDEX", help="speaker (default: the system default)")
+    p.add_argument("--input-rate", type=int, metavar="HZ", help="open the microphone at this rate "
+                   "(default: the device's own; resampled to 16 kHz)")
+    p.add_argument("--threshold", type=float, default=0.5, help="VAD speech probability threshold")
+    p.add_argument("--min-speech-ms", type=int, default=250, help="speech shorter than this starts no turn")
+    p.add_argument("--silence-ms", type=int, default=600, help="silence that ends the user's turn")
+    p.add_argument("--pre-roll-ms", type=int, default=300, help="audio kept from before the detected speech")
+    p.add_argument("--jitter-ms", type=int, default=100, help="audio buffered before an answer starts playing")
+    p.add_argument("--max-turns", type=int, metavar="N", help="exit after N finished turns (answered or interrupted)")
+    p.add_argument("--record", metavar="FILE", help="also write everything played to FILE (WAV)")
+    p.add_argument("--trace", metavar="FILE", help="write one JSON line per finished turn (timings, positions)")
+    p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; demo 96)")
+    p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
+    p.add_argument("--whisper", metavar="PT", help="whisper checkpoint (default: CHECKPOINT/small.pt)")
+    p.add_argument("--codec", metavar="MODEL", default="hubertsiuzdak/snac_24khz", help="SNAC model dir or hub id")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
+    p.set_defaults(func=listen)
+
+
+@dataclass
+class TurnReport:
+    """One answered (or interrupted) turn. Times in ms; *_frame are positions in the played output stream."""
+
+    turn: int
+    reason: str = "done"
+    text: str = ""
+    voice_started_frame: int | None = None  # output position when the VAD confirmed the voice
+    lm_done_frame: int | None = None  # output position when the LM had finished the turn
+    first_frame: int | None = None  # output position of the turn's first played sample
+    last_frame: int | None = None  # one past its last played sample
+    latency_ms: float | None = None  # end of the user's speech -> first audio played
+    vad_ms: float | None = None  # end of speech -> end of turn decided (the end-of-turn silence)
+    model_ms: float | None = None  # -> first codec frame (encoder, prefill, decode steps)
+    codec_ms: float | None = None  # -> first AudioOut
+    playback_ms: float | None = None  # -> first sample handed to the device (jitter buffer)
+    underruns: int = 0
+
+
+class TurnView(Stage):
+    """Sits after the LM: collects each turn's text and timings (passing everything on)."""
+
+    consumes = (TextToken, CodecFrame, VoiceStopped, AudioStop, TurnEnd)
+
+    def __init__(self, playback, name: str = "view"):
+        super().__init__(name)
+        self.playback = playback
+        self.reports: dict[int, TurnReport] = {}
+        self.times: dict[int, dict[str, float]] = {}  # turn -> speech_end, decided, first_frame_at
+        self.lm_done: set[int] = set()
+
+    async def process(self, event: Event):
+        report = self.reports.setdefault(event.turn_id, TurnReport(event.turn_id))
+        times = self.times.setdefault(event.turn_id, {})
+        if isinstance(event, TextToken):
+            report.text += event.text
+            yield event
+        elif isinstance(event, CodecFrame):
+            times.setdefault("first_frame_at", event.timestamp)
+            yield event
+        elif isinstance(event, VoiceStopped):
+            times["speech_end"] = event.timestamp
+        elif isinstance(event, AudioStop):
+            times["decided"] = event.timestamp
+        else:  # TurnEnd: the LM is done with this turn
+            report.lm_done_frame, report.reason = self.playback.position(), event.reason
+            self.lm_done.add(event.turn_id)
+
+
+class Console:
+    """Draws the console view from the stages' state, and reports each turn once its answer has played."""
+
+    def __init__(self, vad, view: TurnView, speaker, out=sys.stdout, trace=None):
+        self.vad, self.view, self.speaker, self.out, self.trace = vad, view, speaker, out, trace
+        self.tty = out.isatty()
+        self.finished = 0  # turns whose answer has played out, or was interrupted
+        self.reported: set[int] = set()
+        self._said_voice: set[int] = set()
+
+    def state(self) -> str:
+        if self.vad.speaking:
+            return "hearing"
+        if not self.speaker.playback.open_turns():
+            return "listening"
+        return "speaking" if self.speaker.playback.busy() and self._audible() else "thinking"
+
+    def _audible(self) -> bool:
+        return any(t.playing and t.finished_at is None for t in self.speaker.turns.values())
+
+    def tick(self, level_db: float) -> None:
+        for turn, frame in sorted(self.vad.voice_started_at.items()):
+            if turn not in self._said_voice:
+                self._said_voice.add(turn)
+                self.view.reports.setdefault(turn, TurnReport(turn)).voice_started_frame = frame
+                if not self.tty:
+                    self._line(f"turn {turn}: voice started")
+        for key, played in list(self.speaker.turns.items()):
+            turn = key[1]
+            if played.finished_at is not None and turn not in self.reported and turn in self.view.lm_done:
+                self.reported.add(turn)
+                self._report(turn, played)
+        if self.tty:
+            report = self.view.reports.get(self.vad.turn_id)
+            text = (report.text if report else "").replace("\n", " ")[-60:]
+            meter = "#" * max(0, min(20, int((level_db + 60) / 3)))
+            self.out.write(f"\r\033[K[{self.state():9}] in {level_db:6.1f} dB {meter:<20} | {text}")
+            self.out.flush()
+
+    def _report(self, turn: int, played) -> None:
+        report, times = self.view.reports[turn], self.view.times.get(turn, {})
+        report.first_frame, report.last_frame, report.underruns = played.first_frame, played.last_frame, \
+            played.underruns
+        if played.dropped:
+            report.reason = "interrupted"
+
+        def ms(a: str | float | None, b: str | float | None) -> float | None:
+            a = times.get(a) if isinstance(a, str) else a
+            b = times.get(b) if isinstance(b, str) else b
+            return None if a is None or b is None else round((b - a) * 1000.0, 1)
+
+        report.latency_ms = ms("speech_end", played.first_played_at)
+        report.vad_ms, report.model_ms = ms("speech_end", "decided"), ms("decided", "first_frame_at")
+        report.codec_ms = ms("first_frame_at", played.first_audio_at)
+        report.playback_ms = ms(played.first_audio_at, played.first_played_at)
+        self.finished += 1
+        latency = "no audio" if report.latency_ms is None else (
+            f"first audio {report.latency_ms:.0f} ms after end of speech (vad {report.vad_ms} + model "
+            f"{report.model_ms} + codec {report.codec_ms} + playback {report.playback_ms})")
+        self._line(f"turn {turn} [{report.reason}]: {report.text.strip()!r}; {latency}")
+        if self.trace is not None:
+            self.trace.write(json.dumps(asdict(report)) + "\n")
+            self.trace.flush()
+
+    def _line(self, text: str) -> None:
+        self.out.write(("\r\033[K" if self.tty else "") + text + "\n")
+        self.out.flush()
+
+
+def list_devices() -> int:
+    from omnivox.plugins.sounddevice_io import list_devices as devices
+
+    for kind in ("input", "output"):
+        print(f"{kind} devices:")
+        for d in devices(kind):
+            mark = "*" if d["default"] else " "
+            print(f" {mark}{d['index']:>3} {d['name']}  ({d['channels']} ch, {d['rate']} Hz)")
+    return 0
+
+
+def build(args: argparse.Namespace, say=print):
+    """The assistant's stages as a Pipeline, plus the VAD, view and speaker the console reads."""
+    from omnivox.core.cli import demo
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, check_compatible
+    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.core.runtime.playback import reset_playback_state
+    from omnivox.plugins.silero_vad import SileroVAD
+    from omnivox.plugins.sounddevice_io import MicrophoneInput, SpeakerOutput
+
+    if args.checkpoint in (None, demo.TINY):
+        say(demo.NOTICE)
+        model, max_steps = demo.tiny_model(args.seed), args.max_steps or 96
+        encoder, codec = demo.tiny_encoder(), demo.random_snac()
+    else:
+        from pathlib import Path
+
+        from omnivox.core.contracts.manager import create
+        from omnivox.core.kernel.checkpoint import OmniModel
+
+        model, max_steps = OmniModel.from_pretrained(args.checkpoint), args.max_steps or 600
+        encoder = create("encoders", "whisper", checkpoint=args.whisper or str(Path(args.checkpoint) / "small.pt"))
+        codec = create("codecs", "snac", model=args.codec)
+    check_compatible(model, encoder, codec)
+    playback = reset_playback_state("listen")
+    mic = MicrophoneInput(args.input_device, device_rate=args.input_rate)
+    vad = SileroVAD(threshold=args.threshold, min_speech_ms=args.min_speech_ms, end_silence_ms=args.silence_ms,
+                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, playback="listen")
+    view = TurnView(playback)
+    speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
+                            record=args.record, playback="listen")
+    lm = LMStage(args.strategy, model=model, task="A1A2", max_steps=max_steps, seed=args.seed, int8=args.int8)
+    pipeline = Pipeline([mic, vad, EncoderStage(encoder), lm, view, CodecStage(codec), speaker])
+    return pipeline, mic, vad, view, speaker
+
+
+def listen(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        return list_devices()
+    for flag in ("max_turns", "max_steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}", "pass a positive number")
+    from omnivox.plugins.sounddevice_io import resolve_device
+
+    resolve_device(args.input_device, "input")  # a missing device fails before the models load
+    resolve_device(args.output_device, "output")
+    pipeline, mic, vad, view, speaker = build(args, say=lambda line: print(line, file=sys.stderr))
+    trace = open(args.trace, "w", encoding="utf-8") if args.trace else None  # noqa: SIM115 (closed below)
+    try:
+        console = Console(vad, view, speaker, trace=trace)
+        asyncio.run(_serve(pipeline, mic, console, args.max_turns))
+        counts = dict(mic_blocks_dropped=mic.dropped, speaker_underruns=speaker.underruns,
+                      onsets_ignored_while_speaking=vad.ignored, barge_ins=vad.barge_ins, turns=vad.turn_id)
+        if trace is not None:
+            trace.write(json.dumps({"summary": counts}) + "\n")
+    finally:
+        if trace is not None:
+            trace.close()
+    from omnivox.core.runtime.metrics import format_summary
+
+    print(format_summary(pipeline.metrics.turns), file=sys.stderr)
+    print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()), file=sys.stderr)
+    for error in pipeline.errors:
+        print(f"omnivox listen: stage {error.stage!r} failed on turn {error.turn_id}: {error.message}",
+              file=sys.stderr)
+    return 1 if pipeline.errors else 0
+
+
+async def _serve(pipeline, mic, console: Console, max_turns: int | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await pipeline.start()
+    try:
+        while not stop.is_set():
+            console.tick(mic.level_db)
+            if max_turns is not None and console.finished >= max_turns:
+                break
+            if any(error.stage == mic.name for error in pipeline.errors):  # the microphone failed
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=0.05)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await pipeline.stop()
+        if console.tty:
+            console.out.write("\n")

@@ -1,0 +1,84 @@
+"""What the assistant is saying right now, shared between an audio sink and turn detection.
+
+A live sink (speaker) and a turn detector (VAD) run as separate stages and never talk to each other through
+the bus: events only flow downstream. Yet the detector must know whether the assistant is speaking (half
+duplex ignores the microphone then; full duplex turns speech into a barge-in). Both stages look up the same
+`PlaybackState` by name (`playback_state("default")`): the detector opens a turn when it hands an utterance
+to the model, the sink closes it when that turn's answer has finished playing (or was dropped), and counts
+the frames it handed to the device, so every party can say where in the output stream something happened.
+
+Thread-safe: the sink's device callback runs in a PortAudio thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+Turn = tuple[str, int]  # (session_id, turn_id)
+
+
+class PlaybackState:
+    """Open turns (handed to the model, answer not finished playing) and the output stream position."""
+
+    def __init__(self, tail_s: float = 0.3):
+        self.tail_s = tail_s  # after the last audible sample the room still echoes for about this long
+        self.rate = 0  # output stream rate (Hz); 0 until a sink opened one
+        self.frames = 0  # frames handed to the output device so far (the recorded output's sample index)
+        self.has_sink = False  # set by a live sink; without one nothing is ever "speaking"
+        self._open: dict[Turn, None] = {}  # insertion-ordered set
+        self._audible_until = 0.0  # monotonic time of the last block with answer audio, + tail
+        self._lock = threading.Lock()
+
+    # ---- turn detection side ----
+    def open_turn(self, turn: Turn) -> None:
+        """A turn was handed to the model; it stays open until a live sink has played (or dropped) it."""
+        with self._lock:
+            if self.has_sink:
+                self._open[turn] = None
+
+    def open_turns(self) -> list[Turn]:
+        with self._lock:
+            return list(self._open)
+
+    def busy(self) -> bool:
+        """True while a turn is open (the assistant thinks or speaks) or its last sound may still echo."""
+        with self._lock:
+            return bool(self._open) or time.monotonic() < self._audible_until
+
+    # ---- sink side ----
+    def close_turn(self, turn: Turn) -> None:
+        with self._lock:
+            self._open.pop(turn, None)
+
+    def advance(self, frames: int, audible: bool) -> None:
+        """The sink handed `frames` more frames to the device (`audible`: some of them were answer audio)."""
+        with self._lock:
+            self.frames += frames
+            if audible:
+                self._audible_until = time.monotonic() + self.tail_s
+
+    def position(self) -> int:
+        """The output stream position in frames (index into the recorded output)."""
+        with self._lock:
+            return self.frames
+
+
+_STATES: dict[str, PlaybackState] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def playback_state(name: str = "default") -> PlaybackState:
+    """The process-wide PlaybackState called `name` (created on first use)."""
+    with _STATES_LOCK:
+        state = _STATES.get(name)
+        if state is None:
+            state = _STATES[name] = PlaybackState()
+        return state
+
+
+def reset_playback_state(name: str = "default") -> PlaybackState:
+    """A fresh PlaybackState under `name` (a new pipeline in the same process starts from a clean slate)."""
+    with _STATES_LOCK:
+        state = _STATES[name] = PlaybackState()
+        return state

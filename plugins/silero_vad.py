@@ -1,0 +1,184 @@
+"""Turn detection on live audio with Silero VAD (the `silero-vad` package ships its model; extra `omnivox[vad]`).
+
+The stage reads a continuous stream of 16 kHz (or 8 kHz) mono AudioChunks (a microphone's raw stream, or a
+file) and cuts it into turns as the audio streams in, 32 ms frame by frame:
+
+    speech for min_speech_ms   -> TurnStart, VoiceStarted, AudioStart, the pre-roll + the speech so far
+    ...                         -> AudioChunk per frame
+    silence for end_silence_ms -> VoiceStopped (timestamped at the end of speech), AudioStop, TurnEnd
+
+Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd of the raw stream) is consumed; utterances
+are numbered from 1. Whether the assistant is speaking comes from the `PlaybackState` a live sink keeps:
+- duplex "half": speech while the assistant thinks or speaks (and `tail_s` after) is ignored;
+- duplex "full": it is a barge-in: Interruption of every open turn, and the speech becomes the next turn.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from omnivox.core import audio
+from omnivox.core.contracts.hookspecs import hookimpl
+from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.runtime.events import (
+    AudioChunk,
+    AudioStart,
+    AudioStop,
+    Event,
+    Interruption,
+    TurnEnd,
+    TurnStart,
+    VoiceStarted,
+    VoiceStopped,
+)
+from omnivox.core.runtime.playback import PlaybackState, playback_state
+from omnivox.core.runtime.stage import Stage
+
+FRAME = {16000: 512, 8000: 256}  # Silero's frame length per supported rate (32 ms)
+DUPLEX = ("half", "full")
+
+
+def load_silero():
+    """Silero VAD's TorchScript model, from the copy inside the silero-vad package (no download)."""
+    try:
+        from silero_vad import load_silero_vad
+    except ImportError:
+        raise ConfigError("the Silero VAD stage needs the silero-vad package", 'pip install "omnivox[vad]"') \
+            from None
+    return load_silero_vad()
+
+
+class SileroVAD(Stage):
+    """Cuts a live audio stream into one turn per utterance (see the module doc)."""
+
+    consumes = (AudioStart, AudioChunk, AudioStop, TurnStart, TurnEnd)
+    replaces = (AudioStart, AudioStop, TurnStart, TurnEnd)
+    overflow = "drop_oldest"
+    queue_size = 256
+
+    def __init__(self, threshold: float = 0.5, min_speech_ms: int = 250, end_silence_ms: int = 600,
+                 pre_roll_ms: int = 300, duplex: str = "half", playback: str = "default", name: str | None = None):
+        super().__init__(name or "vad")
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"vad threshold {threshold} must be between 0 and 1", "use e.g. 0.5")
+        for key, value in (("min_speech_ms", min_speech_ms), ("end_silence_ms", end_silence_ms),
+                           ("pre_roll_ms", pre_roll_ms)):
+            if value < 0:
+                raise ConfigError(f"vad {key}={value} must be >= 0", "use a duration in milliseconds")
+        if duplex not in DUPLEX:
+            raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
+        self.threshold, self.duplex = threshold, duplex
+        self.off_threshold = max(0.01, threshold - 0.15)  # hysteresis: speech goes on until below this
+        self.min_speech_ms, self.end_silence_ms, self.pre_roll_ms = min_speech_ms, end_silence_ms, pre_roll_ms
+        self.playback: PlaybackState = playback_state(playback)
+        self.model = None
+        self.turn_id = 0  # the last utterance's turn id
+        self.speaking = False  # inside an utterance
+        self.probability = 0.0  # of the last frame
+        self.ignored = 0  # utterance onsets ignored because the assistant was speaking (half duplex)
+        self.barge_ins = 0
+        self.voice_started_at: dict[int, int] = {}  # turn id -> output frame position when voice was detected
+        self._rate: int | None = None
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._onset: list[np.ndarray] = []  # frames above threshold, not yet confirmed as speech
+        self._pre_roll: collections.deque = collections.deque()
+        self._silence = 0  # consecutive frames below off_threshold inside an utterance
+        self._speech_end = 0.0
+
+    async def setup(self) -> None:
+        self.model = load_silero()
+
+    async def process(self, event: Event) -> AsyncIterator[Event]:
+        if isinstance(event, AudioChunk):
+            for out in self._push(event):
+                yield out
+        elif isinstance(event, (AudioStop, TurnEnd)) and self.speaking:  # the stream ended mid-utterance
+            for out in self._stop(event.session_id, event.timestamp):
+                yield out
+
+    def _push(self, chunk: AudioChunk) -> list[Event]:
+        import torch
+
+        if chunk.rate not in FRAME:
+            raise InputError(f"Silero VAD takes 16000 or 8000 Hz audio, got {chunk.rate} Hz",
+                             "resample first (the microphone stage's `rate`, default 16000)")
+        if self._rate != chunk.rate:
+            self._rate, self._pending = chunk.rate, np.zeros(0, dtype=np.float32)
+            self._pre_roll = collections.deque(maxlen=max(1, self._ms_to_frames(self.pre_roll_ms)))
+        size = FRAME[self._rate]
+        samples = np.concatenate([self._pending, audio.to_mono(chunk.to_float32().T)])
+        whole = len(samples) // size * size
+        self._pending = samples[whole:]
+        out: list[Event] = []
+        for start in range(0, whole, size):
+            frame = samples[start:start + size]
+            # the frame's end, as a capture time: the chunk's timestamp is that of its last sample
+            at = chunk.timestamp - (len(samples) - start - size) / self._rate
+            with torch.no_grad():
+                self.probability = float(self.model(torch.from_numpy(frame), self._rate))
+            out += self._step(frame, self.probability, chunk.session_id, at)
+        return out
+
+    def _step(self, frame: np.ndarray, p: float, session: str, at: float) -> list[Event]:
+        if self.speaking:
+            out = [self._chunk(frame, session, at)]
+            if p >= self.off_threshold:
+                self._silence, self._speech_end = 0, at
+            else:
+                self._silence += 1
+                if self._silence >= self._ms_to_frames(self.end_silence_ms):
+                    out += self._stop(session, at)
+            return out
+        if p >= self.threshold or (self._onset and p >= self.off_threshold):
+            self._onset.append(frame)
+            if len(self._onset) >= max(1, self._ms_to_frames(self.min_speech_ms)):
+                return self._start(session, at)
+            return []
+        self._pre_roll.extend(self._onset)
+        self._pre_roll.append(frame)
+        self._onset = []
+        return []
+
+    def _start(self, session: str, at: float) -> list[Event]:
+        out: list[Event] = []
+        if self.playback.busy():
+            if self.duplex == "half":  # the assistant is talking: this is probably its own voice
+                self.ignored += 1
+                self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
+                return out
+            self.barge_ins += 1
+            out += [Interruption(reason="barge-in", session_id=s, turn_id=t) for s, t in self.playback.open_turns()
+                    if s == session]
+        self.turn_id += 1
+        turn = {"session_id": session, "turn_id": self.turn_id}
+        self.voice_started_at[self.turn_id] = self.playback.position()
+        self.playback.open_turn((session, self.turn_id))
+        self.speaking, self._silence, self._speech_end = True, 0, at
+        speech = np.concatenate([*self._pre_roll, *self._onset])
+        self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
+        out += [TurnStart(**turn, timestamp=at), VoiceStarted(**turn, timestamp=at),
+                AudioStart(rate=self._rate, **turn, timestamp=at), self._chunk(speech, session, at)]
+        return out
+
+    def _stop(self, session: str, at: float) -> list[Event]:
+        turn = {"session_id": session, "turn_id": self.turn_id}
+        self.speaking = False
+        return [VoiceStopped(**turn, timestamp=self._speech_end), AudioStop(**turn, timestamp=at),
+                TurnEnd(reason="done", **turn, timestamp=at)]
+
+    def _chunk(self, samples: np.ndarray, session: str, at: float) -> AudioChunk:
+        fmt = audio.AudioFormat(rate=self._rate, width=2, channels=1)
+        return AudioChunk(audio=audio.to_bytes(samples[None, :], fmt), rate=self._rate, session_id=session,
+                          turn_id=self.turn_id, timestamp=at)
+
+    def _ms_to_frames(self, ms: int) -> int:
+        return round(ms * self._rate / 1000 / FRAME[self._rate])
+
+
+@hookimpl
+def register_vad(registry):
+    registry.add("silero", SileroVAD, description="Silero VAD turn detection: pre-roll, end-of-turn silence, "
+                                                  "half/full duplex barge-in")
