@@ -4,7 +4,9 @@ random components, and `omnivox chat` end to end on an espeak-ng recording."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,12 @@ import pytest
 import soundfile as sf
 
 from omnivox.core.cli import demo
+from omnivox.core.cli.chat import TranscriptPrinter, displayable
 from omnivox.core.runtime.events import AudioOut, CodecFrame, Interruption, TextIn, TextToken, TurnEnd, TurnStart
 from omnivox.core.runtime.model_stages import CodecStage, LMStage
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.testing import run_stage
 from omnivox.plugins.audio_files import FileAudioOutput
 from omnivox.plugins.snac_codec import SnacCodec
 
@@ -134,6 +138,39 @@ def test_omnivox_chat_on_spoken_question(tmp_path):
     data, rate = sf.read(tmp_path / "answer.wav")
     assert rate == 24000 and data.ndim == 1 and 0 < len(data) and abs(data).max() <= 1.0
     assert (tmp_path / "answer.txt").is_file()
+
+
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ufffd]")  # C0 but newline, DEL, C1, replacement char
+
+
+def test_chat_prints_no_control_bytes_and_shows_ids_for_undecodable_bytes(tmp_path):
+    """The random model's answer is random bytes: the terminal and --text-out get escapes and ids instead."""
+    run = _chat("--text", "hello", "--task", "T1T2", "--max-steps", "48", "--text-out", "answer.txt", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    written = (tmp_path / "answer.txt").read_text(encoding="utf-8")
+    for text in (run.stdout, written):
+        assert not CONTROL.search(text), repr(text)
+        assert "<ids " in text  # undecodable byte sequences are shown as their token ids
+    assert written.strip() == run.stdout.strip()
+
+
+def test_displayable_escapes_what_a_terminal_would_act_on():
+    assert displayable("Paris.\n", [1, 2]) == "Paris.\n"
+    assert displayable("caf\u00e9 \u4e2d", [1]) == "caf\u00e9 \u4e2d"  # printable non-ASCII stays
+    assert displayable("\x1b[31mred\x07\r\t", [1]) == "\\x1b[31mred\\x07\\x0d\\x09"
+    assert displayable("a\x85b\u202ec\u2028", [1]) == "a\\x85b\\u202ec\\u2028"  # C1, bidi override, separator
+    assert displayable("\ufffdA", [195, 65]) == "<ids 195 65>"
+
+
+def test_printer_groups_held_back_ids_and_flushes_them_at_turn_end():
+    printer = TranscriptPrinter(io.StringIO())
+    # the tokenizer holds back a partial character (empty text) until it completes
+    events = [TextToken(10, "", turn_id=0), TextToken(11, "\u00e9", turn_id=0), TextToken(12, "", turn_id=0),
+              TextToken(13, "\ufffdx", turn_id=0), TextToken(14, "", turn_id=0), TurnEnd(reason="done", turn_id=0)]
+    asyncio.run(run_stage(printer, events))
+    assert printer.shown[("default", 0)] == "\u00e9<ids 12 13><ids 14>"
+    assert printer.out.getvalue() == "\u00e9<ids 12 13><ids 14>\n"
+    assert printer.texts[("default", 0)] == "\u00e9\ufffdx"  # the decoded text is kept as it was
 
 
 def test_chat_bad_inputs_fail_clearly(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,12 @@ def _tag(section: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def prepare(recipe: Recipe, manifest: str | Path, out: str | Path | None = None, log=print) -> Path:
-    """Encode what `manifest` needs; write the prepared manifest (default MANIFEST.prepared.jsonl)."""
+def prepare(recipe: Recipe, manifest: str | Path, out: str | Path | None = None, log=print,
+            progress: bool = True) -> Path:
+    """Encode what `manifest` needs; write the prepared manifest (default MANIFEST.prepared.jsonl).
+    `progress`: a bar (manifest rows) on stderr when it is a terminal."""
+    from tqdm import tqdm
+
     from omnivox.plugins.audio_files import read_audio
 
     manifest = Path(manifest)
@@ -61,7 +66,8 @@ def prepare(recipe: Recipe, manifest: str | Path, out: str | Path | None = None,
     counts = {"codec": 0, "encoder": 0}
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     by_id = {e.id: e for e in examples}
-    for row in rows:
+    for row in tqdm(rows, desc="prepare", unit="example", file=sys.stderr, disable=None if progress else True,
+                    dynamic_ncols=True, leave=False):
         for field in ("question_audio", "answer_audio", "question_features", "answer_frames"):
             if isinstance(row.get(field), str):  # absolute for now; relative to the output below
                 row[field] = str((manifest.parent / row[field]).resolve())

@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from omnivox.core.errors import ConfigError, InputError
@@ -42,12 +43,17 @@ def speak(text: str, path: Path, voice: str = "en-us", speed: int = 175) -> Path
 
 
 def build_synthetic(out_dir: str | Path, pairs: int = 12, seed: int = 0, voice: str = "en-us",
-                    speed: int = 175) -> Path:
-    """Write OUT/audio/*.wav and OUT/manifest.jsonl; returns the manifest path."""
+                    speed: int = 175, progress: bool = True) -> Path:
+    """Write OUT/audio/*.wav and OUT/manifest.jsonl; returns the manifest path. `progress`: a bar (pairs
+    spoken) on stderr when it is a terminal."""
+    from tqdm import tqdm
+
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
-    for k, (question, answer) in enumerate(qa_pairs(pairs, seed)):
+    spoken = tqdm(qa_pairs(pairs, seed), desc="synth-data", unit="pair", file=sys.stderr,
+                  disable=None if progress else True, dynamic_ncols=True, leave=False)
+    for k, (question, answer) in enumerate(spoken):
         q_wav = speak(question, out / "audio" / f"q{k:03d}.wav", voice, speed)
         a_wav = speak(answer, out / "audio" / f"a{k:03d}.wav", voice, speed)
         q_rel, a_rel = str(q_wav.relative_to(out)), str(a_wav.relative_to(out))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import unicodedata
 from pathlib import Path
 
 from omnivox.core.errors import ConfigError, InputError
@@ -43,23 +44,63 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class TranscriptPrinter(Stage):
-    """Prints each turn's text tokens as they arrive and passes them on; keeps the text per turn."""
+    """Prints each turn's text tokens as they arrive and passes them on. Keeps each turn's text twice: `texts`
+    as decoded, `shown` as printed (see `displayable`: no control characters, ids for undecodable bytes)."""
 
     consumes = (TextToken, TurnEnd)
 
     def __init__(self, out=sys.stdout, name: str = "transcript"):
         super().__init__(name)
-        self.out, self.texts = out, {}
+        self.out, self.texts, self.shown = out, {}, {}
+        self.pending: dict[tuple[str, int], list[int]] = {}  # ids whose text the tokenizer still holds back
 
     async def process(self, event: Event):
+        key = event.turn
         if isinstance(event, TextToken):
-            self.texts[event.turn] = self.texts.get(event.turn, "") + event.text
-            if self.out is not None:
-                self.out.write(event.text)
-                self.out.flush()
+            self.texts[key] = self.texts.get(key, "") + event.text
+            ids = self.pending.setdefault(key, [])
+            ids.append(event.token_id)
+            if event.text:
+                self._show(key, displayable(event.text, ids))
+                ids.clear()
             yield event
-        elif self.out is not None:
-            self.out.write("\n")
+        else:
+            held = self.pending.pop(key, [])
+            self._show(key, _ids(held) if held else "")  # a turn ending inside a character: its bytes' ids
+            if self.out is not None:
+                self.out.write("\n")
+
+    def _show(self, key: tuple[str, int], text: str) -> None:
+        self.shown[key] = self.shown.get(key, "") + text
+        if self.out is not None and text:
+            encoding = getattr(self.out, "encoding", None) or "utf-8"
+            self.out.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            self.out.flush()
+
+
+def displayable(text: str, ids: list[int]) -> str:
+    """`text` (decoded from the token `ids`) made safe for a terminal or a text file: control and other
+    unprintable characters (C0 but newline, DEL, C1, format, separators) become `\\xNN` / `\\uNNNN` escapes;
+    text with an undecodable byte sequence (U+FFFD) is shown as the ids it came from, `<ids 12 34>`."""
+    if "\ufffd" in text:
+        return _ids(ids)
+    return "".join(_escape(ch) if _unsafe(ch) else ch for ch in text)
+
+
+def _unsafe(ch: str) -> bool:
+    """Control (Cc: C0, DEL, C1), format (Cf, e.g. bidi overrides), surrogate, private-use, unassigned, and
+    line/paragraph separators; newline is the one control character a transcript keeps."""
+    category = unicodedata.category(ch)
+    return ch != "\n" and (category[0] == "C" or category in ("Zl", "Zp"))
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _ids(ids: list[int]) -> str:
+    return "<ids " + " ".join(map(str, ids)) + ">"
 
 
 def build_pipeline(args: argparse.Namespace, say=print):
@@ -121,7 +162,7 @@ def chat(args: argparse.Namespace) -> int:
             print(f"  fix: {error.fix}", file=sys.stderr)
     if pipeline.errors:
         return 1
-    text = next(iter(printer.texts.values()), "")
+    text = next(iter(printer.shown.values()), "")
     if args.text_out:
         Path(args.text_out).write_text(text + "\n", encoding="utf-8")
     if task in AUDIO_OUT_TASKS:

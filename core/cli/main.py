@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "omnivox.core.cli.plugins",
     "omnivox.core.cli.train",
     "omnivox.core.cli.transcribe",
+    "omnivox.core.cli.doctor",
 ]
 
 

@@ -1,4 +1,5 @@
-"""`omnivox convert` and `omnivox download`: get Mini-Omni checkpoints into omnivox's native format."""
+"""`omnivox convert` and `omnivox download`: get Mini-Omni checkpoints into omnivox's native format.
+Both show progress bars on stderr when it is a terminal."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from omnivox.core.kernel.checkpoint import convert_upstream
 
-    dst = convert_upstream(args.src, args.dst)
+    dst = convert_upstream(args.src, args.dst, progress=True)
     print(f"converted {args.src} -> {dst}")
     return 0
 
@@ -33,6 +34,6 @@ def _convert(args: argparse.Namespace) -> int:
 def _download(args: argparse.Namespace) -> int:
     from omnivox.core.kernel.checkpoint import download
 
-    path = download(MODELS[args.family], args.dir)
+    path = download(MODELS[args.family], args.dir, progress=True)
     print(f"downloaded {MODELS[args.family]} to {path}")
     return 0

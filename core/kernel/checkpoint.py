@@ -6,9 +6,12 @@ Native: `model.safetensors` (OmniLM state dict), `model_config.yaml` (same field
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import shutil
+import struct
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,7 +261,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{directory} is a file, not a checkpoint directory",
                               "pass the directory that holds the weights and model_config.yaml")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not str(path).startswith("."):
-        return download(str(path))
+        return download(str(path), progress=True)
     raise CheckpointError(f"checkpoint directory {directory} not found",
                           f"check the path, or download one: omnivox download mini-omni {directory}")
 
@@ -310,18 +313,47 @@ def save_native(model: OmniModel, directory: str | Path) -> Path:
     return directory
 
 
-def _write_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Atomic write (temp file + rename), so a crash never leaves a half-written weights file."""
-    from safetensors.torch import save_file
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+_CHUNK = 64 << 20  # bytes written between progress updates
 
+
+def _write_safetensors(state: dict[str, torch.Tensor], path: Path, progress: bool = False) -> None:
+    """The safetensors format (8-byte little-endian header length, JSON header, the tensors' bytes back to
+    back), written tensor by tensor so that a progress bar can follow (mmap'd tensors are read as they are
+    written); atomic (temp file + rename), so a crash never leaves a half-written weights file."""
+    from tqdm import tqdm
+
+    header: dict[str, dict] = {"__metadata__": {"format": "pt", "producer": "omnivox"}}
+    offset = 0
+    for name, tensor in state.items():
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(f"cannot save {name}: dtype {tensor.dtype} has no safetensors name",
+                                  "convert the model to float32/float16/bfloat16 first")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # tensor data starts 8-byte aligned
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", "producer": "omnivox"})
+    with open(tmp, "wb") as f, tqdm(total=offset, desc=f"write {path.name}", unit="B", unit_scale=True,
+                                    unit_divisor=1024, file=sys.stderr, disable=None if progress else True,
+                                    dynamic_ncols=True, leave=False) as bar:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for tensor in state.values():
+            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()  # (bytes,)
+            for start in range(0, len(data), _CHUNK):
+                f.write(data[start:start + _CHUNK].data)
+                bar.update(min(_CHUNK, len(data) - start))
     tmp.replace(path)
 
 
-def convert_upstream(src: str | Path, dst: str | Path) -> Path:
+def convert_upstream(src: str | Path, dst: str | Path, progress: bool = False) -> Path:
     """Upstream Mini-Omni dir -> native dir, without building the model in memory (mmap'd tensors are
-    renamed/split and streamed into safetensors). Copies tokenizer files and Whisper's small.pt if present."""
+    renamed/split and streamed into safetensors). Copies tokenizer files and Whisper's small.pt if present.
+    `progress`: a bar (bytes written) on stderr when it is a terminal."""
     src, dst = resolve_checkpoint_dir(src), Path(dst)
     if not (src / UPSTREAM_WEIGHTS).is_file():
         raise CheckpointError(f"{src} has no {UPSTREAM_WEIGHTS}", "point at an upstream Mini-Omni directory")
@@ -329,7 +361,7 @@ def convert_upstream(src: str | Path, dst: str | Path) -> Path:
         raise CheckpointError("source and destination are the same directory", "choose a new destination")
     config, state = read_upstream(src)
     dst.mkdir(parents=True, exist_ok=True)
-    _write_safetensors(state, dst / NATIVE_WEIGHTS)
+    _write_safetensors(state, dst / NATIVE_WEIGHTS, progress)
     config.to_file(dst / CONFIG_FILE)
     for name in UPSTREAM_EXTRA_FILES:
         if (src / name).is_file():
@@ -337,17 +369,24 @@ def convert_upstream(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
-def download(repo_id: str = HUB_REPO, directory: str | Path | None = None) -> Path:
-    """Snapshot a hub repo (online users). Offline: a CheckpointError that says how to proceed."""
+def download(repo_id: str = HUB_REPO, directory: str | Path | None = None, progress: bool = False) -> Path:
+    """Snapshot a hub repo (online users). Offline: a CheckpointError that says how to proceed.
+    `progress`: the hub's per-file bars on stderr when it is a terminal (none otherwise)."""
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-        return Path(snapshot_download(repo_id, local_dir=str(directory) if directory else None))
+        quiet, was_quiet = not (progress and sys.stderr.isatty()), are_progress_bars_disabled()
+        if quiet:
+            disable_progress_bars()
+        try:
+            return Path(snapshot_download(repo_id, local_dir=str(directory) if directory else None))
+        finally:
+            if quiet and not was_quiet:
+                enable_progress_bars()
     except Exception as exc:  # network, auth, missing repo: all end the same way for the user
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"could not download {repo_id} from the Hugging Face hub ({type(exc).__name__}: {reason})",
             f"on a machine with network run 'omnivox download mini-omni DIR' and copy DIR here, then pass "
             f"--checkpoint DIR; the directory needs {UPSTREAM_WEIGHTS} and {CONFIG_FILE}") from None
-
-
