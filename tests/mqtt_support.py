@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,10 @@ class Mosquitto:
         need_mosquitto()
         self.folder, self.port = folder, free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
+        # `user`: stay the current user (as root mosquitto would switch to "mosquitto", which cannot read
+        # the password file in a private temporary folder)
+        lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}", "persistence false",
+                 "log_dest stderr",
                  "log_type error", "log_type warning"]
         if users:
             passwords = folder / "passwords"

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # name -> the running service of this process, so the output stage finds its input stage's connection
 SERVICES: dict[str, MqttService] = {}
 _REMEMBER_LOST = 4096
+MAX_IN_FLIGHT = 256  # published messages awaiting their broker acknowledgement
 
 
 def default_worker_id() -> str:
@@ -74,6 +75,8 @@ class MqttService:
         self.turns_ended = 0
         self._lost: OrderedDict[tuple[str, int], None] = OrderedDict()  # turns cut by a connection loss
         self._to_report: list[tuple[str, int]] = []  # lost turns whose error is not sent yet
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._pending: set[asyncio.Future] = set()  # publishes awaiting their acknowledgement
 
     # ---- running ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -153,6 +156,8 @@ class MqttService:
         try:
             for session_id in list(self.engine.sessions):
                 await self.send_json(session_id, "session-ended", reason="worker-stopped")
+            if self._pending:
+                await asyncio.wait(set(self._pending), timeout=2.0)
             await asyncio.wait_for(client.publish(wire.status_topic(self.config.worker, self.config.prefix),
                                                   self._status("offline"), qos=1, retain=True), 2.0)
         except Exception as exc:  # best effort: the last will covers a failed goodbye
@@ -294,17 +299,22 @@ class MqttService:
                                    wire.encode_audio(turn, seq, pcm), wire.QOS_AUDIO)
 
     async def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        import aiomqtt
-
+        """Hand a message to the MQTT client without waiting for its QoS 1 acknowledgement (messages leave in
+        the order given; at most MAX_IN_FLIGHT wait for their PUBACK, then publishers wait: backpressure)."""
         client = self.client
         if client is None:
             return False
-        try:
-            await client.publish(topic, payload, qos=qos)
-            return True
-        except aiomqtt.MqttError as exc:
-            log.info("dropped a message to %s: %s", topic, exc)
-            return False
+        await self._in_flight.acquire()
+        sent = asyncio.ensure_future(client.publish(topic, payload, qos=qos))  # paho queues it in this order
+        self._pending.add(sent)
+        sent.add_done_callback(self._acknowledged)
+        return True
+
+    def _acknowledged(self, sent: asyncio.Future) -> None:
+        self._pending.discard(sent)
+        self._in_flight.release()
+        if not sent.cancelled() and sent.exception() is not None:
+            log.info("dropped a message: %s", sent.exception())
 
     async def _error(self, session_id: str, exc: ProtocolError, *, force: bool = False) -> None:
         log.info("session %s: %s: %s", session_id, exc.code, exc.problem)
