@@ -11,6 +11,10 @@ ALSA file plugin + a private PulseAudio, real-time paced) and the tiny random mo
   playback  -> first sample handed to the device (the speaker's jitter buffer)
 Reports p50/p90 of each and each part's share of the median total (shares of the same run, so they do not
 depend on the machine's speed). Needs libportaudio2, libasound2-plugins and pulseaudio (make install).
+
+First, what the full-duplex echo gate buys (no devices; tests/echo_scenes.py): espeak-ng "answers" heard back
+by the microphone after 50 / 250 ms at -6 / -12 dB, with and without the user talking over them; counts the
+scenes where the echo alone barged in (false) and where the user's voice did (kept), gate off vs on.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from echo_scenes import MIC_RATE, SPEAKER_RATE, espeak, make_vad, run_scene  # noqa: E402
 from virtual_audio import DEVICE_RATE, VirtualAudio, available  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
@@ -42,13 +47,34 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+ANSWERS = ["The capital of France is Paris, a city on the river Seine.", "The moon is about three hundred and "
+           "eighty thousand kilometres away.", "Here is one: why did the chicken cross the road?",
+           "It is a quarter past ten in the morning.", "Sunlight scatters off the air, and blue scatters most."]
+
+
+def echo_gate_figures() -> None:
+    user = espeak("Wait, stop, tell me about Berlin instead.", MIC_RATE, voice="en+f3")
+    scenes = [(espeak(text, SPEAKER_RATE), delay, level) for text in ANSWERS for delay in (0.05, 0.25)
+              for level in (-6.0, -12.0)]
+    print(f"echo gate, {len(scenes)} scenes per row (5 answers x delay 50/250 ms x echo -6/-12 dB):")
+    for gate in (False, True):
+        false = sum(bool(run_scene(make_vad(gate), a, delay_s=d, echo_db=g)["barge_ins"]) for a, d, g in scenes)
+        kept = sum(any(t >= 1.0 for t in run_scene(make_vad(gate), a, delay_s=d, echo_db=g, user=user,
+                                                     user_at_s=1.0)["barge_ins"]) for a, d, g in scenes)
+        print(f"  gate {'on ' if gate else 'off'}: echo alone barged in {false}/{len(scenes)}; "
+              f"user talking over it barged in {kept}/{len(scenes)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--gap", type=float, default=9.0, help="seconds of silence after each question (half "
                         "duplex: the next question must come after the answer has played)")
     parser.add_argument("--max-steps", type=int, default=16, help="answer length in LM steps")
+    parser.add_argument("--skip-echo", action="store_true", help="skip the echo-gate figures")
     args = parser.parse_args()
+    if not args.skip_echo:
+        echo_gate_figures()
     if available() is not None:
         print(f"bench_listen: {available()}", file=sys.stderr)
         return 2

@@ -11,6 +11,9 @@ Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd of the raw stream)
 are numbered from 1. Whether the assistant is speaking comes from the `PlaybackState` a live sink keeps:
 - duplex "half": speech while the assistant thinks or speaks (and `tail_s` after) is ignored;
 - duplex "full": it is a barge-in: Interruption of every open turn, and the speech becomes the next turn.
+  With `echo_gate` (default on), an onset that is mostly a delayed copy of what the speaker played (normalised
+  cross-correlation with the played audio >= `echo_similarity`) is taken for the assistant's own echo and
+  ignored; speech of the user over it correlates far less and still barges in.
 """
 
 from __future__ import annotations
@@ -39,6 +42,23 @@ from omnivox.core.runtime.stage import Stage
 
 FRAME = {16000: 512, 8000: 256}  # Silero's frame length per supported rate (32 ms)
 DUPLEX = ("half", "full")
+ECHO_DELAY_S = 0.5  # the longest speaker -> microphone delay (device buffers + room) the echo gate looks back
+
+
+def echo_similarity(near: np.ndarray, far: np.ndarray) -> float:
+    """The largest normalised cross-correlation |<near, far[lag:lag+n]>| / (|near| |far[lag:lag+n]|) over every
+    lag (far zero-padded at both ends): ~1 when the microphone (near) heard a scaled, delayed copy of the
+    played audio (far), low for a voice that is not in it."""
+    from scipy.signal import correlate
+
+    n = len(near)
+    padded = np.concatenate([np.zeros(n), far, np.zeros(n)]).astype(np.float64)
+    dots = correlate(padded, near.astype(np.float64), mode="valid", method="fft")  # (len(far) + n + 1,)
+    energy = np.concatenate([[0.0], np.cumsum(padded ** 2)])
+    window = np.sqrt(np.maximum(energy[n:] - energy[:-n], 0.0))  # |far[lag:lag+n]| per lag
+    ncc = np.abs(dots) / (np.linalg.norm(near) * window + 1e-9)
+    ncc[window < 1e-3 * np.sqrt(n)] = 0.0  # windows (nearly) all padding say nothing
+    return float(ncc.max())
 
 
 def load_silero():
@@ -60,7 +80,8 @@ class SileroVAD(Stage):
     queue_size = 256
 
     def __init__(self, threshold: float = 0.5, min_speech_ms: int = 250, end_silence_ms: int = 600,
-                 pre_roll_ms: int = 300, duplex: str = "half", playback: str = "default", name: str | None = None):
+                 pre_roll_ms: int = 300, duplex: str = "half", echo_gate: bool = True, echo_similarity: float = 0.5,
+                 playback: str = "default", name: str | None = None):
         super().__init__(name or "vad")
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"vad threshold {threshold} must be between 0 and 1", "use e.g. 0.5")
@@ -71,6 +92,7 @@ class SileroVAD(Stage):
         if duplex not in DUPLEX:
             raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
         self.threshold, self.duplex = threshold, duplex
+        self.echo_gate, self.echo_similarity = echo_gate, echo_similarity
         self.off_threshold = max(0.01, threshold - 0.15)  # hysteresis: speech goes on until below this
         self.min_speech_ms, self.end_silence_ms, self.pre_roll_ms = min_speech_ms, end_silence_ms, pre_roll_ms
         self.playback: PlaybackState = playback_state(playback)
@@ -80,10 +102,12 @@ class SileroVAD(Stage):
         self.probability = 0.0  # of the last frame
         self.ignored = 0  # utterance onsets ignored because the assistant was speaking (half duplex)
         self.barge_ins = 0
+        self.echoes = 0  # onsets the echo gate took for the assistant's own voice (full duplex)
         self.voice_started_at: dict[int, int] = {}  # turn id -> output frame position when voice was detected
         self._rate: int | None = None
         self._pending = np.zeros(0, dtype=np.float32)
         self._onset: list[np.ndarray] = []  # frames above threshold, not yet confirmed as speech
+        self._onset_at = 0.0  # capture time of the first onset frame's end
         self._pre_roll: collections.deque = collections.deque()
         self._silence = 0  # consecutive frames below off_threshold inside an utterance
         self._speech_end = 0.0
@@ -133,6 +157,8 @@ class SileroVAD(Stage):
                     out += self._stop(session, at)
             return out
         if p >= self.threshold or (self._onset and p >= self.off_threshold):
+            if not self._onset:
+                self._onset_at = at
             self._onset.append(frame)
             if len(self._onset) >= max(1, self._ms_to_frames(self.min_speech_ms)):
                 return self._start(session, at)
@@ -149,6 +175,10 @@ class SileroVAD(Stage):
                 self.ignored += 1
                 self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
                 return out
+            if self.echo_gate and self._is_echo(np.concatenate(self._onset), at):
+                self.echoes += 1
+                self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
+                return out
             self.barge_ins += 1
             out += [Interruption(reason="barge-in", session_id=s, turn_id=t) for s, t in self.playback.open_turns()
                     if s == session]
@@ -162,6 +192,14 @@ class SileroVAD(Stage):
         out += [TurnStart(**turn, timestamp=at), VoiceStarted(**turn, timestamp=at),
                 AudioStart(rate=self._rate, **turn, timestamp=at), self._chunk(speech, session, at)]
         return out
+
+    def _is_echo(self, speech: np.ndarray, at: float) -> bool:
+        """Is this onset (16/8 kHz, captured until `at`) mostly a delayed copy of what was just played?"""
+        start = self._onset_at - FRAME[self._rate] / self._rate  # the first onset frame's start
+        played = self.playback.played_between(start - ECHO_DELAY_S, at + 0.05)
+        if not played.any() or not self.playback.rate:
+            return False
+        return echo_similarity(speech, audio.resample(played, self.playback.rate, self._rate)) >= self.echo_similarity
 
     def _stop(self, session: str, at: float) -> list[Event]:
         turn = {"session_id": session, "turn_id": self.turn_id}

@@ -27,7 +27,7 @@ import numpy as np
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import InputError
-from omnivox.core.runtime.events import AudioChunk, AudioOut, Event, Interruption, TurnEnd
+from omnivox.core.runtime.events import AudioChunk, AudioOut, Cancel, Event, Interruption, TurnEnd
 from omnivox.core.runtime.playback import PlaybackState, Turn, playback_state
 from omnivox.core.runtime.stage import Stage
 
@@ -288,10 +288,12 @@ class SpeakerOutput(Stage):
                     self._finish(key, turn)
             self._resamplers.pop(key, None)
 
-    async def on_interrupt(self, event: Interruption) -> None:
+    async def on_interrupt(self, event: Interruption | Cancel) -> None:
+        """Drop the interrupted turn's audio (every turn of the session on Cancel): silent within one block."""
+        whole_session = isinstance(event, Cancel)
         with self._lock:
-            keys = [k for k in self.turns if k[0] == event.session_id and event.turn_id in (None, k[1])]
-            if event.turn_id is not None and event.turn not in self.turns:
+            keys = [k for k in self.turns if k[0] == event.session_id and (whole_session or k[1] == event.turn_id)]
+            if not whole_session and event.turn not in self.turns:
                 keys.append(event.turn)
             for key in keys:
                 turn = self.turns.setdefault(key, TurnPlayback())
@@ -343,7 +345,7 @@ class SpeakerOutput(Stage):
                 current.playing = False  # ran dry mid-answer: re-fill the jitter buffer before going on
                 current.underruns += 1
                 self.underruns += 1
-            self.playback.advance(frames, audible=filled > 0)
+            self.playback.advance(frames, audible=filled > 0, block=out)
         if self._record_file is not None:
             self._recorded.append(out.copy())
 

@@ -301,3 +301,16 @@ def test_mic_assistant_pipeline_file_builds_the_listen_stages_sharing_one_playba
     assert kinds == ["MicrophoneInput", "SileroVAD", "EncoderStage", "LMStage", "CodecStage", "SpeakerOutput"]
     vad, speaker = pipeline.stages[1], pipeline.stages[-1]
     assert vad.duplex == "full" and vad.overflow == "drop_oldest" and vad.playback is speaker.playback
+
+
+def test_echo_gate_ignores_the_played_answer_heard_back_but_not_the_user_talking_over_it():
+    from echo_scenes import MIC_RATE, SPEAKER_RATE, espeak, make_vad, run_scene
+
+    answer = espeak("The capital of France is Paris, a city on the river Seine.", SPEAKER_RATE)
+    user = espeak("Wait, stop, tell me about Berlin instead.", MIC_RATE, voice="en+f3")
+    ungated = run_scene(make_vad(echo_gate=False), answer)
+    assert ungated["barge_ins"], "without the gate the echo barges in (else this scene tests nothing)"
+    gated = run_scene(make_vad(echo_gate=True), answer)
+    assert gated["barge_ins"] == [] and gated["echoes"] >= 1
+    talked_over = run_scene(make_vad(echo_gate=True), answer, user=user, user_at_s=1.0)
+    assert talked_over["barge_ins"] and talked_over["barge_ins"][0] > 1.0  # the user's voice, not the echo

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duplex", choices=("half", "full"), default="half",
                    help="half: the microphone is ignored while the assistant speaks (open speakers); "
                         "full: speaking over the answer interrupts it (headset)")
+    p.add_argument("--no-echo-gate", action="store_true",
+                   help="full duplex: also barge in on speech that is mostly the assistant's own voice heard back "
+                        "(by default such onsets, found by correlating with the played audio, are ignored)")
     p.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
     p.add_argument("--input-device", metavar="NAME|INDEX", help="microphone (default: the system default)")
     p.add_argument("--output-device", metavar="NAME|INDEX", help="speaker (default: the system default)")
@@ -203,7 +206,8 @@ def build(args: argparse.Namespace, say=print):
     playback = reset_playback_state("listen")
     mic = MicrophoneInput(args.input_device, device_rate=args.input_rate)
     vad = SileroVAD(threshold=args.threshold, min_speech_ms=args.min_speech_ms, end_silence_ms=args.silence_ms,
-                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, playback="listen")
+                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate,
+                    playback="listen")
     view = TurnView(playback)
     speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
                             record=args.record, playback="listen")
@@ -229,7 +233,8 @@ def listen(args: argparse.Namespace) -> int:
         console = Console(vad, view, speaker, trace=trace)
         asyncio.run(_serve(pipeline, mic, console, args.max_turns))
         counts = dict(mic_blocks_dropped=mic.dropped, speaker_underruns=speaker.underruns,
-                      onsets_ignored_while_speaking=vad.ignored, barge_ins=vad.barge_ins, turns=vad.turn_id)
+                      onsets_ignored_while_speaking=vad.ignored, onsets_taken_for_echo=vad.echoes,
+                      barge_ins=vad.barge_ins, turns=vad.turn_id)
         if trace is not None:
             trace.write(json.dumps({"summary": counts}) + "\n")
     finally:

@@ -12,8 +12,11 @@ Thread-safe: the sink's device callback runs in a PortAudio thread.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
+
+import numpy as np
 
 Turn = tuple[str, int]  # (session_id, turn_id)
 
@@ -21,13 +24,15 @@ Turn = tuple[str, int]  # (session_id, turn_id)
 class PlaybackState:
     """Open turns (handed to the model, answer not finished playing) and the output stream position."""
 
-    def __init__(self, tail_s: float = 0.3):
+    def __init__(self, tail_s: float = 0.3, keep_blocks: int = 400):
         self.tail_s = tail_s  # after the last audible sample the room still echoes for about this long
         self.rate = 0  # output stream rate (Hz); 0 until a sink opened one
         self.frames = 0  # frames handed to the output device so far (the recorded output's sample index)
         self.has_sink = False  # set by a live sink; without one nothing is ever "speaking"
         self._open: dict[Turn, None] = {}  # insertion-ordered set
         self._audible_until = 0.0  # monotonic time of the last block with answer audio, + tail
+        # the far-end reference for echo checks: (monotonic time handed to the device, float32 block)
+        self._played: collections.deque = collections.deque(maxlen=keep_blocks)
         self._lock = threading.Lock()
 
     # ---- turn detection side ----
@@ -51,12 +56,22 @@ class PlaybackState:
         with self._lock:
             self._open.pop(turn, None)
 
-    def advance(self, frames: int, audible: bool) -> None:
-        """The sink handed `frames` more frames to the device (`audible`: some of them were answer audio)."""
+    def advance(self, frames: int, audible: bool, block: np.ndarray | None = None, at: float | None = None) -> None:
+        """The sink handed `frames` more frames to the device at monotonic time `at` (default now); `audible`:
+        some of them were answer audio; `block`: those frames, mono, kept as the echo reference."""
+        now = time.monotonic() if at is None else at
         with self._lock:
             self.frames += frames
             if audible:
-                self._audible_until = time.monotonic() + self.tail_s
+                self._audible_until = now + self.tail_s
+            if block is not None:
+                self._played.append((now, np.array(block, dtype=np.float32)))
+
+    def played_between(self, start: float, end: float) -> np.ndarray:
+        """The samples handed to the device between monotonic times `start` and `end` (float32, at `rate`)."""
+        with self._lock:
+            blocks = [b for t, b in self._played if start <= t <= end]
+        return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
     def position(self) -> int:
         """The output stream position in frames (index into the recorded output)."""
