@@ -66,8 +66,8 @@ def test_wheel_from_clean_checkout_runs_chat_in_fresh_venv(tmp_path):
                             "print(any('site-packages' in p and p.startswith(sys.base_prefix) for p in sys.path))"],
                  cwd=work, env=env).stdout.split()
     assert Path(where[0]).is_relative_to(venv) and where[1] == "False"  # the wheel's copy; no system site
-    chat = step("chat", [str(venv / "bin" / "omnivox"), "chat", "--text", "hello", "--output", "a.wav"],
-                cwd=work, env=env)
+    chat = step("chat", [str(venv / "bin" / "omnivox"), "chat", "--text", "hello", "--output", "a.wav",
+                         "--max-steps", "24"], cwd=work, env=env)
     info = sf.info(work / "a.wav")
     assert info.samplerate == 24000 and info.frames > 0
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", chat.stdout)
