@@ -1,8 +1,11 @@
 """Generation API: `generate` (whole answer) and `stream` (events as soon as they exist) over any strategy.
 
-One KV-cached prefill, then one forward per step of the single new column; only the last position's logits
-(`last_only`), text logits only for text-output tasks (`text_only`), one host sync per step, no autograd
-(`torch.inference_mode` around each forward, never held across a `yield`).
+One KV-cached prefill, then one forward per step of the single new column; only the head rows the step
+samples: the last position (`last_only`), the text row's text logits and the audio row's audio logits
+(batch parallel decoding: row 1 and row 0; text-output tasks: no audio), and no text logits once the text
+stream is finished and its pad is forced (greedy decoding, whose samples use no random numbers: a seeded
+sampler keeps drawing as upstream does). One host sync per step, no autograd (`torch.inference_mode`
+around each forward, never held across a `yield`).
 
 Stop reasons: "eoa" (last audio stream emitted eoa), "eot" (text-output task emitted eot), "max_steps",
 "context" (the next position would exceed block_size), "cancelled"."""
@@ -230,8 +233,11 @@ def _decode(
         if cancelled():
             reason = "cancelled"
             break
+        text_rows = () if rule.text_end and sampling.greedy else (rule.text_row,)
+        audio_rows = (rule.audio_row,) if rule.audio_output else ()
         with torch.inference_mode():
-            out = lm(ids, features, audio_lengths, cache=cache, last_only=True, text_only=not rule.audio_output)
+            out = lm(ids, features, audio_lengths, cache=cache, last_only=True, text_rows=text_rows,
+                     audio_rows=audio_rows)
             audio, text = _sample(out, rule, sampling, generator)
         features = audio_lengths = None
         column = rule.apply(len(columns), audio, text)
@@ -267,10 +273,12 @@ def _decode(
 def _sample(
     out: OmniOutput, rule: StepRule, sampling: SamplingConfig, generator: torch.Generator | None
 ) -> tuple[list[int] | None, int]:
-    """Ids of the last position: (A audio ids from the audio row or None, text id from the text row)."""
-    text_logits = out.text_logits[rule.text_row, -1:]  # (1, Vt)
+    """Ids of the last position (the forward computed only the text row's text logits and the audio row's
+    audio logits): (A audio ids or None, text id; pad_t when the text logits were skipped, as the rule forces)."""
     if not rule.audio_output:
-        return None, int(sample(text_logits, sampling, generator).item())
-    audio_logits = out.audio_logits[rule.audio_row, :, -1]  # (A, Va)
-    ids = torch.cat([sample(audio_logits, sampling, generator), sample(text_logits, sampling, generator)]).tolist()
-    return ids[:-1], ids[-1]
+        return None, int(sample(out.text_logits[0, -1:], sampling, generator).item())
+    parts = [sample(out.audio_logits[0, :, -1], sampling, generator)]  # (A,) from (A, Va)
+    if out.text_logits is not None:
+        parts.append(sample(out.text_logits[0, -1:], sampling, generator))  # (1,) from (1, Vt)
+    ids = torch.cat(parts).tolist()
+    return ids[: rule.layout.audio_streams], ids[-1] if out.text_logits is not None else rule.layout.pad_t

@@ -6,7 +6,11 @@
     V = text_vocab + A * audio_vocab; text logits = [:text_vocab], audio stream i = its own block.
 
 With `post_adapter` (upstream's optional "TTS adapter"), the audio logits instead come from extra blocks on
-the backbone's hidden states (before the final norm), their own norm and an audio head."""
+the backbone's hidden states (before the final norm), their own norm and an audio head.
+
+Decoding speed (exact fp32): every Linear is a `FewRowsLinear`, which runs decode steps (a few rows) as
+W @ x^T, and `forward(text_rows=, audio_rows=)` computes only the head rows a step samples (batch parallel
+decoding: audio of row 0, text of row 1; no text at all once the text stream is finished)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2Model
 from transformers.cache_utils import DynamicCache
 
@@ -43,6 +48,40 @@ def qwen2_config(config: OmniConfig, n_layer: int | None = None, vocab_size: int
     return qwen
 
 
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., in) @ weight (out, in)^T as (W @ x^T)^T: with the weight as the left operand MKL streams it once
+    at memory speed for a few rows, where F.linear's x @ W^T re-packs it on every call (2-4x slower per
+    decode step on an AVX2 CPU, measured by benchmarks/bench_decode.py). Same products, same sums."""
+    rows = x.reshape(-1, x.shape[-1]).t()  # (in, R)
+    y = torch.mm(weight, rows) if bias is None else torch.addmm(bias[:, None], weight, rows)  # (out, R)
+    return y.t().reshape(*x.shape[:-1], weight.shape[0])
+
+
+FEW_ROWS = 4  # decode steps: 1 or 2 rows x 1 position
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """few_rows_linear for inference calls with at most FEW_ROWS rows on the CPU; F.linear for training
+    (autograd), prefill and other devices."""
+    if x.device.type == "cpu" and not torch.is_grad_enabled() and x.numel() <= FEW_ROWS * x.shape[-1]:
+        return few_rows_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class FewRowsLinear(nn.Linear):
+    """nn.Linear (same parameters and state dict) computed by `linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def use_few_rows_linear(module: nn.Module) -> None:
+    """Turn every plain nn.Linear under `module` into a FewRowsLinear, in place (no copy of the weights)."""
+    for sub in module.modules():
+        if type(sub) is nn.Linear:
+            sub.__class__ = FewRowsLinear
+
+
 class SwiGLUAdapter(nn.Module):
     """Upstream `whisperMLP` ("llamamlp"): down(silu(gate(x)) * up(x)), F -> intermediate -> D, no bias."""
 
@@ -67,8 +106,8 @@ class OmniCache:
 
 @dataclass
 class OmniOutput:
-    text_logits: torch.Tensor  # (B, T, text_vocab)
-    audio_logits: torch.Tensor | None  # (B, A, T, audio_vocab); None when only text was asked for
+    text_logits: torch.Tensor | None  # (B, T, text_vocab), B = len(text_rows) when given; None for no rows
+    audio_logits: torch.Tensor | None  # (B, A, T, audio_vocab), B = len(audio_rows) when given; None: no rows
     cache: OmniCache | None
 
 
@@ -91,6 +130,7 @@ class OmniLM(nn.Module):
             self.post_adapter.embed_tokens = None
             self.audio_head = nn.Linear(config.n_embd, config.cat_audio_vocab_size, bias=False)
         self.register_buffer("stream_offsets", self.layout.stream_offsets(), persistent=False)
+        use_few_rows_linear(self)
         self._hook_backbone_norm()
 
     def _hook_backbone_norm(self) -> None:
@@ -143,9 +183,14 @@ class OmniLM(nn.Module):
 
     def forward(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
                 audio_lengths: Sequence[int] | None = None, cache: OmniCache | None = None,
-                last_only: bool = False, text_only: bool = False) -> OmniOutput:
+                last_only: bool = False, text_only: bool = False, text_rows: Sequence[int] | None = None,
+                audio_rows: Sequence[int] | None = None) -> OmniOutput:
         """ids (B, S, T). With `cache`, the T positions continue the cached ones (prefill or step).
-        `last_only`: logits of the last position only. `text_only`: skip the audio logits."""
+        `last_only`: logits of the last position only. `text_only`: skip the audio logits (audio_rows=()).
+        `text_rows` / `audio_rows`: the batch rows whose text / audio logits to compute, in that order
+        (None: all; empty: none, the logits are None); the other rows' head products are skipped."""
+        if text_only:
+            audio_rows = ()
         T = ids.shape[-1]
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -158,39 +203,46 @@ class OmniLM(nn.Module):
                                use_cache=cache is not None).last_hidden_state  # (B, T, D), normed
         if last_only:
             hidden = hidden[:, -1:]
-        text_logits, audio_logits = self._heads(hidden, text_only)
-        if self.config.post_adapter and not text_only:
-            audio_logits = self._post_adapter_logits(position_ids, cache, last_only)
+        text_logits = self._head(_rows(hidden, text_rows), 0, self.layout.text_vocab_size)
+        if self.config.post_adapter and audio_rows is not None and not len(audio_rows):
+            audio_logits = self._pre_norm = None  # the post-adapter (and its cache) only runs for audio
         elif self.config.post_adapter:
-            self._pre_norm = None
+            audio_logits = self._post_adapter_logits(position_ids, cache, last_only, audio_rows)
+        else:
+            audio = self._head(_rows(hidden, audio_rows), self.layout.text_vocab_size, None)
+            audio_logits = None if audio is None else self._split_audio(audio)
         if cache is not None:
             cache.length = start + T
         return OmniOutput(text_logits, audio_logits, cache)
 
-    def _heads(self, hidden: torch.Tensor, text_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        L = self.layout
-        if text_only:
-            if isinstance(self.lm_head, nn.Linear):  # only the text rows' product
-                return nn.functional.linear(hidden, self.lm_head.weight[: L.text_vocab_size]), None
-            return self.lm_head(hidden)[..., : L.text_vocab_size], None  # a quantised head (core/quantize.py)
-        logits = self.lm_head(hidden)  # (B, T, V)
-        text = logits[..., : L.text_vocab_size]
-        if self.config.post_adapter:
-            return text, None
-        B, T, _ = logits.shape
-        audio = logits[..., L.text_vocab_size:].view(B, T, L.audio_streams, L.audio_vocab_size).transpose(1, 2)
-        return text, audio
+    def _head(self, hidden: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
+        """(B, T, D) -> logits of lm_head's vocab rows [start, stop) (B, T, stop - start); only those rows'
+        products (the 152k text rows are most of the head)."""
+        if hidden is None:
+            return None
+        if isinstance(self.lm_head, nn.Linear):
+            return linear(hidden, self.lm_head.weight[start:stop])
+        if hasattr(self.lm_head, "partial"):  # a quantised head split in row blocks (core/kernel/quantize.py)
+            return self.lm_head.partial(hidden, start, stop)
+        return self.lm_head(hidden)[..., start:stop]
 
-    def _post_adapter_logits(self, position_ids: torch.Tensor, cache: OmniCache | None,
-                             last_only: bool) -> torch.Tensor:
+    def _split_audio(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T, A * audio_vocab) -> (B, A, T, audio_vocab)."""
         L = self.layout
+        B, T, _ = logits.shape
+        return logits.view(B, T, L.audio_streams, L.audio_vocab_size).transpose(1, 2)
+
+    def _post_adapter_logits(self, position_ids: torch.Tensor, cache: OmniCache | None, last_only: bool,
+                             audio_rows: Sequence[int] | None) -> torch.Tensor | None:
+        """Runs the post-adapter blocks (their cache must advance every step) and its audio head on
+        `audio_rows`."""
         x, self._pre_norm = self._pre_norm, None
         h = self.post_adapter(None, None, position_ids, cache.post if cache else None, x,
                               use_cache=cache is not None).last_hidden_state
         if last_only:
             h = h[:, -1:]
-        B, T, _ = h.shape
-        return self.audio_head(h).view(B, T, L.audio_streams, L.audio_vocab_size).transpose(1, 2)
+        h = _rows(h, audio_rows)
+        return None if h is None else self._split_audio(self.audio_head(h))
 
     @property
     def device(self) -> torch.device:
@@ -199,3 +251,12 @@ class OmniLM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.backbone.embed_tokens.weight.dtype
+
+
+def _rows(x: torch.Tensor, rows: Sequence[int] | None) -> torch.Tensor | None:
+    """Batch rows `rows` of x (B, ...) in that order; all for None, None for no rows."""
+    if rows is None:
+        return x
+    if not len(rows):
+        return None
+    return x[rows[0] : rows[0] + 1] if len(rows) == 1 else x[list(rows)]
