@@ -1,43 +1,125 @@
-"""Opt-in int8 dynamic quantisation: every Linear is swapped, logits stay close, decoding works."""
+"""Opt-in quantised decoding: every scheme swaps what it says, the split head computes only the asked rows,
+quantised models decode, and the quality guard counts agreement correctly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-from omnivox.core.errors import InputError
+from omnivox.core.errors import InputError, PluginError
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import generate
-from omnivox.core.kernel.quantize import quantize_int8
+from omnivox.core.kernel.model import FewRowsLinear
+from omnivox.core.kernel.quantize import (
+    DEFAULT_SCHEME,
+    SCHEMES,
+    SplitHead,
+    greedy_agreement,
+    quantize,
+    quantize_int8,
+    teacher_forced_agreement,
+)
 
 
-def test_int8_model_swaps_every_linear_and_keeps_logits_close():
-    model = OmniModel.random(OmniConfig.tiny(post_adapter=True, post_adapter_layers=1), seed=0)
+def _tiny(seed: int = 0, **overrides) -> OmniModel:
+    return OmniModel.random(OmniConfig.tiny(**overrides), seed=seed)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_each_scheme_swaps_the_linears_it_names_and_keeps_logits_close(scheme):
+    model = _tiny(post_adapter=True, post_adapter_layers=1)
     prompt = model.layout.audio_prompt(6, "A1A2")
     features = torch.randn(1, 6, model.config.whisper_adapter_dim, generator=torch.Generator().manual_seed(0))
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.lm.modules())  # lm_head, audio_head included
     with torch.no_grad():
         before = model.lm(prompt.ids, features, prompt.audio_lengths)
-        quantize_int8(model.lm)
+        quantize(model.lm, scheme)
         after = model.lm(prompt.ids, features, prompt.audio_lengths)
-    assert not any(type(m) is torch.nn.Linear for m in model.lm.modules())
+    quantised = [m for m in model.lm.modules() if isinstance(m, DynamicLinear)]
+    fp32 = [m for m in model.lm.modules() if isinstance(m, torch.nn.Linear)]
+    assert isinstance(model.lm.lm_head, SplitHead)
+    if scheme == "int8-channel-head":  # the head's two blocks and the post-adapter's audio head stay fp32
+        assert len(quantised) == n_linear - 2 and len(fp32) == 3
+    else:  # the head became two quantised blocks
+        assert len(quantised) == n_linear + 1 and not fp32
+    want = torch.per_channel_affine if scheme != "int8-tensor" else torch.per_tensor_affine
+    assert all(m.weight().qscheme() == want for m in quantised)
     for a, b in ((before.text_logits, after.text_logits), (before.audio_logits, after.audio_logits)):
         assert ((a - b).norm() / a.norm()).item() < 0.1
 
 
-def test_int8_model_generates_and_text_only_heads_agree():
-    model = OmniModel.random(OmniConfig.tiny(), seed=1)
-    quantize_int8(model.lm)
+def test_split_head_computes_exactly_the_asked_blocks():
+    model = _tiny(seed=1)
+    quantize(model.lm, DEFAULT_SCHEME)
     prompt = model.layout.text_prompt([5, 6, 7], "T1T2")
     with torch.no_grad():
-        full, text = model.lm(prompt.ids), model.lm(prompt.ids, text_only=True)
+        full = model.lm(prompt.ids)
+        text = model.lm(prompt.ids, text_only=True)
+        audio = model.lm(prompt.ids, text_rows=(), audio_rows=(0,))
+    assert text.audio_logits is None and audio.text_logits is None
     assert torch.equal(full.text_logits, text.text_logits)
+    assert torch.equal(full.audio_logits, audio.audio_logits)
+    head = model.lm.lm_head
+    h = torch.randn(1, 2, model.config.n_embd)
+    assert torch.equal(head.partial(h, 3, 9), head(h)[..., 3:9])  # not a block: sliced from the full product
+
+
+def test_quantised_models_decode_in_every_strategy():
+    model = _tiny(seed=1)
+    quantize_int8(model.lm)
     result = generate(model, task="T1A2", text_ids=[5, 6, 7], max_steps=12)
     assert result.steps == 12 and result.tokens.shape == (8, 12)
+    features = torch.randn(5, model.config.whisper_adapter_dim, generator=torch.Generator().manual_seed(2))
+    batch = generate(model, task="A1A2", audio_features=features, strategy="batch-parallel", max_steps=10)
+    assert batch.steps == 10
 
 
-def test_int8_refuses_a_model_off_the_cpu():
-    model = OmniModel.random(OmniConfig.tiny(), seed=0)
+def test_teacher_forced_agreement_counts_top1_matches_per_stream():
+    reference = _tiny(seed=3)
+    prompt = reference.layout.text_prompt([5, 6, 7, 8], "T1A2")
+    same = teacher_forced_agreement(reference.lm, reference.lm, prompt.ids)
+    assert set(same) == {"text"} | {f"audio {i}" for i in range(7)} and all(v == 1.0 for v in same.values())
+
+    candidate = _tiny(seed=3)
+    with torch.no_grad():  # flip the text head: text argmaxes move, audio ones cannot
+        text_rows = candidate.layout.text_vocab_size
+        candidate.lm.lm_head.weight[:text_rows] *= -1
+        ref, new = reference.lm(prompt.ids), candidate.lm(prompt.ids)
+    expected = (ref.text_logits.argmax(-1) == new.text_logits.argmax(-1)).float().mean().item()
+    got = teacher_forced_agreement(reference.lm, candidate.lm, prompt.ids)
+    assert got["text"] == pytest.approx(expected) and got["text"] < 1.0
+    assert all(got[f"audio {i}"] == 1.0 for i in range(7))
+    last = teacher_forced_agreement(reference.lm, candidate.lm, prompt.ids, positions=slice(-1, None))
+    assert last["text"] == float(ref.text_logits[0, -1].argmax() == new.text_logits[0, -1].argmax())
+
+
+def test_greedy_agreement_is_the_identical_prefix():
+    a = torch.arange(24).view(3, 8)
+    b = a.clone()
+    assert greedy_agreement(a, b) == 8
+    b[1, 5] = -1
+    assert greedy_agreement(a, b) == 5
+    assert greedy_agreement(a, b[:, :4]) == 4  # shorter run, identical so far
+    b[2, 0] = -1
+    assert greedy_agreement(a, b) == 0
+
+
+def test_bad_scheme_and_device():
+    with pytest.raises(PluginError, match="int8-channel"):
+        quantize(_tiny().lm, "int3")
+    model = _tiny()
     model.lm.to("meta")
     with pytest.raises(InputError, match="runs on the CPU"):
         quantize_int8(model.lm)
+
+
+def test_fp32_linears_use_the_few_rows_kernel_only_where_it_is_exact_enough():
+    lin = FewRowsLinear(16, 40)
+    x = torch.randn(2, 1, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+    with torch.no_grad():
+        y = lin(torch.randn(9, 16))  # more rows than a decode step: F.linear
+    assert y.shape == (9, 40)

@@ -1,29 +1,126 @@
-"""Int8 dynamic quantisation of OmniLM for CPU decoding (opt-in).
+"""Quantised CPU decoding of OmniLM (opt-in), with the quality guard that measures what it costs.
 
-Every nn.Linear (attention, MLP, adapter, lm_head, post-adapter) gets int8 weights with per-tensor scales;
-activations are quantised on the fly (torch's fbgemm kernels, AVX2 is enough). Decoding at batch 1 is
-bound by reading the weights, so a 4x smaller read is most of the gain: on the 2-core AVX2 development CPU a
-Mini-Omni-shaped model decodes ~3x faster (`python benchmarks/bench_int8.py`). Logits change slightly,
-so tokens are no longer guaranteed to equal upstream's fp32 ones. The embedding table stays fp32."""
+Schemes (`quantize(lm, scheme)`; `omnivox chat --int8` uses DEFAULT_SCHEME):
+  int8-tensor        every Linear int8 with one scale per weight tensor, activations quantised on the fly
+                     (torch's fbgemm dynamic kernels; AVX2 is enough): the first --int8.
+  int8-channel       the same kernels with one scale per output channel (per weight row): same speed,
+                     smaller weight error, most visibly on the 152k-row text head.
+  int8-channel-head  int8-channel for the blocks, the text head and the audio heads kept in fp32.
+The embedding table stays fp32 (a lookup reads 7 + 1 rows a step). The head is split into its text and
+audio row blocks (`SplitHead`), so a step still computes only the blocks it samples (core/kernel/model.py).
+Weight-only int8/int4 kernels (`torch._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) need bf16
+activations on the CPU (fp32 runs a 50-100x slower fallback), so they are not offered.
+
+Decoding at a few rows is bound by reading weights, so 4x smaller weights are most of the gain. Logits move,
+so tokens are no longer guaranteed equal to fp32's: `teacher_forced_agreement` and `greedy_agreement` measure
+by how much (benchmarks/bench_quantize.py prints them per scheme; the README has the table)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
+import torch.nn as nn
 
-from omnivox.core.errors import InputError
-from omnivox.core.kernel.model import OmniLM
+from omnivox.core.errors import InputError, unknown_name
+from omnivox.core.kernel.model import FewRowsLinear, OmniLM
+
+SCHEMES = ("int8-tensor", "int8-channel", "int8-channel-head")
+DEFAULT_SCHEME = "int8-channel"
 
 
-def quantize_int8(lm: OmniLM) -> OmniLM:
-    """Swap `lm`'s Linear layers for int8 dynamic-quantised ones, in place (no second copy of the weights);
-    returns it. Inference only."""
+class SplitHead(nn.Module):
+    """lm_head as row blocks computed separately: forward(h) (B, T, D) -> (B, T, V) all logits; `partial(h,
+    start, stop)` computes only the block [start, stop) when it is one of the blocks."""
+
+    def __init__(self, bounds: Sequence[int], parts: Sequence[nn.Module]):
+        super().__init__()
+        self.bounds = tuple(bounds)  # block k holds vocab rows [bounds[k], bounds[k + 1])
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(hidden) for part in self.parts], dim=-1)
+
+    def partial(self, hidden: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        stop = self.bounds[-1] if stop is None else stop
+        for k, part in enumerate(self.parts):
+            if (self.bounds[k], self.bounds[k + 1]) == (start, stop):
+                return part(hidden)
+        return self(hidden)[..., start:stop]
+
+
+def quantize(lm: OmniLM, scheme: str = DEFAULT_SCHEME) -> OmniLM:
+    """Swap `lm`'s Linear layers for quantised ones per `scheme`, in place; returns it. Inference only."""
+    if scheme not in SCHEMES:
+        raise unknown_name("quantisation scheme", scheme, SCHEMES)
     if lm.device.type != "cpu":
         raise InputError(f"int8 dynamic quantisation runs on the CPU, the model is on {lm.device}",
                          "move the model to the CPU first (or use bf16 on a GPU)")
+    lm.eval()
+    per_channel = scheme != "int8-tensor"
+    fp32_heads = scheme == "int8-channel-head"
+    head, text_rows = lm.lm_head, lm.layout.text_vocab_size
+    bounds = (0, text_rows, head.out_features)
+    blocks = [head.weight.detach()[:text_rows], head.weight.detach()[text_rows:]]
+    lm.lm_head = SplitHead(bounds, [_fp32(w) if fp32_heads else _int8(w, None, per_channel) for w in blocks])
+    done = set(lm.lm_head.modules())
+    for parent in list(lm.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child not in done and not (fp32_heads and name == "audio_head"):
+                setattr(parent, name, _int8(child.weight.detach(), child.bias, per_channel))
+    return lm
+
+
+def quantize_int8(lm: OmniLM) -> OmniLM:
+    """`omnivox chat --int8`: quantize(lm, DEFAULT_SCHEME)."""
+    return quantize(lm, DEFAULT_SCHEME)
+
+
+def _int8(weight: torch.Tensor, bias: torch.Tensor | None, per_channel: bool) -> nn.Module:
+    """A dynamic-quantised int8 Linear with `weight` (out, in): scales per row or per tensor."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+    plain = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    plain.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        plain.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    plain.qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        quantized = torch.ao.quantization.quantize_dynamic(
-            lm.eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    return quantized
+        return DynamicLinear.from_float(plain)
+
+
+def _fp32(weight: torch.Tensor) -> nn.Module:
+    plain = FewRowsLinear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    plain.weight = nn.Parameter(weight, requires_grad=False)
+    return plain
+
+
+# ---- quality guard --------------------------------------------------------------------------------------
+def teacher_forced_agreement(reference: OmniLM, candidate: OmniLM, ids: torch.Tensor,
+                             audio_features: torch.Tensor | None = None,
+                             audio_lengths: Sequence[int] | None = None,
+                             positions: slice = slice(None)) -> dict[str, float]:
+    """Both models read the same ids (B, S, T) [+ features]; per stream ("text", "audio 0", ...), the
+    fraction of `positions` (of every row) where their top-1 ids are equal."""
+    with torch.inference_mode():
+        ref = reference(ids, audio_features, audio_lengths)
+        new = candidate(ids, audio_features, audio_lengths)
+    out = {"text": _same_top1(ref.text_logits[:, positions], new.text_logits[:, positions])}
+    if ref.audio_logits is not None:
+        for i in range(ref.audio_logits.shape[1]):
+            out[f"audio {i}"] = _same_top1(ref.audio_logits[:, i, positions], new.audio_logits[:, i, positions])
+    return out
+
+
+def greedy_agreement(reference_tokens: torch.Tensor, candidate_tokens: torch.Tensor) -> int:
+    """Answer grids (S, L) of two greedy runs -> how many leading columns are identical."""
+    n = min(reference_tokens.shape[-1], candidate_tokens.shape[-1])
+    same = (reference_tokens[:, :n] == candidate_tokens[:, :n]).all(dim=0)  # (n,)
+    return n if bool(same.all()) else int(same.long().argmin())
+
+
+def _same_top1(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(-1) == b.argmax(-1)).float().mean().item()
