@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ README = ROOT / "README.md"
 MARKER = re.compile(r"<!--\s*test:\s*runnable(?P<options>[^>]*?)\s*-->")
 FENCE = re.compile(r"```(?P<lang>\w*)\s*$")
 LANGUAGES = ("bash", "python")
-BLOCK_TIMEOUT_S = 600
+BLOCK_TIMEOUT_S = 1800  # a hung block fails; generous because CI shares 2 cores with the training block
 TAIL_CHARS = 3000
 
 
@@ -76,17 +77,24 @@ def block_environment() -> dict[str, str]:
     return env
 
 
-def run_block(block: Block, workdir: Path) -> subprocess.CompletedProcess:
-    """Run one block in `workdir` (which gets a `recipes` symlink); stdout and stderr come back together."""
+def run_block(block: Block, workdir: Path, timeout_s: float = BLOCK_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run one block in `workdir` (which gets a `recipes` symlink); stdout and stderr come back together.
+    A block still running after `timeout_s` is killed with everything it started and reported with
+    return code -1."""
     (workdir / "recipes").symlink_to(ROOT / "recipes", target_is_directory=True)
-    env = block_environment()
     if block.lang == "bash":
-        command, stdin = ["bash", "-euo", "pipefail", "-c", block.code], subprocess.DEVNULL
+        command, stdin, feed = ["bash", "-euo", "pipefail", "-c", block.code], subprocess.DEVNULL, None
     else:
-        command, stdin = [sys.executable, "-"], None
-    return subprocess.run(command, cwd=workdir, env=env, input=block.code if stdin is None else None,
-                          stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=BLOCK_TIMEOUT_S)
+        command, stdin, feed = [sys.executable, "-"], subprocess.PIPE, block.code
+    with subprocess.Popen(command, cwd=workdir, env=block_environment(), stdin=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as process:
+        try:
+            output, _ = process.communicate(feed, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the block's own process group: its children too
+            output, _ = process.communicate()
+            return subprocess.CompletedProcess(command, -1, output + f"\n[timed out after {timeout_s} s]")
+    return subprocess.CompletedProcess(command, process.returncode, output)
 
 
 def failure_message(block: Block, result: subprocess.CompletedProcess) -> str:
@@ -155,6 +163,11 @@ def test_bash_blocks_run_strict(tmp_path, code):
     """-u, -o pipefail and -e: a typo or a failing pipe stage fails the block instead of passing silently."""
     result = run_block(Block(line=1, lang="bash", code=code + "\n", slow=False), tmp_path)
     assert result.returncode != 0, result.stdout
+
+
+def test_a_hung_block_fails_with_its_output(tmp_path):
+    result = run_block(Block(line=1, lang="bash", code="echo started\nsleep 60\necho after\n", slow=False), tmp_path, 1)
+    assert result.returncode == -1 and "started" in result.stdout and "timed out after 1 s" in result.stdout
 
 
 def test_blocks_run_in_a_fresh_dir_with_recipes_and_omnivox(tmp_path):
