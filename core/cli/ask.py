@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="AUDIO", help="where to write the spoken answer (default: not written)")
     p.add_argument("--text-out", metavar="FILE", help="also write the text answer to FILE")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a worker to come online")
     p.add_argument("--quiet", action="store_true", help="no live text")
     auth = p.add_argument_group("authentication and TLS")
     auth.add_argument("--username")
@@ -61,6 +62,7 @@ async def _ask(args: argparse.Namespace):
     password = args.password or os.environ.get("OMNIVOX_MQTT_PASSWORD")
     async with Client(args.broker, site=args.site, username=args.username, password=password,
                       ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key) as client:
+        await client.wait_for_worker(args.wait)
         session = await client.session()
         if args.text is not None:
             turn = await session.send_text(args.text)
@@ -81,9 +83,17 @@ async def _ask(args: argparse.Namespace):
 
 
 async def _print_text(turn, out) -> None:
+    """The streamed text as it arrives, made terminal-safe as `omnivox chat` does (chat.displayable)."""
+    from omnivox.core.cli.chat import displayable
+
+    held: list[int] = []  # ids whose text the service's detokenizer still holds back
     async for reply in turn:
         if out is not None and reply.event == "transcript-chunk":
-            out.write(reply.data.get("text", ""))
-            out.flush()
+            held.append(reply.data.get("token", -1))
+            text = reply.data.get("text", "")
+            if text:
+                out.write(displayable(text, held))
+                out.flush()
+                held.clear()
     if out is not None:
         out.write("\n")

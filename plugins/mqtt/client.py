@@ -333,6 +333,18 @@ class Client:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
 
+    async def wait_for_worker(self, timeout: float = 30.0) -> dict:
+        """Wait until some worker announces itself online (retained status); returns its status."""
+        await self._subscribe(wire.status_topic("+", self.prefix))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            online = [s for s in self._statuses.values() if s.get("state") == "online"]
+            if online:
+                return online[0]
+            await asyncio.sleep(0.05)
+        raise ServiceError("no-worker", f"no omnivox worker online at {self.config.url} within {timeout:g} s",
+                           "start `omnivox serve --broker ...` and check it reaches the same broker")
+
     async def session(self, name: str | None = None, timeout: float = 10.0) -> Session:
         """Start a session (session-start through the workers' shared subscription) and wait until a worker
         claimed it (session-started) and is known online."""

@@ -227,16 +227,10 @@ class MqttService:
             events = session.audio_chunk(turn, seq, pcm)
         else:
             data = wire.decode_json(payload, event)
-            turn = data.get("turn")
-            self._admit(session, turn if isinstance(turn, int) else None)
-            if event == "audio-start":
-                fields = [wire.field_of(data, k, int, event, d) for k, d in (("rate", None), ("width", 2),
-                                                                             ("channels", 1))]
-                events = session.audio_start(*fields, turn=turn)
-            elif event == "audio-stop":
+            if event in ("audio-start", "text"):
+                events = self._question(session, event, data)
+            elif event == "audio-stop":  # audio-stop, interrupt, session-end are never rate-limited
                 events = session.audio_stop()
-            elif event == "text":
-                events = session.text(wire.field_of(data, "text", str, event), turn=turn)
             elif event == "interrupt":
                 events = session.interrupt()
             elif event == "session-end":
@@ -246,6 +240,21 @@ class MqttService:
                 return
         for item in events:
             self.feed(item)
+
+    def _question(self, session: Session, event: str, data: dict) -> list[Event]:
+        """audio-start or text: a new turn. A refusal names the turn it would have been (so it can be ended)."""
+        turn = data.get("turn")
+        try:
+            self._admit(session, turn if isinstance(turn, int) else None)
+            if event == "text":
+                return session.text(wire.field_of(data, "text", str, event), turn=turn)
+            rate, width, channels = (wire.field_of(data, key, int, event, default)
+                                     for key, default in (("rate", None), ("width", 2), ("channels", 1)))
+            return session.audio_start(rate, width, channels, turn=turn)
+        except ProtocolError as exc:
+            if exc.turn is None and isinstance(turn, int) and not isinstance(turn, bool):
+                exc.turn = turn
+            raise
 
     def _admit(self, session: Session, turn: int | None) -> None:
         """Count the message against its site's rate; a refusal names the message's turn."""
