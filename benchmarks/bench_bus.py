@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
+
+from tqdm import tqdm
 
 from omnivox.core.runtime.events import TextToken, TurnEnd, TurnStart, same_turn
 from omnivox.core.runtime.pipeline import Pipeline
@@ -115,9 +118,13 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=2000, help="events in the paced run")
     args = parser.parse_args()
 
-    rate, loaded = asyncio.run(saturated(args.events))
-    base_rate, base_loaded = asyncio.run(baseline(args.events))
-    hop_lat, e2e = asyncio.run(paced(args.pings))
+    cases = {"saturated": lambda: saturated(args.events), "baseline": lambda: baseline(args.events),
+             "paced": lambda: paced(args.pings)}
+    results = {}
+    # one step per case, shown only when stderr is a terminal
+    for name in tqdm(cases, desc="bench_bus", unit="case", file=sys.stderr, disable=None, leave=False):
+        results[name] = asyncio.run(cases[name]())
+    (rate, loaded), (base_rate, base_loaded), (hop_lat, e2e) = results.values()
     print(f"bus benchmark: {STAGES} no-op stages, queue bound 64, block policy")
     print(
         f"saturated ({args.events} events): {rate:,.0f} events/s through the pipeline "

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from upstream_reference import UPSTREAM_FIELDS, write_upstream_checkpoint  # noqa: E402
@@ -40,20 +41,25 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     baseline_rss = run_child("OmniModel", "pass")[1]
-    with tempfile.TemporaryDirectory() as tmp:
+    # one step per case (fabricate, convert, two loads), shown only when stderr is a terminal; lines print above
+    bar = tqdm(total=4, desc="bench_convert", unit="case", file=sys.stderr, disable=None, leave=False)
+    with tempfile.TemporaryDirectory() as tmp, bar:
         src, dst = Path(tmp) / "upstream", Path(tmp) / "native"
         t = time.perf_counter()
         write_upstream_checkpoint(src, dict(UPSTREAM_FIELDS), seed=0, dtype=getattr(torch, args.dtype))
         size = (src / "lit_model.pth").stat().st_size / 2**20
-        print(f"fabricated {src / 'lit_model.pth'}: {size:.0f} MiB ({args.dtype}) in {time.perf_counter() - t:.1f}s")
+        bar.write(f"fabricated {src / 'lit_model.pth'}: {size:.0f} MiB ({args.dtype}) in "
+                  f"{time.perf_counter() - t:.1f}s")
+        bar.update()
         secs, rss = run_child("convert_upstream", f"convert_upstream({str(src)!r}, {str(dst)!r})")
-        print(f"convert: {secs:.1f}s, peak RSS {rss:.0f} MiB = {rss / size:.2f}x checkpoint size "
-              f"(python+torch+transformers alone: {baseline_rss:.0f} MiB)")
+        bar.write(f"convert: {secs:.1f}s, peak RSS {rss:.0f} MiB = {rss / size:.2f}x checkpoint size "
+                  f"(python+torch+transformers alone: {baseline_rss:.0f} MiB)")
+        bar.update()
         for name, path in (("upstream", src), ("native", dst)):
             touch_all = f"sum(p.float().sum() for p in OmniModel.from_pretrained({str(path)!r}).lm.parameters())"
             secs, rss = run_child("OmniModel", touch_all)
-            print(f"load {name} (+ touching every weight): {secs:.1f}s, peak RSS {rss:.0f} MiB")
-
+            bar.write(f"load {name} (+ touching every weight): {secs:.1f}s, peak RSS {rss:.0f} MiB")
+            bar.update()
 
 if __name__ == "__main__":
     main()

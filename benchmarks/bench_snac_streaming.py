@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
 
@@ -73,12 +75,16 @@ def main() -> None:
         assert ours.shape == whole.shape
         snr[la] = min(boundary_snrs(whole, ours, spf, args.frames))
 
-    times: dict[str, list[float]] = {"whole": [], "upstream": [], 1: [], 2: [], 3: []}
+    cases = {"whole": lambda: timed(base.decode, frames), "upstream": lambda: timed(upstream_windows, base, frames),
+             **{la: lambda codec=codec: timed(stream, codec, frames) for la, codec in codecs.items()}}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    bar = tqdm(total=args.repeats * len(cases), desc="bench_snac_streaming", unit="case", file=sys.stderr,
+               disable=None, leave=False)  # shown only when stderr is a terminal
     for _ in range(args.repeats):  # interleaved, so load changes hit all alike
-        times["whole"].append(timed(base.decode, frames))
-        times["upstream"].append(timed(upstream_windows, base, frames))
-        for la, codec in codecs.items():
-            times[la].append(timed(stream, codec, frames))
+        for name, case in cases.items():
+            times[name].append(case())
+            bar.update()
+    bar.close()
     ratio = {k: statistics.median(v) / statistics.median(times["whole"]) for k, v in times.items()}
 
     print(
