@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from functools import partial
 
 import torch
+from tqdm import tqdm
 
 from omnivox import generate
 from omnivox.core.kernel.config import OmniConfig
@@ -126,12 +128,16 @@ def main() -> None:
             run(2)  # warm-up
         times = {name: {1: [], args.steps: []} for name in runs}
         outputs = {}
+        bar = tqdm(total=args.repeats * 2 * len(runs), desc=f"bench_decode {task}", unit="run", file=sys.stderr,
+                   disable=None, leave=False)  # shown only when stderr is a terminal
         for _ in range(args.repeats):  # interleaved, so load changes hit both alike
             for steps in (1, args.steps):
                 for name, run in runs.items():
                     t = time.perf_counter()
                     outputs[name] = run(steps)
                     times[name][steps].append(time.perf_counter() - t)
+                    bar.update()
+        bar.close()
         result, reference = outputs["omnivox"], outputs["upstream"]
         same = result.tokens.tolist() == reference if audio_answer else result.text_tokens == reference
         if result.steps != args.steps:

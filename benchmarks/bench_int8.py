@@ -8,9 +8,11 @@ a 40-position text prompt; prints steps/s of both and the ratio, and the relativ
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.model import OmniLM
@@ -38,8 +40,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lm = OmniLM(OmniConfig.mini_omni()).eval()
-    fp32, ref = steps_per_second(lm, args.steps)
-    int8, out = steps_per_second(quantize_int8(lm), args.steps)
+    with tqdm(total=2, desc="bench_int8", unit="case", file=sys.stderr, disable=None, leave=False) as bar:
+        fp32, ref = steps_per_second(lm, args.steps)
+        bar.update()
+        int8, out = steps_per_second(quantize_int8(lm), args.steps)
+        bar.update()
     error = ((out - ref).norm() / ref.norm()).item()
     print(f"Mini-Omni shape, {args.threads} threads, {args.steps} decode steps (A1A2 heads)")
     print(f"fp32 {fp32:.2f} steps/s   int8 {int8:.2f} steps/s   ratio {int8 / fp32:.2f}x   "
