@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from virtual_audio import VirtualAudio
 
 from omnivox.core.cli.doctor import Check, combined_fixes
 
@@ -32,7 +33,8 @@ def test_doctor_lists_installed_and_missing_things_with_fixes(tmp_path):
     (checkpoints / "empty").mkdir()
     bin_dir = tmp_path / "bin"  # a PATH without espeak-ng, sox and pulseaudio (mosquitto lives in /usr/sbin)
     bin_dir.mkdir()
-    run = _doctor(tmp_path, "--checkpoints", str(checkpoints), env={"PATH": str(bin_dir)})
+    with VirtualAudio(tmp_path / "audio") as devices:  # real PortAudio devices: a file microphone and speaker
+        run = _doctor(tmp_path, "--checkpoints", str(checkpoints), env={**devices.env, "PATH": str(bin_dir)})
     out = run.stdout
     assert run.returncode == 0, out + run.stderr
     assert "the core works" in out
@@ -46,7 +48,9 @@ def test_doctor_lists_installed_and_missing_things_with_fixes(tmp_path):
         assert _line(out, tool).split()[0] == "MISSING"
         assert f"fix: apt-get install -y {tool}" in out
     assert "\n  apt-get install -y espeak-ng sox pulseaudio" in out  # one command for all of them
-    assert "mosquitto" in out and "PortAudio" in out and "Silero VAD" in out
+    assert "mosquitto" in out and "Silero VAD" in out
+    assert _line(out, "PortAudio inputs").split()[0] == "ok" and "fakemic" in _line(out, "PortAudio inputs")
+    assert _line(out, "PortAudio outputs").split()[0] == "ok" and "fakespk" in _line(out, "PortAudio outputs")
     assert "native: omnivox native, without Whisper small.pt" in out
     assert "upstream: upstream Mini-Omni, with Whisper small.pt" in out
     empty = out.splitlines().index(next(line for line in out.splitlines() if f"{checkpoints}/empty:" in line))
