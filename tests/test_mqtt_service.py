@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import aiomqtt
 import pytest
 import soundfile as sf
 from mqtt_support import Mosquitto, running_service, write_question
 
+from omnivox.core.cli import serve
+from omnivox.core.cli.main import build_parser
+from omnivox.core.errors import ConfigError
+from omnivox.core.runtime.pipeline import Pipeline
+from omnivox.core.runtime.sessions import Limits
 from omnivox.mqtt import Client, ServiceError
 from omnivox.plugins.mqtt import protocol as wire
+from omnivox.plugins.mqtt.connection import BrokerConfig
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +241,40 @@ def test_omnivox_ask_command(broker, question, tmp_path):
     assert "wrote" in err and "turn done" in err
     assert out.strip() and len((tmp_path / "a.txt").read_text()) > 1  # streamed on stdout, saved to --text-out
     assert sf.info(str(tmp_path / "a.wav")).frames > 0
+
+
+def test_the_mqtt_pipeline_file_runs_with_its_stages_from_the_plugin_hooks(broker):
+    """What `omnivox run recipes/pipelines/mqtt_demo.yaml` builds: mqtt in/out stages from the registries."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "mqtt_demo.yaml"
+
+    async def scenario():
+        pipeline = Pipeline.from_yaml(recipe, overrides={"input.broker": broker.url, "lm.max_steps": 6})
+        runner = asyncio.create_task(pipeline.run())
+        try:
+            async with Client(broker.url, site="yaml") as client:
+                await client.wait_for_worker(60)
+                return await (await client.session()).ask(text="hello", timeout=120), pipeline
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    answer, pipeline = asyncio.run(scenario())
+    assert [type(s).__name__ for s in (pipeline.stages[0], pipeline.stages[-1])] == ["MqttAudioInput",
+                                                                                     "MqttAudioOutput"]
+    assert answer.ok and answer.metrics["text_tokens"] > 0
+
+
+def test_serve_settings_merge_config_file_and_options_and_name_bad_keys(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("broker: mqtt://10.0.0.5:1883\ngroup: fleet\nlimits: {max_turn_s: 12}\n")
+    args = build_parser().parse_args(["serve", "--config", str(config), "--site", "kitchen", "--max-sessions", "3"])
+    values = serve.settings(args)
+    assert serve.mqtt_params(values) == {"broker": "mqtt://10.0.0.5:1883", "site": "kitchen", "group": "fleet",
+                                         "limits": {"max_turn_s": 12, "max_sessions": 3}}
+    config.write_text("brokr: mqtt://x\n")
+    with pytest.raises(ConfigError, match="unknown key 'brokr'"):
+        serve.settings(args)
+    with pytest.raises(ConfigError, match="limits.max_turns: unknown limit"):
+        Limits.from_mapping({"max_turns": 3})
+    with pytest.raises(ConfigError, match="not mqtt://host"):
+        BrokerConfig("http://x:1883")
