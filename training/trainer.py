@@ -76,7 +76,7 @@ class TrainingRecipe:
         self.setup()
         t = self.t
         last_saved = self.step if self.resumed_from is not None else None
-        last_eval = None
+        evaluated_at = None
         self.window = LossWindow(self.names)
         with self.progress_bar() as bar:
             while self.step < t["max_steps"]:
@@ -84,13 +84,13 @@ class TrainingRecipe:
                 self.record(result, bar)
                 if self.eval_set is not None and t["eval_every"] and self.step % t["eval_every"] == 0:
                     self.evaluate()
-                    last_eval = self.step
+                    evaluated_at = self.step
                 if t["checkpoint_every"] and self.step % t["checkpoint_every"] == 0:
                     self.save_checkpoint()
                     last_saved = self.step
         if last_saved != self.step:
             self.save_checkpoint()
-        final_eval = self.evaluate() if self.eval_set is not None and last_eval != self.step else self.last_eval
+        final_eval = self.evaluate() if self.eval_set is not None and evaluated_at != self.step else self.last_eval
         summary = self.export(final_eval)
         self.cleanup()
         return summary

@@ -12,8 +12,9 @@ def register(subparsers) -> None:
     train = subparsers.add_parser(
         "train", help="train a model from a recipe (single process or under torchrun)",
         description="Run a training recipe (recipes/*.yaml). Overrides: key.sub=value (YAML values), e.g. "
-        "training.max_steps=10 resume=auto. Under torchrun the run is data-parallel (DDP, or "
-        "training.distributed=fsdp).")
+        "training.max_steps=10 resume=auto progress=false. Under torchrun the run is data-parallel (DDP, or "
+        "training.distributed=fsdp). The recipe's trainer._component_ names the recipe object that runs the "
+        "steps (omnivox.training.trainer.TrainingRecipe or a subclass).")
     train.add_argument("recipe", help="recipe YAML")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     train.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
