@@ -1,11 +1,14 @@
 """The ASR yardstick: faster-whisper transcription on the fw encoder's weights, plus word error rate.
 
 `Transcriber` runs faster-whisper on a CTranslate2 Whisper directory (default: the shipped tiny.en, see
-plugins/fw_encoder.py) with beam search 5, temperature 0 (no sampling fallback, so a transcript is
-reproducible) and Silero VAD filtering on: without it, silence and noise come out as hallucinated words
-("You"). `word_error_rate` scores transcripts after Whisper's English text normaliser.
+plugins/fw_encoder.py) with beam search 5 and Silero VAD filtering on: without VAD, silence and noise come
+out as hallucinated words ("You"). Decoding is deterministic, so a figure can be compared with another:
+temperature 0 without Whisper's sampling fallback (CTranslate2's sampling cannot be seeded from here); what
+that fallback is for, a looping transcript ("thank you very much, and thank you very much, ..."), is
+prevented by forbidding repeated 3-grams. `word_error_rate` scores after Whisper's English text normaliser.
 
-Absolute WERs of a small Whisper on synthetic speech mean little (tiny.en is ~15% on espeak-ng sentences):
+Absolute WERs of a small Whisper on synthetic speech mean little (tiny.en: ~15% on everyday espeak-ng
+sentences, ~30% on the corpus builder's template sentences in its held-out voices, far more in some accents):
 quality figures compare the WER of processed audio with that of the original audio, on the same yardstick.
 faster-whisper is imported on first use, so `word_error_rate` needs only openai-whisper (a core dependency)."""
 
@@ -55,8 +58,8 @@ class Transcriber:
     def transcribe(self, pcm: Any, sample_rate: int) -> str:
         """PCM (samples,) or (channels, samples) at `sample_rate` -> text ('' when nothing is said)."""
         x = audio.convert(pcm, sample_rate, to_rate=SAMPLE_RATE, mono=True, what="audio to transcribe")  # (n,)
-        segments, _ = self.whisper.transcribe(x, language=self.language, beam_size=self.beam_size,
-                                              temperature=0.0, vad_filter=self.vad)
+        segments, _ = self.whisper.transcribe(x, language=self.language, beam_size=self.beam_size, temperature=0.0,
+                                              no_repeat_ngram_size=3, vad_filter=self.vad)
         return "".join(segment.text for segment in segments).strip()
 
     def transcribe_file(self, path: str | os.PathLike) -> str:
