@@ -39,10 +39,11 @@ def need_mosquitto() -> None:
 class Mosquitto:
     """A mosquitto process on 127.0.0.1:`port`; `users` {name: password} and `acl` text switch auth on."""
 
-    def __init__(self, folder: Path, users: dict[str, str] | None = None, acl: str | None = None):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, acl: str | None = None,
+                 tls: bool = False):
         need_mosquitto()
         self.folder, self.port = folder, free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
         # `user`: stay the current user (as root mosquitto would switch to "mosquitto", which cannot read
         # the password file in a private temporary folder)
         lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}", "persistence false",
@@ -61,6 +62,9 @@ class Mosquitto:
             (folder / "acl").write_text(acl)
             (folder / "acl").chmod(0o600)
             lines.append(f"acl_file {folder / 'acl'}")
+        if tls:  # a throwaway CA and a server certificate for 127.0.0.1
+            self.ca_file = make_test_certificates(folder)
+            lines += [f"cafile {self.ca_file}", f"certfile {folder / 'server.crt'}", f"keyfile {folder / 'server.key'}"]
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen | None = None
@@ -81,6 +85,21 @@ class Mosquitto:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def make_test_certificates(folder: Path) -> Path:
+    """ca.crt/ca.key and server.crt/server.key (subjectAltName IP 127.0.0.1) in `folder`; returns ca.crt."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, cwd=folder, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+            "-subj", "/CN=omnivox test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+    return folder / "ca.crt"
 
 
 def write_question(path: Path, seconds: float = 0.6, rate: int = 16000) -> Path:

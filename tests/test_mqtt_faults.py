@@ -198,6 +198,26 @@ def test_password_file_and_acl_confine_each_device_to_its_site(tmp_path):
     assert "kitchen/intruder" not in service.engine.sessions
 
 
+def test_tls_with_the_brokers_ca_connects_and_without_it_is_refused(tmp_path):
+    broker = Mosquitto(tmp_path, tls=True).start()
+
+    async def scenario():
+        async with running_service(broker.url, max_steps=8, ca_file=str(broker.ca_file)):
+            async with Client(broker.url, site="secure", ca_file=str(broker.ca_file)) as client:
+                answer = await (await client.session()).ask(text="over TLS")
+            with pytest.raises(ServiceError) as refused:  # the system CAs do not know the test CA
+                async with Client(broker.url, site="secure", connect_timeout=3):
+                    pass
+            return answer, refused.value
+
+    try:
+        answer, refused = asyncio.run(scenario())
+    finally:
+        broker.kill()
+    assert answer.ok
+    assert refused.code == "connect-failed"
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as status:
         for line in status:
