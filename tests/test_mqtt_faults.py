@@ -26,7 +26,7 @@ def test_broker_restart_between_turns_and_during_a_turn(tmp_path):
     broker = Mosquitto(tmp_path).start()
 
     async def scenario():
-        async with running_service(broker.url, max_steps=200) as (pipeline, service), \
+        async with running_service(broker.url, max_steps=100) as (pipeline, service), \
                 Client(broker.url, site="yard") as client:
             session = await client.session()
             first = await session.ask(text="hello")
