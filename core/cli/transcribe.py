@@ -20,9 +20,10 @@ def register(subparsers) -> None:
         "shipped tiny.en of the fw extra) and print FILE<TAB>TEXT lines. With --references or --manifest, also "
         "print the word error rate after Whisper's English text normaliser.")
     cmd.add_argument("files", nargs="*", metavar="FILE", help="audio files (WAV, FLAC, ...)")
-    cmd.add_argument("--model", help="CTranslate2 Whisper directory (default: the shipped tiny.en)")
+    cmd.add_argument("--model", help="CTranslate2 Whisper directory, tiny.en (default, shipped) or base")
     cmd.add_argument("--references", metavar="TXT", help="reference transcripts, one line per FILE, in order")
     cmd.add_argument("--manifest", metavar="JSONL", help="transcribe and score a manifest's A1T1 examples")
+    cmd.add_argument("--language", help="language code (default: en for English-only models, else detected)")
     cmd.add_argument("--beam-size", type=int, default=5)
     cmd.add_argument("--no-vad", action="store_true", help="turn Silero VAD filtering off (silence gives words)")
     cmd.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
@@ -34,7 +35,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
     files, references = _inputs(args)
     from omnivox.plugins.fw_transcriber import Transcriber, normalize, word_error_rate
 
-    transcriber = Transcriber(args.model, beam_size=args.beam_size, vad=not args.no_vad, threads=args.threads)
+    transcriber = Transcriber(args.model, beam_size=args.beam_size, vad=not args.no_vad, language=args.language,
+                              threads=args.threads)
     texts = transcriber.transcribe_files(files)
     for i, (path, text) in enumerate(zip(files, texts, strict=True)):
         if args.json:
