@@ -8,6 +8,13 @@ T = int(duration_ms / 20) + 1 as upstream Mini-Omni's `load_audio` (at most 1500
 Input longer than 30 s (`long_input="split"`, the default) is cut into consecutive 30 s windows, each
 encoded on its own (as Whisper itself does for long audio); the frames are concatenated, so T = 1500 per
 full window + the formula above for the last partial one. `long_input="error"` refuses it instead.
+
+`trim=True` (opt-in) encodes only the 2T mel frames the kept T frames come from, instead of a whole 30 s
+window: the encoder's cost falls with the question's length (a 2 s question: 101 of 1500 positions), but
+its attention no longer sees the padding's frames, so the features differ from the padded reference
+(upstream's, which the model was trained on). benchmarks/bench_whisper_trim.py prints the time and that
+feature error, so a user can choose. The mel spectrogram is still computed over the padded window (its
+normalisation reads the window's maximum), and a full 30 s window is encoded exactly as without trim.
 whisper and torch are imported on first use, so loading the plugin stays cheap."""
 
 from __future__ import annotations
@@ -43,13 +50,16 @@ class WhisperEncoder:
     sample_rate = SAMPLE_RATE
     frame_rate = 50.0
 
-    def __init__(self, encoder: torch.nn.Module, n_mels: int, *, long_input: str = "split"):
+    def __init__(self, encoder: torch.nn.Module, n_mels: int, *, long_input: str = "split", trim: bool = False):
         if long_input not in _LONG_INPUT:
             raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(_LONG_INPUT)}")
+        if not isinstance(trim, bool):
+            raise ConfigError(f"trim={trim!r}", "use true (encode only the frames kept) or false (30 s windows)")
         self.encoder = encoder.eval()  # whisper.model.AudioEncoder
         self.n_mels = n_mels
         self.feature_dim = int(encoder.ln_post.normalized_shape[0])
         self.long_input = long_input
+        self.trim = trim
 
     @property
     def device(self) -> torch.device:
@@ -84,8 +94,25 @@ class WhisperEncoder:
         ]  # each (n_mels, 3000)
         dtype = self.encoder.conv1.weight.dtype
         with torch.no_grad():  # not inference_mode: a trained adapter may take these features in autograd
-            feats = self.encoder(torch.stack(mels).to(dtype))  # (windows, 1500, feature_dim)
+            if self.trim:
+                kept = [min(WINDOW_FRAMES, frames - k * WINDOW_FRAMES) for k in range(len(mels))]
+                feats = torch.cat([self._encode_prefix(m[None, :, : 2 * n].to(dtype))[0] for m, n in zip(
+                    mels, kept, strict=True)])  # (T, feature_dim)
+            else:
+                feats = self.encoder(torch.stack(mels).to(dtype))  # (windows, 1500, feature_dim)
         return feats.reshape(-1, self.feature_dim)[:frames].float()  # (T, feature_dim)
+
+    def _encode_prefix(self, mel: torch.Tensor) -> torch.Tensor:
+        """whisper's AudioEncoder.forward on (1, n_mels, 2n) mel frames -> (1, n, feature_dim): the same
+        layers, positional embeddings 0..n-1 (its forward insists on a whole window)."""
+        import torch.nn.functional as F
+
+        enc = self.encoder
+        x = F.gelu(enc.conv2(F.gelu(enc.conv1(mel)))).permute(0, 2, 1)  # (1, n, D)
+        x = (x + enc.positional_embedding[: x.shape[1]]).to(x.dtype)
+        for block in enc.blocks:
+            x = block(x)
+        return enc.ln_post(x)
 
 
 def load_whisper_encoder(
@@ -95,10 +122,12 @@ def load_whisper_encoder(
     seed: int = 0,
     device: str = "cpu",
     long_input: str = "split",
+    trim: bool = False,
 ) -> WhisperEncoder:
     """Build the encoder from `checkpoint` (an openai-whisper .pt file such as Mini-Omni's small.pt, a
     directory holding small.pt, or a model name like "small" that whisper downloads; default "small"),
-    or with random weights of `dims` (ModelDimensions fields; only the n_audio_* ones and n_mels matter)."""
+    or with random weights of `dims` (ModelDimensions fields; only the n_audio_* ones and n_mels matter).
+    `trim`: encode only the frames kept (see the module docstring)."""
     import torch
 
     if dims is not None:
@@ -119,7 +148,7 @@ def load_whisper_encoder(
                 f"whisper checkpoint {path} does not fit its own dims: {exc}",
                 "re-export the checkpoint with whisper (torch.save({'dims', 'model_state_dict'}))",
             ) from None
-    return WhisperEncoder(encoder.to(device), audio_dims["n_mels"], long_input=long_input)
+    return WhisperEncoder(encoder.to(device), audio_dims["n_mels"], long_input=long_input, trim=trim)
 
 
 def _audio_dims(dims: Any, where: str, error: type[OmnivoxError] = ConfigError) -> dict[str, int]:

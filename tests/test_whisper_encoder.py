@@ -244,3 +244,41 @@ def test_features_can_feed_a_trained_adapter(encoder):
     adapter = torch.nn.Linear(32, 4)
     adapter(encoder.encode(speechlike(0.2), 16000)).sum().backward()
     assert adapter.weight.grad is not None
+
+
+@pytest.fixture(scope="module")
+def trimmed(tiny_whisper):
+    return PluginManager(load="whisper_encoder").create("encoders", "whisper", checkpoint=str(tiny_whisper[1]),
+                                                        trim=True)
+
+
+def test_trimmed_encoding_is_whispers_encoder_on_the_kept_mel_frames(tiny_whisper, encoder, trimmed):
+    """trim=True: T frames of the same width, computed by whisper's own encoder over only the 2T mel frames
+    they come from (positional embeddings 0..T-1); the default stays the padded reference."""
+    model, _ = tiny_whisper
+    pcm = speechlike(2.39)
+    features = trimmed.encode(pcm, 16000)
+    T = int(2390 / 20) + 1
+    assert features.shape == (T, TINY.n_audio_state) == encoder.encode(pcm, 16000).shape
+    short = whisper.model.AudioEncoder(TINY.n_mels, T, TINY.n_audio_state, TINY.n_audio_head, TINY.n_audio_layer)
+    state = model.encoder.state_dict()
+    state["positional_embedding"] = state["positional_embedding"][:T]
+    short.load_state_dict(state)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(pcm)))[:, : 2 * T]
+    with torch.no_grad():
+        torch.testing.assert_close(features, short.eval()(mel[None])[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoder.encode(pcm, 16000), upstream_features(model, pcm), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(features, encoder.encode(pcm, 16000), atol=1e-3)  # the padding is not attended
+
+
+def test_trimmed_full_windows_equal_the_padded_ones(encoder, trimmed):
+    """A whole 30 s window has nothing to trim; over 30 s only the last window is shortened."""
+    pcm = speechlike(31.0)
+    padded, trim = encoder.encode(pcm, 16000), trimmed.encode(pcm, 16000)
+    assert trim.shape == padded.shape == (1500 + 51, TINY.n_audio_state)
+    torch.testing.assert_close(trim[:1500], padded[:1500], atol=1e-5, rtol=1e-5)
+
+
+def test_trim_must_be_a_bool(tiny_whisper):
+    with pytest.raises(ConfigError, match="trim='yes'"):
+        load_whisper_encoder(tiny_whisper[1], trim="yes")

@@ -136,10 +136,11 @@ class OmniLM(nn.Module):
     def _hook_backbone_norm(self) -> None:
         """The post-adapter reads the backbone's hidden states before its final norm: capture them."""
         self._pre_norm: torch.Tensor | None = None
-        if self.config.post_adapter:
-            def keep(_module, args):
-                self._pre_norm = args[0]
-            self.backbone.norm.register_forward_pre_hook(keep)
+        if self.config.post_adapter:  # a bound method, so a deepcopy of the model hooks the copy
+            self.backbone.norm.register_forward_pre_hook(self._keep_pre_norm)
+
+    def _keep_pre_norm(self, _module: nn.Module, args: tuple) -> None:
+        self._pre_norm = args[0]
 
     # ---- inputs --------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
