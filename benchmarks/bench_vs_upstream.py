@@ -19,7 +19,10 @@ vocabulary before running (printed); with --shape mini-omni they already match a
 
     pip install lightning   # upstream litgpt/utils.py imports it; not an omnivox dependency
     python benchmarks/bench_vs_upstream.py --upstream-repo DIR [--shape tiny|mini-omni] [--steps N]
-        [--frames N] [--repeats N] [--threads N] [--seed N] [--cases A1A2 ... batch]
+        [--frames N] [--repeats N] [--threads N] [--seed N] [--cases A1A2 ... batch] [--quantized SCHEME ...]
+
+--quantized adds, per case, omnivox on a quantised copy of the same weights (core/kernel/quantize.py): its
+decode and whole-answer steps/s, their ratios to upstream's, and how many leading columns equal upstream's.
 
 Exit status: 0 all cases identical, 1 some case differs, 2 upstream checkout or lightning missing.
 """
@@ -27,6 +30,7 @@ Exit status: 0 all cases identical, 1 some case differs, 2 upstream checkout or 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import statistics
@@ -43,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from upstream_reference import UPSTREAM_FIELDS, tiny_fields, write_upstream_checkpoint  # noqa: E402
 
 from omnivox import OmniModel, generate  # noqa: E402
+from omnivox.core.kernel.quantize import SCHEMES, greedy_agreement, quantize  # noqa: E402
 from omnivox.core.kernel.sampling import SamplingConfig  # noqa: E402
 
 TEXT = [72, 105, 33, 10]  # the T1* prompt's text ids
@@ -207,6 +212,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random checkpoint weights")
     parser.add_argument("--cases", nargs="+", default=list(UPSTREAM_FN), choices=list(UPSTREAM_FN))
+    parser.add_argument("--quantized", nargs="+", default=[], choices=SCHEMES, help="also time these schemes")
     args = parser.parse_args()
     up = import_upstream(args.upstream_repo)
     tiny = args.shape == "tiny"
@@ -230,6 +236,7 @@ def main() -> int:
         print(f"checkpoint written in {time.perf_counter() - t:.1f} s")
         fabric, upstream_model = load_upstream_model(up, ckpt)
         ours = OmniModel.from_pretrained(ckpt)
+    quantized = {s: OmniModel(quantize(copy.deepcopy(ours.lm), s), ours.tokenizer) for s in args.quantized}
 
     features = torch.randn(frames, cfg["whisper_adapter_dim"], generator=torch.Generator().manual_seed(1))  # (T, F)
     print(f"{'case':<6} {'upstream function':<18} {'same':<4} {'stop':<9} {'steps':>5} {'eot@':>4} | "
@@ -237,7 +244,8 @@ def main() -> int:
           f"{'ratio':>6}", flush=True)
     all_identical = True
     for case in args.cases:
-        times = {key: [] for key in ("up1", "ours1", "up", "ours")}
+        times = {key: [] for key in ("up1", "ours1", "up", "ours", *(f"{s}{n}" for s in quantized for n in "1N"))}
+        q_tokens = {}
         identical = True
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides alike
             for n in (1, steps):  # a 1-step run times the prefill
@@ -250,6 +258,10 @@ def main() -> int:
                 if out != ours_tokens:
                     identical = False
                     print(f"  {case} ({n} steps) DIFFERS at {first_difference(out, ours_tokens)}", flush=True)
+                for scheme, model in quantized.items():
+                    q_result, t_q = run_omnivox(model, case, features, n)
+                    times[f"{scheme}{'1' if n == 1 else 'N'}"].append(t_q)
+                    q_tokens[scheme] = q_result
         all_identical &= identical
         t = {key: statistics.median(v) for key, v in times.items()}
         text = out[7] if case in ("A1A2", "T1A2", "batch") else out
@@ -262,6 +274,13 @@ def main() -> int:
               f"{t['up1']:>8.3f} {t['ours1']:>8.3f} | {decode_up:>11.1f} {decode_ours:>10.1f} "
               f"{decode_ours / decode_up:>5.2f}x | {up_steps / t['up']:>10.1f} {result.steps / t['ours']:>10.1f} "
               f"{result.steps / t['ours'] / (up_steps / t['up']):>5.2f}x", flush=True)
+        up_grid = torch.tensor(out if isinstance(out[0], list) else [out])
+        for scheme, q in q_tokens.items():
+            q_grid = q.tokens if q.audio_tokens is not None else q.tokens[-1:]
+            decode_q = (q.steps - 1) / (t[f"{scheme}N"] - t[f"{scheme}1"])
+            print(f"  {scheme:<18} decode {decode_q:.1f} steps/s ({decode_q / decode_up:.2f}x upstream), whole "
+                  f"{q.steps / t[f'{scheme}N']:.1f} steps/s ({q.steps / t[f'{scheme}N'] / (up_steps / t['up']):.2f}x"
+                  f"), first {greedy_agreement(up_grid, q_grid)} of {q.steps} columns equal upstream's", flush=True)
     return 0 if all_identical else 1
 
 
