@@ -358,14 +358,6 @@ class SpeakerOutput(Stage):
         while self._recorded:
             self._record_file.write(self._recorded.popleft())
 
-    async def drained(self) -> None:
-        """Return once every queued answer has been played."""
-        while True:
-            with self._lock:
-                if not self._queue:
-                    return
-            await asyncio.sleep(self.block_ms / 1000)
-
     async def teardown(self) -> None:
         if self._stream is not None:
             self._stream.stop()

@@ -173,8 +173,9 @@ def list_devices() -> int:
     from omnivox.plugins.sounddevice_io import list_devices as devices
 
     for kind in ("input", "output"):
-        print(f"{kind} devices:")
-        for d in devices(kind):
+        found = devices(kind)
+        print(f"{kind} devices:" + ("" if found else " none (is a sound card or PulseAudio/PipeWire there?)"))
+        for d in found:
             mark = "*" if d["default"] else " "
             print(f" {mark}{d['index']:>3} {d['name']}  ({d['channels']} ch, {d['rate']} Hz)")
     return 0
