@@ -58,7 +58,7 @@ from omnivox.core.runtime.events import (
 
 log = logging.getLogger(__name__)
 
-_REMEMBER_FAILED = 1024
+_REMEMBER_TURNS = 1024
 WORKER_IDLE_S = 2.0  # a session's worker task ends after this long without events
 
 
@@ -73,7 +73,9 @@ class Stage:
     def __init__(self, name: str | None = None):
         self.name = name or _snake(type(self).__name__)
         self.bus: Bus | None = None
-        self.busy_s: dict[tuple[str, int], float] = {}  # (session, turn) -> seconds inside process
+        # (session, turn) -> seconds inside process; the pipeline's metrics pop a turn's entry at its TurnEnd
+        # (a sink's own TurnEnd work comes after that: bounded, like _failed)
+        self.busy_s: OrderedDict[tuple[str, int], float] = OrderedDict()
         self.busy_total_s = 0.0
         self._sub: Subscription | None = None
         self._workers: dict[str, _SessionWorker] = {}  # session -> the task running its events
@@ -274,11 +276,13 @@ class Stage:
         finally:
             self.busy_s[key] = self.busy_s.get(key, 0.0) + busy
             self.busy_total_s += busy
+            if len(self.busy_s) > _REMEMBER_TURNS:
+                self.busy_s.popitem(last=False)
 
     async def _fail(self, event: Event, key: tuple[str, int], exc: BaseException) -> None:
         log.warning("stage %r failed on %s of turn %s", self.name, type(event).__name__, key, exc_info=exc)
         self._failed[key] = None
-        if len(self._failed) > _REMEMBER_FAILED:
+        if len(self._failed) > _REMEMBER_TURNS:
             self._failed.popitem(last=False)
         await self._report(exc, same_turn(event))
         await self.emit(TurnEnd(reason="error", **same_turn(event)))
