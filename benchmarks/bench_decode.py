@@ -2,7 +2,8 @@
 structure (litgpt/generate/base.py `generate_AA` / `generate_AT`), same weights, same process.
 
 The baseline keeps upstream's structure on the same Qwen2 backbone and KV cache: eight id tensors embedded one
-by one, lm_head over every position and the whole 181,120-row vocabulary (also for text answers), litgpt's
+by one, every Linear as F.linear (litgpt's nn.Linear; omnivox's few-row kernel is switched off for it),
+lm_head over every position and the whole 181,120-row vocabulary (also for text answers), litgpt's
 `sample` (top-k crop, softmax, multinomial) once per stream, per-step lists of cloned tensors, and one host
 sync per stream for the output lists and the stop checks. Both runs decode greedily and must emit the same
 tokens. Reported per task (medians of interleaved repeats): prefill seconds (a 1-step run), decode steps/s
@@ -23,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from omnivox import generate
+from omnivox.core.kernel import model as kernel_model
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.model import OmniLM
 
@@ -55,9 +57,18 @@ def upstream_forward(lm: OmniLM, rows: list[torch.Tensor], cache, start: int, fe
     return [logits[..., tv + av * i: tv + av * (i + 1)] for i in range(7)], logits[..., :tv]
 
 
-@torch.inference_mode()
 def upstream_generate(lm: OmniLM, prompt: torch.Tensor, features, steps: int, *, audio_answer: bool) -> list:
-    """`generate_AA` (audio_answer) / `generate_AT` loop structure, for exactly `steps` generated columns."""
+    """`generate_AA` (audio_answer) / `generate_AT` loop structure, for exactly `steps` generated columns, with
+    F.linear kernels."""
+    few_rows, kernel_model.FEW_ROWS = kernel_model.FEW_ROWS, 0
+    try:
+        return _upstream_generate(lm, prompt, features, steps, audio_answer=audio_answer)
+    finally:
+        kernel_model.FEW_ROWS = few_rows
+
+
+@torch.inference_mode()
+def _upstream_generate(lm: OmniLM, prompt: torch.Tensor, features, steps: int, *, audio_answer: bool) -> list:
     layout = lm.layout
     shift = [layout.audio_offset(i) for i in range(7)]
     rows = [(prompt[0, s] + (shift[s] if s < 7 else 0)).view(1, -1) for s in range(8)]
