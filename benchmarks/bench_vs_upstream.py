@@ -42,6 +42,7 @@ from types import SimpleNamespace
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's loops wrap tqdm; tqdm reads this when first imported
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402  (after TQDM_DISABLE: our bars pass disable explicitly, upstream's do not)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from upstream_reference import UPSTREAM_FIELDS, tiny_fields, write_upstream_checkpoint  # noqa: E402
@@ -247,6 +248,8 @@ def main() -> int:
         times = {key: [] for key in ("up1", "ours1", "up", "ours", *(f"{s}{n}" for s in quantized for n in "1N"))}
         q_tokens = {}
         identical = True
+        bar = tqdm(total=repeats * 2, desc=f"bench_vs_upstream {case}", unit="run", file=sys.stderr, disable=None,
+                   leave=False)  # shown only when stderr is a terminal (TQDM_DISABLE above is upstream's default)
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides alike
             for n in (1, steps):  # a 1-step run times the prefill
                 out, t_up = run_upstream(up, fabric, upstream_model, case, features, n)
@@ -257,11 +260,13 @@ def main() -> int:
                                else result.audio_tokens + [result.text_tokens])
                 if out != ours_tokens:
                     identical = False
-                    print(f"  {case} ({n} steps) DIFFERS at {first_difference(out, ours_tokens)}", flush=True)
+                    bar.write(f"  {case} ({n} steps) DIFFERS at {first_difference(out, ours_tokens)}")
                 for scheme, model in quantized.items():
                     q_result, t_q = run_omnivox(model, case, features, n)
                     times[f"{scheme}{'1' if n == 1 else 'N'}"].append(t_q)
                     q_tokens[scheme] = q_result
+                bar.update()
+        bar.close()
         all_identical &= identical
         t = {key: statistics.median(v) for key, v in times.items()}
         text = out[7] if case in ("A1A2", "T1A2", "batch") else out
