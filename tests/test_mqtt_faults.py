@@ -14,8 +14,9 @@ import time
 import aiomqtt
 import pytest
 import yaml
-from mqtt_support import TINY_SNAC, Mosquitto, running_service, write_question
+from mqtt_support import TINY_SNAC, Mosquitto, running_service, tiny_service_stages, write_question
 
+from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.mqtt import Client, ServiceError
 from omnivox.plugins.mqtt import protocol as wire
 
@@ -161,9 +162,10 @@ def test_password_file_and_acl_confine_each_device_to_its_site(tmp_path):
         async with running_service(broker.url, max_steps=16, username="service", password="s3rvice") \
                 as (pipeline, service):
             with pytest.raises(ServiceError) as refused:
-                async with Client(broker.url, site="kitchen", username="kitchen", password="wrong",
-                                  connect_timeout=3):
+                async with Client(broker.url, site="kitchen", username="kitchen", password="wrong"):
                     pass
+            refused_worker = Pipeline(tiny_service_stages(broker.url, username="service", password="wrong"))
+            await asyncio.wait_for(refused_worker.run(), 30)  # ends: retrying cannot fix credentials
             # garage, with its own valid credentials, listens to kitchen's topics and forges kitchen messages
             heard = []
             async with aiomqtt.Client("127.0.0.1", broker.port, username="garage", password="g4rage",
@@ -186,13 +188,14 @@ def test_password_file_and_acl_confine_each_device_to_its_site(tmp_path):
                 listener.cancel()
             async with Client(broker.url, site="garage", username="garage", password="g4rage") as own:
                 own_answer = await (await own.session()).ask(text="my own site")
-            return refused.value, answer, heard, forged_turns, service, own_answer
+            return refused.value, refused_worker.errors, answer, heard, forged_turns, service, own_answer
 
     try:
-        refused, answer, heard, forged_turns, service, own_answer = asyncio.run(scenario())
+        refused, worker_errors, answer, heard, forged_turns, service, own_answer = asyncio.run(scenario())
     finally:
         broker.kill()
-    assert refused.code == "connect-failed"
+    assert refused.code == "connect-failed" and "Not authorized" in refused.problem
+    assert "refused worker" in worker_errors[0].message and "password" in worker_errors[0].fix
     assert answer.ok and own_answer.ok
     assert heard == []  # nothing of kitchen's conversation reached garage
     assert forged_turns == 0 and service.turns_ended == 2  # the forged messages never reached the service

@@ -144,7 +144,11 @@ def serve(args: argparse.Namespace) -> int:
     print(f"omnivox serve: worker {pipeline.stages[0].config.worker} on {pipeline.stages[0].config.broker.url}",
           file=sys.stderr, flush=True)
     asyncio.run(_run_until_stopped(pipeline))
-    return 0
+    for error in pipeline.errors:
+        print(f"omnivox serve: {error.stage}: {error.message}", file=sys.stderr)
+        if error.fix:
+            print(f"  fix: {error.fix}", file=sys.stderr)
+    return 1 if pipeline.errors else 0
 
 
 async def _run_until_stopped(pipeline) -> None:

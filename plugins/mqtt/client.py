@@ -15,7 +15,8 @@
         await session.interrupt()                        # cancels the session's running turn
 
 The client reconnects with backoff; a turn in flight when the connection or the session's worker is lost
-ends with an `error` reply (code connection-lost / worker-offline) instead of hanging.
+ends with an `error` reply (code connection-lost / worker-offline) instead of hanging; refused credentials
+fail `async with Client(...)` at once (ServiceError connect-failed).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from omnivox.core.errors import InputError, OmnivoxError
 from omnivox.core.runtime.sessions import ProtocolError
 from omnivox.plugins.mqtt import protocol as wire
-from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig
+from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig, refusal
 
 log = logging.getLogger(__name__)
 
@@ -312,12 +313,14 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self._runner = asyncio.create_task(self._run())
-        try:
-            await asyncio.wait_for(self.connected.wait(), self.connect_timeout)
-        except asyncio.TimeoutError:
+        connected = asyncio.ensure_future(self.connected.wait())
+        await asyncio.wait({connected, self._runner}, timeout=self.connect_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not connected.done():  # refused (the runner ended) or no answer in time
+            connected.cancel()
             await self.aclose()
             raise ServiceError("connect-failed", f"cannot connect to {self.config.url}: {self.refused}",
-                               "check the broker URL, credentials and TLS options") from None
+                               "check the broker URL, credentials and TLS options")
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -389,6 +392,8 @@ class Client:
                         self._dispatch(str(message.topic), bytes(message.payload or b""))
             except aiomqtt.MqttError as exc:
                 self.refused = exc
+                if refusal(exc):  # wrong credentials: retrying cannot help
+                    raise
                 log.info("device %s: broker connection lost (%s)", self.site, exc)
             self._client = None
             self.connected.clear()

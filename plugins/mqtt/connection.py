@@ -57,6 +57,18 @@ class BrokerConfig:
                               tls_insecure=self.tls_insecure if self.tls else None)
 
 
+# CONNACK reason codes that retrying cannot fix: bad user name or password, not authorized, banned, bad auth method
+REFUSALS = (134, 135, 138, 140)
+
+
+def refusal(exc: Exception) -> int | None:
+    """The CONNACK reason code when `exc` says the broker refused these credentials, else None."""
+    import aiomqtt
+
+    code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
+    return code if isinstance(exc, aiomqtt.MqttCodeError) and code in REFUSALS else None
+
+
 class Backoff:
     """Reconnect delays: doubling from `first` to `cap` seconds, with +-20% jitter; reset() after success."""
 

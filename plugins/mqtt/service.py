@@ -13,6 +13,8 @@ pipeline (what `omnivox serve` and the `audio_inputs/mqtt` stage run).
   backoff, resubscribes (start filter and every claimed session; we use clean starts and resubscribe
   ourselves so that a dead worker's persistent session never holds session starts), republishes "online",
   and ends each interrupted turn with `error` (code connection-lost) + `turn-end` (reason error).
+  Refused credentials (CONNACK not authorized, bad user name or password) stop the worker with a ConfigError:
+  retrying cannot fix them.
 - Limits and validation: omnivox.core.runtime.sessions; a refused message gets an `error` on its session
   and nothing else changes. Idle sessions are reaped (Cancel frees their state in every stage).
 """
@@ -28,10 +30,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import Event, Interruption, TurnEnd
 from omnivox.core.runtime.sessions import Limits, ProtocolError, Session, SessionEngine
 from omnivox.plugins.mqtt import protocol as wire
-from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig
+from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig, refusal
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,10 @@ class MqttService:
                 try:
                     await self._serve_connection()
                 except aiomqtt.MqttError as exc:
+                    if refusal(exc):
+                        raise ConfigError(f"the broker {self.config.broker.url} refused worker {self.config.worker}: "
+                                          f"{exc}", "check --username/--password and the broker's password file "
+                                          "and ACL") from None
                     log.warning("worker %s: broker connection lost (%s); reconnecting", self.config.worker, exc)
                 self._connection_lost()
                 if self.connections > connections:  # it was up: start the backoff from the beginning
