@@ -30,12 +30,12 @@ SYSTEM_LIBRARIES = {"sounddevice": "libportaudio2", "soundfile": "libsndfile1"}
 TOOLS = [
     ("espeak-ng", "speaks the demo question; omnivox synth-data"),
     ("sox", "reverb and resampling in synthetic training corpora"),
-    ("mosquitto", "MQTT broker for robots and edge devices (extra mqtt)"),
+    ("mosquitto", "the MQTT broker that robots and omnivox serve talk through"),
     ("pulseaudio", "virtual microphone and speaker on machines without sound hardware"),
 ]
 HUB_MODELS = [  # (hub repo, what needs it, fix)
     ("gpt-omni/mini-omni", "the real Mini-Omni weights", "omnivox download mini-omni checkpoints/mini-omni"),
-    ("hubertsiuzdak/snac_24khz", "speech output with a real checkpoint (SNAC vocoder)",
+    ("hubertsiuzdak/snac_24khz", "the SNAC vocoder, for speech output with a real checkpoint",
      "hf download hubertsiuzdak/snac_24khz"),
 ]
 
