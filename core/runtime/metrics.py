@@ -9,6 +9,7 @@ RTF = wall_s / audio_s, where wall_s runs from that reference to the last data e
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -39,11 +40,12 @@ class _Turn:
 class MetricsCollector:
     """Feed it every event the last stage takes from its queue (`observe`); it returns a Metrics event when a
     turn ends (by then every stage has finished that turn, so busy times are complete).
-    `stages` (objects with `name` and `busy_s`, i.e. Stage) supply per-stage busy time."""
+    `stages` (objects with `name` and `busy_s`, i.e. Stage) supply per-stage busy time. `turns` keeps the
+    Metrics of the last `history` turns, so a long-running service does not grow with every turn."""
 
-    def __init__(self, stages: Sequence = ()):
+    def __init__(self, stages: Sequence = (), history: int = 10_000):
         self.stages = list(stages)
-        self.turns: list[Metrics] = []
+        self.turns: deque[Metrics] = deque(maxlen=history)
         self._open: dict[tuple[str, int], _Turn] = {}
 
     def observe(self, event: Event) -> Metrics | None:

@@ -435,7 +435,7 @@ class Pipeline:
         finally:
             driver.cancel()
             await self.stop()
-        return self.metrics.turns
+        return list(self.metrics.turns)
 
     async def _feed_and_drain(self, events: Iterable[Event]) -> None:
         for event in events:
