@@ -226,6 +226,26 @@ def test_two_questions_two_turns_answer_audio_starts_before_the_lm_finishes(tmp_
 
 @pytest.mark.slow
 @needs_devices
+def test_two_questions_2_s_apart_in_full_duplex_two_turns_each_answer_heard_before_its_lm_ended(tmp_path, questions):
+    """The issue's 2 s of silence between the questions: the second question arrives while the first answer
+    may still play, so in full duplex it takes the turn (barge-in) and both answers start playing before their
+    LM turn ended."""
+    q1, q2 = questions
+    with VirtualAudio(tmp_path / "va") as va:
+        va.set_microphone(stereo(np.concatenate([silence(0.5, DEVICE_RATE), q1, silence(2, DEVICE_RATE), q2])))
+        code, out, err, turns, summary, played = listen(va, tmp_path, "--duplex", "full", "--max-turns", "2",
+                                                        "--max-steps", "32")
+    assert code == 0, err
+    assert sorted(turns) == [1, 2] and summary["turns"] == 2, out
+    sounds = runs_of_sound(played, 24000)
+    for turn in turns.values():
+        assert turn["first_frame"] is not None and turn["first_frame"] < turn["lm_done_frame"]
+        assert any(start <= turn["first_frame"] + 10 and turn["first_frame"] < end for start, end in sounds)
+    assert turns[2]["reason"] == "done"
+
+
+@pytest.mark.slow
+@needs_devices
 def test_silence_and_moderate_white_noise_start_no_turn_and_ctrl_c_stops_cleanly(tmp_path):
     noise = (RNG.standard_normal(4 * DEVICE_RATE) * 0.05).astype(np.float32)  # -26 dBFS
     with VirtualAudio(tmp_path / "va") as va:
