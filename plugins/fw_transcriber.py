@@ -8,7 +8,7 @@ that fallback is for, a looping transcript ("thank you very much, and thank you 
 prevented by forbidding repeated 3-grams. `word_error_rate` scores after Whisper's English text normaliser.
 
 Absolute WERs of a small Whisper on synthetic speech mean little (tiny.en: ~15% on everyday espeak-ng
-sentences, ~30% on the corpus builder's template sentences in its held-out voices, far more in some accents):
+sentences, ~31% on the corpus builder's template sentences in its held-out voices, far more in some accents):
 quality figures compare the WER of processed audio with that of the original audio, on the same yardstick.
 faster-whisper is imported on first use, so `word_error_rate` needs only openai-whisper (a core dependency)."""
 
