@@ -3,21 +3,21 @@ PY ?= python3
 # The CPU build of torch; override for CUDA machines, e.g. `make install TORCH=torch`.
 TORCH ?= torch==2.13.0
 OUT ?= out
-APT_PACKAGES = espeak-ng sox mosquitto openssl libsndfile1 libportaudio2 libasound2-plugins pulseaudio
+APT_PACKAGES = espeak-ng sox mosquitto openssl libsndfile1 libportaudio2 libasound2-plugins pulseaudio chromium
 
 .PHONY: install install-system demo test test-fast bench
 
 install-system:
 	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v mosquitto >/dev/null \
 	    || ! command -v openssl >/dev/null || ! ldconfig -p | grep -q libsndfile || ! ldconfig -p | grep -q libportaudio \
-	    || ! command -v pulseaudio >/dev/null || ! ls /usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so >/dev/null 2>&1; then \
+	    || ! command -v pulseaudio >/dev/null || ! command -v chromium >/dev/null || ! ls /usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    $(APT_PACKAGES) >/dev/null; \
 	fi
 
 install: install-system
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,vad,train,fw]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,http,vad,train,fw]"
 
 demo: install
 	mkdir -p $(OUT)

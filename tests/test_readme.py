@@ -222,8 +222,9 @@ def test_quick_starts_in_order_and_exercised():
     """One quick start per kind of user, in this order; each one that shows commands runs at least one block."""
     text = README.read_text(encoding="utf-8")
     sections = quick_starts(text)
-    topics = [re.search(r"mqtt|codec|microphone|training", h, re.I) for h in sections]
-    assert [m and m[0].lower() for m in topics] == ["mqtt", "codec", "microphone", "training"], list(sections)
+    topics = [re.search(r"mqtt|http|codec|microphone|training", h, re.I) for h in sections]
+    assert [m and m[0].lower() for m in topics] == ["mqtt", "http", "codec", "microphone", "training"], \
+        list(sections)
     for heading, body in sections.items():
         if "```" in body:
             assert extract_blocks(body), f"README {heading!r} shows commands but marks none runnable"

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.synthetic_data": None,
     "omnivox.plugins.random_models": None,
     "omnivox.plugins.mqtt": "mqtt",
+    "omnivox.plugins.http": "http",
     "omnivox.plugins.sounddevice_io": "audio",
     "omnivox.plugins.silero_vad": "vad",
 }

@@ -1,0 +1,80 @@
+"""`omnivox serve --http`: the options (`--broker` optional with `--http`; both = one pipeline, one model), and
+the real command serving upstream Mini-Omni's request and an MQTT device at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from http_support import question_b64
+from mqtt_support import Mosquitto, free_port, write_question
+
+from omnivox.core.cli import serve
+from omnivox.core.cli.main import build_parser
+from omnivox.core.errors import ConfigError
+
+pytest.importorskip("aiohttp")
+
+
+def values_of(*argv: str) -> dict:
+    return serve.settings(build_parser().parse_args(["serve", *argv]))
+
+
+def test_http_makes_the_broker_optional_and_both_serve_one_pipeline():
+    from omnivox.plugins.http.stages import HttpAudioInput
+    from omnivox.plugins.mqtt.stages import MqttAudioInput
+
+    assert serve.transports(values_of()) == ["mqtt"]  # unchanged: MQTT on the default broker
+    assert serve.transports(values_of("--http", "60808")) == ["http"]
+    assert serve.transports(values_of("--http", "0.0.0.0:8080", "--broker", "mqtt://b:1883")) == ["mqtt", "http"]
+    assert serve.http_params(values_of("--http", "0.0.0.0:8080")) == {"host": "0.0.0.0", "port": 8080}
+    args = build_parser().parse_args(["serve", "--http", "0", "--broker", "mqtt://127.0.0.1:1"])
+    pipeline = serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
+    kinds = [type(stage).__name__ for stage in pipeline.stages]
+    assert kinds.count("LMStage") == 1 and isinstance(pipeline.stages[0], MqttAudioInput)
+    assert isinstance(pipeline.stages[1], HttpAudioInput)
+    assert pipeline.inputs["http_out"] == pipeline.inputs["mqtt_out"] == ["codec"]
+
+
+@pytest.mark.parametrize("address", ["localhost:", "host:99999", "port"])
+def test_a_bad_http_address_is_a_config_error_naming_the_form(address):
+    with pytest.raises(ConfigError) as error:
+        values_of("--http", address)
+    assert "[HOST:]PORT" in error.value.problem and "--http 60808" in error.value.fix
+
+
+@pytest.mark.slow
+def test_serve_http_and_mqtt_at_once_answers_both(tmp_path):
+    broker = Mosquitto(tmp_path).start()
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "serve", "--http", f"127.0.0.1:{port}",
+                               "--broker", broker.url, "--max-steps", "24"], stderr=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any("HTTP on" in line for line in lines) and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            assert line or server.poll() is None, "".join(lines)
+            lines.append(line)
+        assert any(f"HTTP on http://127.0.0.1:{port}" in line for line in lines), "".join(lines)
+        assert any(f"on {broker.url}" in line for line in lines), "".join(lines)
+        answer = requests.post(f"http://127.0.0.1:{port}/chat", json={"audio": question_b64(tmp_path)}, timeout=60)
+        assert answer.status_code == 200 and answer.content[:4] == b"RIFF" and len(answer.content) > 44
+        ask = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "ask", "--broker", broker.url, "--site",
+                              "cli", "--input", str(write_question(tmp_path / "q.wav")), "--output",
+                              str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=120)
+        assert ask.returncode == 0 and "turn done" in ask.stderr, ask.stderr
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).text.startswith("<!doctype html>")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        broker.kill()
