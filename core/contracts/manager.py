@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.fw_encoder": "fw",
     "omnivox.plugins.snac_codec": None,
     "omnivox.plugins.mimi_codec": None,
+    "omnivox.plugins.mel_codec": None,
     "omnivox.plugins.audio_files": None,
     "omnivox.plugins.text_input": None,
     "omnivox.plugins.synthetic_data": None,
