@@ -252,3 +252,10 @@ def test_espeak_round_trip_keeps_the_yardstick_wer(tmp_path, single_thread):
     wer_original, wer_coded = word_error_rate(texts, original), word_error_rate(texts, coded)
     print(f"WER original {wer_original:.3f}, after the codec {wer_coded:.3f}")
     assert wer_coded <= 1.5 * wer_original, (wer_original, wer_coded, coded)
+
+
+def test_codec_recipe_validates_and_names_the_codec_trainer():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "codec_mel.yaml")
+    assert recipe["trainer"]["_component_"] == "omnivox.training.codec_trainer.MelCodecRecipe"
+    config = MelCodecConfig.from_dict({k: v for k, v in recipe["model"].items() if k != "_component_"})
+    assert config.grid().n_slots == 8 and recipe["training"]["max_steps"] <= 300
