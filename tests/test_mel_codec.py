@@ -259,3 +259,25 @@ def test_codec_recipe_validates_and_names_the_codec_trainer():
     assert recipe["trainer"]["_component_"] == "omnivox.training.codec_trainer.MelCodecRecipe"
     config = MelCodecConfig.from_dict({k: v for k, v in recipe["model"].items() if k != "_component_"})
     assert config.grid().n_slots == 8 and recipe["training"]["max_steps"] <= 300
+
+
+def test_an_lm_with_the_codecs_stream_count_speaks_through_it(codec):
+    """The LM's audio streams follow the codec's grid: a tiny random LM with 4 streams of 16 codes feeds the
+    trained tiny codec through the streaming CodecStage; every generated frame is voiced."""
+    import asyncio
+
+    from omnivox.core.kernel.checkpoint import OmniModel
+    from omnivox.core.kernel.config import OmniConfig
+    from omnivox.core.runtime.events import AudioOut, TextIn
+    from omnivox.core.runtime.model_stages import CodecStage, LMStage
+    from omnivox.core.runtime.testing import make_turn, of_type, run_pipeline
+    from omnivox.plugins.random_models import never_emit_audio_specials
+
+    grid = codec.grid
+    config = OmniConfig.tiny(audio_streams=grid.n_slots, codebook_size=grid.codebook_size)
+    lm = LMStage("text-delay", model=never_emit_audio_specials(OmniModel.random(config, seed=0)), task="T1A2",
+                 max_steps=24)
+    out = asyncio.run(run_pipeline([lm, CodecStage(codec)], make_turn(0, [TextIn("hi")])))
+    frames = lm.results[("default", 0)].frames
+    assert frames.shape[1] == grid.n_slots and frames.shape[0] > 0
+    assert sum(len(e.audio) // 2 for e in of_type(out, AudioOut)) == frames.shape[0] * grid.samples_per_frame
