@@ -119,6 +119,15 @@ def stream(
     """Like `generate`, as an iterator: a TextPiece as soon as a text id is sampled, a FramePiece as soon as
     all slots of a frame exist, then Done(result). `cancel` (Event or callable) is checked before every
     forward; a cancelled turn ends with Done(stop_reason="cancelled"). Bad input raises here, eagerly."""
+    return _decode(*prepare(model, task=task, audio_features=audio_features, text_ids=text_ids, strategy=strategy,
+                            sampling=sampling, max_steps=max_steps, force_layout=force_layout, cancel=cancel))
+
+
+def prepare(model, *, task: str, audio_features=None, text_ids=None, strategy: str | DecodingStrategy = "text-delay",
+            sampling: SamplingConfig | None = None, max_steps: int | None = None, force_layout: bool = False,
+            cancel=None) -> tuple:
+    """`stream`'s arguments checked and resolved (bad input raises): the arguments of `_decode`, which
+    core/kernel/batching.py also decodes from."""
     lm = model.lm if hasattr(model, "lm") else model
     if not isinstance(lm, OmniLM):
         raise InputError(
@@ -139,9 +148,7 @@ def stream(
             "shorten the audio or text input",
         )
     rule = strat.step_rule(lm.layout, task, force_layout)
-    return _decode(
-        lm, strat, rule, prompt, features, task, sampling or SamplingConfig(), max_steps, _cancel_check(cancel)
-    )
+    return lm, strat, rule, prompt, features, task, sampling or SamplingConfig(), max_steps, _cancel_check(cancel)
 
 
 def _build_prompt(

@@ -4,17 +4,22 @@
     TextIn ─────────────────────────────────────────────────────────────┘                     │
     CodecFrame ──► CodecStage (streaming decode, flush at TurnEnd) ──► AudioOut ◄─────────────┘
 
-Heavy work (encoding, each LM step, each codec frame) runs in a worker thread so the event loop keeps
-moving events between stages; the LM checks the turn's interruption flag before every decode step.
-Sessions run concurrently (see stage.py): several turns may decode at once on ONE model object (inference
-only, each turn has its own KV cache), so all per-turn state here is keyed by (session, turn).
+Heavy work runs off the event loop, one thread per heavy stage with its own torch thread budget (torch's
+intra-op thread count is per thread), so the LM and the codec overlap instead of oversubscribing the cores:
+the encoder and the codec each own a one-thread executor, the LM owns a `BatchEngine` thread
+(core/kernel/batching.py) that decodes the active turns of ALL sessions in one batched forward per step
+(continuous batching: turns join and leave between steps; an interrupted turn leaves at the next step).
+Sessions run concurrently (see stage.py), so all per-turn state here is keyed by (session, turn).
 These are the stage adapters the pipeline uses for components of kind encoders, strategies and codecs."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -37,8 +42,23 @@ from omnivox.core.runtime.events import (
 )
 from omnivox.core.runtime.stage import Stage
 
-_DONE = object()
 KEEP_RESULTS = 64  # LMStage.results keeps the GenerationResult of this many recent turns
+
+
+def default_lm_threads() -> int:
+    """The LM's torch threads: every core but one, which the codec's thread keeps (1 on a 1-core machine)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def torch_executor(name: str, threads: int | None) -> ThreadPoolExecutor:
+    """One worker thread whose torch intra-op thread count is `threads` (None: torch's default)."""
+    return ThreadPoolExecutor(1, thread_name_prefix=name,
+                              initializer=None if threads is None else torch.set_num_threads,
+                              initargs=() if threads is None else (threads,))
+
+
+async def _off_loop(executor: ThreadPoolExecutor, fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
@@ -51,9 +71,11 @@ class EncoderStage(Stage):
 
     consumes = (AudioStart, AudioChunk, AudioStop)
 
-    def __init__(self, encoder, *, name: str | None = None):
+    def __init__(self, encoder, *, name: str | None = None, threads: int | None = None):
         super().__init__(name or "encoder")
         self.encoder = encoder
+        self.threads = threads  # torch threads of its executor (None: torch's default)
+        self._executor: ThreadPoolExecutor | None = None
         self._chunks: dict[tuple[str, int], list[np.ndarray]] = {}
         self._rate: dict[tuple[str, int], int] = {}
 
@@ -71,13 +93,20 @@ class EncoderStage(Stage):
             if not chunks:
                 raise InputError("the turn ended without audio", "send AudioChunk events before AudioStop")
             pcm = np.concatenate(chunks, axis=1)
-            features = await asyncio.to_thread(self.encoder.encode, pcm, rate)  # (T, F)
+            if self._executor is None:
+                self._executor = torch_executor("omnivox-encoder", self.threads)
+            features = await _off_loop(self._executor, self.encoder.encode, pcm, rate)  # (T, F)
             yield Features(features=features, frames_per_second=self.encoder.frame_rate, **same_turn(event))
 
     async def on_interrupt(self, event: Interruption) -> None:
         for key in _turn_keys(self._chunks, event):
             self._chunks.pop(key, None)
             self._rate.pop(key, None)
+
+    async def teardown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 class IncrementalText:
@@ -99,7 +128,9 @@ class IncrementalText:
 
 class LMStage(Stage):
     """Runs the LM with a decoding strategy on each Features (audio in) or TextIn (text in) event.
-    Emits a TextToken per text id and a CodecFrame per complete codec frame, as soon as each exists."""
+    Emits a TextToken per text id and a CodecFrame per complete codec frame, as soon as each exists.
+    All sessions' turns decode together in one BatchEngine (`max_rows` batch rows at once; a batch-parallel
+    turn takes 2), in a thread with `threads` torch threads (default: every core but one)."""
 
     consumes = (Features, TextIn)
     queue_size = 8
@@ -107,7 +138,7 @@ class LMStage(Stage):
     def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
                  task: str | None = None, max_steps: int | None = 600, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
-                 force_layout: bool = False, int8: bool = False):
+                 force_layout: bool = False, int8: bool = False, threads: int | None = None, max_rows: int = 16):
         from omnivox.core.kernel.sampling import SamplingConfig
         from omnivox.core.kernel.strategies import get_strategy
 
@@ -116,6 +147,9 @@ class LMStage(Stage):
         self.checkpoint, self.model = checkpoint, model
         self.task, self.max_steps, self.force_layout, self.int8 = task, max_steps, force_layout, int8
         self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        self.threads = default_lm_threads() if threads is None else threads
+        self.max_rows = max_rows
+        self.engine = None  # BatchEngine, created at setup
         self.generating: set[tuple[str, int]] = set()  # turns whose generation is running now
         # GenerationResult of the most recent turns (bounded: a service runs turns without end)
         self.results: OrderedDict[tuple[str, int], object] = OrderedDict()
@@ -131,28 +165,48 @@ class LMStage(Stage):
             from omnivox.core.kernel.quantize import quantize_int8
 
             quantize_int8(self.model.lm)
+        self._start_engine()
+
+    def _start_engine(self) -> None:
+        from omnivox.core.kernel.batching import BatchEngine
+
+        if self.engine is None:
+            self.engine = BatchEngine(self.model, max_rows=self.max_rows)
+        self.engine.start(self.threads)
+
+    async def teardown(self) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
-        from omnivox.core.kernel.generation import Done, FramePiece, TextPiece, stream
+        from omnivox.core.kernel.generation import Done, FramePiece, TextPiece
 
-        key = event.turn
+        key, loop = event.turn, asyncio.get_running_loop()
+        self._start_engine()  # started at setup; again after a teardown
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def deliver(piece) -> None:  # called in the engine's thread
+            try:
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except RuntimeError:  # the event loop closed: nobody waits for this turn any more
+                left.set()
+
+        left = threading.Event()  # this turn's consumer is gone (interrupted, failed, stopped)
+        options = dict(strategy=self.strategy, sampling=self.sampling, max_steps=self.max_steps,
+                       force_layout=self.force_layout, cancel=lambda: left.is_set() or self.interrupted(event))
         if isinstance(event, Features):
-            task = self.task or "A1A2"
             features = torch.as_tensor(event.features, dtype=torch.float32)
-            pieces = stream(self.model, task=task, audio_features=features, **self._options(event))
+            self.engine.submit(deliver, task=self.task or "A1A2", audio_features=features, **options)
         else:
             task = self.task if self.task in ("T1A2", "T1T2") else "T1A2"
-            pieces = stream(self.model, task=task, text_ids=event.text, **self._options(event))
+            self.engine.submit(deliver, task=task, text_ids=event.text, **options)
         text = IncrementalText(getattr(self.model, "tokenizer", None))
         self.generating.add(key)
-        pending = None
         try:
             while True:
-                pending = asyncio.ensure_future(asyncio.to_thread(next, pieces, _DONE))
-                piece = await pending
-                pending = None
-                if piece is _DONE:
-                    break
+                piece = await pieces.get()
+                if isinstance(piece, Exception):
+                    raise piece
                 if isinstance(piece, TextPiece):
                     yield TextToken(piece.token, text.push(piece.token), step=piece.step, **same_turn(event))
                 elif isinstance(piece, FramePiece):
@@ -161,16 +215,10 @@ class LMStage(Stage):
                     self.results[key] = piece.result
                     while len(self.results) > KEEP_RESULTS:
                         self.results.popitem(last=False)
+                    break
         finally:
             self.generating.discard(key)
-            if pending is not None:  # cancelled mid-step: close the generator once that step returns
-                pending.add_done_callback(lambda _: pieces.close())
-            else:
-                pieces.close()
-
-    def _options(self, event: Event) -> dict:
-        return dict(strategy=self.strategy, sampling=self.sampling, max_steps=self.max_steps,
-                    force_layout=self.force_layout, cancel=lambda: self.interrupted(event))
+            left.set()  # a turn still decoding leaves the batch at the engine's next step
 
 
 class CodecStage(Stage):
@@ -180,24 +228,28 @@ class CodecStage(Stage):
     consumes = (CodecFrame, TurnEnd)
     queue_size = 8
 
-    def __init__(self, codec, *, name: str | None = None):
+    def __init__(self, codec, *, name: str | None = None, threads: int | None = 1):
         super().__init__(name or "codec")
         self.codec = codec
+        self.threads = threads  # torch threads of its executor: 1 leaves the other cores to the LM
+        self._executor: ThreadPoolExecutor | None = None
         self._decoders: dict[tuple[str, int], object] = {}
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         key = event.turn
+        if self._executor is None:
+            self._executor = torch_executor("omnivox-codec", self.threads)
         if isinstance(event, CodecFrame):
             decoder = self._decoders.get(key)
             if decoder is None:
                 decoder = self._decoders[key] = self.codec.stream_decoder()
-            pcm = await asyncio.to_thread(decoder.push, torch.tensor(event.codes, dtype=torch.long))
+            pcm = await _off_loop(self._executor, decoder.push, torch.tensor(event.codes, dtype=torch.long))
             step = event.step
         else:
             decoder = self._decoders.pop(key, None)
             if decoder is None or event.reason != "done":
                 return
-            pcm, step = await asyncio.to_thread(decoder.flush), None
+            pcm, step = await _off_loop(self._executor, decoder.flush), None
         if pcm.numel():
             yield self._audio_out(pcm, step, event)
 
@@ -209,6 +261,11 @@ class CodecStage(Stage):
     async def on_interrupt(self, event: Interruption) -> None:
         for key in _turn_keys(self._decoders, event):
             self._decoders.pop(key, None)
+
+    async def teardown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 def load_model(checkpoint: str, seed: int = 0):
