@@ -25,7 +25,10 @@ def chromium_args(microphone: Path) -> list[str]:
 
 
 def test_the_page_records_sends_plays_the_streamed_answer_and_shows_text(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[dev]' (the page test drives Debian's chromium)")
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: run `make install-system` (apt package chromium)")
     microphone = tmp_path / "question.wav"

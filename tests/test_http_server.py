@@ -93,7 +93,7 @@ def test_four_concurrent_requests_are_all_answered(tmp_path):
 
 
 def test_a_client_disconnecting_mid_stream_cancels_its_turn(tmp_path):
-    with serving(max_steps=2000) as served:
+    with serving(max_steps=300) as served:
         response = requests.post(f"{served.url}/chat", json={"audio": question_b64(tmp_path)}, stream=True)
         answer = response.iter_content(chunk_size=None)
         next(answer)
@@ -103,7 +103,7 @@ def test_a_client_disconnecting_mid_stream_cancels_its_turn(tmp_path):
         assert served.call(lambda: (served.service.turns_cancelled, len(served.service.engine.sessions))) == (1, 0)
         assert wait_until(lambda: served.call(lambda: list(served.pipeline.metrics.turns)))
         [metrics] = served.call(lambda: list(served.pipeline.metrics.turns))
-        assert metrics.reason == "interrupted" and metrics.text_tokens < 2000
+        assert metrics.reason == "interrupted" and metrics.text_tokens < 300
         # the server goes on serving
         assert requests.post(f"{served.url}/v1/chat", json={"text": "hi"}).text.splitlines()[-2] \
             == json.dumps({"event": "turn-end", "reason": "done"})
@@ -140,7 +140,7 @@ def test_each_bad_request_gets_a_4xx_json_error_and_the_server_goes_on(tmp_path)
 
 def test_requests_beyond_max_sessions_get_503_while_the_others_are_answered(tmp_path):
     body = {"audio": question_b64(tmp_path)}
-    with serving(max_steps=2000, limits={"max_sessions": 1}) as served:
+    with serving(max_steps=300, limits={"max_sessions": 1}) as served:
         with requests.post(f"{served.url}/chat", json=body, stream=True) as first:
             answer = first.iter_content(chunk_size=None)  # (dropping a half-read iterator closes the connection)
             next(answer)
