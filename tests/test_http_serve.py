@@ -91,3 +91,14 @@ def test_serve_pipeline_file_gets_the_http_address(tmp_path):
     args = build_parser().parse_args(["serve", "--http", "8081", "--pipeline", str(mqtt_recipe)])
     with pytest.raises(ConfigError, match="starts with audio_inputs/http"):
         serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
+
+
+@pytest.mark.slow
+def test_a_real_install_carries_the_page(tmp_path):
+    """package-data: a non-editable install has page/index.html and page/app.js next to the server."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(tmp_path / "site"), str(root)], check=True, capture_output=True)
+    page = tmp_path / "site" / "omnivox" / "plugins" / "http" / "page"
+    for name in ("index.html", "app.js"):
+        assert (page / name).read_bytes() == (root / "plugins" / "http" / "page" / name).read_bytes()
