@@ -18,10 +18,10 @@ import asyncio
 
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.bus import Bus, Subscription
-from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, Shutdown, TextToken, TurnEnd
+from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, TextToken, TurnEnd
 from omnivox.core.runtime.sessions import Limits
 from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.transport import TransportOutput
 from omnivox.plugins.http.service import SERVICES, HttpConfig, HttpService
 
 
@@ -57,50 +57,20 @@ class HttpAudioInput(Stage):
             yield await self._events.get()
 
 
-class HttpAudioOutput(Stage):
-    """Sink: hands each HTTP session's answer events to its request as they stream."""
+class HttpAudioOutput(TransportOutput):
+    """Sink: hands each HTTP session's answer events, Errors and Metrics to its request as they stream."""
 
     consumes = (TextToken, AudioOut, TurnEnd)
+    transport, services = "http", SERVICES
 
     def __init__(self, service: str = "http", name: str | None = None):
-        super().__init__(name or "http_out")
-        self.service_name = service
-        self.service: HttpService | None = None
-        self._notes: Subscription | None = None
-
-    def attach(self, bus: Bus, inputs) -> Subscription:
-        sub = super().attach(bus, inputs)
-        # Errors (system events reach every subscription) and the pipeline's per-turn Metrics
-        self._notes = bus.subscribe(f"{self.name}:notes", types=(Metrics,), senders=("metrics",), maxsize=256)
-        return sub
-
-    async def setup(self) -> None:
-        self.service = SERVICES.get(self.service_name)
-        if self.service is None:
-            raise ConfigError(f"audio_outputs/http: no HTTP input named service {self.service_name!r} in this "
-                              "pipeline", "put an audio_inputs/http stage (same `service` param) first")
-
-    async def run(self) -> None:
-        notes = asyncio.create_task(self._forward_notes())
-        try:
-            await super().run()
-        finally:
-            notes.cancel()
-            await asyncio.gather(notes, return_exceptions=True)
+        super().__init__(service, name)
 
     async def process(self, event: Event) -> None:
         self.service.deliver(event)
 
-    async def _forward_notes(self) -> None:
-        while True:
-            event = await self._notes.get()
-            try:
-                if isinstance(event, Shutdown):
-                    return
-                if isinstance(event, (Error, Metrics)):
-                    self.service.deliver(event)
-            finally:
-                self._notes.task_done()
+    async def on_note(self, event: Error | Metrics) -> None:
+        self.service.deliver(event)
 
 
 @hookimpl

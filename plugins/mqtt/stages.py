@@ -17,14 +17,11 @@ from __future__ import annotations
 import asyncio
 
 from omnivox.core.contracts.hookspecs import hookimpl
-from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.bus import Bus, Subscription
 from omnivox.core.runtime.events import (
     AudioOut,
     Error,
     Event,
     Metrics,
-    Shutdown,
     TextToken,
     TurnEnd,
     TurnStart,
@@ -32,6 +29,7 @@ from omnivox.core.runtime.events import (
 )
 from omnivox.core.runtime.sessions import Limits
 from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.transport import TransportOutput
 from omnivox.plugins.mqtt.connection import BrokerConfig
 from omnivox.plugins.mqtt.service import SERVICES, MqttService, ServiceConfig, default_worker_id
 
@@ -78,38 +76,15 @@ class MqttAudioInput(Stage):
             await asyncio.gather(runner, return_exceptions=True)
 
 
-class MqttAudioOutput(Stage):
+class MqttAudioOutput(TransportOutput):
     """Sink: publishes each session's answer to its device as it streams (see the module docstring)."""
 
     consumes = (TextToken, AudioOut, TurnStart, TurnEnd, VoiceStarted)
+    transport, services = "mqtt", SERVICES
 
     def __init__(self, service: str = "mqtt", name: str | None = None):
-        super().__init__(name or "mqtt_out")
-        self.service_name = service
-        self.service: MqttService | None = None
+        super().__init__(service, name)
         self._audio_seq: dict[tuple[str, int], int] = {}  # turns whose audio-start was sent -> next seq
-        self._notes: Subscription | None = None
-        self._sending_note = False
-
-    def attach(self, bus: Bus, inputs) -> Subscription:
-        sub = super().attach(bus, inputs)
-        # Errors (system events reach every subscription) and the pipeline's per-turn Metrics
-        self._notes = bus.subscribe(f"{self.name}:notes", types=(Metrics,), senders=("metrics",), maxsize=256)
-        return sub
-
-    async def setup(self) -> None:
-        self.service = SERVICES.get(self.service_name)
-        if self.service is None:
-            raise ConfigError(f"audio_outputs/mqtt: no MQTT input named service {self.service_name!r} in this "
-                              "pipeline", "put an audio_inputs/mqtt stage (same `service` param) first")
-
-    async def run(self) -> None:
-        notes = asyncio.create_task(self._forward_notes())
-        try:
-            await super().run()
-        finally:
-            notes.cancel()
-            await asyncio.gather(notes, return_exceptions=True)
 
     async def process(self, event: Event) -> None:
         service, sid, turn = self.service, event.session_id, event.turn_id
@@ -131,38 +106,24 @@ class MqttAudioOutput(Stage):
         elif isinstance(event, VoiceStarted):
             await service.send_json(sid, "voice-started", turn=turn)
         else:  # TurnEnd
-            await self._notes_sent()  # the turn's Error / Metrics go out before its turn-end
+            await self.notes_sent()  # the turn's Error / Metrics go out before its turn-end
             if self._audio_seq.pop(event.turn, None) is not None:
                 await service.send_json(sid, "audio-stop", turn=turn)
             await service.send_json(sid, "turn-end", turn=turn, reason=event.reason, worker=service.config.worker)
             service.turn_ended(sid, turn)
 
-    async def _notes_sent(self) -> None:
-        while len(self._notes) or self._sending_note:
-            await asyncio.sleep(0.001)
-
-    async def _forward_notes(self) -> None:
-        notes = self._notes
-        while True:
-            event = await notes.get()
-            self._sending_note = True
-            try:
-                if isinstance(event, Shutdown):
-                    return
-                if "/" not in event.session_id:
-                    continue
-                if isinstance(event, Error):
-                    await self.service.send_json(event.session_id, "error", turn=event.turn_id, code="stage-failed",
-                                                 stage=event.stage, message=event.message, fix=event.fix)
-                elif isinstance(event, Metrics):
-                    await self.service.send_json(
-                        event.session_id, "metrics", turn=event.turn_id, worker=self.service.config.worker,
-                        reason=event.reason, first_text_ms=event.first_text_ms, first_audio_ms=event.first_audio_ms,
-                        first_audio_step=event.first_audio_step, audio_s=event.audio_s, wall_s=event.wall_s,
-                        rtf=event.rtf, text_tokens=event.text_tokens, stage_busy_ms=dict(event.stage_busy_ms))
-            finally:
-                self._sending_note = False
-                notes.task_done()
+    async def on_note(self, event: Error | Metrics) -> None:
+        if "/" not in event.session_id:
+            return  # not a device session
+        if isinstance(event, Error):
+            await self.service.send_json(event.session_id, "error", turn=event.turn_id, code="stage-failed",
+                                         stage=event.stage, message=event.message, fix=event.fix)
+        else:
+            await self.service.send_json(
+                event.session_id, "metrics", turn=event.turn_id, worker=self.service.config.worker,
+                reason=event.reason, first_text_ms=event.first_text_ms, first_audio_ms=event.first_audio_ms,
+                first_audio_step=event.first_audio_step, audio_s=event.audio_s, wall_s=event.wall_s,
+                rtf=event.rtf, text_tokens=event.text_tokens, stage_busy_ms=dict(event.stage_busy_ms))
 
 
 @hookimpl
