@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -195,15 +196,21 @@ def test_limits_on_sessions_and_message_rate(broker):
             with pytest.raises(ServiceError) as refused:
                 await client.session()
             await asyncio.sleep(2.5)  # let the site's message budget refill
+            started = time.monotonic()
             flood = [await first.send_text(f"q{i}") for i in range(20)]
+            sending_s = time.monotonic() - started
             answers = [await t.result(timeout=60) for t in flood]
-            return refused.value, answers
+            return refused.value, answers, sending_s
 
-    refused, answers = asyncio.run(scenario())
+    refused, answers, sending_s = asyncio.run(scenario())
     assert refused.code == "too-many-sessions"
     limited = [a for a in answers if [e["code"] for e in a.errors] == ["rate-limited"]]
     served = [a for a in answers if a.ok]
-    assert len(limited) + len(served) == 20 and 5 <= len(served) <= 12  # a burst of 2 s x 5 msg/s (+refill)
+    # a burst of 2 s x 5 msg/s, plus what refilled while the flood was being sent (slow on a loaded machine)
+    allowed = 10 + 5 * sending_s
+    assert len(limited) + len(served) == 20 and 5 <= len(served) <= allowed + 1, (len(served), sending_s)
+    if allowed + 1 < 20:
+        assert limited, "the flood outran the budget but nothing was rate-limited"
     assert all(a.reason == "error" for a in limited)  # every refused turn was ended, none hangs
 
 
