@@ -1,0 +1,154 @@
+"""End-to-end `omnivox chat` path at Mini-Omni shape (random weights): Whisper `small` encoder, the quantised
+LM, SNAC 24 kHz streaming decode, one spoken question, and where the wall clock goes.
+
+The pipeline is the chat one (EncoderStage -> LMStage -> CodecStage -> a recording sink), run once per
+thread placement, in the same process on the same weights:
+  shared   every heavy stage on torch's default threads (--threads): before the placement of issue 11, the LM
+           and the codec each start --threads OpenMP threads on the same cores
+  placed   the LM stage's default: LM thread --threads - 1 torch threads (at least 1), codec thread 1
+  lm-all   LM thread --threads torch threads, codec thread 1 (the codec's default)
+Per placement it prints: time to first audio (ms from the end of the question, and LM steps), the real-time
+factor from the first LM step (the LM's start, prefill included) to the last sample, RTF including the
+encoder, the wall-clock split (encoder, prefill, LM steps, codec busy), and each stage's busy time over the
+same work run alone (the encoder on the same audio; the LM generating the same turn; the codec stream-decoding
+the same frames on its thread budget): 1.0 = no slowdown from sharing the cores.
+
+    python benchmarks/bench_chat_e2e.py [--steps 48] [--seconds 2] [--threads 2] [--scheme int8-tensor] [--trim]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnivox import OmniModel, generate
+from omnivox.core import audio
+from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.quantize import DEFAULT_SCHEME, SCHEMES, quantize
+from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioStop, TextToken, TurnEnd, TurnStart
+from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, torch_executor
+from omnivox.core.runtime.pipeline import Pipeline
+from omnivox.core.runtime.stage import Stage
+from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
+from omnivox.plugins.whisper_encoder import load_whisper_encoder
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_whisper_trim import SMALL, question  # noqa: E402  (a 16 kHz espeak-ng question)
+
+FRAME_S = 2048 / 24000  # one SNAC 24 kHz coarse frame = one LM step
+
+
+class Recorder(Stage):
+    """Sink: the monotonic time of the first text token (LM step 0, the prefill's) and of every AudioOut."""
+
+    consumes = (TextToken, AudioOut)
+
+    def __init__(self):
+        super().__init__("recorder")
+        self.first_token: float | None = None
+        self.audio: list[tuple[float, int]] = []  # (time, samples)
+
+    async def process(self, event):
+        if isinstance(event, TextToken) and self.first_token is None:
+            self.first_token = event.timestamp
+        elif isinstance(event, AudioOut):
+            self.audio.append((time.monotonic(), len(event.audio) // 2))
+        return
+        yield  # pragma: no cover
+
+
+def question_events(pcm: np.ndarray) -> list:
+    fmt = audio.AudioFormat(rate=16000, width=2, channels=1)
+    data = audio.to_bytes(pcm.reshape(1, -1), fmt)
+    chunks = [AudioChunk(audio=data[i:i + 6400], rate=16000) for i in range(0, len(data), 6400)]
+    return [TurnStart(), AudioStart(rate=16000, width=2, channels=1), *chunks, AudioStop(), TurnEnd(reason="done")]
+
+
+def run_pipeline(encoder, model, codec, pcm, args, lm_threads: int | None, codec_threads: int | None) -> dict:
+    recorder = Recorder()
+    lm = LMStage(args.strategy, model=model, task="A1A2", max_steps=args.steps, threads=lm_threads)
+    stages = [EncoderStage(encoder), lm, CodecStage(codec, threads=codec_threads), recorder]
+    events = question_events(pcm)
+    start = time.monotonic()
+    turns = asyncio.run(Pipeline(stages).run(events))
+    metrics = turns[0]
+    busy = {k: v / 1000 for k, v in metrics.stage_busy_ms.items()}
+    question_end = start  # the events are fed at once: the question ends at the start
+    samples = sum(n for _, n in recorder.audio)
+    audio_s, last = samples / 24000, recorder.audio[-1][0]
+    lm_start = question_end + busy["encoder"]
+    result = next(iter(lm.results.values()))
+    return dict(first_audio_ms=metrics.first_audio_ms, first_audio_step=metrics.first_audio_step, audio_s=audio_s,
+                rtf_lm=(last - lm_start) / audio_s, rtf_all=(last - question_end) / audio_s, busy=busy,
+                prefill=recorder.first_token - lm_start, result=result)
+
+
+def alone(encoder, model, codec, pcm, frames: torch.Tensor, args, codec_threads: int | None) -> dict:
+    """The same work, one stage at a time."""
+    t = time.perf_counter()
+    features = encoder.encode(pcm.reshape(1, -1), 16000)
+    enc = time.perf_counter() - t
+    lm_threads = torch.get_num_threads()
+    t = time.perf_counter()
+    generate(model, task="A1A2", audio_features=torch.as_tensor(features), strategy=args.strategy, max_steps=args.steps)
+    lm = time.perf_counter() - t
+    torch.set_num_threads(lm_threads)
+
+    def decode():
+        decoder, t0 = codec.stream_decoder(), time.perf_counter()
+        for codes in frames:
+            decoder.push(codes)
+        decoder.flush()
+        return time.perf_counter() - t0
+
+    with torch_executor("alone-codec", codec_threads) as pool:
+        codec_s = pool.submit(decode).result()
+    return {"encoder": enc, "lm": lm, "codec": codec_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=48, help="answer length in LM steps")
+    parser.add_argument("--seconds", type=float, default=2.0, help="question length")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the process (the cores to use)")
+    parser.add_argument("--strategy", default="batch-parallel", help="decoding strategy (the streaming mode)")
+    parser.add_argument("--scheme", default=DEFAULT_SCHEME, choices=[*SCHEMES, "fp32"])
+    parser.add_argument("--trim", action="store_true", help="Whisper trim: encode only the question's frames")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    fp32 = OmniModel.random(OmniConfig.mini_omni(), seed=0)
+    model = fp32 if args.scheme == "fp32" else OmniModel(quantize(copy.deepcopy(fp32.lm), args.scheme), None)
+    del fp32
+    encoder = load_whisper_encoder(dims=SMALL, seed=0, trim=args.trim)
+    codec = SnacCodec.load(config=SNAC_24KHZ_CONFIG, seed=0)
+    pcm, what = question(args.seconds)
+    print(f"Mini-Omni shape (random weights), LM {args.scheme}, {args.strategy}, {args.steps} steps; Whisper small "
+          f"({'trimmed' if args.trim else 'padded 30 s'}); SNAC 24 kHz streaming; {args.seconds:.0f} s {what}; "
+          f"{args.threads} cores")
+    placements = {"shared": (args.threads, None), "placed": (max(1, args.threads - 1), 1),
+                  "lm-all": (args.threads, 1)}
+    run_pipeline(encoder, model, codec, pcm[:8000], argparse.Namespace(**{**vars(args), "steps": 9}), 1, 1)  # warm
+    print(f"{'placement':<10}{'first audio':>18}{'RTF (LM start)':>16}{'RTF (all)':>11}  split s: encoder / prefill / "
+          f"LM steps / codec busy   busy vs alone: encoder / LM / codec")
+    for name, (lm_threads, codec_threads) in placements.items():
+        got = run_pipeline(encoder, model, codec, pcm, args, lm_threads, codec_threads)
+        torch.set_num_threads(lm_threads)
+        ref = alone(encoder, model, codec, pcm, got["result"].frames, args, codec_threads)
+        torch.set_num_threads(args.threads)
+        busy = got["busy"]
+        lm_steps = busy["lm"] - got["prefill"]
+        print(f"{name:<10}{got['first_audio_ms']:>9.0f} ms @{got['first_audio_step']:>3}{got['rtf_lm']:>16.2f}"
+              f"{got['rtf_all']:>11.2f}  {busy['encoder']:.2f} / {got['prefill']:.2f} / {lm_steps:.2f} / "
+              f"{busy['codec']:.2f}   {busy['encoder'] / ref['encoder']:.2f}x / {busy['lm'] / ref['lm']:.2f}x / "
+              f"{busy['codec'] / ref['codec']:.2f}x   ({got['audio_s']:.2f} s of audio)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
