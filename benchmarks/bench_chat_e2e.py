@@ -90,16 +90,16 @@ def run_pipeline(encoder, model, codec, pcm, args, lm_threads: int | None, codec
                 prefill=recorder.first_token - lm_start, result=result)
 
 
-def alone(encoder, model, codec, pcm, frames: torch.Tensor, args, codec_threads: int | None) -> dict:
-    """The same work, one stage at a time."""
+def alone(encoder, model, codec, pcm, frames: torch.Tensor, args, lm_threads: int, codec_threads: int | None) -> dict:
+    """The same work, one stage at a time, each on its thread budget in the pipeline."""
     t = time.perf_counter()
-    features = encoder.encode(pcm.reshape(1, -1), 16000)
+    features = encoder.encode(pcm.reshape(1, -1), 16000)  # the encoder's budget: the process's threads
     enc = time.perf_counter() - t
-    lm_threads = torch.get_num_threads()
+    torch.set_num_threads(lm_threads)
     t = time.perf_counter()
     generate(model, task="A1A2", audio_features=torch.as_tensor(features), strategy=args.strategy, max_steps=args.steps)
     lm = time.perf_counter() - t
-    torch.set_num_threads(lm_threads)
+    torch.set_num_threads(args.threads)
 
     def decode():
         decoder, t0 = codec.stream_decoder(), time.perf_counter()
@@ -139,9 +139,7 @@ def main() -> None:
           f"LM steps / codec busy   busy vs alone: encoder / LM / codec")
     for name, (lm_threads, codec_threads) in placements.items():
         got = run_pipeline(encoder, model, codec, pcm, args, lm_threads, codec_threads)
-        torch.set_num_threads(lm_threads)
-        ref = alone(encoder, model, codec, pcm, got["result"].frames, args, codec_threads)
-        torch.set_num_threads(args.threads)
+        ref = alone(encoder, model, codec, pcm, got["result"].frames, args, lm_threads, codec_threads)
         busy = got["busy"]
         lm_steps = busy["lm"] - got["prefill"]
         print(f"{name:<10}{got['first_audio_ms']:>9.0f} ms @{got['first_audio_step']:>3}{got['rtf_lm']:>16.2f}"

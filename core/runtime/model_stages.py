@@ -51,10 +51,10 @@ def default_lm_threads() -> int:
 
 
 def torch_executor(name: str, threads: int | None) -> ThreadPoolExecutor:
-    """One worker thread whose torch intra-op thread count is `threads` (None: torch's default)."""
-    return ThreadPoolExecutor(1, thread_name_prefix=name,
-                              initializer=None if threads is None else torch.set_num_threads,
-                              initargs=() if threads is None else (threads,))
+    """One worker thread whose torch intra-op thread count is `threads` (None: the calling thread's count; a
+    new thread would otherwise start from OpenMP's default, not from torch.set_num_threads)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=torch.set_num_threads, initargs=(threads,))
 
 
 async def _off_loop(executor: ThreadPoolExecutor, fn, *args):
@@ -74,7 +74,7 @@ class EncoderStage(Stage):
     def __init__(self, encoder, *, name: str | None = None, threads: int | None = None):
         super().__init__(name or "encoder")
         self.encoder = encoder
-        self.threads = threads  # torch threads of its executor (None: torch's default)
+        self.threads = threads  # torch threads of its executor (None: those of the thread that starts it)
         self._executor: ThreadPoolExecutor | None = None
         self._chunks: dict[tuple[str, int], list[np.ndarray]] = {}
         self._rate: dict[tuple[str, int], int] = {}
