@@ -16,6 +16,7 @@ may still be streaming when the next one starts (the pipeline keeps a session's 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +42,18 @@ class ProtocolError(InputError):
         super().__init__(problem, fix)
         self.code, self.turn = code, turn
         self.dropped_turn = False  # the turn was fed to the pipeline and must be ended there (reason "error")
+
+
+def json_object(raw: bytes, *, code: str, subject: str, fix: str) -> dict:
+    """`raw` parsed as a JSON object; else ProtocolError(`code`) saying what `subject` (e.g. "the request
+    body") holds instead."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(code, f"{subject} is not UTF-8 JSON ({exc})", fix) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(code, f"{subject} is JSON {type(data).__name__}, not an object", fix)
+    return data
 
 
 @dataclass

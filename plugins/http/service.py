@@ -27,7 +27,7 @@ from importlib import resources
 from aiohttp import web
 
 from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, TextToken, TurnEnd
-from omnivox.core.runtime.sessions import Limits, ProtocolError, SessionEngine
+from omnivox.core.runtime.sessions import Limits, ProtocolError, SessionEngine, json_object
 from omnivox.plugins.http.wav import Question, decode_question, stream_header
 
 log = logging.getLogger(__name__)
@@ -181,15 +181,8 @@ class HttpService:
         except web.HTTPRequestEntityTooLarge:
             raise ProtocolError("body-too-large", f"the request body exceeds {self.config.max_body_bytes} bytes",
                                 "send a shorter recording") from None
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError("not-json", f"the request body is not JSON ({exc})",
-                                'POST a JSON object such as {"audio": "<base64 WAV>"}') from None
-        if not isinstance(body, dict):
-            raise ProtocolError("not-json", f"the request body is JSON {type(body).__name__}, not an object",
-                                'POST a JSON object such as {"audio": "<base64 WAV>"}')
-        return body
+        return json_object(raw, code="not-json", subject="the request body",
+                           fix='POST a JSON object such as {"audio": "<base64 WAV>"}')
 
     def _start_turn(self, question: Question | str) -> tuple[str, int]:
         """Open a session for one turn and feed its question; (session_id, turn). ProtocolError when refused

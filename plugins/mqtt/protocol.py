@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from omnivox.core.runtime.sessions import ProtocolError
+from omnivox.core.runtime.sessions import ProtocolError, json_object
 
 VERSION = 1
 PREFIX = "omnivox"
@@ -103,14 +103,8 @@ def encode_json(event: str, **fields: Any) -> bytes:
 
 def decode_json(payload: bytes, event: str) -> dict[str, Any]:
     """The JSON object of a control message; ProtocolError naming what is wrong."""
-    try:
-        data = json.loads(payload.decode("utf-8")) if payload else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("bad-json", f"{event}: payload is not UTF-8 JSON ({exc})",
-                            'send a JSON object such as {"version": 1}') from None
-    if not isinstance(data, dict):
-        raise ProtocolError("bad-json", f"{event}: payload is JSON {type(data).__name__}, not an object",
-                            'send a JSON object such as {"version": 1}')
+    data = json_object(payload, code="bad-json", subject=f"{event}: payload",
+                       fix='send a JSON object such as {"version": 1}') if payload else {}
     version = data.get("version")
     if version != VERSION:
         raise ProtocolError("unsupported-version", f"{event}: protocol version {version!r}, this service speaks "
