@@ -4,7 +4,8 @@ Per model and scheme:
   steps/s        batch-parallel streaming decode (A1A2, 2 rows), (steps - 1) / (steps-run time - 1-step run),
                  median of interleaved repeats, and the ratio to fp32
   teacher-forced top-1 agreement with fp32, per stream (text, audio 0..6; min and mean of the audio ones):
-                 both models read the question prompt + fp32's own greedy text-delay answer; every answer
+                 both models read the question prompt + fp32's own greedy text-delay answer as decoding
+                 does (prompt as one prefill, then one position per step on the KV cache); every answer
                  position counts
   greedy agreement  identical leading columns of the greedy text-delay answers (of --steps), per question
 Models: the Mini-Omni shape with random weights (always; --no-mini-omni skips it) and, with --export DIR, a
@@ -86,7 +87,7 @@ def quality_table(reference, candidate, questions, steps) -> tuple[dict[str, flo
         ids = torch.cat([prompt.ids, ref.tokens[None, :, :-1]], dim=-1)  # (1, S, T + L - 1): teacher forcing
         T = prompt.ids.shape[-1]
         agree = teacher_forced_agreement(reference.lm, candidate.lm, ids, features[None], prompt.audio_lengths,
-                                         positions=slice(T - 1, None))  # the L answer positions
+                                         answer_from=T)  # the L answer positions, one decoding step each
         for stream, value in agree.items():
             matches[stream] = matches.get(stream, 0.0) + value * ref.steps
         positions += ref.steps

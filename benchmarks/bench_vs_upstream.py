@@ -6,11 +6,13 @@ then runs per case upstream's own prompt builder (inference.py `get_input_ids_*`
 whose `embed_audio` returns the random (T, F) features and a stand-in tokenizer) and generate function
 (litgpt/generate/base.py, with inference.py's arguments: temperature 0.9, top_k 1), and `omnivox.generate` with
 the same task, the matching strategy (text-delay; batch-parallel for generate_TA_BATCH) and the same sampling
-(top_k 1: greedy). Checks the token streams are identical, for a 1-step run and a --steps run.
+(top_k 1: greedy). Checks the token streams are identical, for a --steps run.
 
 Per case: identical yes/no, omnivox's stop reason, steps, the first eot in the text stream (audio answers
-force pad_t after it), prefill seconds (the 1-step runs), decode steps/s ((steps - 1) / (time of the --steps
-run - prefill)), whole-answer steps/s, and omnivox/upstream ratios; medians of --repeats interleaved runs.
+force pad_t after it), prefill seconds (start to the end of the first model step), decode steps/s ((steps - 1)
+/ (time from the end of the first step to the end of the last), read off a clock at the end of every step:
+upstream's `next_token*` calls, omnivox's LM forward calls), whole-answer steps/s, and omnivox/upstream
+ratios; medians of --repeats interleaved runs.
 Random weights emit eot/eoa only for some seeds (--seed), otherwise the runs stop at the step budget.
 
 Upstream hard-codes the Mini-Omni vocabulary (inference.py module constants, utils/snac_utils.py
@@ -37,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,6 +144,46 @@ class IdsTokenizer:
         return torch.tensor(TEXT)
 
 
+class StepClock:
+    """Monotonic time at the end of every model step (the first one is the prefill) while installed."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def tick(self, *_args) -> None:
+        self.ends.append(time.perf_counter())
+
+    def rates(self, start: float) -> tuple[float, float]:
+        """(prefill seconds, decode steps/s) of one run that started at `start`."""
+        return self.ends[0] - start, (len(self.ends) - 1) / (self.ends[-1] - self.ends[0])
+
+
+@contextmanager
+def upstream_clock(up: SimpleNamespace):
+    """Wrap upstream's per-step functions (litgpt/generate/base.py next_token*) with a StepClock."""
+    clock, saved = StepClock(), {}
+    for name in dir(up.base):
+        if name.startswith("next_token"):
+            saved[name] = fn = getattr(up.base, name)
+            setattr(up.base, name, lambda *a, _fn=fn, **k: (_fn(*a, **k), clock.tick())[0])
+    try:
+        yield clock
+    finally:
+        for name, fn in saved.items():
+            setattr(up.base, name, fn)
+
+
+@contextmanager
+def omnivox_clock(model: OmniModel):
+    """A StepClock ticked after every forward of omnivox's LM (one per step; the first is the prefill)."""
+    clock = StepClock()
+    handle = model.lm.register_forward_hook(clock.tick)
+    try:
+        yield clock
+    finally:
+        handle.remove()
+
+
 def upstream_case(up: SimpleNamespace, case: str, features: torch.Tensor):
     """(positional args after the model, batch size) of UPSTREAM_FN[case], built and passed as inference.py
     does (its A1_A2, A1_T2, A1_T1, T1_A2, T1_T2, A1_A2_batch)."""
@@ -170,24 +213,28 @@ def run_upstream(up: SimpleNamespace, fabric, model, case: str, features: torch.
     args, batch = upstream_case(up, case, features)
     prompt_len = args[1][0].size(1)  # ids: 8 x (batch, T)
     inf = up.inference
-    start = time.perf_counter()
-    with fabric.init_tensor():
-        model.set_kv_cache(batch_size=batch)
-    out = getattr(up.base, UPSTREAM_FN[case])(
-        model, *args, max_returned_tokens=prompt_len + steps, temperature=0.9, top_k=1, eos_id_a=inf._eoa,
-        eos_id_t=inf._eot, pad_id_t=inf._pad_t, shift=inf.padded_text_vocabsize, include_prompt=True,
-        generate_text=True)  # inference.py's arguments
-    model.clear_kv_cache()
-    return out, time.perf_counter() - start
+    with upstream_clock(up) as clock:
+        start = time.perf_counter()
+        with fabric.init_tensor():
+            model.set_kv_cache(batch_size=batch)
+        out = getattr(up.base, UPSTREAM_FN[case])(
+            model, *args, max_returned_tokens=prompt_len + steps, temperature=0.9, top_k=1, eos_id_a=inf._eoa,
+            eos_id_t=inf._eot, pad_id_t=inf._pad_t, shift=inf.padded_text_vocabsize, include_prompt=True,
+            generate_text=True)  # inference.py's arguments
+        model.clear_kv_cache()
+        whole = time.perf_counter() - start
+    return out, (whole, *clock.rates(start))
 
 
 def run_omnivox(model: OmniModel, case: str, features: torch.Tensor, steps: int):
     task, strategy = ("A1A2", "batch-parallel") if case == "batch" else (case, "text-delay")
     inputs = dict(text_ids=TEXT) if task.startswith("T1") else dict(audio_features=features)
-    start = time.perf_counter()
-    result = generate(model, task=task, strategy=strategy, sampling=SamplingConfig(temperature=0.9, top_k=1),
-                      max_steps=steps, **inputs)
-    return result, time.perf_counter() - start
+    with omnivox_clock(model) as clock:
+        start = time.perf_counter()
+        result = generate(model, task=task, strategy=strategy, sampling=SamplingConfig(temperature=0.9, top_k=1),
+                          max_steps=steps, **inputs)
+        whole = time.perf_counter() - start
+    return result, (whole, *clock.rates(start))
 
 
 def first_difference(upstream: list, ours: list) -> str:
@@ -219,7 +266,7 @@ def main() -> int:
     tiny = args.shape == "tiny"
     steps = args.steps or (64 if tiny else 8)
     if steps < 2:
-        parser.error("--steps must be >= 2 (a 1-step run times the prefill)")
+        parser.error("--steps must be >= 2 (the decode rate needs two steps)")
     frames = args.frames or (20 if tiny else 50)
     repeats = args.repeats or (5 if tiny else 1)
     if args.threads:
@@ -245,47 +292,44 @@ def main() -> int:
           f"{'ratio':>6}", flush=True)
     all_identical = True
     for case in args.cases:
-        times = {key: [] for key in ("up1", "ours1", "up", "ours", *(f"{s}{n}" for s in quantized for n in "1N"))}
+        times = {side: [] for side in ("up", "ours", *quantized)}  # (whole s, prefill s, decode steps/s) per run
         q_tokens = {}
         identical = True
-        bar = tqdm(total=repeats * 2, desc=f"bench_vs_upstream {case}", unit="run", file=sys.stderr, disable=None,
+        bar = tqdm(total=repeats, desc=f"bench_vs_upstream {case}", unit="run", file=sys.stderr, disable=None,
                    leave=False)  # shown only when stderr is a terminal (TQDM_DISABLE above is upstream's default)
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides alike
-            for n in (1, steps):  # a 1-step run times the prefill
-                out, t_up = run_upstream(up, fabric, upstream_model, case, features, n)
-                result, t_ours = run_omnivox(ours, case, features, n)
-                times["up1" if n == 1 else "up"].append(t_up)
-                times["ours1" if n == 1 else "ours"].append(t_ours)
-                ours_tokens = (result.text_tokens if result.audio_tokens is None
-                               else result.audio_tokens + [result.text_tokens])
-                if out != ours_tokens:
-                    identical = False
-                    bar.write(f"  {case} ({n} steps) DIFFERS at {first_difference(out, ours_tokens)}")
-                for scheme, model in quantized.items():
-                    q_result, t_q = run_omnivox(model, case, features, n)
-                    times[f"{scheme}{'1' if n == 1 else 'N'}"].append(t_q)
-                    q_tokens[scheme] = q_result
-                bar.update()
+            out, t_up = run_upstream(up, fabric, upstream_model, case, features, steps)
+            result, t_ours = run_omnivox(ours, case, features, steps)
+            times["up"].append(t_up)
+            times["ours"].append(t_ours)
+            ours_tokens = (result.text_tokens if result.audio_tokens is None
+                           else result.audio_tokens + [result.text_tokens])
+            if out != ours_tokens:
+                identical = False
+                bar.write(f"  {case} DIFFERS at {first_difference(out, ours_tokens)}")
+            for scheme, model in quantized.items():
+                q_tokens[scheme], t_q = run_omnivox(model, case, features, steps)
+                times[scheme].append(t_q)
+            bar.update()
         bar.close()
         all_identical &= identical
-        t = {key: statistics.median(v) for key, v in times.items()}
+        t = {side: [statistics.median(run[i] for run in v) for i in range(3)] for side, v in times.items()}
         text = out[7] if case in ("A1A2", "T1A2", "batch") else out
         eot = up.inference._eot
         up_steps = len(text)
-        decode_up = (up_steps - 1) / (t["up"] - t["up1"])
-        decode_ours = (result.steps - 1) / (t["ours"] - t["ours1"])
+        whole_up = up_steps / t["up"][0]
         print(f"{case:<6} {UPSTREAM_FN[case]:<18} {'yes' if identical else 'NO':<4} {result.stop_reason:<9} "
               f"{result.steps:>5} {text.index(eot) if eot in text else '-':>4} | "
-              f"{t['up1']:>8.3f} {t['ours1']:>8.3f} | {decode_up:>11.1f} {decode_ours:>10.1f} "
-              f"{decode_ours / decode_up:>5.2f}x | {up_steps / t['up']:>10.1f} {result.steps / t['ours']:>10.1f} "
-              f"{result.steps / t['ours'] / (up_steps / t['up']):>5.2f}x", flush=True)
+              f"{t['up'][1]:>8.3f} {t['ours'][1]:>8.3f} | {t['up'][2]:>11.2f} {t['ours'][2]:>10.2f} "
+              f"{t['ours'][2] / t['up'][2]:>5.2f}x | {whole_up:>10.2f} {result.steps / t['ours'][0]:>10.2f} "
+              f"{result.steps / t['ours'][0] / whole_up:>5.2f}x", flush=True)
         up_grid = torch.tensor(out if isinstance(out[0], list) else [out])
         for scheme, q in q_tokens.items():
             q_grid = q.tokens if q.audio_tokens is not None else q.tokens[-1:]
-            decode_q = (q.steps - 1) / (t[f"{scheme}N"] - t[f"{scheme}1"])
-            print(f"  {scheme:<18} decode {decode_q:.1f} steps/s ({decode_q / decode_up:.2f}x upstream), whole "
-                  f"{q.steps / t[f'{scheme}N']:.1f} steps/s ({q.steps / t[f'{scheme}N'] / (up_steps / t['up']):.2f}x"
-                  f"), first {greedy_agreement(up_grid, q_grid)} of {q.steps} columns equal upstream's", flush=True)
+            decode_q, whole_q = t[scheme][2], q.steps / t[scheme][0]
+            print(f"  {scheme:<18} decode {decode_q:.1f} steps/s ({decode_q / t['up'][2]:.2f}x upstream), whole "
+                  f"{whole_q:.1f} steps/s ({whole_q / whole_up:.2f}x), prefill {t[scheme][1]:.3f} s, first "
+                  f"{greedy_agreement(up_grid, q_grid)} of {q.steps} columns equal upstream's", flush=True)
     return 0 if all_identical else 1
 
 

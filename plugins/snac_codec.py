@@ -220,37 +220,42 @@ def _check_state(snac: nn.Module, state: dict, path: Path) -> None:
 
 
 # ---- streaming layers ---------------------------------------------------------------------------------
-# Each node maps (1, C, n) chunks. run(x, spec, upto) commits the new exact inputs x and returns
-# (exact outputs now computable, speculative outputs or None). `spec` continues x speculatively (None: no
-# speculation); the speculative outputs are those that would follow if the stream ended after spec (zero
-# padding), computed only up to absolute output position `upto` (None: to the end), in the same kernel
-# calls as the exact ones. need(upto): the absolute input position those outputs read up to.
-
-
-def _empty(x: Tensor, channels: int) -> Tensor:
-    return x.new_zeros(x.shape[0], channels, 0)
-
-
-def _split(y: Tensor, n: int, spec: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    return (y, None) if spec is None else (y[..., :n], y[..., n:])
+# Each node maps (1, C, L) chunks. run(x, n, upto): the first n columns of x are new exact inputs (committed
+# to the node's state), the rest continue them speculatively; returns (y, n_out): the outputs computable now,
+# of which the first n_out are exact and the rest are those that would follow if the stream ended after x
+# (the layers' zero padding), computed only up to absolute output position `upto` (None: to the end). Exact
+# and speculative columns go through the same kernel calls in one buffer. need(upto): the absolute input
+# position those outputs read up to.
 
 
 class _StreamPointwise:
-    """Snake, Tanh, bypassed noise, k=1 convs: no context."""
+    """Tanh, bypassed noise, k=1 convs: no context."""
 
     def __init__(self, fn):
         self.fn = fn
 
-    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
-        both = x if spec is None else torch.cat([x, spec], -1)
-        return _split(self.fn(both) if both.shape[-1] else both, x.shape[-1], spec)
+    def run(self, x: Tensor, n: int, upto: int | None):
+        return (self.fn(x) if x.shape[-1] else x), n
 
     def need(self, upto: int) -> int:
         return upto
 
 
+def _snake(module: nn.Module):
+    """Snake1d, x + sin(alpha x)^2 / (alpha + 1e-9), with in-place steps: bit-identical to snac's snake,
+    two buffers fewer per call."""
+    alpha = module.alpha.detach()  # (1, C, 1)
+    inverse = (alpha + 1e-9).reciprocal()
+
+    def run(x: Tensor) -> Tensor:  # (1, C, n) -> (1, C, n)
+        y = torch.mul(alpha, x)
+        return y.sin_().pow_(2).mul_(inverse).add_(x)
+
+    return run
+
+
 class _StreamConv:
-    """Stride-1 Conv1d with `padding` zeros each side: keeps the last (kernel-1)*dilation inputs."""
+    """Stride-1 Conv1d with `padding` zeros each side: keeps the last (kernel-1)*dilation exact inputs."""
 
     def __init__(self, conv: nn.Conv1d):
         self.weight, self.bias = conv.weight, conv.bias
@@ -260,18 +265,22 @@ class _StreamConv:
         self.state = conv.weight.new_zeros(1, conv.in_channels, conv.padding[0])  # left zero padding
         self.n_out = 0
 
-    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
-        buf = torch.cat([self.state, x], dim=-1)
-        n_exact = max(0, buf.shape[-1] - self.span)
-        self.state = buf[..., buf.shape[-1] - min(self.span, buf.shape[-1]) :]
-        if spec is not None:
-            length = None if upto is None else max(buf.shape[-1], upto - self.n_out + self.span)
-            buf = F.pad(torch.cat([buf, spec], -1), (0, self.right_pad))[..., :length]
+    def run(self, x: Tensor, n: int, upto: int | None):
+        held = self.state.shape[-1]
+        n_buf = held + n  # exact inputs in reach
+        n_exact = max(0, n_buf - self.span)
+        length = held + x.shape[-1] + self.right_pad  # all of x, then the end of the stream if it ended there
+        if upto is not None:
+            length = min(length, max(n_buf, upto - self.n_out + self.span))
+        keep = min(x.shape[-1], length - held)
+        pad = x.new_zeros(1, x.shape[1], length - held - keep)
+        buf = torch.cat([self.state, x[..., :keep], pad], dim=-1)  # (1, C, length), contiguous
+        self.state = buf[..., n_buf - min(self.span, n_buf) : n_buf]
         self.n_out += n_exact
         if buf.shape[-1] <= self.span:
-            return _split(_empty(x, self.weight.shape[0]), 0, spec)
+            return x.new_zeros(1, self.weight.shape[0], 0), 0
         y = F.conv1d(buf, self.weight, self.bias, dilation=self.dilation, groups=self.groups)
-        return _split(y, n_exact, spec)
+        return y, n_exact
 
     def need(self, upto: int) -> int:
         return upto + self.right_pad
@@ -299,52 +308,49 @@ class _StreamConvTranspose:
         self.prev = w.new_zeros(1, w.shape[0], 1)  # the input before the first: contributes 0
         self.n_in = 0
 
-    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
-        m = x.shape[-1]
-        ends = spec is not None
-        if spec is not None and upto is not None:
-            k_need = self.need(upto) - self.n_in - m
-            ends = k_need > spec.shape[-1]  # asked beyond the speculative input: its end is the stream's end
-            spec = spec[..., : max(0, k_need)]
-        seq = x if spec is None else torch.cat([x, spec], -1)  # (1, C_in, L)
-        n_seq, prev = seq.shape[-1], self.prev
+    def run(self, x: Tensor, n: int, upto: int | None):
+        ends = True  # the speculative inputs reach the stream's (assumed) end
+        if upto is not None:
+            k_need = self.need(upto) - self.n_in - n
+            ends = k_need > x.shape[-1] - n  # asked beyond the speculative input: its end is the stream's end
+            x = x[..., : n + max(0, k_need)]
+        n_seq, prev = x.shape[-1], self.prev
         start = self.n_in * self.s  # full position of the first block computed here
         first = max(start, self.pad)  # full position of the first output returned
-        n_exact = max(0, (self.n_in + m) * self.s - first)
+        n_exact = max(0, (self.n_in + n) * self.s - first)
         total = self.n_in + n_seq
-        if m:
-            self.prev = x[..., -1:]
-        self.n_in += m
+        if n:
+            self.prev = x[..., n - 1 : n]
+        self.n_in += n
         if n_seq == 0 and not (ends and total):
-            return _split(_empty(x, self.c_out), 0, spec)
-        before = torch.cat([prev, seq], -1)[0].t()  # (L + 1, C_in): x_(j-1) for block j; the last feeds the tail
+            return x.new_zeros(1, self.c_out, 0), 0
+        before = torch.cat([prev, x], -1)[0].t()  # (L + 1, C_in): x_(j-1) for block j; the last feeds the tail
         y = F.linear(before if ends else before[:n_seq], self.w_before)  # (blocks, C_out*s)
-        y[:n_seq] += F.linear(seq[0].t(), self.w_now)
+        y[:n_seq] += F.linear(x[0].t(), self.w_now)
         y = y.view(-1, self.c_out, self.s)
         if self.bias is not None:
             y = y + self.bias
         y = y.permute(1, 0, 2).reshape(1, self.c_out, -1)  # (1, C_out, blocks*s) from full position `start`
         hi = self.pad + total * self.s - start if ends else y.shape[-1]
-        return _split(y[..., first - start : max(first - start, hi)], n_exact, spec)
+        return y[..., first - start : max(first - start, hi)], n_exact
 
     def need(self, upto: int) -> int:
         return (upto - 1 + self.pad) // self.s + 1 if upto > 0 else 0
 
 
 class _StreamResidual:
-    """x + block(x): holds the skip inputs until the block's (lagging) output for them is exact."""
+    """x + block(x): holds the exact skip inputs until the block's (lagging) output for them is exact."""
 
     def __init__(self, block: _StreamSequence):
         self.block = block
         self.skip: Tensor | None = None
 
-    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
-        y, y_spec = self.block.run(x, spec, upto)
-        skip = x if self.skip is None else torch.cat([self.skip, x], -1)
-        out, self.skip = skip[..., : y.shape[-1]] + y, skip[..., y.shape[-1] :]
-        if spec is not None:
-            y_spec = torch.cat([self.skip, spec], -1)[..., : y_spec.shape[-1]] + y_spec
-        return out, y_spec
+    def run(self, x: Tensor, n: int, upto: int | None):
+        y, n_out = self.block.run(x, n, upto)
+        skip = x if self.skip is None else torch.cat([self.skip, x], -1)  # held + new exact + speculative
+        n_held = skip.shape[-1] - x.shape[-1] + n
+        self.skip = skip[..., n_out:n_held]
+        return skip[..., : y.shape[-1]] + y, n_out
 
     def need(self, upto: int) -> int:
         return self.block.need(upto)
@@ -354,13 +360,13 @@ class _StreamSequence:
     def __init__(self, nodes: list):
         self.nodes = nodes
 
-    def run(self, x: Tensor, spec: Tensor | None, upto: int | None):
+    def run(self, x: Tensor, n: int, upto: int | None):
         uptos = [upto]
         for node in reversed(self.nodes[1:]):
             uptos.append(None if upto is None else node.need(uptos[-1]))
         for node, u in zip(self.nodes, reversed(uptos), strict=True):
-            x, spec = node.run(x, spec, u)
-        return x, spec
+            x, n = node.run(x, n, u)
+        return x, n
 
     def need(self, upto: int) -> int:
         for node in reversed(self.nodes):
@@ -397,7 +403,9 @@ def _stream_graph(module: nn.Module):
         return _StreamPointwise(_pointwise_conv(module)) if module.kernel_size[0] == 1 else _StreamConv(module)
     if isinstance(module, nn.ConvTranspose1d):
         return _StreamConvTranspose(module)
-    if isinstance(module, (Snake1d, nn.Tanh, NoiseBlock)):
+    if isinstance(module, Snake1d):
+        return _StreamPointwise(_snake(module))
+    if isinstance(module, (nn.Tanh, NoiseBlock)):
         return _StreamPointwise(module)
     raise ConfigError(
         f"SNAC decoder layer {type(module).__name__} has no streaming form (local attention: 32/44 kHz models)",
@@ -433,11 +441,12 @@ class SnacStreamDecoder:
             z = self.codec.latents(frame)  # (1, latent_dim, strides[0])
             self.n_frames += 1
             due = self.n_frames * self.spf - self.lookahead  # audio up to here is returned now
-            y, tail = self.graph.run(z, z[..., :0], max(due, 0))  # tail: as if the stream ended here
-            self._take_exact(y[0, 0].float())
+            y, n_exact = self.graph.run(z, z.shape[-1], max(due, 0))  # after n_exact: as if it ended here
+            y, tail = y[0, 0].float(), y[0, 0, n_exact:].float()
+            self._take_exact(y[:n_exact])
             if due <= self.emitted:
                 return torch.zeros(0)
-            return self._emit(torch.cat([self.pending, tail[0, 0].float()]), due)
+            return self._emit(torch.cat([self.pending, tail]), due)
 
     def flush(self) -> Tensor:
         """The rest of the utterance (the end-of-stream tail upstream drops). The decoder is then spent."""
@@ -445,7 +454,7 @@ class SnacStreamDecoder:
         self.closed = True
         with torch.inference_mode():
             empty = torch.zeros(1, self.codec.model.latent_dim, 0)
-            _, tail = self.graph.run(empty, empty, None)
+            tail, _ = self.graph.run(empty, 0, None)
         return self._emit(torch.cat([self.pending, tail[0, 0].float()]), self.n_frames * self.spf)
 
     def _check_open(self) -> None:

@@ -3,6 +3,8 @@ quantised models decode, and the quality guard counts agreement correctly."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -12,6 +14,7 @@ from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import generate
 from omnivox.core.kernel.model import FewRowsLinear
+from omnivox.core.kernel import quantize as quantize_module
 from omnivox.core.kernel.quantize import (
     DEFAULT_SCHEME,
     SCHEMES,
@@ -94,6 +97,27 @@ def test_teacher_forced_agreement_counts_top1_matches_per_stream():
     last = teacher_forced_agreement(reference.lm, candidate.lm, prompt.ids, positions=slice(-1, None))
     assert last["text"] == float(ref.text_logits[0, -1].argmax() == new.text_logits[0, -1].argmax())
 
+
+
+def test_stepwise_agreement_reads_as_decoding_does():
+    """answer_from: prefill then one position per call, as a decoder runs; on fp32 the same top-1 as one
+    forward, and a quantised model is compared on what it computes when decoding."""
+    reference = _tiny(seed=3)
+    prompt = reference.layout.text_prompt([5, 6, 7, 8, 9, 10], "T1A2")
+    P = prompt.ids.shape[-1] - 4
+    with torch.inference_mode():
+        whole = reference.lm(prompt.ids)
+        steps = quantize_module._stepwise_logits(reference.lm, prompt.ids, None, None, P)
+    torch.testing.assert_close(steps[0], whole.text_logits[:, P - 1 :], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steps[1], whole.audio_logits[:, :, P - 1 :], rtol=1e-4, atol=1e-4)
+    same = teacher_forced_agreement(reference.lm, reference.lm, prompt.ids, answer_from=P)
+    assert all(v == 1.0 for v in same.values())
+    candidate = quantize(copy.deepcopy(reference.lm), "int8-tensor")
+    got = teacher_forced_agreement(reference.lm, candidate, prompt.ids, answer_from=P)
+    with torch.inference_mode():
+        new = quantize_module._stepwise_logits(candidate, prompt.ids, None, None, P)
+    expected = (steps[0].argmax(-1) == new[0].argmax(-1)).float().mean().item()
+    assert got["text"] == pytest.approx(expected)
 
 def test_greedy_agreement_is_the_identical_prefix():
     a = torch.arange(24).view(3, 8)

@@ -106,17 +106,44 @@ def _fp32(weight: torch.Tensor) -> nn.Module:
 def teacher_forced_agreement(reference: OmniLM, candidate: OmniLM, ids: torch.Tensor,
                              audio_features: torch.Tensor | None = None,
                              audio_lengths: Sequence[int] | None = None,
-                             positions: slice = slice(None)) -> dict[str, float]:
+                             positions: slice = slice(None), answer_from: int | None = None) -> dict[str, float]:
     """Both models read the same ids (B, S, T) [+ features]; per stream ("text", "audio 0", ...), the
-    fraction of `positions` (of every row) where their top-1 ids are equal."""
+    fraction of compared positions (of every row) where their top-1 ids are equal.
+
+    `answer_from=P`: read as decoding does (what a deployed model computes): ids[..., :P] as one prefill
+    (features included), then every later position one step at a time on the KV cache; the P - 1 ... T - 1
+    positions are compared (`positions` is then ignored). Dynamic int8 quantises each call's activations
+    with one scale, so one forward over the whole sequence (answer_from=None, all of `positions`) measures
+    a different, coarser model than the one that decodes."""
     with torch.inference_mode():
-        ref = reference(ids, audio_features, audio_lengths)
-        new = candidate(ids, audio_features, audio_lengths)
-    out = {"text": _same_top1(ref.text_logits[:, positions], new.text_logits[:, positions])}
-    if ref.audio_logits is not None:
-        for i in range(ref.audio_logits.shape[1]):
-            out[f"audio {i}"] = _same_top1(ref.audio_logits[:, i, positions], new.audio_logits[:, i, positions])
+        if answer_from is None:
+            ref = _logits(reference(ids, audio_features, audio_lengths), positions)
+            new = _logits(candidate(ids, audio_features, audio_lengths), positions)
+        else:
+            ref = _stepwise_logits(reference, ids, audio_features, audio_lengths, answer_from)
+            new = _stepwise_logits(candidate, ids, audio_features, audio_lengths, answer_from)
+    out = {"text": _same_top1(ref[0], new[0])}
+    if ref[1] is not None:
+        for i in range(ref[1].shape[1]):
+            out[f"audio {i}"] = _same_top1(ref[1][:, i], new[1][:, i])
     return out
+
+
+def _logits(out, positions: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(text (B, T', V), audio (B, A, T', V_a) or None) at `positions`."""
+    audio = None if out.audio_logits is None else out.audio_logits[:, :, positions]
+    return out.text_logits[:, positions], audio
+
+
+def _stepwise_logits(lm: OmniLM, ids: torch.Tensor, features, lengths, answer_from: int):
+    """Prefill ids[..., :answer_from], then one position per call: logits of positions answer_from - 1 ..."""
+    cache = lm.new_cache()
+    outs = [lm(ids[..., :answer_from], features, lengths, cache=cache, last_only=True)]
+    for t in range(answer_from, ids.shape[-1]):
+        outs.append(lm(ids[..., t : t + 1], cache=cache))
+    text = torch.cat([o.text_logits for o in outs], dim=1)  # (B, T - answer_from + 1, V)
+    audio = None if outs[0].audio_logits is None else torch.cat([o.audio_logits for o in outs], dim=2)
+    return text, audio
 
 
 def greedy_agreement(reference_tokens: torch.Tensor, candidate_tokens: torch.Tensor) -> int:
