@@ -131,8 +131,8 @@ def _chat(*args, cwd):
 def test_omnivox_chat_on_spoken_question(tmp_path):
     question = tmp_path / "question.wav"
     subprocess.run(["espeak-ng", "-w", str(question), "What is the capital of France?"], check=True)
-    run = _chat("--input", str(question), "--output", "answer.wav", "--text-out", "answer.txt",
-                "--max-steps", "40", cwd=tmp_path)
+    run = _chat("--checkpoint", "random", "--input", str(question), "--output", "answer.wav", "--text-out",
+                "answer.txt", "--max-steps", "40", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert demo.NOTICE in run.stderr and "first audio" in run.stderr
     data, rate = sf.read(tmp_path / "answer.wav")
@@ -145,7 +145,8 @@ CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ufffd]")  # C0 but newline, 
 
 def test_chat_prints_no_control_bytes_and_shows_ids_for_undecodable_bytes(tmp_path):
     """The random model's answer is random bytes: the terminal and --text-out get escapes and ids instead."""
-    run = _chat("--text", "hello", "--task", "T1T2", "--max-steps", "48", "--text-out", "answer.txt", cwd=tmp_path)
+    run = _chat("--checkpoint", "random", "--text", "hello", "--task", "T1T2", "--max-steps", "48", "--text-out",
+                "answer.txt", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     written = (tmp_path / "answer.txt").read_text(encoding="utf-8")
     for text in (run.stdout, written):
@@ -177,7 +178,7 @@ def test_chat_bad_inputs_fail_clearly(tmp_path):
     run = _chat("--input", "missing.wav", cwd=tmp_path)
     assert run.returncode == 2 and "missing.wav does not exist" in run.stderr and "Traceback" not in run.stderr
     (tmp_path / "notes.wav").write_text("not audio at all")
-    run = _chat("--input", "notes.wav", cwd=tmp_path)
+    run = _chat("--checkpoint", "random", "--input", "notes.wav", cwd=tmp_path)
     assert run.returncode == 2 and "cannot read audio file" in run.stderr and "Traceback" not in run.stderr
     run = _chat("--text", "hi", "--task", "A1A2", cwd=tmp_path)
     assert run.returncode == 2 and "takes audio" in run.stderr

@@ -34,7 +34,8 @@ def test_http_makes_the_broker_optional_and_both_serve_one_pipeline():
     assert serve.transports(values_of("--http", "60808")) == ["http"]
     assert serve.transports(values_of("--http", "0.0.0.0:8080", "--broker", "mqtt://b:1883")) == ["mqtt", "http"]
     assert serve.http_params(values_of("--http", "0.0.0.0:8080")) == {"host": "0.0.0.0", "port": 8080}
-    args = build_parser().parse_args(["serve", "--http", "0", "--broker", "mqtt://127.0.0.1:1"])
+    args = build_parser().parse_args(["serve", "--http", "0", "--broker", "mqtt://127.0.0.1:1", "--checkpoint",
+                                      "random"])
     pipeline = serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
     kinds = [type(stage).__name__ for stage in pipeline.stages]
     assert kinds.count("LMStage") == 1 and isinstance(pipeline.stages[0], MqttAudioInput)
@@ -55,7 +56,8 @@ def test_serve_http_and_mqtt_at_once_answers_both(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "serve", "--http", f"127.0.0.1:{port}",
-                               "--broker", broker.url, "--max-steps", "24"], stderr=subprocess.PIPE, text=True,
+                               "--broker", broker.url, "--max-steps", "24", "--checkpoint", "random"],
+                              stderr=subprocess.PIPE, text=True,
                               env=env)
     try:
         lines: list[str] = []

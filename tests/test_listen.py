@@ -161,7 +161,7 @@ def listen(va: VirtualAudio, tmp_path: Path, *args: str, stop_after: float | Non
     """Run `omnivox listen` on the virtual devices; returns (exit code, stdout, stderr, turns, summary, played).
     `stop_after`: send Ctrl-C (SIGINT) after that many seconds instead of waiting for --max-turns."""
     trace = tmp_path / "trace.jsonl"
-    command = [sys.executable, "-m", "omnivox.core.cli.main", "listen", "--trace", str(trace),
+    command = [sys.executable, "-m", "omnivox.core.cli.main", "listen", "--checkpoint", "random", "--trace", str(trace),
                "--record", str(tmp_path / "played.wav"), *args]
     process = subprocess.Popen(command, env=va.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)

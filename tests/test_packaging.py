@@ -33,12 +33,17 @@ def test_non_editable_install_imports_all_subpackages(tmp_path):
         if relative.parts[0] in ("core", "plugins", "training") or relative == Path("__init__.py"):
             assert (target / "omnivox" / relative).is_file(), f"{relative} missing from the installed package"
     assert not (target / "core").exists() and not (target / "tests").exists()
+    for shipped in (ROOT / "models" / "demo").rglob("*"):  # the shipped demo model is package data
+        if shipped.is_file():
+            relative = shipped.relative_to(ROOT)
+            assert (target / "omnivox" / relative).is_file(), f"{relative} missing from the installed package"
 
 
 @pytest.mark.slow
 def test_wheel_from_clean_checkout_runs_chat_in_fresh_venv(tmp_path):
     """git clone of HEAD -> pip wheel -> a venv WITHOUT the system site (so neither the editable install nor
-    this repository can be reached) -> `omnivox chat --text hello --output a.wav` from an unrelated folder.
+    this repository can be reached) -> `omnivox chat --checkpoint random --text hello --output a.wav` from an
+    unrelated folder.
     torch is pinned to the running one (the CPU build the Makefile installs: a local wheel, not CUDA's GBs)."""
     import torch
 
@@ -66,8 +71,8 @@ def test_wheel_from_clean_checkout_runs_chat_in_fresh_venv(tmp_path):
                             "print(any('site-packages' in p and p.startswith(sys.base_prefix) for p in sys.path))"],
                  cwd=work, env=env).stdout.split()
     assert Path(where[0]).is_relative_to(venv) and where[1] == "False"  # the wheel's copy; no system site
-    chat = step("chat", [str(venv / "bin" / "omnivox"), "chat", "--text", "hello", "--output", "a.wav",
-                         "--max-steps", "24"], cwd=work, env=env)
+    chat = step("chat", [str(venv / "bin" / "omnivox"), "chat", "--checkpoint", "random", "--text", "hello",
+                         "--output", "a.wav", "--max-steps", "24"], cwd=work, env=env)
     info = sf.info(work / "a.wav")
     assert info.samplerate == 24000 and info.frames > 0
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", chat.stdout)

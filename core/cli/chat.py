@@ -9,12 +9,11 @@ import sys
 import unicodedata
 from pathlib import Path
 
+from omnivox.core.cli import demo
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 from omnivox.core.runtime.events import Event, TextToken, TurnEnd
 from omnivox.core.runtime.stage import Stage
-
-DEFAULT_CODEC = "hubertsiuzdak/snac_24khz"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,13 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="question as text (tasks T1A2 / T1T2)")
     p.add_argument("--output", default="answer.wav", metavar="AUDIO", help="where to write the spoken answer")
     p.add_argument("--text-out", metavar="FILE", help="also write the text answer to FILE")
-    p.add_argument("--checkpoint", metavar="DIR",
-                   help="Mini-Omni (upstream or converted) checkpoint dir; without it a tiny random model runs")
+    demo.add_model_options(p)
     p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
     p.add_argument("--task", choices=TASKS, help="default: A1A2 for audio input, T1A2 for text input")
-    p.add_argument("--whisper", metavar="PT", help="whisper checkpoint (default: CHECKPOINT/small.pt)")
-    p.add_argument("--codec", metavar="MODEL", default=DEFAULT_CODEC, help="SNAC model dir or hub id")
-    p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; demo 96)")
+    p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (upstream's top_k=1)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -105,8 +101,7 @@ def _ids(ids: list[int]) -> str:
 
 def build_pipeline(args: argparse.Namespace, say=print):
     """The chat pipeline's stages (returned as a Pipeline) and the printer; validates inputs first."""
-    from omnivox.core.cli import demo
-    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, check_compatible
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
     from omnivox.core.runtime.pipeline import Pipeline
     from omnivox.plugins.audio_files import FileAudioInput, FileAudioOutput
     from omnivox.plugins.text_input import TextInput
@@ -122,20 +117,10 @@ def build_pipeline(args: argparse.Namespace, say=print):
     if speech_out and not Path(args.output).expanduser().resolve().parent.is_dir():
         raise InputError(f"cannot write {args.output}: its folder does not exist", "create it first")
 
-    if args.checkpoint in (None, demo.TINY):
-        say(demo.NOTICE)
-        model, max_steps = demo.tiny_model(args.seed or 0), args.max_steps or 96
-        encoder = demo.tiny_encoder() if args.input else None
-        codec = demo.random_snac() if speech_out else None
-    else:
-        from omnivox.core.contracts.manager import create
-        from omnivox.core.kernel.checkpoint import OmniModel
-
-        model, max_steps = OmniModel.from_pretrained(args.checkpoint), args.max_steps or 600
-        whisper = args.whisper or str(Path(args.checkpoint) / "small.pt")
-        encoder = create("encoders", "whisper", checkpoint=whisper) if args.input else None
-        codec = create("codecs", "snac", model=args.codec) if speech_out else None
-    check_compatible(model, encoder, codec)
+    model, encoder, codec, default_steps = demo.model_kit(
+        args.checkpoint, encoder=args.encoder, whisper=args.whisper, codec=args.codec, hear=bool(args.input),
+        speak=speech_out, seed=args.seed or 0, say=say)
+    max_steps = args.max_steps or default_steps
 
     stages: list[Stage] = [FileAudioInput(args.input) if args.input else TextInput(args.text)]
     if encoder is not None:

@@ -12,6 +12,7 @@ import signal
 import sys
 from dataclasses import asdict, dataclass
 
+from omnivox.core.cli import demo
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioStop, CodecFrame, Event, TextToken, TurnEnd, VoiceStopped
 from omnivox.core.runtime.stage import Stage
@@ -21,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("listen", help="talk to the assistant through the microphone and speaker",
                        description="The local microphone assistant: speak, hear the answer start while the model "
                                    "is still thinking; in full duplex, talk over it to interrupt. Ctrl-C stops.")
-    p.add_argument("--checkpoint", metavar="DIR",
-                   help="Mini-Omni (upstream or converted) checkpoint dir; without it a tiny random model runs")
+    demo.add_model_options(p)
     p.add_argument("--duplex", choices=("half", "full"), default="half",
                    help="half: the microphone is ignored while the assistant speaks (open speakers); "
                         "full: speaking over the answer interrupts it (headset)")
@@ -42,10 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-turns", type=int, metavar="N", help="exit after N finished turns (answered or interrupted)")
     p.add_argument("--record", metavar="FILE", help="also write everything played to FILE (WAV)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per finished turn (timings, positions)")
-    p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; demo 96)")
+    p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
-    p.add_argument("--whisper", metavar="PT", help="whisper checkpoint (default: CHECKPOINT/small.pt)")
-    p.add_argument("--codec", metavar="MODEL", default="hubertsiuzdak/snac_24khz", help="SNAC model dir or hub id")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
     p.set_defaults(func=listen)
@@ -183,27 +181,15 @@ def list_devices() -> int:
 
 def build(args: argparse.Namespace, say=print):
     """The assistant's stages as a Pipeline, plus the VAD, view and speaker the console reads."""
-    from omnivox.core.cli import demo
-    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, check_compatible
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
     from omnivox.core.runtime.pipeline import Pipeline
     from omnivox.core.runtime.playback import reset_playback_state
     from omnivox.plugins.silero_vad import SileroVAD
     from omnivox.plugins.sounddevice_io import MicrophoneInput, SpeakerOutput
 
-    if args.checkpoint in (None, demo.TINY):
-        say(demo.NOTICE)
-        model, max_steps = demo.tiny_model(args.seed), args.max_steps or 96
-        encoder, codec = demo.tiny_encoder(), demo.random_snac()
-    else:
-        from pathlib import Path
-
-        from omnivox.core.contracts.manager import create
-        from omnivox.core.kernel.checkpoint import OmniModel
-
-        model, max_steps = OmniModel.from_pretrained(args.checkpoint), args.max_steps or 600
-        encoder = create("encoders", "whisper", checkpoint=args.whisper or str(Path(args.checkpoint) / "small.pt"))
-        codec = create("codecs", "snac", model=args.codec)
-    check_compatible(model, encoder, codec)
+    model, encoder, codec, default_steps = demo.model_kit(args.checkpoint, encoder=args.encoder, whisper=args.whisper,
+                                                          codec=args.codec, seed=args.seed, say=say)
+    max_steps = args.max_steps or default_steps
     playback = reset_playback_state("listen")
     mic = MicrophoneInput(args.input_device, device_rate=args.input_rate)
     vad = SileroVAD(threshold=args.threshold, min_speech_ms=args.min_speech_ms, end_silence_ms=args.silence_ms,

@@ -11,6 +11,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from omnivox.core.cli import demo
 from omnivox.core.errors import ConfigError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
 
@@ -30,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve HTTP on this address (Mini-Omni's port is 60808; host default 127.0.0.1)")
     p.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883; "
                                     "with --http: MQTT only when given)")
-    p.add_argument("--checkpoint", metavar="DIR", help="Mini-Omni checkpoint dir; default: the tiny random model")
     p.add_argument("--site", help="serve only this site (device id); default: every site")
     p.add_argument("--config", metavar="FILE", help=f"YAML with any of: {', '.join(CONFIG_KEYS)}")
     p.add_argument("--pipeline", metavar="FILE",
@@ -47,12 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--tls-cert", metavar="PEM", help="client certificate")
     auth.add_argument("--tls-key", metavar="PEM", help="client certificate's key")
     model = p.add_argument_group("model")
+    demo.add_model_options(model)
     model.add_argument("--strategy", help="decoding strategy (default text-delay)")
     model.add_argument("--task", choices=[t for t in TASKS if t in AUDIO_IN_TASKS],
                        help="task of spoken turns (default A1A2; typed turns use T1A2)")
-    model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; demo 96)")
-    model.add_argument("--whisper", metavar="PT", help="whisper checkpoint (default: CHECKPOINT/small.pt)")
-    model.add_argument("--codec", metavar="MODEL", default="hubertsiuzdak/snac_24khz", help="SNAC dir or hub id")
+    model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     model.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
     p.set_defaults(func=serve)
 
@@ -123,25 +122,14 @@ def mqtt_params(values: dict) -> dict:
 
 
 def build_pipeline(args: argparse.Namespace, values: dict, say=print):
-    from omnivox.core.cli import demo
-    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, check_compatible
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
     from omnivox.core.runtime.pipeline import Pipeline
 
     if values.get("pipeline"):
         return served_yaml_pipeline(values)
-    checkpoint = values.get("checkpoint")
-    if checkpoint in (None, demo.TINY):
-        say(demo.NOTICE)
-        model, max_steps = demo.tiny_model(0), values.get("max_steps") or 96
-        encoder, codec = demo.tiny_encoder(), demo.random_snac()
-    else:
-        from omnivox.core.contracts.manager import create
-        from omnivox.core.kernel.checkpoint import OmniModel
-
-        model, max_steps = OmniModel.from_pretrained(checkpoint), values.get("max_steps") or 600
-        encoder = create("encoders", "whisper", checkpoint=args.whisper or str(Path(checkpoint) / "small.pt"))
-        codec = create("codecs", "snac", model=args.codec)
-    check_compatible(model, encoder, codec)
+    model, encoder, codec, default_steps = demo.model_kit(values.get("checkpoint"), encoder=args.encoder,
+                                                          whisper=args.whisper, codec=args.codec, say=say)
+    max_steps = values.get("max_steps") or default_steps
     lm = LMStage(values.get("strategy") or "text-delay", model=model, task=values.get("task") or "A1A2",
                  max_steps=max_steps, int8=args.int8)
     middle = [EncoderStage(encoder), lm, codec_stage := CodecStage(codec)]
