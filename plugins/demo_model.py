@@ -36,8 +36,9 @@ def load_demo(seed: int = 0):
     if missing:
         raise CheckpointError(
             f"the shipped demo model is not installed: {missing[0]} is missing",
-            "use --checkpoint random (the tiny random model) or --checkpoint DIR (a trained export); to build "
-            "the demo: make demo-model, then python -m omnivox.training.export EXPORT models/demo")
+            "use the tiny random model (--checkpoint random; in a pipeline file checkpoint: random) or a trained "
+            "export (--checkpoint DIR); to build the demo: make demo-model, then python -m "
+            "omnivox.training.export EXPORT models/demo")
     return load_model(str(DEMO_DIR), seed)
 
 

@@ -190,7 +190,8 @@ def test_demo_pipeline_file_runs(tmp_path):
     subprocess.run(["espeak-ng", "-w", str(question), "Hello there"], check=True)
     pipeline = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "chat_demo.yaml"
     run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "run", str(pipeline),
-                          "--set", f"input.path={question}", "--set", "output.path=a.wav", "--set", "lm.max_steps=30"],
+                          "--set", f"input.path={question}", "--set", "output.path=a.wav", "--set", "lm.max_steps=30",
+                          *[f"--set={stage}.checkpoint=random" for stage in ("encoder", "lm", "codec")]],
                          cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert sf.info(tmp_path / "a.wav").samplerate == 24000

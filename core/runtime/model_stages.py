@@ -384,16 +384,25 @@ def choose_components(model, *, encoder: str | None = None, codec: str | None = 
         if not needed:
             chosen.append(None)
             continue
-        if override is not None:
+        own = (recorded or {}).get(role)
+        if override is not None and not _is_local_copy(override, own):
             spec = component_spec(role, override)
-        elif recorded is not None and role in recorded:
-            spec = recorded[role]
+        elif own is not None:
+            spec = own
         else:
             raise ConfigError(f"the model {getattr(model, 'source', '')!r} records no {role}",
                               f"name it: --{role} NAME[:MODEL] (`omnivox plugins` lists the {_KINDS[role]})")
         chosen.append(build_component(role, spec))
     check_compatible(model, *chosen)
     return tuple(chosen)
+
+
+def _is_local_copy(value: str, spec: dict | None) -> bool:
+    """`value` is the path of the recorded component's own files (e.g. `--codec EXPORT/codec`)."""
+    if spec is None or not Path(str(value)).expanduser().exists():
+        return False
+    target = Path(str(value)).expanduser().resolve()
+    return any(Path(spec["params"][key]).resolve() == target for key in spec.get("local", []))
 
 
 def check_compatible(model, encoder=None, codec=None) -> None:
