@@ -147,3 +147,15 @@ def test_fp32_linears_use_the_few_rows_kernel_only_where_it_is_exact_enough():
     with torch.no_grad():
         y = lin(torch.randn(9, 16))  # more rows than a decode step: F.linear
     assert y.shape == (9, 40)
+
+
+@pytest.mark.skipif(not quantize_module.FULL_RANGE, reason="this CPU has no VNNI: activations keep 7 bits")
+def test_full_range_activations_halve_the_rounding_error_on_vnni():
+    gen = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(256, 512, generator=gen), torch.randn(4, 512, generator=gen)
+    layer = quantize_module._int8(weight, None, per_channel=True)
+    packed = layer._packed_params._packed_params
+    reference = x @ weight.t()
+    full = (layer(x) - reference).norm()
+    seven_bits = (torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True) - reference).norm()
+    assert full < 0.75 * seven_bits
