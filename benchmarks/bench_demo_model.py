@@ -1,0 +1,197 @@
+"""The shipped demo model on the held-out test split of its domain (training/demo_domain.py), through the
+components its export recorded (the encoder that hears the question audio, the codec that speaks):
+
+- per intent: text answers (A1T2) and spoken answers (A1A2: decoded by the codec, transcribed by the ASR
+  yardstick plugins/fw_transcriber.py) that `score_answer` accepts;
+- the model's own ASR (A1T1: question audio -> its text) WER next to the yardstick's WER on the same audio;
+- in the pipeline (file -> encoder -> LM -> codec -> sink; LM and codec threads as `omnivox chat` places them):
+  time to first audio after the question, whole-turn real-time factor, and whether audio came first.
+
+    python benchmarks/bench_demo_model.py                                   # shipped `demo`, runs/demo/data
+    python benchmarks/bench_demo_model.py --checkpoint runs/demo/stage3/export --data runs/demo/data --limit 5
+
+Greedy decoding; torch uses `--threads` (default 2) cores."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from omnivox.core.runtime.model_stages import choose_components, load_model
+from omnivox.training.demo_domain import question_key, score_answer
+
+
+def test_questions(data: Path, limit: int | None) -> list[dict]:
+    """The held-out questions of DATA (test.jsonl + demo.json): one row per question audio with its intent,
+    question text, answer, and the tasks the manifest asks of it; at most `limit` per intent."""
+    meta = json.loads((data / "demo.json").read_text(encoding="utf-8"))["questions"]
+    rows: dict[str, dict] = {}
+    for line in (data / "test.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        example = json.loads(line)
+        key = question_key(example["id"])
+        info = meta[key]
+        row = rows.setdefault(key, {"key": key, "audio": str(data / example["question_audio"]),
+                                    "intent": info["intent"], "question": info["question"], "answer": info["answer"],
+                                    "tasks": set()})
+        row["tasks"].add(example["task"])
+    taken: dict[str, int] = defaultdict(int)
+    chosen = []
+    for row in rows.values():
+        if limit is None or taken[row["intent"]] < limit:
+            taken[row["intent"]] += 1
+            chosen.append(row)
+    return chosen
+
+
+def accuracy(model, encoder, codec, questions: list[dict], transcriber, max_steps: int) -> dict:
+    """Per-question results of A1T2, A1A2 (by the yardstick's transcript) and A1T1, through `generate`."""
+    from omnivox.core.kernel.generation import generate
+    from omnivox.core.kernel.sampling import SamplingConfig
+
+    greedy = SamplingConfig(temperature=0.0)
+    results = []
+    for i, q in enumerate(questions):
+        pcm, rate = sf.read(q["audio"], dtype="float32")
+        features = encoder.encode(pcm, rate)  # (T, F)
+        row = {"key": q["key"], "intent": q["intent"], "answer": q["answer"], "question": q["question"]}
+        with torch.no_grad():
+            if "A1T2" in q["tasks"]:
+                text = generate(model, task="A1T2", audio_features=features, sampling=greedy, max_steps=max_steps)
+                row["text"] = model.tokenizer.decode(text.text_ids)
+                row["text_ok"] = score_answer(q["intent"], q["answer"], row["text"])
+            if "A1A2" in q["tasks"]:
+                spoken = generate(model, task="A1A2", audio_features=features, sampling=greedy, max_steps=max_steps)
+                heard = ""
+                if spoken.frames.shape[0]:
+                    heard = transcriber.transcribe(codec.decode(spoken.frames).numpy(), codec.grid.sample_rate)
+                row["spoken_text"], row["transcript"] = model.tokenizer.decode(spoken.text_ids), heard
+                row["spoken_ok"] = score_answer(q["intent"], q["answer"], heard)
+            if "A1T1" in q["tasks"]:
+                asr = generate(model, task="A1T1", audio_features=features, sampling=greedy, max_steps=max_steps)
+                row["asr"] = model.tokenizer.decode(asr.text_ids)
+                row["yardstick_asr"] = transcriber.transcribe(pcm, rate)
+        results.append(row)
+        print(f"\r{i + 1}/{len(questions)} questions", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return results
+
+
+def pipeline_latency(model, encoder, codec, questions: list[dict], max_steps: int) -> list[dict]:
+    """Each question through the streaming pipeline: first audio (ms after the question's end), RTF, and
+    whether the first audio reached the sink while the LM was still generating."""
+    from omnivox.core.runtime.events import AudioOut
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
+    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.core.runtime.stage import Stage
+    from omnivox.plugins.audio_files import FileAudioInput
+
+    class Sink(Stage):
+        consumes = (AudioOut,)
+
+        def __init__(self, lm):
+            super().__init__("sink")
+            self.lm, self.early = lm, None
+
+        async def process(self, event):
+            if self.early is None:
+                self.early = event.turn in self.lm.generating
+            return
+            yield
+
+    rows = []
+    for q in questions[:1] + questions:  # the first turn warms up (thread pools, first calls); not counted
+        lm = LMStage("text-delay", model=model, task="A1A2", max_steps=max_steps)
+        sink = Sink(lm)
+        turns = asyncio.run(Pipeline([FileAudioInput(q["audio"]), EncoderStage(encoder), lm, CodecStage(codec),
+                                      sink]).run())
+        metrics = turns[0]
+        rows.append({"first_audio_ms": metrics.first_audio_ms, "rtf": metrics.rtf, "audio_first": sink.early,
+                     "busy": dict(metrics.stage_busy_ms)})
+    return rows[1:]
+
+
+def report(results: list[dict], latency: list[dict]) -> None:
+    from omnivox.plugins.fw_transcriber import word_error_rate
+
+    by_intent: dict[str, list[dict]] = defaultdict(list)
+    for row in results:
+        by_intent[row["intent"]].append(row)
+
+    def share(rows: list[dict], key: str) -> str:
+        scored = [r[key] for r in rows if key in r]
+        return f"{sum(scored) / len(scored) * 100:5.1f}% ({sum(scored)}/{len(scored)})" if scored else "-"
+
+    print(f"{'intent':14s} {'text A1T2':>18s} {'spoken A1A2':>18s}")
+    for intent, rows in sorted(by_intent.items()):
+        print(f"{intent:14s} {share(rows, 'text_ok'):>18s} {share(rows, 'spoken_ok'):>18s}")
+    print(f"{'all':14s} {share(results, 'text_ok'):>18s} {share(results, 'spoken_ok'):>18s}")
+    asr = [r for r in results if "asr" in r]
+    if asr:
+        questions = [r["question"] for r in asr]
+        print(f"ASR WER on the question audio ({len(asr)} questions): model A1T1 "
+              f"{word_error_rate(questions, [r['asr'] for r in asr]) * 100:.1f}%, yardstick "
+              f"{word_error_rate(questions, [r['yardstick_asr'] for r in asr]) * 100:.1f}%")
+    if latency:
+        first = [r["first_audio_ms"] for r in latency if r["first_audio_ms"] is not None]
+        rtf = [r["rtf"] for r in latency if r["rtf"] is not None]
+        early = sum(bool(r["audio_first"]) for r in latency)
+        if not first:
+            print(f"pipeline, {len(latency)} turns: no turn produced audio")
+        else:
+            print(f"pipeline, {len(latency)} turns ({len(latency) - len(first)} without audio): first audio p50 "
+                  f"{statistics.median(first):.0f} ms, max {max(first):.0f} ms; whole-turn RTF p50 "
+                  f"{statistics.median(rtf):.3f}, max {max(rtf):.3f}; first audio while the LM was generating in "
+                  f"{early}/{len(latency)} turns")
+        busy = defaultdict(list)
+        for r in latency:
+            for stage, ms in r["busy"].items():
+                busy[stage].append(ms)
+        print("busy per turn p50: " + ", ".join(f"{s} {statistics.median(v):.0f} ms" for s, v in busy.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="demo", help="the model (default: the shipped demo)")
+    parser.add_argument("--data", default="runs/demo/data", help="the demo data folder (test.jsonl, demo.json)")
+    parser.add_argument("--limit", type=int, help="at most this many test questions per intent")
+    parser.add_argument("--latency-turns", type=int, default=10, help="questions run through the pipeline")
+    parser.add_argument("--max-steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", metavar="FILE", help="also write every per-question result here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    for needed in ("test.jsonl", "demo.json"):
+        if not (data / needed).is_file():
+            parser.error(f"{data / needed} not found: build the data (python -m omnivox.training.demo_domain build "
+                         f"{data}) or pass --data")
+    from omnivox.plugins.fw_transcriber import Transcriber
+
+    model = load_model(args.checkpoint)
+    encoder, codec = choose_components(model)
+    questions = test_questions(data, args.limit)
+    print(f"{args.checkpoint}: {model.source}; {len(questions)} held-out questions; torch threads {args.threads}")
+    start = time.perf_counter()
+    results = accuracy(model, encoder, codec, questions, Transcriber(threads=args.threads), args.max_steps)
+    print(f"scored in {time.perf_counter() - start:.0f} s")
+    spread = questions[:: max(1, len(questions) // max(1, args.latency_turns))][: args.latency_turns]
+    latency = pipeline_latency(model, encoder, codec, spread, args.max_steps) if spread else []
+    report(results, latency)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "latency": latency}, indent=1, default=list))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
