@@ -17,7 +17,7 @@ DEFAULT_NOTICE = ("no --checkpoint given: the shipped demo model (a small demo: 
                   "capitals, greetings; --checkpoint random for the tiny random model)")
 
 
-def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, codec_flag: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--checkpoint, --encoder, --whisper, --codec."""
     p.add_argument("--checkpoint", metavar="DIR|NAME",
                    help=f"a trained export or Mini-Omni checkpoint dir, or a registered model (default: {DEFAULT}, "
