@@ -216,7 +216,7 @@ def test_held_out_spoken_questions_get_right_answers_in_text_and_in_speech(tmp_p
     for i, q in enumerate(held_out.values()):
         voice, rate = config.test_voices[i % len(config.test_voices)], config.test_rates[i % len(config.test_rates)]
         text, wav = _chat_in_process(_speak(tmp_path / f"q{i}.wav", q.text, voice, rate), tmp_path / f"a{i}.wav")
-        heard = asr.transcribe_file(wav)
+        heard = asr.transcribe_file(wav) if wav.is_file() else ""  # no answer audio: nothing to hear
         text_ok += score_answer(q.intent, q.answer, text)
         spoken_ok += score_answer(q.intent, q.answer, heard)
         seen.append((q.text, q.answer, text, heard))
