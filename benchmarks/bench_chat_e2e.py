@@ -13,7 +13,16 @@ encoder, the wall-clock split (encoder, prefill, LM steps, codec busy), and each
 same work run alone (the encoder on the same audio; the LM generating the same turn; the codec stream-decoding
 the same frames on its thread budget): 1.0 = no slowdown from sharing the cores.
 
-    python benchmarks/bench_chat_e2e.py [--steps 48] [--seconds 2] [--threads 2] [--scheme int8-tensor] [--trim]
+With --upstream-repo DIR (a Mini-Omni checkout, `pip install lightning`; see bench_vs_upstream.py) the weights
+are a fabricated upstream-format checkpoint read by both sides, and upstream's own streaming path runs on them in
+the same process: inference.py `OmniInference.run_AT_batch_stream` (its loop over `next_token_batch`, a SNAC
+decode of every 4 new frames on their own, `stream_stride` 4) with the same Whisper encoder, the same SNAC
+model and the question's samples in place of its file read; fp32 (upstream has no quantised mode), torch's
+--threads. Random weights pick special audio ids at arbitrary steps (the answer's audio ends at the first one),
+so both sides mask them (ids >= the codebook size) and every answer speaks its whole step budget.
+
+    python benchmarks/bench_chat_e2e.py [--steps 48] [--seconds 2] [--threads 2] [--scheme int8-channel] [--trim]
+        [--upstream-repo /tmp/mini-omni]
 """
 
 from __future__ import annotations
@@ -21,12 +30,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's loop wraps tqdm, read when tqdm is first imported
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from omnivox import OmniModel, generate
 from omnivox.core import audio
@@ -62,6 +75,21 @@ class Recorder(Stage):
             self.audio.append((time.monotonic(), len(event.audio) // 2))
         return
         yield  # pragma: no cover
+
+
+def speak_every_step(model: OmniModel) -> None:
+    """Random weights pick special audio ids (eoa, pads: >= the codebook size) at arbitrary steps, and the
+    answer's audio ends at the first one, which makes its length, and so the RTF, a matter of the seed: mask
+    them in every audio stream so each answer speaks its whole step budget (as a trained model would)."""
+    lm, codes = model.lm, model.lm.config.codebook_size
+    split = lm._split_audio  # every path to audio logits (forward, batched step) goes through it
+
+    def masked(logits: torch.Tensor) -> torch.Tensor:
+        audio = split(logits).clone()  # (B, A, T, audio_vocab)
+        audio[..., codes:] = float("-inf")
+        return audio
+
+    lm._split_audio = masked
 
 
 def question_events(pcm: np.ndarray) -> list:
@@ -113,6 +141,58 @@ def alone(encoder, model, codec, pcm, frames: torch.Tensor, args, lm_threads: in
     return {"encoder": enc, "lm": lm, "codec": codec_s}
 
 
+def upstream_stream(up: SimpleNamespace, fabric, model, encoder, codec, pcm: np.ndarray, steps: int) -> dict:
+    """Upstream's streaming answer (run_AT_batch_stream) to the question `pcm` (16 kHz float): first audio (ms
+    from the question's end, which is the call), RTF from its first model step and overall, audio seconds."""
+    inf, whisper = up.inference, up.inference.whisper
+    codes = 4096  # Mini-Omni's codebook: upstream's audio logits are (B, T, 4160) per stream
+
+    def masked(_module, _args, out):  # as speak_every_step, on upstream's (logits_a list, logit_t)
+        for logits in out[0]:
+            logits[..., codes:] = float("-inf")
+
+    first_step: list[float] = []
+    step = inf.next_token_batch
+
+    def timed_step(*a, **k):
+        first_step.append(first_step[0] if first_step else time.perf_counter())
+        return step(*a, **k)
+
+    host = SimpleNamespace(model=model, fabric=fabric, device="cpu", snacmodel=codec.model,
+                           whispermodel=SimpleNamespace(embed_audio=encoder.encoder),  # whisper's AudioEncoder
+                           text_tokenizer=SimpleNamespace(decode=lambda ids: ""))
+    n_frames = int(len(pcm) / 16000 * 1000 / 20) + 1  # inference.py load_audio's length
+    hook = model.module.register_forward_hook(masked)
+    load_audio, inf.next_token_batch = whisper.load_audio, timed_step
+    whisper.load_audio = lambda _path: pcm.astype(np.float32)  # upstream decodes the file with ffmpeg
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".wav") as wav:  # it checks the path exists
+            start, first, samples = time.perf_counter(), None, 0
+            for chunk in inf.OmniInference.run_AT_batch_stream(host, wav.name, stream_stride=4,
+                                                               max_returned_tokens=n_frames + 3 + steps):
+                first = first or time.perf_counter()
+                samples += len(chunk) // 2
+            last = time.perf_counter()
+    finally:
+        whisper.load_audio, inf.next_token_batch = load_audio, step
+        hook.remove()
+    audio_s = samples / 24000
+    return dict(first_audio_ms=(first - start) * 1000, rtf_lm=(last - first_step[0]) / audio_s,
+                rtf_all=(last - start) / audio_s, audio_s=audio_s)
+
+
+def load_upstream_pair(repo: Path, seed: int):
+    """(upstream namespace, fabric, upstream GPT, our fp32 OmniModel) on one fabricated Mini-Omni checkpoint."""
+    import bench_vs_upstream as vs
+
+    up = vs.import_upstream(repo)
+    with tempfile.TemporaryDirectory() as tmp:
+        vs.write_upstream_checkpoint(Path(tmp), dict(vs.UPSTREAM_FIELDS), seed=seed)
+        fabric, upstream_model = vs.load_upstream_model(up, Path(tmp))
+        ours = OmniModel.from_pretrained(tmp)
+    return up, fabric, upstream_model, ours
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=48, help="answer length in LM steps")
@@ -121,11 +201,16 @@ def main() -> None:
     parser.add_argument("--strategy", default="batch-parallel", help="decoding strategy (the streaming mode)")
     parser.add_argument("--scheme", default=DEFAULT_SCHEME, choices=[*SCHEMES, "fp32"])
     parser.add_argument("--trim", action="store_true", help="Whisper trim: encode only the question's frames")
+    parser.add_argument("--upstream-repo", type=Path, help="a Mini-Omni checkout: also run upstream's streaming path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    fp32 = OmniModel.random(OmniConfig.mini_omni(), seed=0)
+    if args.upstream_repo:
+        up, fabric, upstream_model, fp32 = load_upstream_pair(args.upstream_repo, seed=0)
+    else:
+        fp32 = OmniModel.random(OmniConfig.mini_omni(), seed=0)
     model = fp32 if args.scheme == "fp32" else OmniModel(quantize(copy.deepcopy(fp32.lm), args.scheme), None)
     del fp32
+    speak_every_step(model)
     encoder = load_whisper_encoder(dims=SMALL, seed=0, trim=args.trim)
     codec = SnacCodec.load(config=SNAC_24KHZ_CONFIG, seed=0)
     pcm, what = question(args.seconds)
@@ -146,6 +231,12 @@ def main() -> None:
               f"{got['rtf_all']:>11.2f}  {busy['encoder']:.2f} / {got['prefill']:.2f} / {lm_steps:.2f} / "
               f"{busy['codec']:.2f}   {busy['encoder'] / ref['encoder']:.2f}x / {busy['lm'] / ref['lm']:.2f}x / "
               f"{busy['codec'] / ref['codec']:.2f}x   ({got['audio_s']:.2f} s of audio)", flush=True)
+    if args.upstream_repo:
+        torch.set_num_threads(args.threads)
+        got = upstream_stream(up, fabric, upstream_model, encoder, codec, pcm, args.steps)
+        print(f"{'upstream':<10}{got['first_audio_ms']:>9.0f} ms @ 11{got['rtf_lm']:>16.2f}{got['rtf_all']:>11.2f}  "
+              f"fp32, its loop and 4-frame SNAC windows on {args.threads} threads   ({got['audio_s']:.2f} s of audio)",
+              flush=True)
 
 
 if __name__ == "__main__":
