@@ -35,3 +35,18 @@ bench: install
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_snac_streaming.py
 	$(PY) benchmarks/bench_convert.py
+
+# The shipped demo model (docs/demo_model.md), rebuilt from its recipes on CPU; resumable: a finished step is
+# skipped, an interrupted training resumes from its last checkpoint (resume: auto). Work folder: runs/demo/.
+DEMO_STAGES = demo_stage1_alignment:stage1 demo_stage2_adaption:stage2 demo_stage3_finetune:stage3
+.PHONY: demo-model
+demo-model:
+	test -f runs/demo/data/demo.json || nice -n 10 $(PY) -m omnivox.training.demo_domain build runs/demo/data
+	test -f runs/demo/codec/summary.json || nice -n 10 omnivox train recipes/demo_codec.yaml progress=false
+	for split in train validation test; do \
+	  nice -n 10 omnivox prepare recipes/demo_stage1_alignment.yaml runs/demo/data/$$split.jsonl || exit 1; done
+	for stage in $(DEMO_STAGES); do \
+	  test -f runs/demo/$${stage#*:}/summary.json || \
+	    nice -n 10 omnivox train recipes/$${stage%:*}.yaml progress=false || exit 1; done
+	nice -n 10 $(PY) -m omnivox.training.demo_domain evaluate runs/demo/stage3/export \
+	  runs/demo/data/test.prepared.jsonl --codec runs/demo/codec/export --json runs/demo/evaluation.json

@@ -8,7 +8,13 @@ The framing contract is the openai-whisper plugin's (plugins/whisper_encoder.py)
 method: 16 kHz mono, 30 s windows, T = int(duration_ms / 20) + 1 frames (1500 per full window), longer input
 split into windows (`long_input="split"`) or refused (`"error"`). The features are NOT those of
 openai-whisper `small` (768 wide, Mini-Omni's encoder): tiny.en gives 384 per frame, base 512, so a model
-is trained for one encoder and keeps it. The weights are frozen (CTranslate2 has no gradients)."""
+is trained for one encoder and keeps it. The weights are frozen (CTranslate2 has no gradients).
+
+`trim=True` (opt-in, as the openai-whisper plugin's): the log-mel is still computed over the zero-padded
+30 s window (the same numbers), but only the 2T mel frames the kept T frames come from are encoded
+(CTranslate2's encoder takes shorter inputs): a 2 s question costs 200 of 3000 mel frames (tiny.en, 1
+thread: 400 frames 42 ms vs 3000 frames 758 ms). Attention then no longer sees the padding, so the features
+differ from untrimmed ones: a model must be prepared (`omnivox prepare`) and run with the same setting."""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError
-from omnivox.plugins.whisper_encoder import _LONG_INPUT, SAMPLE_RATE, WINDOW_SAMPLES, WhisperEncoder
+from omnivox.plugins.whisper_encoder import _LONG_INPUT, SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, WhisperEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -157,9 +163,13 @@ class FasterWhisperEncoder:
     num_frames = WhisperEncoder.num_frames
     _frames_16k = WhisperEncoder._frames_16k
 
-    def __init__(self, model: ctranslate2.models.Whisper, extractor: FeatureExtractor, *, long_input: str = "split"):
+    def __init__(self, model: ctranslate2.models.Whisper, extractor: FeatureExtractor, *, long_input: str = "split",
+                 trim: bool = False):
         if long_input not in _LONG_INPUT:
             raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(_LONG_INPUT)}")
+        if not isinstance(trim, bool):
+            raise ConfigError(f"trim={trim!r}", "use true (encode only the frames kept) or false (30 s windows)")
+        self.trim = trim
         self.model = model
         self.extractor = extractor
         self.n_mels = model.n_mels
@@ -183,7 +193,7 @@ class FasterWhisperEncoder:
             windows.append(self.extractor(window, padding=0))  # (n_mels, 3000)
         return np.stack(windows)
 
-    def _encode_windows(self, mels):  # (windows, n_mels, 3000) -> (windows, 1500, feature_dim)
+    def _encode_windows(self, mels):  # (windows, n_mels, M <= 3000) -> (windows, M / 2, feature_dim)
         output = self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)))
         return np.asarray(output)
 
@@ -192,7 +202,13 @@ class FasterWhisperEncoder:
 
         x = audio.convert(pcm, sample_rate, to_rate=SAMPLE_RATE, mono=True, what="audio for faster-whisper")  # (n,)
         frames = self._frames_16k(x.shape[0])
-        feats = self._encode_windows(self._mels(x))  # (windows, 1500, feature_dim)
+        mels = self._mels(x)  # (windows, n_mels, 3000)
+        if self.trim:  # window k keeps n_k frames: encode its first 2 n_k mel frames only
+            kept = [min(WINDOW_FRAMES, frames - k * WINDOW_FRAMES) for k in range(mels.shape[0])]
+            feats = np.concatenate([self._encode_windows(mels[k : k + 1, :, : 2 * n])[0, :n]
+                                    for k, n in enumerate(kept)])  # (T, feature_dim)
+        else:
+            feats = self._encode_windows(mels)  # (windows, 1500, feature_dim)
         self._feature_dim = int(feats.shape[-1])
         return torch.from_numpy(feats.reshape(-1, feats.shape[-1])[:frames].astype("float32"))  # (T, feature_dim)
 
@@ -204,13 +220,15 @@ def load_fw_encoder(
     compute_type: str | None = None,
     device: str = "cpu",
     long_input: str = "split",
+    trim: bool = False,
 ) -> FasterWhisperEncoder:
     """The encoder of the CTranslate2 Whisper model `model` (a directory; None or "tiny.en": the shipped
     tiny.en; "base": the two-part base, see model_dir). `threads`: CPU threads (default: torch's);
-    `compute_type`: CTranslate2's (default float32 on CPU, the stored precision elsewhere; "int8" quantises)."""
+    `compute_type`: CTranslate2's (default float32 on CPU, the stored precision elsewhere; "int8" quantises);
+    `trim`: encode only the mel frames of the kept features (see the module docstring)."""
     path = model_dir(model)
     ct2 = load_ct2_whisper(path, threads=threads, compute_type=compute_type, device=device)
-    return FasterWhisperEncoder(ct2, feature_extractor(path, ct2.n_mels), long_input=long_input)
+    return FasterWhisperEncoder(ct2, feature_extractor(path, ct2.n_mels), long_input=long_input, trim=trim)
 
 
 @hookimpl
