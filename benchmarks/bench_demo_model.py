@@ -132,6 +132,8 @@ def report(results: list[dict], latency: list[dict]) -> None:
         scored = [r[key] for r in rows if key in r]
         return f"{sum(scored) / len(scored) * 100:5.1f}% ({sum(scored)}/{len(scored)})" if scored else "-"
 
+    for row in results[:: max(1, len(results) // 5)][:5]:  # a few examples, as heard and answered
+        print(f"  {row['question']!r} -> text {row.get('text')!r}; heard {row.get('transcript')!r}")
     print(f"{'intent':14s} {'text A1T2':>18s} {'spoken A1A2':>18s}")
     for intent, rows in sorted(by_intent.items()):
         print(f"{intent:14s} {share(rows, 'text_ok'):>18s} {share(rows, 'spoken_ok'):>18s}")
