@@ -26,7 +26,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omnivox.core.runtime.model_stages import choose_components, load_model
+from omnivox.core.cli import demo
 from omnivox.training.demo_domain import question_key, score_answer
 
 
@@ -180,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{data}) or pass --data")
     from omnivox.plugins.fw_transcriber import Transcriber
 
-    model = load_model(args.checkpoint)
-    encoder, codec = choose_components(model)
+    model, encoder, codec, _ = demo.model_kit(args.checkpoint, say=lambda line: None)  # as `omnivox chat` chooses
     questions = test_questions(data, args.limit)
     print(f"{args.checkpoint}: {model.source}; {len(questions)} held-out questions; torch threads {args.threads}")
     start = time.perf_counter()
