@@ -2,7 +2,8 @@
 components its export recorded (the encoder that hears the question audio, the codec that speaks):
 
 - per intent: text answers (A1T2) and spoken answers (A1A2: decoded by the codec, transcribed by the ASR
-  yardstick plugins/fw_transcriber.py) that `score_answer` accepts;
+  yardstick plugins/fw_transcriber.py) that `score_answer` accepts (the answer's key fact), and text answers
+  equal to the expected answer word for word (`exact_match`);
 - the model's own ASR (A1T1: question audio -> its text) WER next to the yardstick's WER on the same audio;
 - in the pipeline (file -> encoder -> LM -> codec -> sink; LM and codec threads as `omnivox chat` places them):
   time to first audio after the question, whole-turn real-time factor, and whether audio came first.
@@ -27,7 +28,7 @@ import soundfile as sf
 import torch
 
 from omnivox.core.cli import demo
-from omnivox.training.demo_domain import question_key, score_answer
+from omnivox.training.demo_domain import exact_match, question_key, score_answer
 
 
 def test_questions(data: Path, limit: int | None) -> list[dict]:
@@ -70,6 +71,7 @@ def accuracy(model, encoder, codec, questions: list[dict], transcriber, max_step
                 text = generate(model, task="A1T2", audio_features=features, sampling=greedy, max_steps=max_steps)
                 row["text"] = model.tokenizer.decode(text.text_ids)
                 row["text_ok"] = score_answer(q["intent"], q["answer"], row["text"])
+                row["text_exact"] = exact_match(q["answer"], row["text"])  # every word, not only the key fact
             if "A1A2" in q["tasks"]:
                 spoken = generate(model, task="A1A2", audio_features=features, sampling=greedy, max_steps=max_steps)
                 heard = ""
@@ -134,10 +136,10 @@ def report(results: list[dict], latency: list[dict]) -> None:
 
     for row in results[:: max(1, len(results) // 5)][:5]:  # a few examples, as heard and answered
         print(f"  {row['question']!r} -> text {row.get('text')!r}; heard {row.get('transcript')!r}")
-    print(f"{'intent':14s} {'text A1T2':>18s} {'spoken A1A2':>18s}")
-    for intent, rows in sorted(by_intent.items()):
-        print(f"{intent:14s} {share(rows, 'text_ok'):>18s} {share(rows, 'spoken_ok'):>18s}")
-    print(f"{'all':14s} {share(results, 'text_ok'):>18s} {share(results, 'spoken_ok'):>18s}")
+    print(f"{'intent':14s} {'text A1T2':>18s} {'spoken A1A2':>18s} {'text exact':>18s}")
+    for intent, rows in sorted([*by_intent.items(), ("all", results)], key=lambda item: item[0] == "all"):
+        print(f"{intent:14s} {share(rows, 'text_ok'):>18s} {share(rows, 'spoken_ok'):>18s} "
+              f"{share(rows, 'text_exact'):>18s}")
     asr = [r for r in results if "asr" in r]
     if asr:
         questions = [r["question"] for r in asr]
