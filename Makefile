@@ -37,7 +37,8 @@ bench: install
 	$(PY) benchmarks/bench_convert.py
 
 # The shipped demo model (docs/demo_model.md), rebuilt from its recipes on CPU; resumable: a finished step is
-# skipped, an interrupted training resumes from its last checkpoint (resume: auto). Work folder: runs/demo/.
+# skipped, an interrupted training resumes from its last checkpoint (resume: auto). Work folder: runs/demo/;
+# the fp16 copy goes to models/demo (the packaged model `demo`), then the held-out evaluation runs on it.
 DEMO_STAGES = demo_stage1_alignment:stage1 demo_stage2_adaption:stage2 demo_stage3_finetune:stage3
 .PHONY: demo-model
 demo-model:
@@ -48,5 +49,6 @@ demo-model:
 	for stage in $(DEMO_STAGES); do \
 	  test -f runs/demo/$${stage#*:}/summary.json || \
 	    nice -n 10 omnivox train recipes/$${stage%:*}.yaml progress=false || exit 1; done
-	nice -n 10 $(PY) -m omnivox.training.demo_domain evaluate runs/demo/stage3/export \
-	  runs/demo/data/test.prepared.jsonl --codec runs/demo/codec/export --json runs/demo/evaluation.json
+	$(PY) -m omnivox.training.export runs/demo/stage3/export models/demo
+	nice -n 10 $(PY) -m omnivox.training.demo_domain evaluate models/demo \
+	  runs/demo/data/test.prepared.jsonl --json runs/demo/evaluation.json

@@ -400,7 +400,7 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
     if not demo.is_file():
         raise InputError(f"{demo} not found", "evaluate a prepared manifest inside a demo data folder")
     meta = json.loads(demo.read_text(encoding="utf-8"))["questions"]
-    model = OmniModel.from_pretrained(export)
+    model = OmniModel.from_pretrained(export, dtype=torch.float32)  # a shipped fp16 copy runs in fp32, as chat runs it
     model.lm.eval()
     codec = None
     if "A1A2" in tasks:
@@ -409,7 +409,7 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
             from omnivox.plugins.fw_transcriber import Transcriber
 
             transcriber = Transcriber()
-    sampling = SamplingConfig(temperature=0.0) if "temperature" in SamplingConfig.__dataclass_fields__ else None
+    sampling = SamplingConfig(temperature=0.0)  # greedy
     taken: dict[tuple[str, str], int] = defaultdict(int)
     results: dict[str, dict[str, list]] = {t: defaultdict(list) for t in tasks}
     details = []
@@ -430,7 +430,7 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
             heard = ""
             if result.frames.shape[0]:
                 pcm = codec.decode(result.frames)
-                heard = transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.sample_rate)
+                heard = transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.grid.sample_rate)
             row["transcript"] = heard
             row["correct"] = score_answer(intent, info["answer"], heard)
         else:
