@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.text_input": None,
     "omnivox.plugins.synthetic_data": None,
     "omnivox.plugins.random_models": None,
+    "omnivox.plugins.demo_model": None,
     "omnivox.plugins.mqtt": "mqtt",
     "omnivox.plugins.http": "http",
     "omnivox.plugins.sounddevice_io": "audio",
