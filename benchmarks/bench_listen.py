@@ -91,7 +91,8 @@ def main() -> int:
         with VirtualAudio(folder / "va") as va:
             va.set_microphone(np.stack([mono, mono]))
             run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "listen", "--checkpoint", "random",
-                                  "--max-turns", str(args.turns), "--max-steps", str(args.max_steps), "--trace", str(trace)],
+                                  "--max-turns", str(args.turns), "--max-steps", str(args.max_steps),
+                                  "--trace", str(trace)],
                                  env=va.env, capture_output=True, text=True,
                                  timeout=60 + len(mono) / DEVICE_RATE * 3)
         if run.returncode != 0:
