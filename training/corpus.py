@@ -144,8 +144,6 @@ class CorpusConfig:
 def load_corpus_config(path: str | Path | None = None, overrides: list[str] = ()) -> CorpusConfig:
     """The defaults, updated by the YAML file `path` (a mapping of CorpusConfig fields), then by `overrides`
     ("key=value", the value parsed as YAML)."""
-    import yaml
-
     from omnivox.core.yaml_files import read_yaml
 
     values: dict[str, Any] = {}
@@ -153,19 +151,28 @@ def load_corpus_config(path: str | Path | None = None, overrides: list[str] = ()
         values = read_yaml(path, "corpus config", "pass an existing YAML file") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"corpus config {path} is not a mapping", "write key: value lines")
+    return config_from(CorpusConfig, values, overrides, "corpus config", "sentences=40")
+
+
+def config_from(cls, values: dict[str, Any], overrides: list[str], what: str, example: str):
+    """cls(**values) after "key=value" `overrides` (values parsed as YAML); unknown keys and wrong types are
+    ConfigErrors naming `what` and the valid keys."""
+    import yaml
+
+    values = dict(values)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"override {item!r} has no '='", "write key=value, e.g. sentences=40")
+            raise ConfigError(f"override {item!r} has no '='", f"write key=value, e.g. {example}")
         values[key.strip()] = yaml.safe_load(value)
-    known = {f.name for f in fields(CorpusConfig)}
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown corpus config key {unknown[0]!r}", f"valid keys: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown {what} key {unknown[0]!r}", f"valid keys: {', '.join(sorted(known))}")
     try:
-        return CorpusConfig(**values)
+        return cls(**values)
     except TypeError as exc:  # e.g. a list where a number belongs
-        raise ConfigError(f"corpus config: {exc}", "check the value types against the defaults") from None
+        raise ConfigError(f"{what}: {exc}", "check the value types against the defaults") from None
 
 
 # ------------------------------------------------------------------------------------------ building

@@ -45,12 +45,12 @@ import random
 import re
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omnivox.core.errors import ConfigError, InputError
-from omnivox.training.corpus import Utterance, _render_all, _write_atomic
+from omnivox.training.corpus import Utterance, _render_all, _write_atomic, config_from
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
            "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
@@ -214,19 +214,7 @@ class DemoConfig:
 
 def load_demo_config(overrides: list[str] = ()) -> DemoConfig:
     """The defaults updated by "key=value" overrides (values parsed as YAML)."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} has no '='", "write key=value, e.g. variants=3")
-        values[key.strip()] = yaml.safe_load(value)
-    known = {f.name for f in fields(DemoConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown demo config key {unknown[0]!r}", f"valid keys: {', '.join(sorted(known))}")
-    return DemoConfig(**values)
+    return config_from(DemoConfig, {}, overrides, "demo config", "variants=3")
 
 
 # ------------------------------------------------------------------------------------------ splits
