@@ -254,8 +254,9 @@ def test_espeak_round_trip_keeps_the_yardstick_wer(tmp_path, single_thread):
     assert wer_coded <= 1.5 * wer_original, (wer_original, wer_coded, coded)
 
 
-def test_codec_recipe_validates_and_names_the_codec_trainer():
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "codec_mel.yaml")
+@pytest.mark.parametrize("name", ["codec_mel.yaml", "demo_codec.yaml"])
+def test_codec_recipe_validates_and_names_the_codec_trainer(name):
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
     assert recipe["trainer"]["_component_"] == "omnivox.training.codec_trainer.MelCodecRecipe"
     config = MelCodecConfig.from_dict({k: v for k, v in recipe["model"].items() if k != "_component_"})
     assert config.grid().n_slots == 8 and recipe["training"]["max_steps"] <= 300
