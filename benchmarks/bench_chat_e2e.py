@@ -19,7 +19,8 @@ the same process: inference.py `OmniInference.run_AT_batch_stream` (its loop ove
 decode of every 4 new frames on their own, `stream_stride` 4) with the same Whisper encoder, the same SNAC
 model and the question's samples in place of its file read; fp32 (upstream has no quantised mode), torch's
 --threads. Random weights pick special audio ids at arbitrary steps (the answer's audio ends at the first one),
-so both sides mask them (ids >= the codebook size) and every answer speaks its whole step budget.
+so both sides' heads get those rows zeroed, as the `tiny-random` model's (plugins/random_models.py), and every
+answer speaks its whole step budget.
 
     python benchmarks/bench_chat_e2e.py [--steps 48] [--seconds 2] [--threads 2] [--scheme int8-channel] [--trim]
         [--upstream-repo /tmp/mini-omni]
@@ -49,6 +50,7 @@ from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioS
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, torch_executor
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
+from omnivox.plugins.random_models import never_emit_audio_specials, zero_audio_special_rows
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
 from omnivox.plugins.whisper_encoder import load_whisper_encoder
 
@@ -75,21 +77,6 @@ class Recorder(Stage):
             self.audio.append((time.monotonic(), len(event.audio) // 2))
         return
         yield  # pragma: no cover
-
-
-def speak_every_step(model: OmniModel) -> None:
-    """Random weights pick special audio ids (eoa, pads: >= the codebook size) at arbitrary steps, and the
-    answer's audio ends at the first one, which makes its length, and so the RTF, a matter of the seed: mask
-    them in every audio stream so each answer speaks its whole step budget (as a trained model would)."""
-    lm, codes = model.lm, model.lm.config.codebook_size
-    split = lm._split_audio  # every path to audio logits (forward, batched step) goes through it
-
-    def masked(logits: torch.Tensor) -> torch.Tensor:
-        audio = split(logits).clone()  # (B, A, T, audio_vocab)
-        audio[..., codes:] = float("-inf")
-        return audio
-
-    lm._split_audio = masked
 
 
 def end_text_after(model: OmniModel, steps: int) -> None:
@@ -168,12 +155,6 @@ def upstream_stream(up: SimpleNamespace, fabric, model, encoder, codec, pcm: np.
     """Upstream's streaming answer (run_AT_batch_stream) to the question `pcm` (16 kHz float): first audio (ms
     from the question's end, which is the call), RTF from its first model step and overall, audio seconds."""
     inf, whisper = up.inference, up.inference.whisper
-    codes = 4096  # Mini-Omni's codebook: upstream's audio logits are (B, T, 4160) per stream
-
-    def masked(_module, _args, out):  # as speak_every_step, on upstream's (logits_a list, logit_t)
-        for logits in out[0]:
-            logits[..., codes:] = float("-inf")
-
     first_step: list[float] = []
     step = inf.next_token_batch
 
@@ -185,7 +166,6 @@ def upstream_stream(up: SimpleNamespace, fabric, model, encoder, codec, pcm: np.
                            whispermodel=SimpleNamespace(embed_audio=encoder.encoder),  # whisper's AudioEncoder
                            text_tokenizer=SimpleNamespace(decode=lambda ids: ""))
     n_frames = int(len(pcm) / 16000 * 1000 / 20) + 1  # inference.py load_audio's length
-    hook = model.module.register_forward_hook(masked)
     load_audio, inf.next_token_batch = whisper.load_audio, timed_step
     whisper.load_audio = lambda _path: pcm.astype(np.float32)  # upstream decodes the file with ffmpeg
     try:
@@ -198,7 +178,6 @@ def upstream_stream(up: SimpleNamespace, fabric, model, encoder, codec, pcm: np.
             last = time.perf_counter()
     finally:
         whisper.load_audio, inf.next_token_batch = load_audio, step
-        hook.remove()
     audio_s = samples / 24000
     return dict(first_audio_ms=(first - start) * 1000, rtf_lm=(last - first_step[0]) / audio_s,
                 rtf_all=(last - start) / audio_s, audio_s=audio_s)
@@ -230,11 +209,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.upstream_repo:
         up, fabric, upstream_model, fp32 = load_upstream_pair(args.upstream_repo, seed=0)
+        zero_audio_special_rows(upstream_model.module.lm_head.weight, fp32.layout)  # Mini-Omni's vocab rows
     else:
         fp32 = OmniModel.random(OmniConfig.mini_omni(), seed=0)
+    never_emit_audio_specials(fp32)  # before quantising: the zero rows stay zero
     model = fp32 if args.scheme == "fp32" else OmniModel(quantize(copy.deepcopy(fp32.lm), args.scheme), None)
     del fp32
-    speak_every_step(model)
     if args.text_steps:
         end_text_after(model, args.text_steps)
     encoder = load_whisper_encoder(dims=SMALL, seed=0, trim=args.trim)

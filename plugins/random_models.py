@@ -25,14 +25,19 @@ def tiny_model(seed: int = 0, **config_overrides):
 def never_emit_audio_specials(model):
     """Zero the lm_head rows of every audio stream's special ids: some code always scores higher, so a
     random model fills every slot with a code (and never stops on eoa)."""
+    zero_audio_special_rows(model.lm.lm_head.weight, model.layout)
+    return model
+
+
+def zero_audio_special_rows(head_weight, layout) -> None:
+    """The same on any head laid out like `layout` (vocab rows: text, then each audio stream's block), e.g.
+    upstream Mini-Omni's own `lm_head` holding the same weights."""
     import torch
 
-    layout = model.layout
     with torch.no_grad():
         for stream in range(layout.audio_streams):
             first_special = layout.audio_offset(stream) + layout.codebook_size
-            model.lm.lm_head.weight[first_special:layout.audio_offset(stream) + layout.audio_vocab_size] = 0
-    return model
+            head_weight[first_special:layout.audio_offset(stream) + layout.audio_vocab_size] = 0
 
 
 @hookimpl
