@@ -442,7 +442,8 @@ class SnacStreamDecoder:
             self.n_frames += 1
             due = self.n_frames * self.spf - self.lookahead  # audio up to here is returned now
             y, n_exact = self.graph.run(z, z.shape[-1], max(due, 0))  # after n_exact: as if it ended here
-            y, tail = y[0, 0].float(), y[0, 0, n_exact:].float()
+            y = y[0, 0].float()
+            tail = y[n_exact:]
             self._take_exact(y[:n_exact])
             if due <= self.emitted:
                 return torch.zeros(0)

@@ -10,11 +10,11 @@ import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from omnivox.core.errors import InputError, PluginError
+from omnivox.core.kernel import quantize as quantize_module
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import generate
 from omnivox.core.kernel.model import FewRowsLinear
-from omnivox.core.kernel import quantize as quantize_module
 from omnivox.core.kernel.quantize import (
     DEFAULT_SCHEME,
     SCHEMES,
