@@ -64,25 +64,23 @@ def recorded_spec(role: str, checkpoint: str) -> dict:
 
 def recorded_encoder(checkpoint: str = DEMO):
     """The encoder `checkpoint` was trained with (`random`: the tiny random Whisper of `tiny-random`)."""
-    from omnivox.core.contracts.manager import create
     from omnivox.core.runtime.model_stages import ALIASES, build_component
 
     if ALIASES.get(checkpoint, checkpoint) == TINY:
-        from omnivox.plugins.random_models import TINY_WHISPER_DIMS
+        from omnivox.plugins.random_models import tiny_encoder
 
-        return create("encoders", "whisper", dims=TINY_WHISPER_DIMS, seed=0)
+        return tiny_encoder()
     return build_component("encoder", recorded_spec("encoder", checkpoint))
 
 
 def recorded_codec(checkpoint: str = DEMO):
     """The codec `checkpoint` was trained with (`random`: SNAC 24 kHz with seeded random weights)."""
-    from omnivox.core.contracts.manager import create
     from omnivox.core.runtime.model_stages import ALIASES, build_component
 
     if ALIASES.get(checkpoint, checkpoint) == TINY:
-        from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG
+        from omnivox.plugins.random_models import random_snac
 
-        return create("codecs", "snac", config=SNAC_24KHZ_CONFIG, seed=0)
+        return random_snac()
     return build_component("codec", recorded_spec("codec", checkpoint))
 
 

@@ -22,6 +22,21 @@ def tiny_model(seed: int = 0, **config_overrides):
     return never_emit_audio_specials(OmniModel.random(OmniConfig.tiny(codebook_size=4096, **overrides), seed=seed))
 
 
+def tiny_encoder(seed: int = 0):
+    """The tiny random Whisper encoder whose width `tiny-random`'s adapter takes."""
+    from omnivox.core.contracts.manager import create
+
+    return create("encoders", "whisper", dims=TINY_WHISPER_DIMS, seed=seed)
+
+
+def random_snac(seed: int = 0):
+    """SNAC 24 kHz with seeded random weights: the codec of `tiny-random`'s 7 streams of 4096 codes."""
+    from omnivox.core.contracts.manager import create
+    from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG
+
+    return create("codecs", "snac", config=SNAC_24KHZ_CONFIG, seed=seed)
+
+
 def never_emit_audio_specials(model):
     """Zero the lm_head rows of every audio stream's special ids: some code always scores higher, so a
     random model fills every slot with a code (and never stops on eoa)."""

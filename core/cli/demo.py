@@ -74,12 +74,12 @@ def tiny_model(seed: int = 0):
 
 
 def tiny_encoder(seed: int = 0):
-    from omnivox.plugins.random_models import TINY_WHISPER_DIMS
+    from omnivox.plugins.random_models import tiny_encoder as build  # the random kit lives with tiny-random
 
-    return create("encoders", "whisper", dims=TINY_WHISPER_DIMS, seed=seed)
+    return build(seed)
 
 
 def random_snac(seed: int = 0):
-    from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG
+    from omnivox.plugins.random_models import random_snac as build
 
-    return create("codecs", "snac", config=SNAC_24KHZ_CONFIG, seed=seed)
+    return build(seed)
