@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from omnivox import OmniModel, generate
 from omnivox.core import audio
+from omnivox.core.contracts.codec import push_frames
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.quantize import DEFAULT_SCHEME, SCHEMES, quantize
 from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioStop, TextToken, TurnEnd, TurnStart
@@ -109,10 +110,36 @@ def question_events(pcm: np.ndarray) -> list:
     return [TurnStart(), AudioStart(rate=16000, width=2, channels=1), *chunks, AudioStop(), TurnEnd(reason="done")]
 
 
+class ChunkLog:
+    """The codec with a record of the frames per decode call its stream decoders get (the CodecStage's chunks),
+    so that the alone reference decodes the same chunks."""
+
+    def __init__(self, codec):
+        self.codec, self.grid, self.chunks = codec, codec.grid, []
+
+    def stream_decoder(self):
+        inner, chunks = self.codec.stream_decoder(), self.chunks
+
+        class Logged:
+            def push(self, frame):
+                chunks.append(1)
+                return inner.push(frame)
+
+            def push_frames(self, frames):
+                chunks.append(len(frames))
+                return push_frames(inner, frames)
+
+            def flush(self):
+                return inner.flush()
+
+        return Logged()
+
+
 def run_pipeline(encoder, model, codec, pcm, args, lm_threads: int | None, codec_threads: int | None) -> dict:
     recorder = Recorder()
     lm = LMStage(args.strategy, model=model, task="A1A2", max_steps=args.steps, threads=lm_threads)
-    stages = [EncoderStage(encoder), lm, CodecStage(codec, threads=codec_threads), recorder]
+    logged = ChunkLog(codec)
+    stages = [EncoderStage(encoder), lm, CodecStage(logged, threads=codec_threads, max_chunk=args.max_chunk), recorder]
     events = question_events(pcm)
     start = time.monotonic()
     turns = asyncio.run(Pipeline(stages).run(events))
@@ -125,11 +152,13 @@ def run_pipeline(encoder, model, codec, pcm, args, lm_threads: int | None, codec
     result = next(iter(lm.results.values()))
     return dict(first_audio_ms=metrics.first_audio_ms, first_audio_step=metrics.first_audio_step, audio_s=audio_s,
                 rtf_lm=(last - lm_start) / audio_s, rtf_all=(last - question_end) / audio_s, busy=busy,
-                prefill=recorder.first_token - lm_start, result=result)
+                prefill=recorder.first_token - lm_start, result=result, chunks=logged.chunks)
 
 
-def alone(encoder, model, codec, pcm, frames: torch.Tensor, args, lm_threads: int, codec_threads: int | None) -> dict:
-    """The same work, one stage at a time, each on its thread budget in the pipeline."""
+def alone(encoder, model, codec, pcm, frames: torch.Tensor, chunks: list[int], args, lm_threads: int,
+          codec_threads: int | None) -> dict:
+    """The same work, one stage at a time, each on its thread budget in the pipeline (the codec decoding the
+    same chunks of frames)."""
     t = time.perf_counter()
     features = encoder.encode(pcm.reshape(1, -1), 16000)  # the encoder's budget: the process's threads
     enc = time.perf_counter() - t
@@ -140,9 +169,10 @@ def alone(encoder, model, codec, pcm, frames: torch.Tensor, args, lm_threads: in
     torch.set_num_threads(args.threads)
 
     def decode():
-        decoder, t0 = codec.stream_decoder(), time.perf_counter()
-        for codes in frames:
-            decoder.push(codes)
+        decoder, t0, at = codec.stream_decoder(), time.perf_counter(), 0
+        for n in chunks:
+            push_frames(decoder, frames[at:at + n])
+            at += n
         decoder.flush()
         return time.perf_counter() - t0
 
@@ -203,6 +233,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="batch-parallel", help="decoding strategy (the streaming mode)")
     parser.add_argument("--scheme", default=DEFAULT_SCHEME, choices=[*SCHEMES, "fp32"])
     parser.add_argument("--trim", action="store_true", help="Whisper trim: encode only the question's frames")
+    parser.add_argument("--max-chunk", type=int, default=4, help="CodecStage max_chunk (1: decode frame by frame)")
     parser.add_argument("--text-steps", type=int, help="end the text stream after this many steps (default: never)")
     parser.add_argument("--upstream-repo", type=Path, help="a Mini-Omni checkout: also run upstream's streaming path")
     args = parser.parse_args()
@@ -230,13 +261,14 @@ def main() -> None:
           f"LM steps / codec busy   busy vs alone: encoder / LM / codec")
     for name, (lm_threads, codec_threads) in placements.items():
         got = run_pipeline(encoder, model, codec, pcm, args, lm_threads, codec_threads)
-        ref = alone(encoder, model, codec, pcm, got["result"].frames, args, lm_threads, codec_threads)
+        ref = alone(encoder, model, codec, pcm, got["result"].frames, got["chunks"], args, lm_threads, codec_threads)
         busy = got["busy"]
         lm_steps = busy["lm"] - got["prefill"]
         print(f"{name:<10}{got['first_audio_ms']:>9.0f} ms @{got['first_audio_step']:>3}{got['rtf_lm']:>16.2f}"
               f"{got['rtf_all']:>11.2f}  {busy['encoder']:.2f} / {got['prefill']:.2f} / {lm_steps:.2f} / "
               f"{busy['codec']:.2f}   {busy['encoder'] / ref['encoder']:.2f}x / {busy['lm'] / ref['lm']:.2f}x / "
-              f"{busy['codec'] / ref['codec']:.2f}x   ({got['audio_s']:.2f} s of audio)", flush=True)
+              f"{busy['codec'] / ref['codec']:.2f}x   ({got['audio_s']:.2f} s of audio; "
+              f"{len(got['result'].frames)} frames in {len(got['chunks'])} codec calls)", flush=True)
     if args.upstream_repo:
         torch.set_num_threads(args.threads)
         got = upstream_stream(up, fabric, upstream_model, encoder, codec, pcm, args.steps)

@@ -50,6 +50,7 @@ from omnivox.core.contracts.codec import (
     depth_first_slots,
     frames_to_codes,
     validate_frame,
+    validate_frames,
 )
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
@@ -435,11 +436,16 @@ class SnacStreamDecoder:
         self.closed = False
 
     def push(self, frame) -> Tensor:
+        return self.push_frames(validate_frame(frame, self.codec.grid))
+
+    def push_frames(self, frames) -> Tensor:
+        """(n, n_slots) frames in one pass through the layer stream: fewer re-reads of the weights and less
+        speculative work than n pushes (4 frames at once: about half the compute at 1 thread)."""
         self._check_open()
-        frame = validate_frame(frame, self.codec.grid)
+        frames = validate_frames(frames, self.codec.grid)
         with torch.inference_mode():
-            z = self.codec.latents(frame)  # (1, latent_dim, strides[0])
-            self.n_frames += 1
+            z = self.codec.latents(frames)  # (1, latent_dim, n * strides[0])
+            self.n_frames += frames.shape[0]
             due = self.n_frames * self.spf - self.lookahead  # audio up to here is returned now
             y, n_exact = self.graph.run(z, z.shape[-1], max(due, 0))  # after n_exact: as if it ended here
             y = y[0, 0].float()

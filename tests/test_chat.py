@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import soundfile as sf
 
 from omnivox.core.cli import demo
 from omnivox.core.cli.chat import TranscriptPrinter, displayable
+from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioOut, CodecFrame, Interruption, TextIn, TextToken, TurnEnd, TurnStart
 from omnivox.core.runtime.model_stages import CodecStage, LMStage
 from omnivox.core.runtime.pipeline import Pipeline
@@ -202,3 +204,51 @@ def test_mini_omni_pipeline_file_names_the_missing_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "run", str(pipeline)], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 2 and "small.pt" in run.stderr and "Traceback" not in run.stderr
+
+
+class ChunkRecorder:
+    """The tiny SNAC, recording how many frames each decode call of its stream decoders gets."""
+
+    def __init__(self, codec):
+        self.codec, self.grid, self.calls = codec, codec.grid, []
+
+    def stream_decoder(self):
+        inner, calls = self.codec.stream_decoder(), self.calls
+
+        class Recording:
+            def push_frames(self, frames):
+                calls.append(len(frames))
+                return inner.push_frames(frames)
+
+            def flush(self):
+                return inner.flush()
+
+        return Recording()
+
+
+def test_codec_stage_decodes_frame_by_frame_until_audio_is_ahead_then_in_chunks(components):
+    """Until the audio returned is ahead of playback by the time one more frame takes to arrive and decode,
+    each frame is decoded as it comes; then frames wait, up to max_chunk per call. Nothing is lost: the
+    stream holds every frame's samples, tail flushed at TurnEnd."""
+    from omnivox.core.runtime.model_stages import _CodecTurn
+
+    _, codec = components
+    stage, spf = CodecStage(codec, max_chunk=3), codec.grid.samples_per_frame
+    turn = _CodecTurn(codec.stream_decoder(), pending=[[0] * 7])
+    assert stage._due(turn)  # no audio yet: decode at once
+    turn.started, turn.emitted = time.monotonic(), spf  # one frame returned, playing now: barely ahead
+    assert stage._due(turn)
+    turn.emitted = 1000 * spf  # far ahead of playback: wait for more frames ...
+    assert not stage._due(turn)
+    turn.pending += [[0] * 7] * 2
+    assert stage._due(turn)  # ... up to max_chunk
+    assert CodecStage(codec, max_chunk=1)._due(turn)
+    with pytest.raises(ConfigError, match="max_chunk"):
+        CodecStage(codec, max_chunk=0)
+
+    recording = ChunkRecorder(codec)
+    stage = CodecStage(recording, max_chunk=4)
+    frames = [CodecFrame([i % 4096] * 7, step=i) for i in range(10)]
+    out = asyncio.run(run_stage(stage, [TurnStart(), *frames, TurnEnd(reason="done")]))
+    audio = [e for e in out if isinstance(e, AudioOut)]
+    assert sum(recording.calls) == 10 and sum(len(e.audio) // 2 for e in audio) == 10 * spf

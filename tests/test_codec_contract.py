@@ -10,7 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnivox.core.contracts.codec import TokenGrid, codes_to_frames, depth_first_slots, frames_to_codes, validate_frames
+from omnivox.core.contracts.codec import (
+    TokenGrid,
+    codes_to_frames,
+    depth_first_slots,
+    frames_to_codes,
+    push_frames,
+    validate_frames,
+)
 from omnivox.core.errors import ConfigError, InputError
 
 UPSTREAM = Path("/work/.mirror/gpt-omni+mini-omni/repo")
@@ -115,3 +122,19 @@ def test_bad_grids_are_config_errors():
         depth_first_slots([4, 3, 1])
     with pytest.raises(ConfigError, match="offsets"):
         TokenGrid(2, 16, 12.5, 24000, ((0, 0), (1, 1)))
+
+
+def test_push_frames_falls_back_to_one_push_per_frame():
+    """A stream decoder without push_frames gets the frames one by one, its audio concatenated."""
+
+    class OneByOne:
+        def __init__(self):
+            self.pushed = []
+
+        def push(self, frame):
+            self.pushed.append(frame.tolist())
+            return torch.full((2,), float(frame[0]))
+
+    decoder = OneByOne()
+    out = push_frames(decoder, torch.tensor([[1, 0], [2, 0], [3, 0]]))
+    assert decoder.pushed == [[1, 0], [2, 0], [3, 0]] and out.tolist() == [1, 1, 2, 2, 3, 3]

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnivox.core.contracts.codec import Codec, StreamDecoder
+from omnivox.core.contracts.codec import Codec, StreamDecoder, push_frames
 from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
@@ -89,6 +89,12 @@ def test_streaming_is_seamless_on_the_real_architecture(real):
     snrs_1 = [boundary_snr(whole, torch.cat(parts), t * spf) for t in range(1, n)]
     assert 35 <= min(snrs_1) < min(snrs), (snrs_1, snrs)
 
+    decoder = real.stream_decoder()  # several frames per call (CodecStage's chunks): same length, same quality
+    chunked = torch.cat([decoder.push_frames(frames[0:1]), decoder.push_frames(frames[1:4]),
+                         decoder.push_frames(frames[4:6]), decoder.flush()])
+    assert chunked.shape == whole.shape
+    assert min(boundary_snr(whole, chunked, t * spf) for t in range(1, n)) >= 60
+
     upstream = torch.cat([real.decode(frames[0:4]), real.decode(frames[4:6])])  # 4-frame windows, no context
     assert boundary_snr(whole, upstream, 4 * spf) < min(snrs_1) - 10
 
@@ -107,6 +113,13 @@ def test_streaming_equals_whole_decode_for_any_length(tiny):
     for n in (1, 2, 5, frames_needed, frames_needed + 1, 2 * frames_needed + 3):
         frames = torch.randint(0, 32, (n, 7), generator=gen)
         torch.testing.assert_close(torch.cat(stream(exact, frames)), tiny.decode(frames), atol=1e-6, rtol=0)
+    for chunks in ([3, 1, 4, 2, 3], [1] * 13, [13]):  # several frames per call: the same audio
+        many, decoder = torch.randint(0, 32, (13, 7), generator=gen), exact.stream_decoder()
+        parts, at = [], 0
+        for k in chunks:
+            parts.append(push_frames(decoder, many[at:at + k]))
+            at += k
+        torch.testing.assert_close(torch.cat([*parts, decoder.flush()]), tiny.decode(many), atol=1e-6, rtol=0)
     short = SnacCodec(tiny.model, lookahead_frames=frames_needed - 1)
     assert not torch.allclose(torch.cat(stream(short, frames)), tiny.decode(frames), atol=1e-6, rtol=0)
 

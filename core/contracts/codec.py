@@ -161,13 +161,23 @@ def frames_to_codes(frames: Tensor, grid: TokenGrid) -> list[Tensor]:
 @runtime_checkable
 class StreamDecoder(Protocol):
     """Frame-by-frame decoding: the concatenation of every push() and the final flush() equals (to the
-    codec's stated tolerance) `Codec.decode` of all frames at once."""
+    codec's stated tolerance) `Codec.decode` of all frames at once. A decoder may also offer
+    `push_frames(frames (n, n_slots))`: several frames in one call, the same audio as n pushes to that
+    tolerance and less work (see `push_frames` below)."""
 
     def push(self, frame: Tensor) -> Tensor:
         """One frame (n_slots,) -> float32 PCM that is final now (may be empty)."""
 
     def flush(self) -> Tensor:
         """End of stream: the remaining PCM (float32)."""
+
+
+def push_frames(decoder: StreamDecoder, frames: Tensor) -> Tensor:
+    """(n, n_slots) frames through a stream decoder in one call where it has `push_frames`, else push by push."""
+    many = getattr(decoder, "push_frames", None)
+    if many is not None:
+        return many(frames)
+    return torch.cat([decoder.push(frame) for frame in frames])
 
 
 @runtime_checkable

@@ -21,15 +21,18 @@ import inspect
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from omnivox.core import audio
+from omnivox.core.contracts.codec import push_frames
 from omnivox.core.errors import CheckpointError, ConfigError, InputError, PluginError
 from omnivox.core.runtime.events import (
     AudioChunk,
@@ -226,37 +229,78 @@ class LMStage(Stage):
             left.set()  # a turn still decoding leaves the batch at the engine's next step
 
 
+@dataclass
+class _CodecTurn:
+    """One turn's streaming decode: its decoder, frames held back, and the audio it has returned."""
+
+    decoder: object
+    pending: list = field(default_factory=list)  # codes of frames not decoded yet
+    started: float | None = None  # time.monotonic() of its first audio: playback is assumed to start there
+    emitted: int = 0  # samples returned
+
+
 class CodecStage(Stage):
     """Decodes CodecFrames with the codec's streaming decoder (one per turn) into s16le AudioOut chunks;
-    flushes the tail at the turn's TurnEnd."""
+    flushes the tail at the turn's TurnEnd. Each frame is decoded as it arrives until the audio returned is
+    ahead of playback (assumed to start at the turn's first audio, in real time); then frames are held back
+    and decoded up to `max_chunk` at a time (one `push_frames` call: fewer weight re-reads and less
+    speculative work), as long as the audio ahead outlasts waiting for them. `max_chunk=1`: frame by frame."""
 
     consumes = (CodecFrame, TurnEnd)
     queue_size = 8
 
-    def __init__(self, codec, *, name: str | None = None, threads: int | None = 1):
+    def __init__(self, codec, *, name: str | None = None, threads: int | None = 1, max_chunk: int = 4):
         super().__init__(name or "codec")
+        if max_chunk < 1:
+            raise ConfigError(f"codec stage max_chunk={max_chunk}", "give max_chunk >= 1 (1: decode frame by frame)")
         self.codec = codec
         self.threads = threads  # torch threads of its executor: 1 leaves the other cores to the LM
+        self.max_chunk = max_chunk
+        self.frame_s = codec.grid.samples_per_frame / codec.grid.sample_rate
         self._executor: ThreadPoolExecutor | None = None
-        self._decoders: dict[tuple[str, int], object] = {}
+        self._decoders: dict[tuple[str, int], _CodecTurn] = {}
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         key = event.turn
         if self._executor is None:
             self._executor = torch_executor("omnivox-codec", self.threads)
         if isinstance(event, CodecFrame):
-            decoder = self._decoders.get(key)
-            if decoder is None:
-                decoder = self._decoders[key] = self.codec.stream_decoder()
-            pcm = await _off_loop(self._executor, decoder.push, torch.tensor(event.codes, dtype=torch.long))
-            step = event.step
-        else:
-            decoder = self._decoders.pop(key, None)
-            if decoder is None or event.reason != "done":
+            turn = self._decoders.get(key)
+            if turn is None:
+                turn = self._decoders[key] = _CodecTurn(self.codec.stream_decoder())
+            turn.pending.append(event.codes)
+            if not self._due(turn):
                 return
-            pcm, step = await _off_loop(self._executor, decoder.flush), None
+            pcm, step = await _off_loop(self._executor, self._decode, turn, False), event.step
+        else:
+            turn = self._decoders.pop(key, None)
+            if turn is None or event.reason != "done":
+                return
+            pcm, step = await _off_loop(self._executor, self._decode, turn, True), None
         if pcm.numel():
+            turn.started = turn.started or time.monotonic()
+            turn.emitted += pcm.numel()
             yield self._audio_out(pcm, step, event)
+
+    def _due(self, turn: _CodecTurn) -> bool:
+        """Decode the held frames now, or wait for one more? Wait only while the audio ahead of playback lasts
+        for the next frame to arrive and for this chunk to decode (two frames' time beyond the chunk)."""
+        held = len(turn.pending)
+        if held >= self.max_chunk or turn.started is None:
+            return True
+        ahead = turn.emitted / self.codec.grid.sample_rate - (time.monotonic() - turn.started)
+        return ahead < (held + 2) * self.frame_s
+
+    @staticmethod
+    def _decode(turn: _CodecTurn, last: bool) -> torch.Tensor:
+        """The held frames through the turn's decoder (and its tail when `last`); runs in the codec thread."""
+        parts = []
+        if turn.pending:
+            parts.append(push_frames(turn.decoder, torch.tensor(turn.pending, dtype=torch.long)))  # (n, n_slots)
+            turn.pending = []
+        if last:
+            parts.append(turn.decoder.flush())
+        return torch.cat(parts) if parts else torch.zeros(0)
 
     def _audio_out(self, pcm: torch.Tensor, step: int | None, event: Event) -> AudioOut:
         fmt = audio.AudioFormat(rate=self.codec.grid.sample_rate, width=2, channels=1)
