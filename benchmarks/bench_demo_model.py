@@ -28,7 +28,7 @@ import soundfile as sf
 import torch
 
 from omnivox.core.cli import demo
-from omnivox.training.demo_domain import exact_match, question_key, score_answer
+from omnivox.training.demo_domain import answer_question, question_key, summarise
 
 
 def test_questions(data: Path, limit: int | None) -> list[dict]:
@@ -55,38 +55,22 @@ def test_questions(data: Path, limit: int | None) -> list[dict]:
     return chosen
 
 
-def accuracy(model, encoder, codec, questions: list[dict], transcriber, max_steps: int) -> dict:
-    """Per-question results of A1T2, A1A2 (by the yardstick's transcript) and A1T1, through `generate`."""
-    from omnivox.core.kernel.generation import generate
-    from omnivox.core.kernel.sampling import SamplingConfig
-
-    greedy = SamplingConfig(temperature=0.0)
-    results = []
+def accuracy(model, encoder, codec, questions: list[dict], transcriber, max_steps: int) -> list[dict]:
+    """`demo_domain.answer_question` rows for every task of every question, from the features the export's
+    encoder computes from the WAV (as the pipeline hears it); A1T1 rows also carry the yardstick's transcript."""
+    rows = []
     for i, q in enumerate(questions):
         pcm, rate = sf.read(q["audio"], dtype="float32")
         features = encoder.encode(pcm, rate)  # (T, F)
-        row = {"key": q["key"], "intent": q["intent"], "answer": q["answer"], "question": q["question"]}
-        with torch.no_grad():
-            if "A1T2" in q["tasks"]:
-                text = generate(model, task="A1T2", audio_features=features, sampling=greedy, max_steps=max_steps)
-                row["text"] = model.tokenizer.decode(text.text_ids)
-                row["text_ok"] = score_answer(q["intent"], q["answer"], row["text"])
-                row["text_exact"] = exact_match(q["answer"], row["text"])  # every word, not only the key fact
-            if "A1A2" in q["tasks"]:
-                spoken = generate(model, task="A1A2", audio_features=features, sampling=greedy, max_steps=max_steps)
-                heard = ""
-                if spoken.frames.shape[0]:
-                    heard = transcriber.transcribe(codec.decode(spoken.frames).numpy(), codec.grid.sample_rate)
-                row["spoken_text"], row["transcript"] = model.tokenizer.decode(spoken.text_ids), heard
-                row["spoken_ok"] = score_answer(q["intent"], q["answer"], heard)
-            if "A1T1" in q["tasks"]:
-                asr = generate(model, task="A1T1", audio_features=features, sampling=greedy, max_steps=max_steps)
-                row["asr"] = model.tokenizer.decode(asr.text_ids)
-                row["yardstick_asr"] = transcriber.transcribe(pcm, rate)
-        results.append(row)
+        for task in sorted(q["tasks"]):
+            row = {"key": q["key"]} | answer_question(model, task, features, q, codec=codec, transcriber=transcriber,
+                                                       max_steps=max_steps)
+            if task == "A1T1":
+                row["yardstick"] = transcriber.transcribe(pcm, rate)
+            rows.append(row)
         print(f"\r{i + 1}/{len(questions)} questions", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return results
+    return rows
 
 
 def pipeline_latency(model, encoder, codec, questions: list[dict], max_steps: int) -> list[dict]:
@@ -126,26 +110,23 @@ def pipeline_latency(model, encoder, codec, questions: list[dict], max_steps: in
 def report(results: list[dict], latency: list[dict]) -> None:
     from omnivox.plugins.fw_transcriber import word_error_rate
 
-    by_intent: dict[str, list[dict]] = defaultdict(list)
-    for row in results:
-        by_intent[row["intent"]].append(row)
-
-    def share(rows: list[dict], key: str) -> str:
-        scored = [r[key] for r in rows if key in r]
-        return f"{sum(scored) / len(scored) * 100:5.1f}% ({sum(scored)}/{len(scored)})" if scored else "-"
-
-    for row in results[:: max(1, len(results) // 5)][:5]:  # a few examples, as heard and answered
-        print(f"  {row['question']!r} -> text {row.get('text')!r}; heard {row.get('transcript')!r}")
-    print(f"{'intent':14s} {'text A1T2':>18s} {'spoken A1A2':>18s} {'text exact':>18s}")
-    for intent, rows in sorted([*by_intent.items(), ("all", results)], key=lambda item: item[0] == "all"):
-        print(f"{intent:14s} {share(rows, 'text_ok'):>18s} {share(rows, 'spoken_ok'):>18s} "
-              f"{share(rows, 'text_exact'):>18s}")
-    asr = [r for r in results if "asr" in r]
+    summary = summarise(results, log=lambda line: None)
+    for row in [r for r in results if r["task"] == "A1A2"][::max(1, len(results) // 15)][:5]:
+        print(f"  expected {row['expected']!r}; said {row['text']!r}; heard {row['transcript']!r}")
+    tasks = [("A1T2", "correct", "text A1T2"), ("A1A2", "correct", "spoken A1A2"), ("A1T2", "exact", "text exact")]
+    print(f"{'intent':14s} " + " ".join(f"{title:>18s}" for _, _, title in tasks))
+    intents = sorted({r["intent"] for r in results}) + ["all"]
+    for intent in intents:
+        cells = []
+        for task, key, _ in tasks:
+            scored = [r[key] for r in results if r["task"] == task and intent in (r["intent"], "all")]
+            cells.append(f"{sum(scored) / len(scored) * 100:5.1f}% ({sum(scored)}/{len(scored)})" if scored else "-")
+        print(f"{intent:14s} " + " ".join(f"{cell:>18s}" for cell in cells))
+    asr = [r for r in results if r["task"] == "A1T1"]
     if asr:
-        questions = [r["question"] for r in asr]
         print(f"ASR WER on the question audio ({len(asr)} questions): model A1T1 "
-              f"{word_error_rate(questions, [r['asr'] for r in asr]) * 100:.1f}%, yardstick "
-              f"{word_error_rate(questions, [r['yardstick_asr'] for r in asr]) * 100:.1f}%")
+              f"{summary['overall']['A1T1']['wer'] * 100:.1f}%, yardstick "
+              f"{word_error_rate([r['expected'] for r in asr], [r['yardstick'] for r in asr]) * 100:.1f}%")
     if latency:
         first = [r["first_audio_ms"] for r in latency if r["first_audio_ms"] is not None]
         rtf = [r["rtf"] for r in latency if r["rtf"] is not None]

@@ -120,6 +120,8 @@ def test_noise_is_added_at_the_drawn_snr(tmp_path):
     z, _ = soundfile.read(render(echoed), dtype="float64")
     assert len(z) == len(x) + round(0.3 * rate)  # sox reverb, plus the ringing tail
     assert np.abs(z[: len(x)] - x).max() > 0.01
+    gapped, _ = soundfile.read(render(replace(clean, path=tmp_path / "gap.wav", word_gap=10)), dtype="float64")
+    assert len(gapped) > len(x) + 0.25 * rate  # 100 ms between each of the 4 words
 
 
 def test_sentences_and_pairs_are_distinct():

@@ -11,13 +11,13 @@ from omnivox.core.errors import ConfigError
 from omnivox.training.demo_domain import (
     ARITHMETIC,
     INTENTS,
-    NUMBERS,
     PHRASINGS,
     DemoConfig,
     build_demo,
     contents,
     exact_match,
     load_demo_config,
+    number_words,
     question_key,
     questions,
     score_answer,
@@ -26,14 +26,17 @@ from omnivox.training.demo_domain import (
 
 def test_answers_are_right():
     add = {key: answer for key, _, answer in contents("add")}
-    assert add["7+5"] == "seven plus five is twelve"
-    assert {key: a for key, _, a in contents("subtract")}["9-4"] == "nine minus four is five"
+    assert add["47+10"] == "forty seven plus ten is fifty seven"
+    assert add["89+10"] == "eighty nine plus ten is ninety nine" and add["20+10"] == "twenty plus ten is thirty"
+    assert {key: a for key, _, a in contents("subtract")}["30-10"] == "thirty minus ten is twenty"
     assert {key: a for key, _, a in contents("day_before")}["monday"] == "sunday comes before monday"
     assert {key: a for key, _, a in contents("month_after")}["december"] == "january comes after december"
     assert {key: a for key, _, a in contents("capital")}["france"] == "the capital of france is paris"
     yes_no = {key: a for key, _, a in contents("yes_no")}
     assert yes_no["ice:cold"] == "yes, ice is cold" and yes_no["ice:hot"] == "no, ice is not hot"
-    assert len(add) == 121 and all(key.count("-") == 1 for key, _, _ in contents("subtract"))
+    assert len(add) == 70 and len(contents("subtract")) == 70
+    assert [number_words(n) for n in (0, 13, 20, 47, 99)] == ["zero", "thirteen", "twenty", "forty seven",
+                                                             "ninety nine"]
 
 
 def test_splits_hold_out_phrasings_pairs_and_voices():
@@ -65,10 +68,12 @@ def test_config_rejects_shared_voices_and_unknown_keys():
 
 
 @pytest.mark.parametrize("intent, expected, transcript, ok", [
-    ("add", "seven plus five is twelve", "7 plus 5 is 12.", True),
-    ("add", "seven plus five is twelve", "Seven plus five is eleven.", False),
-    ("add", "seven plus five is twelve", "seven plus five", False),
-    ("subtract", "nine minus four is five", "Nine minus four is five.", True),
+    ("add", "forty seven plus ten is fifty seven", "47 plus 10 is 57.", True),
+    ("add", "forty seven plus ten is fifty seven", "Forty-seven plus ten is fifty-seven.", True),
+    ("add", "forty seven plus ten is fifty seven", "Forty seven plus ten is fifty.", False),
+    ("add", "forty seven plus ten is fifty seven", "forty seven plus ten", False),
+    ("subtract", "thirty minus ten is twenty", "30 minus 10 is 20", True),
+    ("subtract", "thirty minus ten is twenty", "Thirty minus ten is twenty one.", False),
     ("day_after", "tuesday comes after monday", "Tuesday comes after Monday.", True),
     ("day_after", "tuesday comes after monday", "Monday comes after Monday.", False),
     ("month_before", "april comes before may", "April comes before May", True),
@@ -85,10 +90,9 @@ def test_score_answer(intent, expected, transcript, ok):
 
 
 def test_exact_match_and_keys():
-    assert exact_match("seven plus five is twelve", "Seven plus 5 is twelve.")
-    assert not exact_match("seven plus five is twelve", "seven plus five is eleven")
+    assert exact_match("forty seven plus ten is fifty seven", "Forty-seven plus 10 is 57.")
+    assert not exact_match("forty seven plus ten is fifty seven", "forty seven plus ten is fifty eight")
     assert question_key("q00012-1-A1T2") == "q00012-1"
-    assert len(NUMBERS) > 20
     with pytest.raises(ConfigError):
         score_answer("weather", "sunny", "sunny")
 

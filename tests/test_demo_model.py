@@ -201,17 +201,16 @@ def test_make_demo_question_is_answered_and_the_yardstick_hears_the_answer(tmp_p
 @pytest.mark.slow
 @pytest.mark.weights
 def test_held_out_spoken_questions_get_right_answers_in_text_and_in_speech(tmp_path):
-    """Held-out questions (test split: unseen phrasings, held-out voices and rates) through the main job, one per
-    intent the shipped model has learned (docs/demo_model.md): a broken encoder, LM or codec answers none of them.
-    Arithmetic is not learned yet (0-7% on the test split): bench_demo_model.py tracks it, this test does not."""
+    """Held-out questions (test split: unseen phrasings or numbers, held-out voices and rates) through the main
+    job, the first of each of the 10 intents: a broken encoder, LM or codec answers none of them."""
     _shipped()
     from omnivox.plugins.fw_transcriber import Transcriber
-    from omnivox.training.demo_domain import DemoConfig, questions, score_answer
+    from omnivox.training.demo_domain import INTENTS, DemoConfig, questions, score_answer
 
     config = DemoConfig()
     held_out = {}
     for q in questions(config):
-        if q.split == "test" and q.intent in ("capital", "day_after", "day_before", "month_after", "month_before"):
+        if q.split == "test":
             held_out.setdefault(q.intent, q)
     asr = Transcriber()
     text_ok, spoken_ok, seen = 0, 0, []
@@ -222,8 +221,9 @@ def test_held_out_spoken_questions_get_right_answers_in_text_and_in_speech(tmp_p
         text_ok += score_answer(q.intent, q.answer, text)
         spoken_ok += score_answer(q.intent, q.answer, heard)
         seen.append((q.text, q.answer, text, heard))
-    assert len(held_out) == 5
-    assert text_ok >= 4 and spoken_ok >= 2, seen  # test split, these intents: 95-100% text, 40-83% spoken
+    assert set(held_out) == set(INTENTS)
+    # measured 8/10 and 7/10: chat speaks A1A2 (text-delay), whose text and speech miss the sums (docs/demo_model.md)
+    assert text_ok >= 7 and spoken_ok >= 5, seen
 
 
 @pytest.mark.slow

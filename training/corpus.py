@@ -178,7 +178,8 @@ def config_from(cls, values: dict[str, Any], overrides: list[str], what: str, ex
 # ------------------------------------------------------------------------------------------ building
 @dataclass(frozen=True)
 class Utterance:
-    """One audio file to make: `text` spoken with a voice, rate and pitch, then the optional effects."""
+    """One audio file to make: `text` spoken with a voice, rate, pitch and word gap (espeak-ng -g, in 10 ms),
+    then the optional effects."""
 
     path: Path
     text: str
@@ -188,6 +189,7 @@ class Utterance:
     reverberance: float | None
     snr_db: float | None
     seed: int
+    word_gap: int = 0
 
 
 def assign_splits(keys: list[str], shares: dict[str, float], seed: int) -> dict[str, str]:
@@ -287,7 +289,8 @@ def render(job: Utterance, sample_rate: int | None = None) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        _run(["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch), "-w", str(raw), job.text],
+        _run(["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch), "-g", str(job.word_gap),
+              "-w", str(raw), job.text],
              f"espeak-ng failed for {job.text!r} with voice {job.voice!r}", "check the voice name (espeak-ng --voices)")
         if not raw.is_file() or raw.stat().st_size <= 44:
             raise InputError(f"espeak-ng made no audio for {job.text!r} with voice {job.voice!r}",

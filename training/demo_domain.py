@@ -5,8 +5,8 @@ the scoring that tells a right answer from a wrong one.
     python -m omnivox.training.demo_domain evaluate EXPORT DIR/test.prepared.jsonl [--limit N]
 
 What the demo model knows (every answer has one fixed form):
-    add          "what is seven plus five"            -> "seven plus five is twelve"      (operands 0..10)
-    subtract     "what is nine minus four"            -> "nine minus four is five"        (0 <= b <= a <= 10)
+    add          "what is forty seven plus ten"       -> "forty seven plus ten is fifty seven"  (20..89 plus ten)
+    subtract     "what is forty seven minus ten"      -> "forty seven minus ten is thirty seven"  (30..99)
     day_after    "what day comes after monday"        -> "tuesday comes after monday"
     day_before   "what day comes before monday"       -> "sunday comes before monday"
     month_after  "what month comes after may"         -> "june comes after may"
@@ -15,7 +15,7 @@ What the demo model knows (every answer has one fixed form):
     greeting     "hello there"                        -> "hello, how can i help you"
     identity     "who are you"                        -> "i am omnivox, a small demo voice assistant"
     yes_no       "is ice cold"                        -> "yes, ice is cold" / "no, ice is not hot"
-Each intent has several phrasings ("how much is seven plus five", "tell me the capital of france", ...).
+Each intent has several phrasings ("how much is forty seven plus ten", "tell me the capital of france", ...).
 
 Splits (decided before any audio is made, seeded): the test split holds, for every intent, one phrasing
 never used in training, and for add/subtract number pairs never used in training (in any phrasing);
@@ -53,7 +53,8 @@ from omnivox.core.errors import ConfigError, InputError
 from omnivox.training.corpus import Utterance, _render_all, _write_atomic, config_from
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-           "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+           "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december"]
@@ -76,36 +77,58 @@ FACTS = [("ice", "is", "cold", "hot"), ("the sun", "is", "hot", "cold"), ("snow"
 # Phrasings per intent; the LAST one of each list is held out for the test split.
 PHRASINGS: dict[str, list[str]] = {
     "add": ["what is {a} plus {b}", "what's {a} plus {b}", "how much is {a} plus {b}", "{a} plus {b} is what",
-            "tell me {a} plus {b}", "please work out {a} plus {b}", "can you tell me what {a} plus {b} is"],
+            "tell me {a} plus {b}", "please work out {a} plus {b}", "what do you get for {a} plus {b}",
+            "add {b} to {a}", "can you tell me what {a} plus {b} is"],
     "subtract": ["what is {a} minus {b}", "what's {a} minus {b}", "how much is {a} minus {b}",
-                 "{a} minus {b} is what", "tell me {a} minus {b}", "can you tell me what {a} minus {b} is"],
+                 "{a} minus {b} is what", "tell me {a} minus {b}", "please work out {a} minus {b}",
+                 "what do you get for {a} minus {b}", "take {b} from {a}", "can you tell me what {a} minus {b} is"],
     "day_after": ["what day comes after {x}", "which day comes after {x}", "what day is after {x}",
-                  "tell me the day after {x}", "what is the day after {x}"],
+                  "tell me the day after {x}", "the day after {x} is what", "which day follows {x}",
+                  "please tell me which day comes after {x}", "what is the day after {x}"],
     "day_before": ["what day comes before {x}", "which day comes before {x}", "what day is before {x}",
-                   "tell me the day before {x}", "what is the day before {x}"],
+                   "tell me the day before {x}", "the day before {x} is what", "which day precedes {x}",
+                   "please tell me which day comes before {x}", "what is the day before {x}"],
     "month_after": ["what month comes after {x}", "which month comes after {x}", "what month is after {x}",
-                    "tell me the month after {x}", "what is the month after {x}"],
+                    "tell me the month after {x}", "the month after {x} is what", "which month follows {x}",
+                    "please tell me which month comes after {x}", "what is the month after {x}"],
     "month_before": ["what month comes before {x}", "which month comes before {x}", "what month is before {x}",
-                     "tell me the month before {x}", "what is the month before {x}"],
+                     "tell me the month before {x}", "the month before {x} is what", "which month precedes {x}",
+                     "please tell me which month comes before {x}", "what is the month before {x}"],
     "capital": ["what is the capital of {x}", "what's the capital of {x}", "tell me the capital of {x}",
-                "which city is the capital of {x}", "name the capital of {x}", "do you know the capital of {x}"],
-    "greeting": ["hello", "hi", "hello there", "good morning", "hey", "hi there, how are you", "good afternoon"],
-    "identity": ["who are you", "what is your name", "what are you", "tell me who you are",
-                 "what's your name", "please introduce yourself"],
-    "yes_no": ["is {s} {p}", "tell me, is {s} {p}", "would you say {s} is {p}", "is it true that {s} is {p}"],
+                "which city is the capital of {x}", "name the capital of {x}", "the capital of {x} is what",
+                "please tell me the capital of {x}", "what city is the capital of {x}",
+                "do you know the capital of {x}"],
+    "greeting": ["hello", "hi", "hello there", "good morning", "hey", "hi there, how are you", "hey there",
+                 "good evening", "hello, how are you", "hi there", "good afternoon"],
+    "identity": ["who are you", "what is your name", "what are you", "tell me who you are", "what's your name",
+                 "tell me your name", "who am i talking to", "what should i call you", "introduce yourself",
+                 "please tell me who you are"],
+    "yes_no": ["is {s} {p}", "tell me, is {s} {p}", "would you say {s} is {p}", "do you think {s} is {p}",
+               "can you tell me if {s} is {p}", "is it right that {s} is {p}", "please tell me, is {s} {p}",
+               "is it true that {s} is {p}"],
 }
 INTENTS = tuple(PHRASINGS)
 ARITHMETIC = ("add", "subtract")
+ADD_RANGE, SUBTRACT_RANGE = range(20, 90), range(30, 100)  # "<n> plus ten", "<n> minus ten"
+
+
+def number_words(n: int) -> str:
+    """0..99 in words: 7 -> 'seven', 40 -> 'forty', 47 -> 'forty seven'."""
+    if not 0 <= n < 100:
+        raise ValueError(f"{n} is outside 0..99")
+    if n < len(NUMBERS):
+        return NUMBERS[n]
+    return TENS[n // 10] + (f" {NUMBERS[n % 10]}" if n % 10 else "")
 
 
 def contents(intent: str) -> list[tuple[str, dict[str, str], str]]:
     """(content key, template slots, answer) for every content of `intent` (the number pair, day, ...)."""
     if intent == "add":
-        return [(f"{a}+{b}", {"a": NUMBERS[a], "b": NUMBERS[b]}, f"{NUMBERS[a]} plus {NUMBERS[b]} is {NUMBERS[a + b]}")
-                for a in range(11) for b in range(11)]
+        return [(f"{a}+10", {"a": number_words(a), "b": "ten"}, f"{number_words(a)} plus ten is {number_words(a + 10)}")
+                for a in ADD_RANGE]
     if intent == "subtract":
-        return [(f"{a}-{b}", {"a": NUMBERS[a], "b": NUMBERS[b]},
-                 f"{NUMBERS[a]} minus {NUMBERS[b]} is {NUMBERS[a - b]}") for a in range(11) for b in range(a + 1)]
+        return [(f"{a}-10", {"a": number_words(a), "b": "ten"},
+                 f"{number_words(a)} minus ten is {number_words(a - 10)}") for a in SUBTRACT_RANGE]
     if intent in ("day_after", "day_before", "month_after", "month_before"):
         names = DAYS if intent.startswith("day") else MONTHS
         step, word = (1, "after") if intent.endswith("after") else (-1, "before")
@@ -127,11 +150,25 @@ def contents(intent: str) -> list[tuple[str, dict[str, str], str]]:
 
 # ------------------------------------------------------------------------------------------ scoring
 def _words(text: str) -> list[str]:
-    """Lower-case words with digits spelled out ('7' -> 'seven', '12' -> 'twelve'), punctuation dropped."""
+    """Lower-case words with numbers below 100 spelled out ('7' -> 'seven', '47' -> 'forty seven'),
+    punctuation dropped."""
     text = text.lower().replace("-", " ")
-    text = re.sub(r"\d+", lambda m: f" {NUMBERS[int(m.group())]} " if int(m.group()) < len(NUMBERS) else
+    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()))} " if int(m.group()) < 100 else
                   f" {m.group()} ", text)
     return re.findall(r"[a-z0-9']+", text)
+
+
+def _numbers(words: list[str]) -> list[int]:
+    """The numbers said, in order: ['forty', 'seven', 'plus', 'ten'] -> [47, 10]."""
+    out: list[int] = []
+    for i, w in enumerate(words):
+        if w in TENS[2:]:
+            out.append(10 * TENS.index(w))
+        elif w in NUMBERS:
+            unit = NUMBERS.index(w)
+            joins = 0 < unit < 10 and i > 0 and words[i - 1] in TENS[2:]  # "forty" "seven" -> 47
+            out[-1:] = [out[-1] + unit] if joins else out[-1:] + [unit]
+    return out
 
 
 def score_answer(intent: str, expected: str, transcript: str) -> bool:
@@ -145,8 +182,8 @@ def score_answer(intent: str, expected: str, transcript: str) -> bool:
     if not said:
         return False
     if intent in ARITHMETIC:
-        numbers = [w for w in said if w in NUMBERS]
-        return bool(numbers) and numbers[-1] == want[-1]
+        numbers = _numbers(said)
+        return bool(numbers) and numbers[-1] == _numbers(want)[-1]
     if intent.startswith(("day", "month")):
         names = DAYS if intent.startswith("day") else MONTHS
         named = [w for w in said if w in names]
@@ -186,7 +223,8 @@ class DemoConfig:
     test_voices: list[str] = field(default_factory=lambda: ["en-gb-x-rp", "en-us-nyc", "en-gb"])
     test_rates: list[int] = field(default_factory=lambda: [150, 175])
     answer_voice: str = "en-us"
-    answer_rate: int = 165
+    answer_rate: int = 140  # slow and with 40 ms word gaps, the yardstick hears 89 of 93 answers right
+    answer_word_gap: int = 4  # (espeak-ng -g, 10 ms units); 81 of 93 at 165 wpm without gaps
     noise_probability: float = 0.5  # light white noise on this share of questions
     noise_snr_db: list[float] = field(default_factory=lambda: [20.0, 35.0])
     codec_questions: float = 0.15  # share of training questions also in codec.jsonl
@@ -298,7 +336,8 @@ def build_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progres
         if text not in answers:
             rel = f"audio/a/a{len(answers):04d}.wav"
             answers[text] = rel
-            jobs.append(Utterance(out / rel, text, config.answer_voice, config.answer_rate, 50, None, None, 0))
+            jobs.append(Utterance(out / rel, text, config.answer_voice, config.answer_rate, 50, None, None, 0,
+                                  config.answer_word_gap))
         return answers[text]
 
     for n, q in enumerate(qs):
@@ -368,9 +407,64 @@ def question_key(example_id: str) -> str:
     return example_id.rsplit("-", 1)[0]
 
 
+def answer_question(model, task: str, features, info: dict[str, Any], *, codec=None, transcriber=None,
+                    max_steps: int = 160, strategy: str = "text-delay") -> dict[str, Any]:
+    """One greedy answer of `model` to one question (`features`: its encoder features (T, F); `info`: its
+    demo.json entry), scored: {"task", "intent", "expected", "text", "correct", "exact"}, plus "transcript" (the
+    yardstick's, of the spoken answer decoded by `codec`) for A1A2. A1T1 (the model's own ASR) expects the
+    question and counts only exact transcripts as correct. `strategy` decodes A1A2 (batch-parallel: the
+    text of an A1T2 row drives the audio row); the other tasks always decode with text-delay."""
+    import torch
+
+    from omnivox.core.kernel.generation import generate
+    from omnivox.core.kernel.sampling import SamplingConfig
+
+    with torch.no_grad():
+        result = generate(model, task=task, audio_features=features, sampling=SamplingConfig(temperature=0.0),
+                          max_steps=max_steps, strategy=strategy if task == "A1A2" else "text-delay")
+    text = model.tokenizer.decode(result.text_ids)
+    expected = info["question"] if task == "A1T1" else info["answer"]
+    row = {"task": task, "intent": info["intent"], "expected": expected, "text": text,
+           "exact": exact_match(expected, text)}
+    if task == "A1T1":
+        row["correct"] = row["exact"]
+    elif task == "A1A2":
+        heard = ""
+        if result.frames.shape[0]:
+            pcm = codec.decode(result.frames)
+            heard = transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.grid.sample_rate)
+        row["transcript"] = heard
+        row["correct"] = score_answer(info["intent"], info["answer"], heard)
+    else:
+        row["correct"] = score_answer(info["intent"], info["answer"], text)
+    return row
+
+
+def summarise(details: list[dict[str, Any]], log=print) -> dict[str, Any]:
+    """Rows of `answer_question` -> {"per_intent": {task: {intent: share correct}}, "overall": {task: {"correct",
+    "exact_text", "n"[, "wer"]}}, "details": rows}; logs a line per task and intent."""
+    from omnivox.plugins.fw_transcriber import word_error_rate
+
+    by_task: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for row in details:
+        by_task[row["task"]][row["intent"]].append(row)
+    report: dict[str, Any] = {"per_intent": {}, "overall": {}, "details": details}
+    for task, by_intent in by_task.items():
+        every = [r for rows in by_intent.values() for r in rows]
+        report["per_intent"][task] = {i: sum(r["correct"] for r in v) / len(v) for i, v in sorted(by_intent.items())}
+        report["overall"][task] = {"correct": sum(r["correct"] for r in every) / len(every),
+                                   "exact_text": sum(r["exact"] for r in every) / len(every), "n": len(every)}
+        if task == "A1T1":
+            report["overall"][task]["wer"] = word_error_rate([r["expected"] for r in every], [r["text"] for r in every])
+        log(f"{task}: {report['overall'][task]}")
+        for intent, acc in report["per_intent"][task].items():
+            log(f"  {intent:13s} {acc:.2f} ({len(by_intent[intent])})")
+    return report
+
+
 def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...] = ("A1T2", "A1A2"),
              limit: int | None = None, transcriber=None, codec_dir: str | Path | None = None,
-             log=print) -> dict[str, Any]:
+             strategy: str = "text-delay", log=print) -> dict[str, Any]:
     """Run the export on a prepared test manifest (beside its demo.json): per intent, the share of text
     answers (A1T2) and of spoken answers (A1A2, transcribed by the ASR yardstick) that `score_answer`
     accepts, plus exact text matches; A1T1 (the model's own ASR): exact transcripts and WER. `limit`: at most
@@ -379,8 +473,6 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
 
     from omnivox.core.contracts.manager import create
     from omnivox.core.kernel.checkpoint import OmniModel
-    from omnivox.core.kernel.generation import generate
-    from omnivox.core.kernel.sampling import SamplingConfig
     from omnivox.training.data import read_manifest
 
     manifest = Path(manifest)
@@ -397,50 +489,16 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
             from omnivox.plugins.fw_transcriber import Transcriber
 
             transcriber = Transcriber()
-    sampling = SamplingConfig(temperature=0.0)  # greedy
     taken: dict[tuple[str, str], int] = defaultdict(int)
-    results: dict[str, dict[str, list]] = {t: defaultdict(list) for t in tasks}
     details = []
     for ex in read_manifest(manifest, tasks=list(tasks)):
         info = meta[question_key(ex.id)]
-        intent = info["intent"]
-        if limit is not None and taken[(ex.task, intent)] >= limit:
+        if limit is not None and taken[(ex.task, info["intent"])] >= limit:
             continue
-        taken[(ex.task, intent)] += 1
-        with torch.no_grad():
-            result = generate(model, task=ex.task, audio_features=ex.features(), sampling=sampling, max_steps=160)
-        text = model.tokenizer.decode(result.text_ids)
-        row = {"id": ex.id, "task": ex.task, "intent": intent, "expected": info["answer"], "text": text}
-        if ex.task == "A1T1":  # the model's own ASR: the transcript is the question
-            row["expected"] = info["question"]
-            row["correct"] = exact_match(info["question"], text)
-        elif ex.task == "A1A2":
-            heard = ""
-            if result.frames.shape[0]:
-                pcm = codec.decode(result.frames)
-                heard = transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.grid.sample_rate)
-            row["transcript"] = heard
-            row["correct"] = score_answer(intent, info["answer"], heard)
-        else:
-            row["correct"] = score_answer(intent, info["answer"], text)
-        row["exact"] = exact_match(row["expected"], text)
-        results[ex.task][intent].append((row["correct"], row["exact"]))
-        details.append(row)
-    report: dict[str, Any] = {"per_intent": {}, "overall": {}, "details": details}
-    for task, by_intent in results.items():
-        report["per_intent"][task] = {i: sum(c for c, _ in v) / len(v) for i, v in sorted(by_intent.items())}
-        every = [r for v in by_intent.values() for r in v]
-        report["overall"][task] = {"correct": sum(c for c, _ in every) / max(len(every), 1),
-                                   "exact_text": sum(e for _, e in every) / max(len(every), 1), "n": len(every)}
-        if task == "A1T1":
-            from omnivox.plugins.fw_transcriber import word_error_rate
-
-            asr = [r for r in details if r["task"] == "A1T1"]
-            report["overall"][task]["wer"] = word_error_rate([r["expected"] for r in asr], [r["text"] for r in asr])
-        log(f"{task}: {report['overall'][task]}")
-        for intent, acc in report["per_intent"][task].items():
-            log(f"  {intent:13s} {acc:.2f} ({len(by_intent[intent])})")
-    return report
+        taken[(ex.task, info["intent"])] += 1
+        details.append({"id": ex.id} | answer_question(model, ex.task, ex.features(), info, codec=codec,
+                                                       transcriber=transcriber, strategy=strategy))
+    return summarise(details, log)
 
 
 def _codec_dir(export: Path) -> Path:
@@ -463,13 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--tasks", default="A1T2,A1A2")
     ev.add_argument("--limit", type=int)
     ev.add_argument("--codec")
+    ev.add_argument("--strategy", default="text-delay", help="A1A2 decoding: text-delay or batch-parallel")
     ev.add_argument("--json", help="write the report (with every answer) here")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(build_demo(args.out_dir, load_demo_config(args.set)))
         return 0
     report = evaluate(args.export, args.manifest, tasks=tuple(args.tasks.split(",")), limit=args.limit,
-                      codec_dir=args.codec)
+                      codec_dir=args.codec, strategy=args.strategy)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return 0
