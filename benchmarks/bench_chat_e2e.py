@@ -23,7 +23,7 @@ so both sides' heads get those rows zeroed, as the `tiny-random` model's (plugin
 answer speaks its whole step budget.
 
     python benchmarks/bench_chat_e2e.py [--steps 48] [--seconds 2] [--threads 2] [--scheme int8-channel] [--trim]
-        [--upstream-repo /tmp/mini-omni]
+        [--repeat 1] [--placements shared placed lm-all] [--upstream-repo /tmp/mini-omni]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import copy
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -42,11 +43,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's loop wraps tqdm, read w
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from omnivox import OmniModel, generate
+from omnivox import OmniModel
 from omnivox.core import audio
 from omnivox.core.contracts.codec import push_frames
+from omnivox.core.kernel.batching import BatchEngine
 from omnivox.core.kernel.config import OmniConfig
+from omnivox.core.kernel.generation import Done
 from omnivox.core.kernel.quantize import DEFAULT_SCHEME, SCHEMES, quantize
+from omnivox.core.kernel.strategies import get_strategy
 from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioStop, TextToken, TurnEnd, TurnStart
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, torch_executor
 from omnivox.core.runtime.pipeline import Pipeline
@@ -162,11 +166,14 @@ def alone(encoder, model, codec, pcm, frames: torch.Tensor, chunks: list[int], a
     t = time.perf_counter()
     features = encoder.encode(pcm.reshape(1, -1), 16000)  # the encoder's budget: the process's threads
     enc = time.perf_counter() - t
-    torch.set_num_threads(lm_threads)
+    done, engine = threading.Event(), BatchEngine(model)  # as the LM stage runs it (prefill on every core)
+    engine.submit(lambda piece: isinstance(piece, (Done, Exception)) and done.set(), task="A1A2",
+                  audio_features=torch.as_tensor(features), strategy=get_strategy(args.strategy), max_steps=args.steps)
     t = time.perf_counter()
-    generate(model, task="A1A2", audio_features=torch.as_tensor(features), strategy=args.strategy, max_steps=args.steps)
+    engine.start(lm_threads)
+    done.wait()
     lm = time.perf_counter() - t
-    torch.set_num_threads(args.threads)
+    engine.stop()
 
     def decode():
         decoder, t0, at = codec.stream_decoder(), time.perf_counter(), 0
@@ -225,6 +232,11 @@ def load_upstream_pair(repo: Path, seed: int):
     return up, fabric, upstream_model, ours
 
 
+def _spread(values: list[float], unit: str = "") -> str:
+    """'median (min-max)' of sorted values."""
+    return f"{values[len(values) // 2]:.2f}{unit} ({values[0]:.2f}-{values[-1]:.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=48, help="answer length in LM steps")
@@ -235,6 +247,9 @@ def main() -> None:
     parser.add_argument("--trim", action="store_true", help="Whisper trim: encode only the question's frames")
     parser.add_argument("--max-chunk", type=int, default=4, help="CodecStage max_chunk (1: decode frame by frame)")
     parser.add_argument("--text-steps", type=int, help="end the text stream after this many steps (default: never)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the placements (median and range printed)")
+    parser.add_argument("--placements", nargs="+", default=["shared", "placed", "lm-all"],
+                        choices=["shared", "placed", "lm-all"])
     parser.add_argument("--upstream-repo", type=Path, help="a Mini-Omni checkout: also run upstream's streaming path")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -254,21 +269,31 @@ def main() -> None:
     print(f"Mini-Omni shape (random weights), LM {args.scheme}, {args.strategy}, {args.steps} steps; Whisper small "
           f"({'trimmed' if args.trim else 'padded 30 s'}); SNAC 24 kHz streaming; {args.seconds:.0f} s {what}; "
           f"{args.threads} cores")
-    placements = {"shared": (args.threads, None), "placed": (max(1, args.threads - 1), 1),
-                  "lm-all": (args.threads, 1)}
+    placements = {"shared": (args.threads, None), "placed": (max(1, args.threads - 1), 1), "lm-all": (args.threads, 1)}
     run_pipeline(encoder, model, codec, pcm[:8000], argparse.Namespace(**{**vars(args), "steps": 9}), 1, 1)  # warm
     print(f"{'placement':<10}{'first audio':>18}{'RTF (LM start)':>16}{'RTF (all)':>11}  split s: encoder / prefill / "
           f"LM steps / codec busy   busy vs alone: encoder / LM / codec")
-    for name, (lm_threads, codec_threads) in placements.items():
-        got = run_pipeline(encoder, model, codec, pcm, args, lm_threads, codec_threads)
-        ref = alone(encoder, model, codec, pcm, got["result"].frames, got["chunks"], args, lm_threads, codec_threads)
-        busy = got["busy"]
-        lm_steps = busy["lm"] - got["prefill"]
-        print(f"{name:<10}{got['first_audio_ms']:>9.0f} ms @{got['first_audio_step']:>3}{got['rtf_lm']:>16.2f}"
-              f"{got['rtf_all']:>11.2f}  {busy['encoder']:.2f} / {got['prefill']:.2f} / {lm_steps:.2f} / "
-              f"{busy['codec']:.2f}   {busy['encoder'] / ref['encoder']:.2f}x / {busy['lm'] / ref['lm']:.2f}x / "
-              f"{busy['codec'] / ref['codec']:.2f}x   ({got['audio_s']:.2f} s of audio; "
-              f"{len(got['result'].frames)} frames in {len(got['chunks'])} codec calls)", flush=True)
+    chosen = {name: placements[name] for name in args.placements}
+    rounds: dict[str, list[tuple[float, float, float]]] = {name: [] for name in chosen}
+    for _ in range(args.repeat):  # placements interleaved, so that each sees the machine's same moods
+        for name, (lm_threads, codec_threads) in chosen.items():
+            got = run_pipeline(encoder, model, codec, pcm, args, lm_threads, codec_threads)
+            ref = alone(encoder, model, codec, pcm, got["result"].frames, got["chunks"], args, lm_threads,
+                        codec_threads)
+            busy = got["busy"]
+            lm_steps = busy["lm"] - got["prefill"]
+            rounds[name].append((got["rtf_lm"], busy["lm"] / ref["lm"], busy["codec"] / ref["codec"]))
+            print(f"{name:<10}{got['first_audio_ms']:>9.0f} ms @{got['first_audio_step']:>3}{got['rtf_lm']:>16.2f}"
+                  f"{got['rtf_all']:>11.2f}  {busy['encoder']:.2f} / {got['prefill']:.2f} / {lm_steps:.2f} / "
+                  f"{busy['codec']:.2f}   {busy['encoder'] / ref['encoder']:.2f}x / {busy['lm'] / ref['lm']:.2f}x / "
+                  f"{busy['codec'] / ref['codec']:.2f}x   ({got['audio_s']:.2f} s of audio; "
+                  f"{len(got['result'].frames)} frames in {len(got['chunks'])} codec calls)", flush=True)
+    if args.repeat > 1:
+        print(f"median (min-max) over {args.repeat} rounds:")
+        for name, rows in rounds.items():
+            rtf, lm, codec_busy = (sorted(column) for column in zip(*rows, strict=True))
+            print(f"{name:<10} RTF (LM start) {_spread(rtf)}   busy vs alone: LM {_spread(lm, 'x')}, codec "
+                  f"{_spread(codec_busy, 'x')}", flush=True)
     if args.upstream_repo:
         torch.set_num_threads(args.threads)
         got = upstream_stream(up, fabric, upstream_model, encoder, codec, pcm, args.steps)

@@ -15,6 +15,7 @@ sleeps while no turn is active (core/runtime/model_stages.py LMStage owns one)."
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -156,10 +157,13 @@ def _left_pad(x: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
 class BatchEngine:
     """Decodes many turns on one OmniLM, one batched forward per step. `submit` takes `generation.stream`'s
     arguments (bad input raises there) and an `emit` callback that receives the turn's events, Done last.
-    At most `max_rows` batch rows decode at once; later turns wait for rows to free up."""
+    At most `max_rows` batch rows decode at once; later turns wait for rows to free up. A turn that joins while
+    no other decodes is prefilled on `prefill_threads` torch threads (default: every core; the codec has no
+    audio to decode then), the steps on the engine thread's own count (`start(threads)`)."""
 
-    def __init__(self, model, max_rows: int = 16):
+    def __init__(self, model, max_rows: int = 16, prefill_threads: int | None = None):
         self.model = model
+        self.prefill_threads = prefill_threads or os.cpu_count() or 1
         self.lm: OmniLM = model.lm if hasattr(model, "lm") else model
         self.max_rows = max_rows
         self.active: list[BatchTurn] = []  # in batch-row order
@@ -201,11 +205,16 @@ class BatchEngine:
     def _join(self, turn: BatchTurn) -> None:
         if turn.cancelled():
             return turn.finish("cancelled")
+        threads = torch.get_num_threads()
+        if not self.active and self.prefill_threads > threads:  # nothing decodes, no audio to decode yet
+            torch.set_num_threads(self.prefill_threads)
         try:
             cache = turn.prefill()
         except Exception as error:  # noqa: BLE001 - the turn ends with its error, the others go on
             turn.done = True
             return turn.emit(error)
+        finally:
+            torch.set_num_threads(threads)
         if not turn.done:
             self.batch.add(cache)
             self.active.append(turn)
