@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicCache
 
 from omnivox.core.kernel.generation import Done, Event, FramePiece, GenerationResult, TextPiece, _sample, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
+from omnivox.core.kernel.threads import set_threads, threads
 
 
 class BatchTurn:
@@ -205,16 +206,14 @@ class BatchEngine:
     def _join(self, turn: BatchTurn) -> None:
         if turn.cancelled():
             return turn.finish("cancelled")
-        threads = torch.get_num_threads()
-        if not self.active and self.prefill_threads > threads:  # nothing decodes, no audio to decode yet
-            torch.set_num_threads(self.prefill_threads)
+        # alone, the turn has no other turn's steps and no audio to decode beside it: its prefill takes every core
+        prefill_threads = self.prefill_threads if not self.active else torch.get_num_threads()
         try:
-            cache = turn.prefill()
+            with threads(prefill_threads):
+                cache = turn.prefill()
         except Exception as error:  # noqa: BLE001 - the turn ends with its error, the others go on
             turn.done = True
             return turn.emit(error)
-        finally:
-            torch.set_num_threads(threads)
         if not turn.done:
             self.batch.add(cache)
             self.active.append(turn)
@@ -306,7 +305,7 @@ class BatchEngine:
 
     def _run(self, threads: int | None) -> None:
         if threads is not None:
-            torch.set_num_threads(threads)
+            set_threads(threads)
         while True:
             with self._wake:
                 while self.idle and not self._stopping:

@@ -34,6 +34,7 @@ import torch
 from omnivox.core import audio
 from omnivox.core.contracts.codec import push_frames
 from omnivox.core.errors import CheckpointError, ConfigError, InputError, PluginError
+from omnivox.core.kernel.threads import set_threads
 from omnivox.core.runtime.events import (
     AudioChunk,
     AudioOut,
@@ -62,7 +63,7 @@ def torch_executor(name: str, threads: int | None) -> ThreadPoolExecutor:
     """One worker thread whose torch intra-op thread count is `threads` (None: the calling thread's count; a
     new thread would otherwise start from OpenMP's default, not from torch.set_num_threads)."""
     threads = torch.get_num_threads() if threads is None else threads
-    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=torch.set_num_threads, initargs=(threads,))
+    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=set_threads, initargs=(threads,))
 
 
 async def _off_loop(executor: ThreadPoolExecutor, fn, *args):

@@ -1,0 +1,31 @@
+"""torch's intra-op thread count of the calling OS thread, set so that it holds.
+
+torch keeps the count per thread (OpenMP's nthreads-var), but a thread that has not yet run a parallel op is
+initialised lazily, at its first one, from the count most recently set by ANY thread: `torch.set_num_threads(1)`
+in a new thread is silently replaced by 2 if another thread sets 2 before this one's first parallel op. That is
+how the LM's one-thread decode thread sometimes ran two OpenMP threads next to the codec's thread on a 2-core
+machine (the same pipeline run gave RTF 0.55 or 0.75). `set_threads` runs the lazy initialisation first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def set_threads(n: int) -> None:
+    """This OS thread's torch intra-op threads become `n`, whatever other threads set later."""
+    torch.get_num_threads()  # the thread's lazy initialisation, from the global count: done now, not later
+    torch.set_num_threads(n)
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """`n` torch threads in this OS thread for the block, its own count after."""
+    before = torch.get_num_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
