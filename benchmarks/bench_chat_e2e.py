@@ -55,6 +55,7 @@ from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioS
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, torch_executor
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.testing import ChunkRecordingCodec
 from omnivox.plugins.random_models import never_emit_audio_specials, zero_audio_special_rows
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
 from omnivox.plugins.whisper_encoder import load_whisper_encoder
@@ -114,35 +115,10 @@ def question_events(pcm: np.ndarray) -> list:
     return [TurnStart(), AudioStart(rate=16000, width=2, channels=1), *chunks, AudioStop(), TurnEnd(reason="done")]
 
 
-class ChunkLog:
-    """The codec with a record of the frames per decode call its stream decoders get (the CodecStage's chunks),
-    so that the alone reference decodes the same chunks."""
-
-    def __init__(self, codec):
-        self.codec, self.grid, self.chunks = codec, codec.grid, []
-
-    def stream_decoder(self):
-        inner, chunks = self.codec.stream_decoder(), self.chunks
-
-        class Logged:
-            def push(self, frame):
-                chunks.append(1)
-                return inner.push(frame)
-
-            def push_frames(self, frames):
-                chunks.append(len(frames))
-                return push_frames(inner, frames)
-
-            def flush(self):
-                return inner.flush()
-
-        return Logged()
-
-
 def run_pipeline(encoder, model, codec, pcm, args, lm_threads: int | None, codec_threads: int | None) -> dict:
     recorder = Recorder()
     lm = LMStage(args.strategy, model=model, task="A1A2", max_steps=args.steps, threads=lm_threads)
-    logged = ChunkLog(codec)
+    logged = ChunkRecordingCodec(codec)
     stages = [EncoderStage(encoder), lm, CodecStage(logged, threads=codec_threads, max_chunk=args.max_chunk), recorder]
     events = question_events(pcm)
     start = time.monotonic()

@@ -22,7 +22,7 @@ from omnivox.core.runtime.events import AudioOut, CodecFrame, Interruption, Text
 from omnivox.core.runtime.model_stages import CodecStage, LMStage
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
-from omnivox.core.runtime.testing import run_stage
+from omnivox.core.runtime.testing import ChunkRecordingCodec, run_stage
 from omnivox.plugins.audio_files import FileAudioOutput
 from omnivox.plugins.snac_codec import SnacCodec
 
@@ -206,26 +206,6 @@ def test_mini_omni_pipeline_file_names_the_missing_checkpoint(tmp_path):
     assert run.returncode == 2 and "small.pt" in run.stderr and "Traceback" not in run.stderr
 
 
-class ChunkRecorder:
-    """The tiny SNAC, recording how many frames each decode call of its stream decoders gets."""
-
-    def __init__(self, codec):
-        self.codec, self.grid, self.calls = codec, codec.grid, []
-
-    def stream_decoder(self):
-        inner, calls = self.codec.stream_decoder(), self.calls
-
-        class Recording:
-            def push_frames(self, frames):
-                calls.append(len(frames))
-                return inner.push_frames(frames)
-
-            def flush(self):
-                return inner.flush()
-
-        return Recording()
-
-
 def test_codec_stage_decodes_frame_by_frame_until_audio_is_ahead_then_in_chunks(components):
     """Until the audio returned is ahead of playback by the time one more frame takes to arrive and decode,
     each frame is decoded as it comes; then frames wait, up to max_chunk per call. Nothing is lost: the
@@ -246,9 +226,9 @@ def test_codec_stage_decodes_frame_by_frame_until_audio_is_ahead_then_in_chunks(
     with pytest.raises(ConfigError, match="max_chunk"):
         CodecStage(codec, max_chunk=0)
 
-    recording = ChunkRecorder(codec)
+    recording = ChunkRecordingCodec(codec)
     stage = CodecStage(recording, max_chunk=4)
     frames = [CodecFrame([i % 4096] * 7, step=i) for i in range(10)]
     out = asyncio.run(run_stage(stage, [TurnStart(), *frames, TurnEnd(reason="done")]))
     audio = [e for e in out if isinstance(e, AudioOut)]
-    assert sum(recording.calls) == 10 and sum(len(e.audio) // 2 for e in audio) == 10 * spf
+    assert sum(recording.chunks) == 10 and sum(len(e.audio) // 2 for e in audio) == 10 * spf

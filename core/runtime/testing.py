@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from omnivox.core.contracts.codec import push_frames
 from omnivox.core.runtime.bus import Bus
 from omnivox.core.runtime.events import DataEvent, Error, Event, Shutdown, SystemEvent, TurnEnd, TurnStart
 from omnivox.core.runtime.pipeline import Pipeline
@@ -119,3 +120,30 @@ def assert_error(events: Iterable[Event], stage: str) -> Error:
     errors = [e for e in of_type(events, Error) if e.stage == stage]
     assert errors, f"no Error from stage {stage!r}; errors: {[(e.stage, e.message) for e in of_type(events, Error)]}"
     return errors[0]
+
+
+class ChunkRecordingCodec:
+    """A codec whose stream decoders record the frames each decode call gets, in `chunks` (the CodecStage's
+    chunking, to check it or to replay the same chunks); everything they return is the codec's."""
+
+    def __init__(self, codec):
+        self.codec, self.grid, self.chunks = codec, codec.grid, []
+
+    def stream_decoder(self) -> _RecordingDecoder:
+        return _RecordingDecoder(self.codec.stream_decoder(), self.chunks)
+
+
+class _RecordingDecoder:
+    def __init__(self, inner, chunks: list[int]):
+        self.inner, self.chunks = inner, chunks
+
+    def push(self, frame):
+        self.chunks.append(1)
+        return self.inner.push(frame)
+
+    def push_frames(self, frames):
+        self.chunks.append(len(frames))
+        return push_frames(self.inner, frames)
+
+    def flush(self):
+        return self.inner.flush()
