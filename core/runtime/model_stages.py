@@ -60,8 +60,8 @@ def default_lm_threads() -> int:
 
 
 def torch_executor(name: str, threads: int | None) -> ThreadPoolExecutor:
-    """One worker thread whose torch intra-op thread count is `threads` (None: the calling thread's count; a
-    new thread would otherwise start from OpenMP's default, not from torch.set_num_threads)."""
+    """One worker thread whose torch intra-op thread count is `threads` (None: the calling thread's count), set
+    with `set_threads` so that later settings in other threads do not replace it (core/kernel/threads.py)."""
     threads = torch.get_num_threads() if threads is None else threads
     return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=set_threads, initargs=(threads,))
 
