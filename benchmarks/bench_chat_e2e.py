@@ -142,14 +142,22 @@ def alone(encoder, model, codec, pcm, frames: torch.Tensor, chunks: list[int], a
     t = time.perf_counter()
     features = encoder.encode(pcm.reshape(1, -1), 16000)  # the encoder's budget: the process's threads
     enc = time.perf_counter() - t
-    done, engine = threading.Event(), BatchEngine(model)  # as the LM stage runs it (prefill on every core)
-    engine.submit(lambda piece: isinstance(piece, (Done, Exception)) and done.set(), task="A1A2",
-                  audio_features=torch.as_tensor(features), strategy=get_strategy(args.strategy), max_steps=args.steps)
+    done, last, engine = threading.Event(), [], BatchEngine(model)  # as the LM stage runs it (prefill on every core)
+
+    def emit(piece):
+        if isinstance(piece, (Done, Exception)):
+            last.append(piece)
+            done.set()
+
+    engine.submit(emit, task="A1A2", audio_features=torch.as_tensor(features), strategy=get_strategy(args.strategy),
+                  max_steps=args.steps)
     t = time.perf_counter()
     engine.start(lm_threads)
     done.wait()
     lm = time.perf_counter() - t
     engine.stop()
+    if isinstance(last[0], Exception):  # a failed answer has no time to report
+        raise last[0]
 
     def decode():
         decoder, t0, at = codec.stream_decoder(), time.perf_counter(), 0

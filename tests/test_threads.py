@@ -11,7 +11,7 @@ from omnivox.core.kernel.batching import BatchEngine
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import Done
-from omnivox.core.kernel.threads import set_threads, threads
+from omnivox.core.kernel.threads import set_threads, using_threads
 from omnivox.core.runtime.model_stages import torch_executor
 
 
@@ -39,7 +39,7 @@ def test_set_threads_holds_where_torch_set_num_threads_is_overridden():
     try:
         assert _count_after_another_thread_sets(lambda: torch.set_num_threads(1), 3) == 3  # torch's own: lost
         assert _count_after_another_thread_sets(lambda: set_threads(1), 3) == 1
-        with threads(2):
+        with using_threads(2):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 3
     finally:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from omnivox.core.kernel.generation import Done, Event, FramePiece, GenerationResult, TextPiece, _sample, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
-from omnivox.core.kernel.threads import set_threads, threads
+from omnivox.core.kernel.threads import set_threads, using_threads
 
 
 class BatchTurn:
@@ -207,9 +208,9 @@ class BatchEngine:
         if turn.cancelled():
             return turn.finish("cancelled")
         # alone, the turn has no other turn's steps and no audio to decode beside it: its prefill takes every core
-        prefill_threads = self.prefill_threads if not self.active else torch.get_num_threads()
+        budget = using_threads(self.prefill_threads) if not self.active else nullcontext()
         try:
-            with threads(prefill_threads):
+            with budget:
                 cache = turn.prefill()
         except Exception as error:  # noqa: BLE001 - the turn ends with its error, the others go on
             turn.done = True

@@ -37,7 +37,7 @@ class LeanAttention(Qwen2Attention):
     qkv: nn.Module
     n_heads: int
     n_kv_heads: int
-    rope: dict  # shared by the model's blocks: the step's (sin, cos (B, 1, T, Dh), signed sin (B, 1, T, Dh))
+    rope: dict  # shared by the model's blocks: {"sin": this forward's sin, "factors": (cos, signed sin) (B, 1, T, Dh)}
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                 attention_mask: torch.Tensor | None, cache=None, **kwargs):
@@ -58,7 +58,6 @@ class LeanAttention(Qwen2Attention):
             out, _ = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
                             sliding_window=self.sliding_window, **kwargs)  # (B, T, H, Dh)
         return self.o_proj(out.reshape(B, T, H * Dh)), None
-
 
     def _rope_factors(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """transformers' (cos, sin) (B, T, Dh) of this forward -> (cos, signed sin) (B, 1, T, Dh), computed by the

@@ -15,7 +15,7 @@ saturate. The 8th bit halves the activations' rounding error: text agreement 0.9
 The embedding table stays fp32 (a lookup reads 7 + 1 rows a step). The head is split into its text and
 audio row blocks (`SplitHead`), so a step still computes only the blocks it samples (core/kernel/model.py).
 Per-channel schemes also make the Qwen2 blocks lean (core/kernel/lean_blocks.py: fused q/k/v and gate/up,
-cheaper rotary, norm and single-position attention): ~7 ms less per Mini-Omni step at one thread.
+cheaper rotary, norm and single-position attention): 2-2.5 ms less per ~32 ms Mini-Omni step at one thread.
 Weight-only int8/int4 kernels (`torch._weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) need bf16
 activations on the CPU (fp32 runs a 50-100x slower fallback), so they are not offered.
 

@@ -21,7 +21,7 @@ def set_threads(n: int) -> None:
 
 
 @contextmanager
-def threads(n: int) -> Iterator[None]:
+def using_threads(n: int) -> Iterator[None]:
     """`n` torch threads in this OS thread for the block, its own count after."""
     before = torch.get_num_threads()
     set_threads(n)
