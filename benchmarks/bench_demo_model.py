@@ -27,7 +27,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omnivox.core.cli import demo
+from omnivox.cli import demo
 from omnivox.training.demo_domain import answer_question, question_key, summarise
 
 

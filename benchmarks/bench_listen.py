@@ -90,7 +90,7 @@ def main() -> int:
         trace = folder / "trace.jsonl"
         with VirtualAudio(folder / "va") as va:
             va.set_microphone(np.stack([mono, mono]))
-            run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "listen", "--checkpoint", "random",
+            run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", "random",
                                   "--max-turns", str(args.turns), "--max-steps", str(args.max_steps),
                                   "--trace", str(trace)],
                                  env=va.env, capture_output=True, text=True,

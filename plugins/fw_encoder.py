@@ -31,7 +31,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError
-from omnivox.plugins.whisper_encoder import _LONG_INPUT, SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, WhisperEncoder
+from omnivox.plugins.whisper_encoder import LONG_INPUT, SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, WhisperEncoder
 
 if TYPE_CHECKING:
     import torch
@@ -165,8 +165,8 @@ class FasterWhisperEncoder:
 
     def __init__(self, model: ctranslate2.models.Whisper, extractor: FeatureExtractor, *, long_input: str = "split",
                  trim: bool = False):
-        if long_input not in _LONG_INPUT:
-            raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(_LONG_INPUT)}")
+        if long_input not in LONG_INPUT:
+            raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(LONG_INPUT)}")
         if not isinstance(trim, bool):
             raise ConfigError(f"trim={trim!r}", "use true (encode only the frames kept) or false (30 s windows)")
         self.trim = trim

@@ -35,7 +35,7 @@ SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # whisper's N_SAMPLES: one 30 s input window
 WINDOW_FRAMES = 1500  # encoder frames per window (3000 mel frames, conv stride 2)
 _AUDIO_DIMS = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
-_LONG_INPUT = ("split", "error")
+LONG_INPUT = ("split", "error")
 
 
 def window_frames(num_samples: int) -> int:
@@ -51,8 +51,8 @@ class WhisperEncoder:
     frame_rate = 50.0
 
     def __init__(self, encoder: torch.nn.Module, n_mels: int, *, long_input: str = "split", trim: bool = False):
-        if long_input not in _LONG_INPUT:
-            raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(_LONG_INPUT)}")
+        if long_input not in LONG_INPUT:
+            raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(LONG_INPUT)}")
         if not isinstance(trim, bool):
             raise ConfigError(f"trim={trim!r}", "use true (encode only the frames kept) or false (30 s windows)")
         self.encoder = encoder.eval()  # whisper.model.AudioEncoder

@@ -36,7 +36,7 @@ class Served:
 
 
 def tiny_http_stages(*, max_steps: int = 24, limits: dict | None = None, **http):
-    from omnivox.core.cli import demo
+    from omnivox.cli import demo
     from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
     from omnivox.plugins.http.stages import HttpAudioInput, HttpAudioOutput
     from omnivox.plugins.snac_codec import SnacCodec

@@ -112,7 +112,7 @@ def write_question(path: Path, seconds: float = 0.6, rate: int = 16000) -> Path:
 def tiny_service_stages(broker: str, *, max_steps: int = 16, worker: str | None = None, limits: dict | None = None,
                         **mqtt):
     """mqtt in -> tiny whisper encoder -> tiny random LM -> tiny SNAC -> mqtt out (one shared model)."""
-    from omnivox.core.cli import demo
+    from omnivox.cli import demo
     from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
     from omnivox.plugins.mqtt.stages import MqttAudioInput, MqttAudioOutput
     from omnivox.plugins.snac_codec import SnacCodec

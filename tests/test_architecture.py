@@ -12,12 +12,20 @@ import pytest
 import omnivox
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("core/kernel", "core/runtime", "core/contracts", "core/cli")
-# What each part of core/ may import from omnivox (any import, at module level or inside a function).
+PACKAGES = ("cli", "core", "plugins", "training")  # the folders of the package; top-level modules are part "omnivox"
+PARTS = ("core/kernel", "core/runtime", "core/contracts")
+# What each part may import from omnivox (any import, at module level or inside a function). Layers, top down:
+# the application (cli/) composes everything; training/ and plugins/ are implementations (training may use
+# plugins, never the reverse); core/ imports only core/: runtime -> kernel -> contracts -> core's shared base.
+CORE = {"core/kernel", "core/runtime", "core/contracts", "core"}
 ALLOWED = {
+    "cli": {"cli", "training", "plugins", "omnivox"} | CORE,
+    "omnivox": {"omnivox", "plugins"} | CORE,  # the lazy public API (__init__.py) and the device client (mqtt.py)
+    "training": {"training", "plugins"} | CORE,
+    "plugins": {"plugins"} | CORE,
+    "core/runtime": {"core/runtime", "core/kernel", "core/contracts", "core"},
     "core/kernel": {"core/kernel", "core/contracts", "core"},
     "core/contracts": {"core/contracts", "core"},
-    "core/runtime": {"core/runtime", "core/kernel", "core/contracts", "core"},
     "core": {"core"},
 }
 
@@ -28,12 +36,14 @@ def module_name(path: Path) -> str:
 
 
 def part_of(module: str) -> str:
-    """`omnivox.core.kernel.model` -> `core/kernel`; `omnivox.core.errors` -> `core`; plugins -> `plugins`."""
+    """`omnivox.core.kernel.model` -> `core/kernel`; `omnivox.core.errors` -> `core`; `omnivox.plugins.x` ->
+    `plugins`; `omnivox.mqtt` and `omnivox` -> `omnivox`."""
     path = "/".join(module.split(".")[1:])
     for part in PARTS:
         if path == part or path.startswith(part + "/"):
             return part
-    return path.split("/")[0] if "/" in path else ("core" if path == "core" else path)
+    top = path.split("/")[0]
+    return top if top in PACKAGES else "omnivox"
 
 
 def imports(path: Path, top_level_only: bool = False) -> list[str]:
@@ -52,13 +62,21 @@ def imports(path: Path, top_level_only: bool = False) -> list[str]:
     return [m for m in found if m == "omnivox" or m.startswith("omnivox.")]
 
 
+def package_files() -> list[Path]:
+    """Every Python module of the package: the top-level modules and everything under its folders."""
+    files = sorted(ROOT.glob("*.py"))
+    for folder in PACKAGES:
+        files += sorted((ROOT / folder).rglob("*.py"))
+    return files
+
+
 def core_files():
     return sorted((ROOT / "core").rglob("*.py"))
 
 
 def test_readme_map_lists_every_part_of_core_and_every_module():
     readme = (ROOT / "README.md").read_text()
-    for part in PARTS:
+    for part in PARTS + ("cli",):
         assert f"`{part}/`" in readme, f"README's architecture map does not name {part}/"
     for path in core_files():
         folder = path.parent.relative_to(ROOT).as_posix()
@@ -67,15 +85,13 @@ def test_readme_map_lists_every_part_of_core_and_every_module():
             assert named in readme, f"README's architecture map does not mention {path.relative_to(ROOT)}"
 
 
-@pytest.mark.parametrize("path", core_files(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_core_parts_import_only_what_the_map_allows(path):
+@pytest.mark.parametrize("path", package_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_module_imports_only_what_the_layers_allow(path):
     part = part_of(module_name(path))
-    if part == "core/cli":
-        return  # the command line may use every part and the built-in plugins
     for target in imports(path):
-        target_part = part_of(target)
         if target in ("omnivox", "omnivox.core"):
             continue
+        target_part = part_of(target)
         assert target_part in ALLOWED[part], f"{module_name(path)} ({part}) imports {target} ({target_part})"
 
 
@@ -91,11 +107,69 @@ def test_kernel_never_imports_the_runtime_even_lazily():
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path):
-    """Guard against a checker that can never fail: a kernel file importing the runtime is caught."""
-    bad = ROOT / "core" / "kernel" / "model.py"
-    source = bad.read_text() + "\nfrom omnivox.core.runtime.bus import Bus\n"
-    tree_imports = [m for m in ast.walk(ast.parse(source)) if isinstance(m, ast.ImportFrom)]
-    assert any(part_of(n.module) not in ALLOWED["core/kernel"] for n in tree_imports if n.module)
+    """Guard against a checker that can never fail: a kernel file importing the runtime, and a core file
+    importing the command line, are caught."""
+    for source, part in (("from omnivox.core.runtime.bus import Bus\n", "core/kernel"),
+                         ("from omnivox.cli.chat import chat\n", "core/runtime")):
+        node = ast.parse(source).body[0]
+        assert part_of(node.module) not in ALLOWED[part]
+
+
+# ---- underscore names stay in their module -----------------------------------------------------------------
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def defined_private_names(tree: ast.AST) -> set[str]:
+    """The underscore names a module defines: functions, classes, variables, attributes it assigns
+    (`self._x = ...`, `obj._x = ...`) and parameters."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.attr)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return {n for n in names if _private(n)}
+
+
+# third-party underscore names the project sets or calls on purpose (not another omnivox module's)
+THIRD_PARTY = {"_attn_implementation", "_download", "_MODELS"}
+TREES = {path: ast.parse(path.read_text()) for path in package_files()}
+DEFINED = {path: defined_private_names(tree) for path, tree in TREES.items()}
+
+
+def foreign_private_uses(path: Path, tree: ast.AST, defined: dict[Path, set[str]]) -> list[str]:
+    """`from omnivox.x import _name` of another module, and `obj._name` where `_name` is not this module's own
+    but another omnivox module's (third-party underscore names are not the project's to police here)."""
+    own = defined[path]
+    elsewhere = set().union(*(names for other, names in defined.items() if other != path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("omnivox"):
+            found += [f"line {node.lineno}: from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and _private(node.attr):
+            if node.attr not in own and node.attr in elsewhere and node.attr not in THIRD_PARTY:
+                found.append(f"line {node.lineno}: .{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", package_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_reaches_into_another_modules_underscore_names(path):
+    found = foreign_private_uses(path, TREES[path], DEFINED)
+    assert not found, f"{path.relative_to(ROOT)} uses another module's underscore names: {found}"
+
+
+def test_the_underscore_checker_sees_a_reach_in():
+    user = Path("user.py")
+    tree = ast.parse("from omnivox.core.kernel.generation import _sample\ndef f(lm):\n    return lm._head(1)\n")
+    defined = {user: defined_private_names(tree), Path("model.py"): {"_head"}}
+    assert len(foreign_private_uses(user, tree, defined)) == 2
 
 
 PUBLIC = {

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from omnivox.core.cli import demo
-from omnivox.core.cli.chat import TranscriptPrinter, displayable
+from omnivox.cli import demo
+from omnivox.cli.chat import TranscriptPrinter, displayable
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioOut, CodecFrame, Interruption, TextIn, TextToken, TurnEnd, TurnStart
 from omnivox.core.runtime.model_stages import CodecStage, LMStage
@@ -125,7 +125,7 @@ def test_stage_failure_ends_the_turn_and_the_next_turn_completes(components):
 
 
 def _chat(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "chat", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "omnivox.cli.main", "chat", *args], capture_output=True,
                           text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -191,7 +191,7 @@ def test_demo_pipeline_file_runs(tmp_path):
     question = tmp_path / "q.wav"
     subprocess.run(["espeak-ng", "-w", str(question), "Hello there"], check=True)
     pipeline = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "chat_demo.yaml"
-    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "run", str(pipeline),
+    run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "run", str(pipeline),
                           "--set", f"input.path={question}", "--set", "output.path=a.wav", "--set", "lm.max_steps=30",
                           *[f"--set={stage}.checkpoint=random" for stage in ("encoder", "lm", "codec")]],
                          cwd=tmp_path, capture_output=True, text=True)
@@ -201,7 +201,7 @@ def test_demo_pipeline_file_runs(tmp_path):
 
 def test_mini_omni_pipeline_file_names_the_missing_checkpoint(tmp_path):
     pipeline = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "chat_mini_omni.yaml"
-    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "run", str(pipeline)], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "run", str(pipeline)], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 2 and "small.pt" in run.stderr and "Traceback" not in run.stderr
 

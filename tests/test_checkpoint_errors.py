@@ -124,7 +124,7 @@ def test_garbage_file(upstream):
 
 def test_convert_cli_round_trip(upstream, tmp_path):
     dst = tmp_path / "native"
-    command = [sys.executable, "-m", "omnivox.core.cli.main", "convert", "mini-omni", str(upstream), str(dst)]
+    command = [sys.executable, "-m", "omnivox.cli.main", "convert", "mini-omni", str(upstream), str(dst)]
     run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     a, b = OmniModel.from_pretrained(upstream), OmniModel.from_pretrained(dst)
@@ -133,7 +133,7 @@ def test_convert_cli_round_trip(upstream, tmp_path):
 
 
 def test_convert_cli_error_is_one_line_not_a_traceback(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "convert", "mini-omni", str(tmp_path / "x"),
+    run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "convert", "mini-omni", str(tmp_path / "x"),
                           str(tmp_path / "y")], capture_output=True, text=True)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and "not found" in run.stderr and "fix:" in run.stderr
@@ -141,7 +141,7 @@ def test_convert_cli_error_is_one_line_not_a_traceback(tmp_path):
 
 def test_download_offline_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "download", "mini-omni", str(tmp_path / "d")],
+    run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "download", "mini-omni", str(tmp_path / "d")],
                          capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 2
     assert "could not download gpt-omni/mini-omni" in run.stderr and "--checkpoint" in run.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from omnivox.core.cli.main import main
+from omnivox.cli.main import main
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.training.corpus import SPLITS, CorpusConfig, Utterance, load_corpus_config, qa_pool, render, statements
 from omnivox.training.data import read_manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnivox.core.cli import demo
+from omnivox.cli import demo
 from omnivox.core.errors import CheckpointError, ConfigError, PluginError
 from omnivox.core.runtime.model_stages import COMPONENTS_FILE, choose_components, components_in, load_model
 from omnivox.plugins.random_models import TINY_WHISPER_DIMS
@@ -29,7 +29,7 @@ TINY_SNAC = {"sampling_rate": 24000, "encoder_dim": 8, "encoder_rates": [2, 4, 8
 
 
 def _cli(*args, cwd, timeout=600):
-    return subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "omnivox.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -170,8 +170,8 @@ def _speak(path: Path, text: str, voice: str = "en-us", rate: int = 150) -> Path
 
 def _chat_in_process(question: Path, output: Path):
     """The main job's pipeline (`omnivox chat --input Q --output A`, default checkpoint) run here: (text, wav)."""
-    from omnivox.core.cli.chat import build_pipeline
-    from omnivox.core.cli.main import build_parser
+    from omnivox.cli.chat import build_pipeline
+    from omnivox.cli.main import build_parser
 
     args = build_parser().parse_args(["chat", "--input", str(question), "--output", str(output), "--quiet"])
     pipeline, printer, _ = build_pipeline(args, say=lambda line: None)

@@ -10,11 +10,11 @@ import sys
 import pytest
 from virtual_audio import VirtualAudio
 
-from omnivox.core.cli.doctor import Check, combined_fixes
+from omnivox.cli.doctor import Check, combined_fixes
 
 
 def _doctor(tmp_path, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "doctor", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "omnivox.cli.main", "doctor", *args], capture_output=True,
                           text=True, cwd=tmp_path, env={**os.environ, **(env or {})}, timeout=300)
 
 

@@ -207,7 +207,7 @@ def test_omnivox_prepare_encodes_with_it(tmp_path, clip):
     """`omnivox prepare` with `prepare.encoder: {_component_: faster_whisper}` writes (T, 384) features."""
     from pathlib import Path
 
-    from omnivox.core.cli.main import main
+    from omnivox.cli.main import main
     from omnivox.training.data import read_manifest
 
     row = {"id": "q", "task": "A1T1", "question_audio": str(clip[0]), "answer_text": "please open the window"}

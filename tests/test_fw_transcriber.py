@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from omnivox.core.cli.main import main
+from omnivox.cli.main import main
 from omnivox.core.errors import InputError
 from omnivox.plugins.fw_transcriber import normalize, word_error_rate, word_errors
 from omnivox.training.synthetic import speak

@@ -15,8 +15,8 @@ import requests
 from http_support import question_b64
 from mqtt_support import Mosquitto, free_port, write_question
 
-from omnivox.core.cli import serve
-from omnivox.core.cli.main import build_parser
+from omnivox.cli import serve
+from omnivox.cli.main import build_parser
 from omnivox.core.errors import ConfigError
 
 pytest.importorskip("aiohttp")
@@ -55,7 +55,7 @@ def test_serve_http_and_mqtt_at_once_answers_both(tmp_path):
     broker = Mosquitto(tmp_path).start()
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "serve", "--http", f"127.0.0.1:{port}",
+    server = subprocess.Popen([sys.executable, "-m", "omnivox.cli.main", "serve", "--http", f"127.0.0.1:{port}",
                                "--broker", broker.url, "--max-steps", "24", "--checkpoint", "random"],
                               stderr=subprocess.PIPE, text=True,
                               env=env)
@@ -70,7 +70,7 @@ def test_serve_http_and_mqtt_at_once_answers_both(tmp_path):
         assert any(f"on {broker.url}" in line for line in lines), "".join(lines)
         answer = requests.post(f"http://127.0.0.1:{port}/chat", json={"audio": question_b64(tmp_path)}, timeout=60)
         assert answer.status_code == 200 and answer.content[:4] == b"RIFF" and len(answer.content) > 44
-        ask = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "ask", "--broker", broker.url, "--site",
+        ask = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "ask", "--broker", broker.url, "--site",
                               "cli", "--input", str(write_question(tmp_path / "q.wav")), "--output",
                               str(tmp_path / "a.wav")], capture_output=True, text=True, timeout=120)
         assert ask.returncode == 0 and "turn done" in ask.stderr, ask.stderr

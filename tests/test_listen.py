@@ -161,7 +161,7 @@ def listen(va: VirtualAudio, tmp_path: Path, *args: str, stop_after: float | Non
     """Run `omnivox listen` on the virtual devices; returns (exit code, stdout, stderr, turns, summary, played).
     `stop_after`: send Ctrl-C (SIGINT) after that many seconds instead of waiting for --max-turns."""
     trace = tmp_path / "trace.jsonl"
-    command = [sys.executable, "-m", "omnivox.core.cli.main", "listen", "--checkpoint", "random", "--trace", str(trace),
+    command = [sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", "random", "--trace", str(trace),
                "--record", str(tmp_path / "played.wav"), *args]
     process = subprocess.Popen(command, env=va.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -304,9 +304,9 @@ def test_half_duplex_ignores_speech_fed_back_at_minus_6_db_while_answering(tmp_p
 @needs_devices
 def test_missing_device_is_one_line_listing_the_devices_exit_2(tmp_path):
     with VirtualAudio(tmp_path / "va") as va:
-        run = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "listen", "--input-device", "nosuch"],
+        run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--input-device", "nosuch"],
                              env=va.env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        listed = subprocess.run([sys.executable, "-m", "omnivox.core.cli.main", "listen", "--list-devices"],
+        listed = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--list-devices"],
                                 env=va.env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     errors = [line for line in run.stderr.splitlines() if line.startswith("omnivox listen")]
     assert run.returncode == 2 and len(errors) == 1 and "Traceback" not in run.stderr

@@ -205,7 +205,7 @@ def test_omnivox_train_resumes_after_sigkill(trained, tmp_path):
     root = trained[0]
     recipe = write_recipe(root, steps=3000, checkpoint_every=25, log_every=100)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "omnivox.core.cli.main", "train", str(recipe), f"output_dir={run}"]
+    cmd = [sys.executable, "-m", "omnivox.cli.main", "train", str(recipe), f"output_dir={run}"]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "latest").is_file() and process.poll() is None and time.monotonic() < deadline:

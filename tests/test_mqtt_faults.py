@@ -74,7 +74,7 @@ def _serve_pipeline(folder, max_steps: int = 32):
 
 def _start_worker(broker, pipeline, worker, folder):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "serve", "--broker", broker.url,
+    return subprocess.Popen([sys.executable, "-m", "omnivox.cli.main", "serve", "--broker", broker.url,
                              "--pipeline", str(pipeline), "--worker", worker, "--group", "pool"],
                             stdout=subprocess.DEVNULL, stderr=open(folder / f"{worker}.log", "wb"), env=env)
 

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from mqtt_support import Mosquitto, running_service, write_question
 
-from omnivox.core.cli import serve
-from omnivox.core.cli.main import build_parser
+from omnivox.cli import serve
+from omnivox.cli.main import build_parser
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.sessions import Limits
@@ -237,7 +237,7 @@ def test_omnivox_ask_command(broker, question, tmp_path):
     async def scenario():
         async with running_service(broker.url, max_steps=24):
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "omnivox.core.cli.main", "ask", "--broker", broker.url, "--site", "cli",
+                sys.executable, "-m", "omnivox.cli.main", "ask", "--broker", broker.url, "--site", "cli",
                 "--input", str(question), "--output", str(tmp_path / "a.wav"), "--text-out", str(tmp_path / "a.txt"),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await asyncio.wait_for(process.communicate(), 120)

@@ -22,7 +22,7 @@ def test_non_editable_install_imports_all_subpackages(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
                    check=True, capture_output=True, text=True)
-    code = ("import omnivox, omnivox.core.kernel.model, omnivox.plugins, omnivox.training, omnivox.core.cli.main;"
+    code = ("import omnivox, omnivox.core.kernel.model, omnivox.plugins, omnivox.training, omnivox.cli.main;"
             "print(omnivox.__file__)")
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(target)})

@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from omnivox.core.cli import run as run_command
+from omnivox.cli import run as run_command
 from omnivox.core.contracts import manager as plugin_module
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.contracts.manager import PluginManager

@@ -101,7 +101,7 @@ def with_toy(toy_site, monkeypatch):
 def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run(
-        [sys.executable, "-m", "omnivox.core.cli.main", "plugins", *args], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "omnivox.cli.main", "plugins", *args], capture_output=True, text=True, env=env
     )
 
 

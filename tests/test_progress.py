@@ -20,7 +20,7 @@ from omnivox.core.kernel.checkpoint import OmniModel
 
 def _omnivox(args: list[str], cwd, tty: bool) -> tuple[int, str]:
     """Run `omnivox ARGS` with stderr on a pseudo-terminal (tty=True) or a pipe; returns (rc, stderr)."""
-    command = [sys.executable, "-m", "omnivox.core.cli.main", *args]
+    command = [sys.executable, "-m", "omnivox.cli.main", *args]
     if not tty:
         run = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
         return run.returncode, run.stderr

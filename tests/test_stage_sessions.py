@@ -125,7 +125,7 @@ class OverlapLM(LMStage):
 
 def test_concurrent_lm_turns_share_one_model_and_match_sequential_ones():
     """Two sessions decode at once on one model object (separate caches): the same tokens as alone."""
-    from omnivox.core.cli import demo
+    from omnivox.cli import demo
 
     model = demo.tiny_model(seed=3)
 

@@ -35,7 +35,7 @@ def _torchrun() -> list[str]:
 def _run(args: list[str], nproc: int | None) -> subprocess.CompletedProcess:
     launcher = [*_torchrun(), "--standalone", "--nproc_per_node", str(nproc)] if nproc else [sys.executable]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, "-m", "omnivox.core.cli.main", "train", *args], capture_output=True, text=True,
+    return subprocess.run([*launcher, "-m", "omnivox.cli.main", "train", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 

@@ -98,7 +98,7 @@ def test_trainable_map_is_exact(stage, data, random_init, tmp_path):
 
 def _run_cli(args: list[str], stderr=subprocess.STDOUT) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "omnivox.core.cli.main", "train", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "omnivox.cli.main", "train", *args], stdout=subprocess.PIPE,
                             stderr=stderr, text=True, env=env)
 
 
@@ -266,7 +266,7 @@ def _metrics(run: Path) -> list[dict[str, float]]:
 
 
 def test_a_subclass_with_its_own_loss_runs_through_omnivox_train(data, random_init, tmp_path):
-    from omnivox.core.cli.main import main
+    from omnivox.cli.main import main
 
     recipe = str(RECIPES / "tiny_stage3_finetune.yaml")
     args = overrides(data, tmp_path / "base", init_from=random_init, training__max_steps=2, data__tasks="[A1A2]")

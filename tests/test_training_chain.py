@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnivox.core.cli.main import main
+from omnivox.cli.main import main
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.generation import generate
 from omnivox.plugins.audio_files import read_audio

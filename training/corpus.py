@@ -259,22 +259,22 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig | None = None, *, pro
                  "answer_audio": answer_audio},
             ]
 
-    _render_all(jobs, config, progress)
+    render_all(jobs, config, progress)
     manifests = {}
     for split in SPLITS:
         for kind, lines in rows[split].items():
             if lines:
                 path = out / f"{split}.{kind}.jsonl"
-                _write_atomic(path, "".join(json.dumps(r) + "\n" for r in lines))
+                write_atomic(path, "".join(json.dumps(r) + "\n" for r in lines))
                 manifests[f"{split}.{kind}"] = {"file": path.name, "examples": len(lines)}
     utterances = [{**asdict(job), "path": job.path.relative_to(out).as_posix()} for job in jobs]
     summary = {"config": asdict(config), "manifests": manifests, "sentences": sentences, "utterances": utterances}
     corpus = out / "corpus.json"
-    _write_atomic(corpus, json.dumps(summary, indent=1) + "\n")
+    write_atomic(corpus, json.dumps(summary, indent=1) + "\n")
     return corpus
 
 
-def _render_all(jobs: list[Utterance], config: CorpusConfig, progress: bool) -> None:
+def render_all(jobs: list[Utterance], config: CorpusConfig, progress: bool) -> None:
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=config.jobs) as pool:  # the work is in espeak-ng/sox processes
@@ -325,7 +325,7 @@ def _run(cmd: list[str], problem: str, fix: str) -> None:
         raise InputError(f"{problem}: {result.stderr.strip()[:200]}", fix)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

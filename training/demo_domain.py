@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from omnivox.core.errors import ConfigError, InputError
-from omnivox.training.corpus import Utterance, _render_all, _write_atomic, config_from
+from omnivox.training.corpus import Utterance, config_from, render_all, write_atomic
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
            "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -383,13 +383,13 @@ def build_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progres
         if row["task"] == "A1A2":
             row["answer_audio"] = answer_audio(row["answer_text"])
 
-    _render_all(jobs, _RenderConfig(config.jobs, config.sample_rate), progress)
+    render_all(jobs, _RenderConfig(config.jobs, config.sample_rate), progress)
     for name, lines in rows.items():
-        _write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+        write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     summary = {"config": asdict(config), "intents": list(config.intents),
                "examples": {name: len(lines) for name, lines in rows.items()}, "questions": meta}
     path = out / "demo.json"
-    _write_atomic(path, json.dumps(summary, indent=1) + "\n")
+    write_atomic(path, json.dumps(summary, indent=1) + "\n")
     return path
 
 

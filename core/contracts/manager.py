@@ -42,7 +42,7 @@ BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.mel_codec": None,
     "omnivox.plugins.audio_files": None,
     "omnivox.plugins.text_input": None,
-    "omnivox.plugins.synthetic_data": None,
+    "omnivox.training.datasets": None,
     "omnivox.plugins.random_models": None,
     "omnivox.plugins.demo_model": None,
     "omnivox.plugins.mqtt": "mqtt",

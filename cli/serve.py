@@ -11,7 +11,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from omnivox.core.cli import demo
+from omnivox.cli import demo
 from omnivox.core.errors import ConfigError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
 

@@ -84,7 +84,7 @@ async def _ask(args: argparse.Namespace):
 
 async def _print_text(turn, out) -> None:
     """The streamed text as it arrives, made terminal-safe as `omnivox chat` does (chat.displayable)."""
-    from omnivox.core.cli.chat import displayable
+    from omnivox.cli.chat import displayable
 
     held: list[int] = []  # ids whose text the service's detokenizer still holds back
     async for reply in turn:

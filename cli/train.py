@@ -1,6 +1,6 @@
 """`omnivox train RECIPE.yaml [key=value ...]`, `omnivox prepare RECIPE.yaml MANIFEST`, `omnivox synth-data DIR`.
 
-`train` is the one launcher for a single process and for `torchrun --nproc_per_node N -m omnivox.core.cli.main
+`train` is the one launcher for a single process and for `torchrun --nproc_per_node N -m omnivox.cli.main
 train ...` (the process group is joined from torchrun's environment)."""
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ def core_smoke() -> Check:
     """The tiny random model, built through the plugin manager, answers a typed question."""
     start = time.perf_counter()
     try:
-        from omnivox.core.cli import demo
+        from omnivox.cli import demo
         from omnivox.core.kernel.generation import generate
 
         with warnings.catch_warnings():
@@ -330,7 +330,7 @@ def _hub_cached(repo: str) -> str | None:
 
 
 def skipped_plugins() -> list[Check]:
-    from omnivox.core.cli.plugins import collect
+    from omnivox.cli.plugins import collect
     from omnivox.core.contracts.manager import BUILTIN_PLUGINS
 
     checks = []

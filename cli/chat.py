@@ -9,7 +9,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from omnivox.core.cli import demo
+from omnivox.cli import demo
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 from omnivox.core.runtime.events import Event, TextToken, TurnEnd

@@ -1,5 +1,5 @@
-"""Built-in dataset plugin: `manifest`, the JSONL manifest data set of omnivox.training.data (the format
-`omnivox synth-data` writes and `omnivox prepare` completes)."""
+"""The training datasets, registered through the same hook as any plugin: `manifest`, the JSONL manifest data
+set of omnivox.training.data (the format `omnivox synth-data` writes and `omnivox prepare` completes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `omnivox` command line. Each command lives in `omnivox.core.cli.<module>` and exposes
+"""The `omnivox` command line. Each command lives in `omnivox.cli.<module>` and exposes
 `register(subparsers)`; a command sets `func(args) -> int` on its parser."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from omnivox.core.errors import OmnivoxError
 
 # Command modules, in --help order. Each is imported only to build the parser (no torch at import).
 COMMAND_MODULES = [
-    "omnivox.core.cli.chat",
-    "omnivox.core.cli.listen",
-    "omnivox.core.cli.run",
-    "omnivox.core.cli.serve",
-    "omnivox.core.cli.ask",
-    "omnivox.core.cli.model",
-    "omnivox.core.cli.plugins",
-    "omnivox.core.cli.train",
-    "omnivox.core.cli.transcribe",
-    "omnivox.core.cli.doctor",
+    "omnivox.cli.chat",
+    "omnivox.cli.listen",
+    "omnivox.cli.run",
+    "omnivox.cli.serve",
+    "omnivox.cli.ask",
+    "omnivox.cli.model",
+    "omnivox.cli.plugins",
+    "omnivox.cli.train",
+    "omnivox.cli.transcribe",
+    "omnivox.cli.doctor",
 ]
 
 

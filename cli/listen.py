@@ -12,7 +12,7 @@ import signal
 import sys
 from dataclasses import asdict, dataclass
 
-from omnivox.core.cli import demo
+from omnivox.cli import demo
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioStop, CodecFrame, Event, TextToken, TurnEnd, VoiceStopped
 from omnivox.core.runtime.stage import Stage
