@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 
-from tqdm import tqdm
-
+from omnivox.core import progress
 from omnivox.core.runtime.events import TextToken, TurnEnd, TurnStart, same_turn
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
@@ -122,7 +120,7 @@ def main() -> None:
              "paced": lambda: paced(args.pings)}
     results = {}
     # one step per case, shown only when stderr is a terminal
-    for name in tqdm(cases, desc="bench_bus", unit="case", file=sys.stderr, disable=None, leave=False):
+    for name in progress.bar(cases, desc="bench_bus", unit="case", leave=False):
         results[name] = asyncio.run(cases[name]())
     (rate, loaded), (base_rate, base_loaded), (hop_lat, e2e) = results.values()
     print(f"bus benchmark: {STAGES} no-op stages, queue bound 64, block policy")

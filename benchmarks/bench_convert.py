@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+
+from omnivox.core import progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from upstream_reference import UPSTREAM_FIELDS, write_upstream_checkpoint  # noqa: E402
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     baseline_rss = run_child("OmniModel", "pass")[1]
     # one step per case (fabricate, convert, two loads), shown only when stderr is a terminal; lines print above
-    bar = tqdm(total=4, desc="bench_convert", unit="case", file=sys.stderr, disable=None, leave=False)
+    bar = progress.bar(total=4, desc="bench_convert", unit="case", leave=False)
     with tempfile.TemporaryDirectory() as tmp, bar:
         src, dst = Path(tmp) / "upstream", Path(tmp) / "native"
         t = time.perf_counter()

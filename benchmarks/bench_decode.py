@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
 
 import torch
-from tqdm import tqdm
 
 from omnivox import generate
+from omnivox.core import progress
 from omnivox.core.kernel import model as kernel_model
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.model import OmniLM
@@ -139,8 +138,8 @@ def main() -> None:
             run(2)  # warm-up
         times = {name: {1: [], args.steps: []} for name in runs}
         outputs = {}
-        bar = tqdm(total=args.repeats * 2 * len(runs), desc=f"bench_decode {task}", unit="run", file=sys.stderr,
-                   disable=None, leave=False)  # shown only when stderr is a terminal
+        bar = progress.bar(total=args.repeats * 2 * len(runs), desc=f"bench_decode {task}", unit="run",
+                           leave=False)  # shown only when stderr is a terminal
         for _ in range(args.repeats):  # interleaved, so load changes hit both alike
             for steps in (1, args.steps):
                 for name, run in runs.items():

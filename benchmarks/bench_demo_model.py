@@ -27,7 +27,8 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from omnivox.cli import demo
+from omnivox.core import progress
+from omnivox.core.runtime.speech_kit import SpeechKit
 from omnivox.training.demo_domain import answer_question, question_key, summarise
 
 
@@ -59,7 +60,7 @@ def accuracy(model, encoder, codec, questions: list[dict], transcriber, max_step
     """`demo_domain.answer_question` rows for every task of every question, from the features the export's
     encoder computes from the WAV (as the pipeline hears it); A1T1 rows also carry the yardstick's transcript."""
     rows = []
-    for i, q in enumerate(questions):
+    for q in progress.bar(questions, desc="questions", unit="question", leave=False):
         pcm, rate = sf.read(q["audio"], dtype="float32")
         features = encoder.encode(pcm, rate)  # (T, F)
         for task in sorted(q["tasks"]):
@@ -68,8 +69,6 @@ def accuracy(model, encoder, codec, questions: list[dict], transcriber, max_step
             if task == "A1T1":
                 row["yardstick"] = transcriber.transcribe(pcm, rate)
             rows.append(row)
-        print(f"\r{i + 1}/{len(questions)} questions", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
     return rows
 
 
@@ -163,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{data}) or pass --data")
     from omnivox.plugins.fw_transcriber import Transcriber
 
-    model, encoder, codec, _ = demo.model_kit(args.checkpoint, say=lambda line: None)  # as `omnivox chat` chooses
+    kit = SpeechKit.load(args.checkpoint, say=lambda line: None)  # as `omnivox chat` chooses
+    model, encoder, codec = kit.model, kit.encoder, kit.codec
     questions = test_questions(data, args.limit)
     print(f"{args.checkpoint}: {model.source}; {len(questions)} held-out questions; torch threads {args.threads}")
     start = time.perf_counter()

@@ -8,12 +8,11 @@ a 40-position text prompt; prints steps/s of both and the ratio, and the relativ
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
-from tqdm import tqdm
 
+from omnivox.core import progress
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.model import OmniLM
 from omnivox.core.kernel.quantize import quantize_int8
@@ -40,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     lm = OmniLM(OmniConfig.mini_omni()).eval()
-    with tqdm(total=2, desc="bench_int8", unit="case", file=sys.stderr, disable=None, leave=False) as bar:
+    with progress.bar(total=2, desc="bench_int8", unit="case", leave=False) as bar:
         fp32, ref = steps_per_second(lm, args.steps)
         bar.update()
         int8, out = steps_per_second(quantize_int8(lm), args.steps)

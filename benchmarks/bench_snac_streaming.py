@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
-from tqdm import tqdm
 
+from omnivox.core import progress
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
 
 REGION = 256  # samples each side of a boundary
@@ -78,8 +77,8 @@ def main() -> None:
     cases = {"whole": lambda: timed(base.decode, frames), "upstream": lambda: timed(upstream_windows, base, frames),
              **{la: lambda codec=codec: timed(stream, codec, frames) for la, codec in codecs.items()}}
     times: dict[str, list[float]] = {name: [] for name in cases}
-    bar = tqdm(total=args.repeats * len(cases), desc="bench_snac_streaming", unit="case", file=sys.stderr,
-               disable=None, leave=False)  # shown only when stderr is a terminal
+    bar = progress.bar(total=args.repeats * len(cases), desc="bench_snac_streaming", unit="case",
+                       leave=False)  # shown only when stderr is a terminal
     for _ in range(args.repeats):  # interleaved, so load changes hit all alike
         for name, case in cases.items():
             times[name].append(case())

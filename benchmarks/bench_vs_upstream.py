@@ -45,12 +45,12 @@ from types import SimpleNamespace
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's loops wrap tqdm; tqdm reads this when first imported
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402  (after TQDM_DISABLE: our bars pass disable explicitly, upstream's do not)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from upstream_reference import UPSTREAM_FIELDS, tiny_fields, write_upstream_checkpoint  # noqa: E402
 
 from omnivox import OmniModel, generate  # noqa: E402
+from omnivox.core import progress  # noqa: E402  (its bars pass disable explicitly: TQDM_DISABLE is upstream's)
 from omnivox.core.kernel.quantize import SCHEMES, greedy_agreement, quantize  # noqa: E402
 from omnivox.core.kernel.sampling import SamplingConfig  # noqa: E402
 
@@ -295,8 +295,8 @@ def main() -> int:
         times = {side: [] for side in ("up", "ours", *quantized)}  # (whole s, prefill s, decode steps/s) per run
         q_tokens = {}
         identical = True
-        bar = tqdm(total=repeats, desc=f"bench_vs_upstream {case}", unit="run", file=sys.stderr, disable=None,
-                   leave=False)  # shown only when stderr is a terminal (TQDM_DISABLE above is upstream's default)
+        bar = progress.bar(total=repeats, desc=f"bench_vs_upstream {case}", unit="run",
+                           leave=False)  # shown only on a terminal (TQDM_DISABLE above is upstream's default)
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both sides alike
             out, t_up = run_upstream(up, fabric, upstream_model, case, features, steps)
             result, t_ours = run_omnivox(ours, case, features, steps)

@@ -46,13 +46,20 @@ def ask(args: argparse.Namespace) -> int:
             print(f"  fix: {error['fix']}", file=sys.stderr)
     if args.text_out:
         Path(args.text_out).write_text(answer.text + "\n", encoding="utf-8")
-    if args.output and answer.rate is not None:
+    silent = bool(args.output) and answer.reason == "done" and not answer.audio  # asked for speech, got none
+    if args.output and answer.audio and answer.rate is not None:
         answer.write_wav(args.output)
         print(f"wrote {args.output}", file=sys.stderr)
     metrics = answer.metrics or {}
     print(f"turn {answer.reason}: worker {answer.worker}, first audio "
           f"{'-' if answer.first_audio_s is None else f'{answer.first_audio_s * 1000:.0f} ms'} after sending, "
           f"{metrics.get('audio_s', 0.0):.2f} s of speech", file=sys.stderr)
+    if silent:
+        print(f"omnivox ask: no speech: the answer ended after {len(answer.text)} characters of text with 0 s of "
+              f"audio; nothing was written to {args.output}", file=sys.stderr)
+        print("  try: a spoken question (--input QUESTION.wav), or a worker with a larger --max-steps (omnivox "
+              "serve --max-steps N)", file=sys.stderr)
+        return 1
     return 0 if answer.ok else 1
 
 

@@ -9,7 +9,7 @@ import sys
 import unicodedata
 from pathlib import Path
 
-from omnivox.cli import demo
+from omnivox.cli import model_options
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 from omnivox.core.runtime.events import Event, TextToken, TurnEnd
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="question as text (tasks T1A2 / T1T2)")
     p.add_argument("--output", default="answer.wav", metavar="AUDIO", help="where to write the spoken answer")
     p.add_argument("--text-out", metavar="FILE", help="also write the text answer to FILE")
-    demo.add_model_options(p)
+    model_options.add_model_options(p)
     p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
     p.add_argument("--task", choices=TASKS, help="default: A1A2 for audio input, T1A2 for text input")
     p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
@@ -101,8 +101,7 @@ def _ids(ids: list[int]) -> str:
 
 def build_pipeline(args: argparse.Namespace, say=print):
     """The chat pipeline's stages (returned as a Pipeline) and the printer; validates inputs first."""
-    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
-    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.core.runtime.speech_pipeline import speech_pipeline
     from omnivox.plugins.audio_files import FileAudioInput, FileAudioOutput
     from omnivox.plugins.text_input import TextInput
 
@@ -117,21 +116,17 @@ def build_pipeline(args: argparse.Namespace, say=print):
     if speech_out and not Path(args.output).expanduser().resolve().parent.is_dir():
         raise InputError(f"cannot write {args.output}: its folder does not exist", "create it first")
 
-    model, encoder, codec, default_steps = demo.model_kit(
-        args.checkpoint, encoder=args.encoder, whisper=args.whisper, codec=args.codec, hear=bool(args.input),
-        speak=speech_out, seed=args.seed or 0, say=say)
-    max_steps = args.max_steps or default_steps
+    kit = model_options.load_kit(args, hear=bool(args.input), speak=speech_out, say=say)
+    model, encoder, codec, max_steps = kit.model, kit.encoder, kit.codec, args.max_steps or kit.max_steps
 
-    stages: list[Stage] = [FileAudioInput(args.input) if args.input else TextInput(args.text)]
-    if encoder is not None:
-        stages.append(EncoderStage(encoder))
-    stages.append(LMStage(args.strategy, model=model, task=task, max_steps=max_steps, temperature=args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed, int8=args.int8))
     printer = TranscriptPrinter(None if args.quiet else sys.stdout)
-    stages.append(printer)  # right after the LM: text shows without waiting for the vocoder
-    if codec is not None:
-        stages += [CodecStage(codec), FileAudioOutput(str(args.output))]
-    return Pipeline(stages), printer, task
+    pipeline = speech_pipeline(
+        [FileAudioInput(args.input) if args.input else TextInput(args.text)], model=model, encoder=encoder,
+        codec=codec, sinks=[FileAudioOutput(str(args.output))] if codec is not None else [],
+        lm=dict(strategy=args.strategy, task=task, max_steps=max_steps, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, seed=args.seed, int8=args.int8),
+        after_lm=[printer])  # right after the LM: text shows without waiting for the vocoder
+    return pipeline, printer, task
 
 
 def chat(args: argparse.Namespace) -> int:
@@ -150,8 +145,21 @@ def chat(args: argparse.Namespace) -> int:
     text = next(iter(printer.shown.values()), "")
     if args.text_out:
         Path(args.text_out).write_text(text + "\n", encoding="utf-8")
-    if task in AUDIO_OUT_TASKS:
+    # a turn that should speak but ended with no audio (one the user interrupted may be silent)
+    silent = [m for m in turns if m.reason != "interrupted" and m.audio_s == 0] if task in AUDIO_OUT_TASKS else []
+    if task in AUDIO_OUT_TASKS and not silent:
         print(f"wrote {args.output}", file=sys.stderr)
     if not args.quiet:
         print(format_summary(turns), file=sys.stderr)
-    return 0
+    for m in silent:
+        print(f"omnivox chat: no speech: the answer ended after {m.text_tokens} text tokens with 0 s of audio (the "
+              "model stopped, or reached --max-steps, before its first complete audio frame); nothing was written "
+              f"to {args.output}", file=sys.stderr)
+        if args.checkpoint in (None, "demo"):
+            print('  try: ask by voice: espeak-ng -w q.wav "hello there" && omnivox chat --input q.wav (the demo '
+                  "model answers spoken questions; --text speaks answer sentences only), or --task T1T2 for a text "
+                  "answer", file=sys.stderr)
+        else:
+            print("  try: a larger --max-steps, a spoken question (--input QUESTION.wav), or --task T1T2 for a text "
+                  "answer", file=sys.stderr)
+    return 1 if silent else 0

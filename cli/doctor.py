@@ -186,12 +186,12 @@ def core_smoke() -> Check:
     """The tiny random model, built through the plugin manager, answers a typed question."""
     start = time.perf_counter()
     try:
-        from omnivox.cli import demo
         from omnivox.core.kernel.generation import generate
+        from omnivox.core.runtime.speech_kit import RANDOM_MODEL, SpeechKit
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = generate(demo.tiny_model(), task="T1T2", text_ids="hello", max_steps=4)
+            result = generate(SpeechKit.load_model(RANDOM_MODEL), task="T1T2", text_ids="hello", max_steps=4)
     except Exception as exc:
         return Check("core", "tiny random model", False, f"fails: {type(exc).__name__}: {_first_line(exc)} "
                      "(fix the packages above first)", required=True)

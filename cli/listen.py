@@ -12,9 +12,10 @@ import signal
 import sys
 from dataclasses import asdict, dataclass
 
-from omnivox.cli import demo
+from omnivox.cli import model_options
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioStop, CodecFrame, Event, TextToken, TurnEnd, VoiceStopped
+from omnivox.core.runtime.playback import shared_playback
 from omnivox.core.runtime.stage import Stage
 
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("listen", help="talk to the assistant through the microphone and speaker",
                        description="The local microphone assistant: speak, hear the answer start while the model "
                                    "is still thinking; in full duplex, talk over it to interrupt. Ctrl-C stops.")
-    demo.add_model_options(p)
+    model_options.add_model_options(p)
     p.add_argument("--duplex", choices=("half", "full"), default="half",
                    help="half: the microphone is ignored while the assistant speaks (open speakers); "
                         "full: speaking over the answer interrupts it (headset)")
@@ -69,16 +70,23 @@ class TurnReport:
 
 
 class TurnView(Stage):
-    """Sits after the LM: collects each turn's text and timings (passing everything on)."""
+    """Sits after the LM: collects each turn's text and timings (passing everything on); output positions come
+    from the pipeline's PlaybackState called `playback`."""
 
     consumes = (TextToken, CodecFrame, VoiceStopped, AudioStop, TurnEnd)
 
-    def __init__(self, playback, name: str = "view"):
+    def __init__(self, playback: str = "default", name: str = "view"):
         super().__init__(name)
-        self.playback = playback
+        self.playback_name = playback
+        self.playback = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.reports: dict[int, TurnReport] = {}
         self.times: dict[int, dict[str, float]] = {}  # turn -> speech_end, decided, first_frame_at
         self.lm_done: set[int] = set()
+
+    def attach(self, bus, inputs, shared: dict | None = None):
+        sub = super().attach(bus, inputs, shared)
+        self.playback = shared_playback(self.shared, self.playback_name)
+        return sub
 
     async def process(self, event: Event):
         report = self.reports.setdefault(event.turn_id, TurnReport(event.turn_id))
@@ -181,25 +189,22 @@ def list_devices() -> int:
 
 def build(args: argparse.Namespace, say=print):
     """The assistant's stages as a Pipeline, plus the VAD, view and speaker the console reads."""
-    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
-    from omnivox.core.runtime.pipeline import Pipeline
-    from omnivox.core.runtime.playback import reset_playback_state
+    from omnivox.core.runtime.speech_pipeline import speech_pipeline
     from omnivox.plugins.silero_vad import SileroVAD
     from omnivox.plugins.sounddevice_io import MicrophoneInput, SpeakerOutput
 
-    model, encoder, codec, default_steps = demo.model_kit(args.checkpoint, encoder=args.encoder, whisper=args.whisper,
-                                                          codec=args.codec, seed=args.seed, say=say)
-    max_steps = args.max_steps or default_steps
-    playback = reset_playback_state("listen")
+    kit = model_options.load_kit(args, say=say)
+    model, encoder, codec, max_steps = kit.model, kit.encoder, kit.codec, args.max_steps or kit.max_steps
     mic = MicrophoneInput(args.input_device, device_rate=args.input_rate)
     vad = SileroVAD(threshold=args.threshold, min_speech_ms=args.min_speech_ms, end_silence_ms=args.silence_ms,
-                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate,
-                    playback="listen")
-    view = TurnView(playback)
+                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate)
+    view = TurnView()
     speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
-                            record=args.record, playback="listen")
-    lm = LMStage(args.strategy, model=model, task="A1A2", max_steps=max_steps, seed=args.seed, int8=args.int8)
-    pipeline = Pipeline([mic, vad, EncoderStage(encoder), lm, view, CodecStage(codec), speaker])
+                            record=args.record)
+    # the VAD, the view and the speaker share the pipeline's PlaybackState ("default")
+    pipeline = speech_pipeline([mic], model=model, encoder=encoder, codec=codec, vad=vad, sinks=[speaker],
+                               lm=dict(strategy=args.strategy, task="A1A2", max_steps=max_steps, seed=args.seed,
+                                       int8=args.int8), after_lm=[view])
     return pipeline, mic, vad, view, speaker
 
 

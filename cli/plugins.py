@@ -22,8 +22,10 @@ def register(subparsers) -> None:
 
 def collect() -> dict:
     """{"loaded": {plugin: {"source", "registers": {kind: {name: description}}}}, "skipped": {plugin: why},
-    "load_limit": OMNIVOX_LOAD_PLUGINS or None}, from a fresh plugin manager."""
+    "load_limit": OMNIVOX_LOAD_PLUGINS or None, "stage_kinds": {kind: description}, "core_stages":
+    {"kind/name": description}}, from a fresh plugin manager."""
     from omnivox.core.contracts.manager import KINDS, PluginManager
+    from omnivox.core.runtime.pipeline import CORE_STAGES, stage_kinds
 
     with warnings.catch_warnings():  # skipped plugins are listed, not warned about
         warnings.simplefilter("ignore")
@@ -39,6 +41,12 @@ def collect() -> dict:
         "loaded": loaded,
         "skipped": dict(manager.skipped),
         "load_limit": os.environ.get("OMNIVOX_LOAD_PLUGINS"),
+        "stage_kinds": {kind: schema.description for kind, schema in stage_kinds().items()},
+        "core_stages": {
+            f"{kind}/{name}": stage.description + "".join(f" ({p}: a plugin of {k})" for p, k in stage.plugins.items())
+            for kind, stages in CORE_STAGES.items()
+            for name, stage in stages.items()
+        },
     }
 
 
@@ -57,6 +65,11 @@ def format_text(info: dict) -> str:
     if info["skipped"]:
         lines.append(f"skipped plugins ({len(info['skipped'])}):")
         lines.extend(f"  {name}: {why}" for name, why in info["skipped"].items())
+    lines.append("pipeline stages (`plugin: KIND/NAME`; NAME: a plugin of KIND above, or a stage core provides):")
+    for kind, description in info["stage_kinds"].items():
+        core = {s: d for s, d in info["core_stages"].items() if s.startswith(f"{kind}/")}
+        lines.append(f"  {kind} - {description}")
+        lines.extend(f"    {stage} - {d}" for stage, d in core.items())
     return "\n".join(lines)
 
 

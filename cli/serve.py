@@ -1,8 +1,9 @@
-"""`omnivox serve`: the MQTT worker and/or the HTTP server. One model in memory serves many concurrent sessions
-through one pipeline (mqtt in -> encoder -> LM + strategy -> codec -> mqtt out); run several MQTT workers (on
-several machines) with the same `--group` to share the load. Wire protocol: docs/mqtt_protocol.md.
-`--http [HOST:]PORT` serves upstream Mini-Omni's `POST /chat`, `POST /v1/chat` and a browser page
-(omnivox.plugins.http); with `--broker` too, both transports feed the same pipeline."""
+"""`omnivox serve`: one model in memory serving many concurrent sessions through one pipeline (transport inputs ->
+encoder -> LM + strategy -> codec -> transport outputs), over the transports plugins register with `serve` options
+(omnivox.core.runtime.transport; `omnivox plugins` lists them). Each adds its own options and `--config` keys;
+those the settings enable are served (the default ones when none is), all feeding the same pipeline. The built-in
+ones: MQTT (the default; workers with the same `--group` share the load; docs/mqtt_protocol.md) and HTTP (`--http
+[HOST:]PORT`: upstream Mini-Omni's `POST /chat`, `POST /v1/chat` and a browser page)."""
 
 from __future__ import annotations
 
@@ -11,43 +12,46 @@ import asyncio
 import sys
 from pathlib import Path
 
-from omnivox.cli import demo
+from omnivox.cli import model_options
 from omnivox.core.errors import ConfigError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
 
-# keys of the --config YAML (command-line options given explicitly win)
-CONFIG_KEYS = ("http", "broker", "site", "worker", "group", "prefix", "keepalive", "username", "password", "tls_ca",
-               "tls_cert", "tls_key", "limits", "checkpoint", "strategy", "task", "max_steps", "pipeline")
+# keys of the --config YAML besides the transports' own (command-line options given explicitly win)
+GENERAL_KEYS = ("limits", "checkpoint", "strategy", "task", "max_steps", "pipeline")
+
+
+class ServeParser(argparse.ArgumentParser):
+    """`omnivox serve`'s parser: the transports' options are added when it first parses, so the plugins load only
+    when `serve` runs, not whenever the command line is built."""
+
+    transports_added = False
+    config_option: argparse.Action | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self.transports_added:
+            self.transports_added = True
+            transports = served_transports()
+            for transport in transports.values():
+                transport.serve.add(self)
+            self.config_option.help = f"YAML with any of: {', '.join(config_keys(transports))}"
+        return super().parse_known_args(args, namespace)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve devices over an MQTT 5 broker and/or clients over HTTP",
-                       description="Run an MQTT worker: devices start sessions through the broker, speak (or type) "
-                                   "questions and get streamed text and speech back (protocol: "
-                                   "docs/mqtt_protocol.md). With --http: an HTTP server answering upstream "
-                                   "Mini-Omni's POST /chat (a streamed WAV), POST /v1/chat (JSON events) and a "
-                                   "browser page at /. --http and --broker together serve both with one model.")
-    p.add_argument("--http", metavar="[HOST:]PORT",
-                   help="serve HTTP on this address (Mini-Omni's port is 60808; host default 127.0.0.1)")
-    p.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883; "
-                                    "with --http: MQTT only when given)")
-    p.add_argument("--site", help="serve only this site (device id); default: every site")
-    p.add_argument("--config", metavar="FILE", help=f"YAML with any of: {', '.join(CONFIG_KEYS)}")
+    p = sub.add_parser("serve", help="serve clients through the registered transports (MQTT devices, HTTP, ...)",
+                       description="Serve the model to clients through the transports plugins register (`omnivox "
+                                   "plugins` lists them), each with its options below: the ones the options enable "
+                                   "are served (the default one when none is), several at once with one model.")
+    p.__class__ = ServeParser  # adds the transports' options when `serve` is parsed
+    p.config_option = p.add_argument("--config", metavar="FILE", help="YAML with any of the settings' keys")
     p.add_argument("--pipeline", metavar="FILE",
-                   help="pipeline YAML to serve instead of the built-in one (first stage audio_inputs/mqtt, "
-                        "last audio_outputs/mqtt; with --http: audio_inputs/http ... audio_outputs/http); the "
-                        "broker (or --http address) options here are applied to its input")
-    p.add_argument("--worker", help="this worker's id (default: host-pid-random)")
-    p.add_argument("--group", help="shared-subscription group of the worker pool (default omnivox)")
-    p.add_argument("--max-sessions", type=int, help="concurrent sessions (HTTP: requests) per transport (default 32)")
-    auth = p.add_argument_group("authentication and TLS (passed to the MQTT client)")
-    auth.add_argument("--username")
-    auth.add_argument("--password", help="or set OMNIVOX_MQTT_PASSWORD")
-    auth.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signed the broker's certificate")
-    auth.add_argument("--tls-cert", metavar="PEM", help="client certificate")
-    auth.add_argument("--tls-key", metavar="PEM", help="client certificate's key")
+                   help="pipeline YAML to serve instead of the built-in one: its first stage audio_inputs/NAME and "
+                        "its last audio_outputs/NAME of a transport NAME the options enable (e.g. mqtt; with "
+                        "--http: http), whose options here are applied to its input")
+    p.add_argument("--max-sessions", type=int,
+                   help="concurrent sessions per transport (default 32; an HTTP request is a session)")
     model = p.add_argument_group("model")
-    demo.add_model_options(model)
+    model_options.add_model_options(model)
     model.add_argument("--strategy", help="decoding strategy (default text-delay)")
     model.add_argument("--task", choices=[t for t in TASKS if t in AUDIO_IN_TASKS],
                        help="task of spoken turns (default A1A2; typed turns use T1A2)")
@@ -56,25 +60,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
 
-def settings(args: argparse.Namespace) -> dict:
-    """The --config file's settings overridden by the options given on the command line."""
-    import os
+def served_transports() -> dict:
+    """The registered transports `omnivox serve` can serve (those with serve options), in registration order."""
+    from omnivox.core.contracts.manager import get_plugin_manager
 
+    registry = get_plugin_manager().registry("transports")
+    found = {name: registry.create(name) for name in registry.entries}
+    return {name: transport for name, transport in found.items() if transport.serve is not None}
+
+
+def config_keys(transports: dict) -> tuple[str, ...]:
+    """The keys of the --config YAML: every served transport's, then the general ones."""
+    return tuple(dict.fromkeys(key for t in transports.values() for key in t.serve.keys)) + GENERAL_KEYS
+
+
+def settings(args: argparse.Namespace) -> dict:
+    """The --config file's settings overridden by the options given on the command line; the enabled transports'
+    stage params are checked here, before a model loads."""
     from omnivox.core.yaml_files import read_yaml
 
+    keys = config_keys(served_transports())
     values: dict = {}
     if args.config:
         values = read_yaml(Path(args.config), "serve config", "pass a YAML file (see `omnivox serve --help`)") or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{args.config}: expected a mapping", f"valid keys: {', '.join(CONFIG_KEYS)}")
+            raise ConfigError(f"{args.config}: expected a mapping", f"valid keys: {', '.join(keys)}")
         for key in values:
-            if key not in CONFIG_KEYS:
-                raise ConfigError(f"{args.config}: unknown key {key!r}", f"valid keys: {', '.join(CONFIG_KEYS)}")
-    given = {"http": args.http, "broker": args.broker, "site": args.site, "worker": args.worker, "group": args.group,
-             "username": args.username, "password": args.password or os.environ.get("OMNIVOX_MQTT_PASSWORD"),
-             "tls_ca": args.tls_ca, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
-             "checkpoint": args.checkpoint, "strategy": args.strategy, "task": args.task,
-             "max_steps": args.max_steps, "pipeline": args.pipeline}
+            if key not in keys:
+                raise ConfigError(f"{args.config}: unknown key {key!r}", f"valid keys: {', '.join(keys)}")
+    given = {key: getattr(args, key, None) for key in keys}
     values.update({k: v for k, v in given.items() if v is not None})
     limits = dict(values.get("limits") or {})
     if args.max_sessions is not None:
@@ -82,75 +96,52 @@ def settings(args: argparse.Namespace) -> dict:
     values["limits"] = limits
     if values.get("max_steps") is not None and values["max_steps"] < 1:
         raise ConfigError(f"max_steps must be >= 1, got {values['max_steps']}", "pass a positive number of steps")
-    if values.get("http") is not None:
-        from omnivox.plugins.http.service import parse_address  # aiohttp: the `http` extra
-
-        try:
-            parse_address(str(values["http"]))
-        except ValueError as exc:
-            raise ConfigError(str(exc), "e.g. --http 60808 or --http 0.0.0.0:60808") from None
+    for transport in enabled(values).values():
+        transport.serve.params(values)
     return values
 
 
+def enabled(values: dict) -> dict:
+    """The transports to serve: those the settings enable, or those served by default when none is."""
+    transports = served_transports()
+    chosen = {name: t for name, t in transports.items() if t.serve.enabled(values)}
+    chosen = chosen or {name: t for name, t in transports.items() if t.serve.default}
+    if not chosen:
+        from omnivox.core.contracts.manager import get_plugin_manager
+
+        skipped = "; ".join(f"{name}: {why}" for name, why in get_plugin_manager().skipped.items())
+        problem = (f"the options enable none of the transports ({', '.join(transports)})" if transports else
+                   "no loaded plugin registers a transport `omnivox serve` serves")
+        raise ConfigError(f"no transport to serve: {problem}" + (f" (skipped plugins: {skipped})" if skipped else ""),
+                          "give a transport's option (see `omnivox serve --help`), or install the extra of a "
+                          "transport plugin (see `omnivox plugins`)")
+    return chosen
+
+
 def transports(values: dict) -> list[str]:
-    """The transports to serve: "http" with an http address, "mqtt" with a broker or without --http."""
-    http = values.get("http") is not None
-    return (["mqtt"] if values.get("broker") or not http else []) + (["http"] if http else [])
-
-
-def http_params(values: dict) -> dict:
-    """Parameters of the audio_inputs/http stage."""
-    from omnivox.plugins.http.service import parse_address
-
-    host, port = parse_address(str(values["http"]))
-    params = {"host": host, "port": port}
-    if values.get("limits"):
-        params["limits"] = values["limits"]
-    return params
-
-
-def mqtt_params(values: dict) -> dict:
-    """Parameters of the audio_inputs/mqtt stage."""
-    names = {"broker": "broker", "site": "site", "worker": "worker", "group": "group", "prefix": "prefix",
-             "keepalive": "keepalive", "username": "username", "password": "password", "tls_ca": "ca_file",
-             "tls_cert": "cert_file", "tls_key": "key_file"}
-    params = {stage_key: values[key] for key, stage_key in names.items() if values.get(key) is not None}
-    params.setdefault("broker", "mqtt://127.0.0.1:1883")
-    if values.get("limits"):
-        params["limits"] = values["limits"]
-    return params
+    """The names of the transports to serve, in registration order."""
+    return list(enabled(values))
 
 
 def build_pipeline(args: argparse.Namespace, values: dict, say=print):
-    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
-    from omnivox.core.runtime.pipeline import Pipeline
+    """The served pipeline: the enabled transports' inputs (chained: each passes the ones before it through) ->
+    encoder -> LM -> codec -> their outputs (each reading the codec); or the --pipeline file."""
+    from omnivox.core.runtime.speech_pipeline import speech_pipeline
 
     if values.get("pipeline"):
         return served_yaml_pipeline(values)
-    model, encoder, codec, default_steps = demo.model_kit(values.get("checkpoint"), encoder=args.encoder,
-                                                          whisper=args.whisper, codec=args.codec, say=say)
-    max_steps = values.get("max_steps") or default_steps
-    lm = LMStage(values.get("strategy") or "text-delay", model=model, task=values.get("task") or "A1A2",
-                 max_steps=max_steps, int8=args.int8)
-    middle = [EncoderStage(encoder), lm, codec_stage := CodecStage(codec)]
-    sources, sinks = [], []
-    if "mqtt" in transports(values):
-        from omnivox.plugins.mqtt.stages import MqttAudioInput, MqttAudioOutput
-
-        sources.append(MqttAudioInput(**mqtt_params(values)))
-        sinks.append(MqttAudioOutput())
-    if "http" in transports(values):
-        from omnivox.plugins.http.stages import HttpAudioInput, HttpAudioOutput
-
-        sources.append(HttpAudioInput(**http_params(values)))  # after the MQTT source: forwards its events
-        sinks.append(HttpAudioOutput())
-    # every sink reads the codec's output (the second source reads the first by default)
-    return Pipeline([*sources, *middle, *sinks], inputs={sink.name: [codec_stage.name] for sink in sinks})
+    kit = model_options.load_kit(args, checkpoint=values.get("checkpoint"), say=say)
+    model, encoder, codec, max_steps = kit.model, kit.encoder, kit.codec, values.get("max_steps") or kit.max_steps
+    chosen = list(enabled(values).values())
+    return speech_pipeline([t.input(**t.serve.params(values)) for t in chosen], model=model, encoder=encoder,
+                           codec=codec, sinks=[t.output() for t in chosen],
+                           lm=dict(strategy=values.get("strategy") or "text-delay", task=values.get("task") or "A1A2",
+                                   max_steps=max_steps, int8=args.int8))
 
 
 def served_yaml_pipeline(values: dict):
-    """A pipeline file whose first stage is audio_inputs/mqtt (given the broker options) and whose last is
-    audio_outputs/mqtt; with --http, audio_inputs/http (given the address) ... audio_outputs/http."""
+    """A pipeline file whose first stage is audio_inputs/NAME and whose last is audio_outputs/NAME, for a transport
+    NAME the settings enable: its input stage gets that transport's params as overrides."""
     from omnivox.core.runtime.pipeline import Pipeline
     from omnivox.core.yaml_files import read_yaml
 
@@ -158,13 +149,14 @@ def served_yaml_pipeline(values: dict):
     config = read_yaml(path, "pipeline file", "pass the path of a pipeline YAML (see recipes/pipelines/)")
     stages = config.get("stages") if isinstance(config, dict) else None
     plugins = [entry.get("plugin") if isinstance(entry, dict) else None for entry in stages or []]
-    transport = "http" if values.get("http") is not None else "mqtt"
-    if not plugins or plugins[0] != f"audio_inputs/{transport}" or plugins[-1] != f"audio_outputs/{transport}":
-        raise ConfigError(f"{path}: a served pipeline starts with audio_inputs/{transport} and ends with "
-                          f"audio_outputs/{transport}", "see recipes/pipelines/mqtt_demo.yaml")
-    name = stages[0].get("name", transport)
-    params = http_params(values) if transport == "http" else mqtt_params(values)
-    overrides = {f"{name}.{key}": value for key, value in params.items()}
+    chosen = enabled(values)
+    name = next((n for n in chosen if plugins and plugins[0] == f"audio_inputs/{n}"
+                 and plugins[-1] == f"audio_outputs/{n}"), None)
+    if name is None:
+        expected = " or ".join(f"starts with audio_inputs/{n} and ends with audio_outputs/{n}" for n in chosen)
+        raise ConfigError(f"{path}: a served pipeline {expected}", "see the served pipelines in recipes/pipelines/")
+    stage = stages[0].get("name", name)
+    overrides = {f"{stage}.{key}": value for key, value in chosen[name].serve.params(values).items()}
     return Pipeline.from_yaml(path, overrides=overrides)
 
 
@@ -184,17 +176,15 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def announce_addresses(pipeline) -> None:
-    """Say where each transport listens, once its source stage is set up (an HTTP port 0 is bound by then)."""
-    sources = [stage for stage in pipeline.stages if stage.is_source]
-    while any(getattr(stage, "service", None) is None for stage in sources):
+    """Say where each transport listens (its input stage's announcement), once all are set up (a port 0 is bound
+    by then)."""
+    from omnivox.core.runtime.transport import TransportInput
+
+    inputs = [stage for stage in pipeline.stages if isinstance(stage, TransportInput)]
+    while any(stage.service is None for stage in inputs):
         await asyncio.sleep(0.05)
-    for stage in sources:
-        if hasattr(stage.config, "broker"):
-            print(f"omnivox serve: worker {stage.config.worker} on {stage.config.broker.url}", file=sys.stderr,
-                  flush=True)
-        else:
-            print(f"omnivox serve: HTTP on {stage.service.url} (POST /chat, POST /v1/chat, page at /)",
-                  file=sys.stderr, flush=True)
+    for stage in inputs:
+        print(f"omnivox serve: {stage.announcement()}", file=sys.stderr, flush=True)
 
 
 async def _run_until_stopped(pipeline, announce: bool = False) -> None:

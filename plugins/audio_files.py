@@ -2,7 +2,8 @@
 sample rate, sample width and channel count. Audio is float32 (channels, samples) in [-1, 1]; see
 core/audio.py for conversion to a stage's format (`audio.convert`) or raw PCM (`audio.to_bytes`).
 
-Stages: `audio_inputs/file` (one turn from a file) and `audio_outputs/file` (each turn's speech to a file)."""
+Stages: `audio_inputs/file` (one turn from a file) and `audio_outputs/file` (each turn's speech to a file); the
+`file` transport pairs them (`omnivox chat --input`; not one `omnivox serve` serves)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import InputError
 from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioStop, Event, TurnEnd, TurnStart
 from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.transport import Transport
 
 DEFAULT_SUBTYPE = "PCM_16"
 
@@ -138,3 +140,9 @@ def register_audio_inputs(registry):
 @hookimpl
 def register_audio_outputs(registry):
     registry.add("file", FileAudioOutput, description="write each turn's speech to an audio file")
+
+
+@hookimpl
+def register_transports(registry):
+    registry.add("file", lambda: Transport(FileAudioInput, FileAudioOutput),
+                 description="a question from an audio file in, each turn's speech to a file out")

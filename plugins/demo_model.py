@@ -3,10 +3,11 @@
 - model `demo`: the export in the package's `models/demo/` (trained end to end by `make demo-model`: the
   spoken-question domain of training/demo_domain.py; see docs/demo_model.md), LM weights stored in fp16. It is
   what `omnivox chat`, `listen` and `serve` run when no `--checkpoint` is given (`--checkpoint random`: the
-  tiny random model). Its components.json names the encoder and codec it hears and speaks with.
+  tiny random model). Its components.json names the encoder and codec it hears and speaks with (declared with
+  `components=`, read by the speech kit, core/runtime/speech_kit.py).
 - encoder `recorded` and codec `recorded` (`params: {checkpoint: demo | DIR | random}`): the encoder / codec a
-  checkpoint's export recorded, so a pipeline file names the model once (recipes/pipelines/chat_demo.yaml);
-  `random` gives the tiny random kit that matches `tiny-random`."""
+  checkpoint's export recorded (the speech kit's record), so a pipeline file names the model once
+  (recipes/pipelines/chat_demo.yaml); `random` gives the kit `tiny-random` declares."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from pathlib import Path
 
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.core.runtime.speech_kit import SpeechKit
 
 DEMO = "demo"
-TINY = "tiny-random"
 # the package root (the repository root is the package `omnivox`): models/demo ships as package data
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / DEMO
 SHIPPED_FILES = ("model.safetensors", "model_config.yaml", "components.json")
@@ -29,9 +30,7 @@ def missing_files(directory: Path | None = None) -> list[Path]:
 
 
 def load_demo(seed: int = 0):
-    """The shipped demo OmniModel (trained weights: `seed` changes nothing), with its recorded components."""
-    from omnivox.core.runtime.model_stages import load_model
-
+    """The shipped demo OmniModel (trained weights: `seed` changes nothing); its components are declared below."""
     missing = missing_files()
     if missing:
         raise CheckpointError(
@@ -39,23 +38,15 @@ def load_demo(seed: int = 0):
             "use the tiny random model (--checkpoint random; in a pipeline file checkpoint: random) or a trained "
             "export (--checkpoint DIR); to build the demo: make demo-model, then python -m "
             "omnivox.training.export EXPORT models/demo")
-    return load_model(str(DEMO_DIR), seed)
+    return SpeechKit.load_model(str(DEMO_DIR), seed)
 
 
 def recorded_spec(role: str, checkpoint: str) -> dict:
-    """The spec (see model_stages.components_in) of the `role` ("encoder" | "codec") that `checkpoint` records,
-    read without loading the LM's weights when it is a directory or `demo`."""
-    from omnivox.core.runtime.model_stages import ALIASES, components_in, load_model
-
-    name = ALIASES.get(str(checkpoint), str(checkpoint))
-    if name == DEMO:
-        if missing_files():
-            load_demo()  # raises, naming the missing file
-        specs = components_in(DEMO_DIR)
-    elif Path(name).expanduser().is_dir():
-        specs = components_in(Path(name).expanduser())
-    else:
-        specs = getattr(load_model(name), "components", None) or {}
+    """The spec (see core/runtime/speech_kit.py) of the `role` ("encoder" | "codec") that `checkpoint` records,
+    read without loading the LM's weights."""
+    if checkpoint == DEMO and missing_files():
+        load_demo()  # raises, naming the missing file
+    specs = SpeechKit.components_of(checkpoint)
     if role not in specs:
         raise ConfigError(f"checkpoint {checkpoint!r} records no {role}",
                           f"use a {role} plugin with its parameters instead of {role}s/recorded")
@@ -63,31 +54,20 @@ def recorded_spec(role: str, checkpoint: str) -> dict:
 
 
 def recorded_encoder(checkpoint: str = DEMO):
-    """The encoder `checkpoint` was trained with (`random`: the tiny random Whisper of `tiny-random`)."""
-    from omnivox.core.runtime.model_stages import ALIASES, build_component
-
-    if ALIASES.get(checkpoint, checkpoint) == TINY:
-        from omnivox.plugins.random_models import tiny_encoder
-
-        return tiny_encoder()
-    return build_component("encoder", recorded_spec("encoder", checkpoint))
+    """The encoder `checkpoint` was trained with (`random`: the tiny random Whisper `tiny-random` declares)."""
+    return SpeechKit.build("encoder", recorded_spec("encoder", checkpoint))
 
 
 def recorded_codec(checkpoint: str = DEMO):
-    """The codec `checkpoint` was trained with (`random`: SNAC 24 kHz with seeded random weights)."""
-    from omnivox.core.runtime.model_stages import ALIASES, build_component
-
-    if ALIASES.get(checkpoint, checkpoint) == TINY:
-        from omnivox.plugins.random_models import random_snac
-
-        return random_snac()
-    return build_component("codec", recorded_spec("codec", checkpoint))
+    """The codec `checkpoint` was trained with (`random`: the seeded random codec `tiny-random` declares)."""
+    return SpeechKit.build("codec", recorded_spec("codec", checkpoint))
 
 
 @hookimpl
 def register_models(registry):
     registry.add(DEMO, load_demo, description="the shipped demo speech model (spoken questions: arithmetic, "
-                 "days, months, capitals, greetings), trained by recipes/demo_*.yaml; the default of chat/serve")
+                 "days, months, capitals, greetings), trained by recipes/demo_*.yaml; the default of chat/serve",
+                 components=DEMO_DIR)
 
 
 @hookimpl

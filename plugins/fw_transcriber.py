@@ -21,6 +21,7 @@ from typing import Any
 
 from omnivox.core import audio
 from omnivox.core.errors import CheckpointError, InputError
+from omnivox.core.progress import bar
 
 SAMPLE_RATE = 16000
 
@@ -68,11 +69,9 @@ class Transcriber:
         return self.transcribe(*read_audio(path))
 
     def transcribe_files(self, paths: Sequence[str | os.PathLike], *, progress: bool | None = None) -> list[str]:
-        """Transcripts of `paths`, in order; a progress bar on stderr when there are several (or `progress`)."""
-        from tqdm import tqdm
-
+        """Transcripts of `paths`, in order; a progress bar on a terminal when there are several (or `progress`)."""
         show = len(paths) > 1 if progress is None else progress
-        return [self.transcribe_file(p) for p in tqdm(paths, desc="transcribe", unit="file", disable=not show)]
+        return [self.transcribe_file(p) for p in bar(paths, desc="transcribe", unit="file", enabled=show)]
 
 
 @lru_cache(maxsize=1)

@@ -1,5 +1,6 @@
 """Built-in random models: `tiny-random`, a tiny OmniLM with Mini-Omni's structure (7 SNAC streams of 4096
-codes, adapter width of the tiny random Whisper encoder). Every stage runs for real; the outputs are noise.
+codes, adapter width of the tiny random Whisper encoder). Every stage runs for real; the outputs are noise. It
+declares its kit (`TINY_COMPONENTS`): the tiny random Whisper encoder and SNAC 24 kHz with random weights.
 
 Its audio heads never choose a special id (their rows are zeroed, so some code always scores higher): a
 random model would otherwise end its audio at a random early step, and nothing of the streaming path
@@ -8,9 +9,14 @@ would show."""
 from __future__ import annotations
 
 from omnivox.core.contracts.hookspecs import hookimpl
+from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG
 
 TINY = "tiny-random"
 TINY_WHISPER_DIMS = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 64, "n_audio_head": 2, "n_audio_layer": 2}
+# the encoder and codec of `tiny-random` (components.json's form): a tiny random Whisper of its adapter's width,
+# SNAC 24 kHz (its 7 streams of 4096 codes) with seeded random weights
+TINY_COMPONENTS = {"encoder": {"name": "whisper", "params": {"dims": TINY_WHISPER_DIMS, "seed": 0}},
+                   "codec": {"name": "snac", "params": {"config": SNAC_24KHZ_CONFIG, "seed": 0}}}
 
 
 def tiny_model(seed: int = 0, **config_overrides):
@@ -20,21 +26,6 @@ def tiny_model(seed: int = 0, **config_overrides):
 
     overrides = {"whisper_adapter_dim": TINY_WHISPER_DIMS["n_audio_state"], **config_overrides}
     return never_emit_audio_specials(OmniModel.random(OmniConfig.tiny(codebook_size=4096, **overrides), seed=seed))
-
-
-def tiny_encoder(seed: int = 0):
-    """The tiny random Whisper encoder whose width `tiny-random`'s adapter takes."""
-    from omnivox.core.contracts.manager import create
-
-    return create("encoders", "whisper", dims=TINY_WHISPER_DIMS, seed=seed)
-
-
-def random_snac(seed: int = 0):
-    """SNAC 24 kHz with seeded random weights: the codec of `tiny-random`'s 7 streams of 4096 codes."""
-    from omnivox.core.contracts.manager import create
-    from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG
-
-    return create("codecs", "snac", config=SNAC_24KHZ_CONFIG, seed=seed)
 
 
 def never_emit_audio_specials(model):
@@ -58,4 +49,4 @@ def zero_audio_special_rows(head_weight, layout) -> None:
 @hookimpl
 def register_models(registry):
     registry.add(TINY, tiny_model, description="tiny random OmniLM (7 x 4096 SNAC streams): every stage runs, "
-                 "the answer is noise")
+                 "the answer is noise", components=TINY_COMPONENTS)

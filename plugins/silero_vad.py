@@ -8,7 +8,8 @@ file) and cuts it into turns as the audio streams in, 32 ms frame by frame:
     silence for end_silence_ms -> VoiceStopped (timestamped at the end of speech), AudioStop, TurnEnd
 
 Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd of the raw stream) is consumed; utterances
-are numbered from 1. Whether the assistant is speaking comes from the `PlaybackState` a live sink keeps:
+are numbered from 1. Whether the assistant is speaking comes from the `PlaybackState` a live sink keeps (the one
+named `playback` in the pipeline's shared place):
 - duplex "half": speech while the assistant thinks or speaks (and `tail_s` after) is ignored;
 - duplex "full": it is a barge-in: Interruption of every open turn, and the speech becomes the next turn.
   With `echo_gate` (default on), an onset that is mostly a delayed copy of what the speaker played (normalised
@@ -26,6 +27,7 @@ import numpy as np
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.runtime.bus import Bus, Subscription
 from omnivox.core.runtime.events import (
     AudioChunk,
     AudioStart,
@@ -37,7 +39,7 @@ from omnivox.core.runtime.events import (
     VoiceStarted,
     VoiceStopped,
 )
-from omnivox.core.runtime.playback import PlaybackState, playback_state
+from omnivox.core.runtime.playback import PlaybackState, shared_playback
 from omnivox.core.runtime.stage import Stage
 
 FRAME = {16000: 512, 8000: 256}  # Silero's frame length per supported rate (32 ms)
@@ -95,7 +97,8 @@ class SileroVAD(Stage):
         self.echo_gate, self.echo_similarity = echo_gate, echo_similarity
         self.off_threshold = max(0.01, threshold - 0.15)  # hysteresis: speech goes on until below this
         self.min_speech_ms, self.end_silence_ms, self.pre_roll_ms = min_speech_ms, end_silence_ms, pre_roll_ms
-        self.playback: PlaybackState = playback_state(playback)
+        self.playback_name = playback
+        self.playback: PlaybackState = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.model = None
         self.turn_id = 0  # the last utterance's turn id
         self.speaking = False  # inside an utterance
@@ -111,6 +114,11 @@ class SileroVAD(Stage):
         self._pre_roll: collections.deque = collections.deque()
         self._silence = 0  # consecutive frames below off_threshold inside an utterance
         self._speech_end = 0.0
+
+    def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
+        sub = super().attach(bus, inputs, shared)
+        self.playback = shared_playback(self.shared, self.playback_name)
+        return sub
 
     async def setup(self) -> None:
         self.model = load_silero()

@@ -494,7 +494,34 @@ def make_snac_codec(
     return SnacCodec.load(model, config, seed=seed, deterministic=deterministic, lookahead_frames=lookahead_frames)
 
 
+def loads_snac(value: str) -> bool:
+    """A bare `--codec VALUE` is a SNAC model: a directory holding pytorch_model.bin, or (not a directory) a
+    Hugging Face id."""
+    path = Path(value).expanduser()
+    return not path.is_dir() or (path / "pytorch_model.bin").is_file()
+
+
+def export_snac(params: dict, directory: Path) -> dict | None:
+    """A SNAC built from a `config` (seeded random weights: the tiny recipes) exists nowhere else: its weights, the
+    very ones the factory builds, go to `directory` (config.json + pytorch_model.bin), loaded from there as `model`.
+    None for a `model` (a directory or hub id), which is recorded as it is."""
+    if params.get("config") is None:
+        return None
+    from snac import SNAC
+
+    with torch.random.fork_rng():  # the caller's RNG stays as it was
+        if params.get("seed") is not None:
+            torch.manual_seed(params["seed"])
+        model = SNAC(**params["config"])
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(params["config"], indent=2), encoding="utf-8")
+    torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    kept = {k: v for k, v in params.items() if k not in ("config", "seed")}
+    return {**kept, "model": str(directory)}
+
+
 @hookimpl
 def register_codecs(registry):
     registry.add("snac", make_snac_codec,
-                 description="SNAC (default hubertsiuzdak/snac_24khz), stateful streaming decode")
+                 description="SNAC (default hubertsiuzdak/snac_24khz), stateful streaming decode",
+                 loads=loads_snac, exports=export_snac, mini_omni={"params": {"model": DEFAULT_MODEL}, "local": []})

@@ -7,9 +7,11 @@
 - `audio_outputs/speaker`: plays each turn's AudioOut through a jitter buffer (playback of a turn starts once
   `jitter_ms` are buffered or the turn has ended; a buffer that runs dry mid-turn is an underrun, counted
   and re-buffered). Between answers it plays silence, so the output is one continuous stream whose frame
-  index is shared with the turn detector through `PlaybackState`. An Interruption drops the turn's buffered
-  audio: sound stops within one block. `record=FILE` keeps exactly what was handed to the device.
+  index is shared with the turn detector through the `PlaybackState` named `playback` in the pipeline's shared
+  place. An Interruption drops the turn's buffered audio: sound stops within one block. `record=FILE` keeps
+  exactly what was handed to the device.
 
+The `audio_device` transport pairs them (what `omnivox listen` runs; not one `omnivox serve` serves).
 sounddevice is imported when a stage is set up, never at import time.
 """
 
@@ -27,9 +29,11 @@ import numpy as np
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import InputError
+from omnivox.core.runtime.bus import Bus, Subscription
 from omnivox.core.runtime.events import AudioChunk, AudioOut, Cancel, Event, Interruption, TurnEnd
-from omnivox.core.runtime.playback import PlaybackState, Turn, playback_state
+from omnivox.core.runtime.playback import PlaybackState, Turn, shared_playback
 from omnivox.core.runtime.stage import Stage
+from omnivox.core.runtime.transport import Transport
 
 RAW_STREAM_TURN = 0  # turn id of the microphone's raw stream; turn detection numbers utterances from 1
 
@@ -224,7 +228,8 @@ class SpeakerOutput(Stage):
             raise InputError(f"cannot record to {record}: its folder does not exist", "create it first")
         self.device_spec, self.rate, self.block_ms, self.jitter_ms = device, rate, block_ms, jitter_ms
         self.record_path = record
-        self.playback: PlaybackState = playback_state(playback)
+        self.playback_name = playback
+        self.playback: PlaybackState = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.turns: dict[Turn, TurnPlayback] = {}
         self.finished: list[Turn] = []  # turns whose answer has finished playing (or was dropped), in order
         self.underruns = 0
@@ -237,6 +242,11 @@ class SpeakerOutput(Stage):
         self._record_file = None
         self._record_task: asyncio.Task | None = None
         self._stream = None
+
+    def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
+        sub = super().attach(bus, inputs, shared)
+        self.playback = shared_playback(self.shared, self.playback_name)
+        return sub
 
     async def setup(self) -> None:
         sd = _sounddevice()
@@ -382,3 +392,9 @@ def register_audio_inputs(registry):
 def register_audio_outputs(registry):
     registry.add("speaker", SpeakerOutput,
                  description="live speaker (PortAudio): jitter buffer, stops within a block on interruption")
+
+
+@hookimpl
+def register_transports(registry):
+    registry.add("audio_device", lambda: Transport(MicrophoneInput, SpeakerOutput),
+                 description="the live microphone in, the speaker out (PortAudio; `omnivox listen`)")

@@ -222,4 +222,5 @@ def register_encoders(registry):
         "whisper",
         load_whisper_encoder,
         description="openai-whisper audio encoder (small.pt for Mini-Omni), 16 kHz, 50 frames/s",
+        mini_omni={"params": {"checkpoint": "small.pt"}, "local": ["checkpoint"]},  # the checkpoint dir's small.pt
     )

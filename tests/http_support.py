@@ -36,13 +36,14 @@ class Served:
 
 
 def tiny_http_stages(*, max_steps: int = 24, limits: dict | None = None, **http):
-    from omnivox.cli import demo
     from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
+    from omnivox.core.runtime.speech_kit import SpeechKit
     from omnivox.plugins.http.stages import HttpAudioInput, HttpAudioOutput
     from omnivox.plugins.snac_codec import SnacCodec
 
-    return [HttpAudioInput(port=0, limits=limits, **http), EncoderStage(demo.tiny_encoder()),
-            LMStage("text-delay", model=demo.tiny_model(seed=1), task="A1A2", max_steps=max_steps, name="lm"),
+    kit = SpeechKit.random(seed=1, speak=False)  # a tiny SNAC instead of the kit's full-size one
+    return [HttpAudioInput(port=0, limits=limits, **http), EncoderStage(kit.encoder),
+            LMStage("text-delay", model=kit.model, task="A1A2", max_steps=max_steps, name="lm"),
             CodecStage(SnacCodec.load(config=TINY_SNAC, seed=0)), HttpAudioOutput()]
 
 

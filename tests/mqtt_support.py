@@ -112,13 +112,14 @@ def write_question(path: Path, seconds: float = 0.6, rate: int = 16000) -> Path:
 def tiny_service_stages(broker: str, *, max_steps: int = 16, worker: str | None = None, limits: dict | None = None,
                         **mqtt):
     """mqtt in -> tiny whisper encoder -> tiny random LM -> tiny SNAC -> mqtt out (one shared model)."""
-    from omnivox.cli import demo
     from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
+    from omnivox.core.runtime.speech_kit import SpeechKit
     from omnivox.plugins.mqtt.stages import MqttAudioInput, MqttAudioOutput
     from omnivox.plugins.snac_codec import SnacCodec
 
-    return [MqttAudioInput(broker, worker=worker, limits=limits, **mqtt), EncoderStage(demo.tiny_encoder()),
-            LMStage("text-delay", model=demo.tiny_model(seed=1), task="A1A2", max_steps=max_steps),
+    kit = SpeechKit.random(seed=1, speak=False)  # a tiny SNAC instead of the kit's full-size one
+    return [MqttAudioInput(broker, worker=worker, limits=limits, **mqtt), EncoderStage(kit.encoder),
+            LMStage("text-delay", model=kit.model, task="A1A2", max_steps=max_steps),
             CodecStage(SnacCodec.load(config=TINY_SNAC, seed=0)), MqttAudioOutput()]
 
 

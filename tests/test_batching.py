@@ -14,7 +14,7 @@ from omnivox.core.errors import InputError
 from omnivox.core.kernel.batching import BatchEngine
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
-from omnivox.core.kernel.generation import Done, FramePiece, TextPiece, generate
+from omnivox.core.kernel.generation import Done, FramePiece, TextPiece, TurnDecoder, generate, prepare
 from omnivox.core.runtime.events import Features, TextIn
 from omnivox.core.runtime.model_stages import LMStage
 from omnivox.plugins.random_models import never_emit_audio_specials, tiny_model
@@ -42,8 +42,10 @@ def kwargs_of(spec: dict, max_steps: int = 24) -> dict:
 
 
 def run_engine(model, turns, interrupt: dict[int, int] | None = None, max_rows: int = 16):
-    """Drives the engine step by step; turn i joins before step `joins_at`; interrupt {turn: after n events}."""
+    """Drives the engine step by step; turn i joins before step `joins_at`; interrupt {turn: after n events}.
+    Returns the events per turn and the engine (`engine.decoders`: the turns' decoders)."""
     engine, events, flags = BatchEngine(model, max_rows=max_rows), {}, {}
+    engine.decoders = {}
     interrupt = interrupt or {}
     for i, _ in enumerate(turns):
         flags[i] = threading.Event()
@@ -60,7 +62,7 @@ def run_engine(model, turns, interrupt: dict[int, int] | None = None, max_rows: 
     while pending or not engine.idle:
         while pending and turns[pending[0]][0] <= step:
             i = pending.pop(0)
-            engine.submit(emitter(i), cancel=flags[i], **kwargs_of(turns[i][1]))
+            engine.decoders[i] = engine.submit(emitter(i), cancel=flags[i], **kwargs_of(turns[i][1]))
         engine.step()
         step += 1
     return events, engine
@@ -84,12 +86,36 @@ def test_batched_turns_give_the_tokens_of_the_same_turns_decoded_alone():
     assert engine.batch.valid.shape[0] == 0  # every row left
 
 
+def test_each_turn_leaves_its_decode_state_as_decoded_alone():
+    """A turn's DecodeState outlives it: the KV cache of its prompt and every fed column (the last sampled one is
+    never fed), handed back from the batch without the left padding, as the same turn decoded alone leaves it;
+    a batch of one gives `generate`'s tokens."""
+    model = tiny_model()
+    _, engine = run_engine(model, TURNS)
+    for i, (_, spec) in enumerate(TURNS):
+        alone = TurnDecoder(prepare(model, **kwargs_of(spec)))
+        *_, done = alone.run()
+        batched = engine.decoders[i].state
+        assert batched.length == alone.state.length == alone.setup.prompt.length + done.result.steps - 1
+        for mine, theirs in zip(batched.cache.backbone.layers, alone.state.cache.backbone.layers, strict=True):
+            assert mine.keys.shape == theirs.keys.shape and mine.keys.shape[::2] == (alone.rows, batched.length)
+            assert torch.allclose(mine.keys, theirs.keys, atol=1e-5)
+            assert torch.allclose(mine.values, theirs.values, atol=1e-5)
+        assert batched.cache.length == batched.length
+    one, got = BatchEngine(model), []
+    one.submit(got.append, **kwargs_of(TURNS[1][1]))
+    while not one.idle:
+        one.step()
+    assert torch.equal(got[-1].result.tokens, generate(model, **kwargs_of(TURNS[1][1])).tokens)
+
+
 def test_an_interrupted_turn_leaves_mid_way_and_the_others_keep_their_tokens():
     model = tiny_model()
     alone = [generate(model, **kwargs_of(spec)) for _, spec in TURNS]
-    events, _ = run_engine(model, TURNS, interrupt={1: 6})  # the 2-row turn in the middle of the batch
-    cut = events[1][-1].result
+    events, engine = run_engine(model, TURNS, interrupt={1: 6})  # the 2-row turn in the middle of the batch
+    cut, state = events[1][-1].result, engine.decoders[1].state
     assert cut.stop_reason == "cancelled" and 0 < cut.steps < alone[1].steps
+    assert state.length == engine.decoders[1].setup.prompt.length + cut.steps - 1 == state.cache.length
     assert torch.equal(cut.tokens, alone[1].tokens[:, :cut.steps])
     for i in (0, 2, 3, 4):
         assert torch.equal(events[i][-1].result.tokens, alone[i].tokens), f"turn {i} disturbed by the interruption"

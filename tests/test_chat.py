@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from omnivox.cli import demo
 from omnivox.cli.chat import TranscriptPrinter, displayable
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioOut, CodecFrame, Interruption, TextIn, TextToken, TurnEnd, TurnStart
 from omnivox.core.runtime.model_stages import CodecStage, LMStage
 from omnivox.core.runtime.pipeline import Pipeline
+from omnivox.core.runtime.speech_kit import NOTICE, RANDOM_MODEL, SpeechKit
 from omnivox.core.runtime.stage import Stage
 from omnivox.core.runtime.testing import ChunkRecordingCodec, run_stage
 from omnivox.plugins.audio_files import FileAudioOutput
@@ -36,7 +36,7 @@ TINY_SNAC = dict(sampling_rate=8000, encoder_dim=4, encoder_rates=[2, 2], decode
 def components():
     """The demo's tiny random model (its audio heads never pick a special id, so every step completes a
     frame and no answer stops before max_steps) and a tiny SNAC."""
-    return demo.tiny_model(seed=1), SnacCodec.load(config=TINY_SNAC, seed=0)
+    return SpeechKit.load_model(RANDOM_MODEL, seed=1), SnacCodec.load(config=TINY_SNAC, seed=0)
 
 
 class Recorder(Stage):
@@ -136,7 +136,7 @@ def test_omnivox_chat_on_spoken_question(tmp_path):
     run = _chat("--checkpoint", "random", "--input", str(question), "--output", "answer.wav", "--text-out",
                 "answer.txt", "--max-steps", "40", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert demo.NOTICE in run.stderr and "first audio" in run.stderr
+    assert NOTICE in run.stderr and "first audio" in run.stderr
     data, rate = sf.read(tmp_path / "answer.wav")
     assert rate == 24000 and data.ndim == 1 and 0 < len(data) and abs(data).max() <= 1.0
     assert (tmp_path / "answer.txt").is_file()
@@ -232,3 +232,30 @@ def test_codec_stage_decodes_frame_by_frame_until_audio_is_ahead_then_in_chunks(
     out = asyncio.run(run_stage(stage, [TurnStart(), *frames, TurnEnd(reason="done")]))
     audio = [e for e in out if isinstance(e, AudioOut)]
     assert sum(recording.chunks) == 10 and sum(len(e.audio) // 2 for e in audio) == 10 * spf
+
+
+def test_chat_fails_clearly_on_an_answer_with_no_speech(tmp_path):
+    """text-delay needs several steps before its first complete audio frame: 2 steps give text and no speech."""
+    run = _chat("--checkpoint", "random", "--text", "hi", "--max-steps", "2", "--output", "answer.wav", cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert "no speech" in run.stderr and "0 s of audio" in run.stderr and "try: " in run.stderr, run.stderr
+    assert "wrote answer.wav" not in run.stderr and not (tmp_path / "answer.wav").exists()
+
+
+@pytest.mark.parametrize("reason, audio, rc, warned", [("done", b"", 1, True), ("done", b"\0\0" * 80, 0, False),
+                                                       ("interrupted", b"", 1, False)],
+                         ids=["silent", "spoken", "interrupted"])
+def test_ask_fails_clearly_on_an_answer_with_no_speech(tmp_path, monkeypatch, capsys, reason, audio, rc, warned):
+    """`omnivox ask --output`: a finished turn without audio is an error; an interrupted one may be silent."""
+    from omnivox.cli import ask
+    from omnivox.cli.main import main
+    from omnivox.plugins.mqtt.client import Answer
+
+    async def answered(args):
+        return Answer(turn=0, text="hi", audio=audio, rate=16000 if audio else None, reason=reason)
+
+    monkeypatch.setattr(ask, "_ask", answered)
+    assert main(["ask", "--text", "hi", "--output", str(tmp_path / "a.wav")]) == rc
+    err = capsys.readouterr().err
+    assert ("no speech" in err and "try: " in err) == warned, err
+    assert (tmp_path / "a.wav").exists() == bool(audio)

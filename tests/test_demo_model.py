@@ -1,7 +1,7 @@
 """The shipped default model `demo` and its plumbing: an export records the encoder and codec it was trained with
-(training/export.py), `omnivox chat` hears and speaks through them (core/runtime/model_stages.py), `--checkpoint
-random` is the tiny random model; with the shipped weights (plugins/demo_model.py, models/demo/): the main job
-on held-out spoken questions, checked by the ASR yardstick, and the answer streams.
+(training/export.py), `omnivox chat` hears and speaks through them (the speech kit, core/runtime/speech_kit.py),
+`--checkpoint random` is the tiny random model; with the shipped weights (plugins/demo_model.py, models/demo/):
+the main job on held-out spoken questions, checked by the ASR yardstick, and the answer streams.
 
 Tests that need the shipped model skip, naming the missing file, until it is in the package."""
 
@@ -17,9 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnivox.cli import demo
 from omnivox.core.errors import CheckpointError, ConfigError, PluginError
-from omnivox.core.runtime.model_stages import COMPONENTS_FILE, choose_components, components_in, load_model
+from omnivox.core.runtime.speech_kit import (
+    COMPONENTS_FILE,
+    DEFAULT_NOTICE,
+    RANDOM_MODEL,
+    SpeechKit,
+    components_in,
+    model_name,
+)
 from omnivox.plugins.random_models import TINY_WHISPER_DIMS
 from omnivox.training.export import export_codec, ship
 
@@ -37,7 +43,7 @@ def _cli(*args, cwd, timeout=600):
 def tiny_export(tmp_path):
     """A native export of the tiny random model whose components.json names a tiny whisper and a tiny SNAC."""
     directory = tmp_path / "export"
-    demo.tiny_model().save_pretrained(directory)
+    SpeechKit.load_model(RANDOM_MODEL).save_pretrained(directory)
     record = {"encoder": {"name": "whisper", "params": {"dims": TINY_WHISPER_DIMS, "seed": 0}},
               "codec": {"name": "snac", "params": {"config": TINY_SNAC, "seed": 0}}}
     (directory / COMPONENTS_FILE).write_text(json.dumps(record))
@@ -83,12 +89,12 @@ def test_export_records_seeded_snac_and_exported_whisper_and_names_a_hub_codec(t
 
 # ---- choosing the components ----------------------------------------------------------------------------------
 def test_the_recorded_components_are_used_unless_overridden(tiny_export):
-    model = load_model(str(tiny_export))
-    encoder, codec = choose_components(model)
-    assert encoder.feature_dim == TINY_WHISPER_DIMS["n_audio_state"] and codec.grid.n_slots == 7
-    assert choose_components(model, hear=False)[0] is None  # text in: no encoder is built
+    kit = SpeechKit.load(str(tiny_export))
+    assert kit.encoder.feature_dim == TINY_WHISPER_DIMS["n_audio_state"] and kit.codec.grid.n_slots == 7
+    assert kit.max_steps == 600 and kit.components["codec"]["name"] == "snac"
+    assert SpeechKit.load(str(tiny_export), hear=False).encoder is None  # text in: no encoder is built
     with pytest.raises(ConfigError, match="64") as error:  # real whisper small would be 768 wide: never loaded
-        choose_components(model, encoder="faster_whisper", speak=False)
+        SpeechKit.load(str(tiny_export), encoder="faster_whisper", speak=False)
     assert "--encoder" in error.value.fix
 
 
@@ -96,16 +102,16 @@ def test_missing_or_unavailable_components_are_named_with_the_fix(tiny_export):
     record = {"encoder": {"name": "whisper", "params": {"checkpoint": "small.pt"}, "local": ["checkpoint"]},
               "codec": {"name": "nosuch", "params": {}}}
     (tiny_export / COMPONENTS_FILE).write_text(json.dumps(record))
-    model = load_model(str(tiny_export))
     with pytest.raises(CheckpointError) as error:
-        choose_components(model, speak=False)
+        SpeechKit.load(str(tiny_export), speak=False)
     assert str(tiny_export / "small.pt") in error.value.problem and "--encoder" in error.value.fix
     with pytest.raises(PluginError) as error:
-        choose_components(model, hear=False)
+        SpeechKit.load(str(tiny_export), hear=False)
     assert "'nosuch'" in error.value.problem and str(tiny_export / COMPONENTS_FILE) in error.value.problem
     assert "--codec" in error.value.fix
-    with pytest.raises(ConfigError, match="mel:"):  # a directory that is no SNAC model needs its plugin named
-        choose_components(model, codec=str(tiny_export), hear=False)
+    with pytest.raises(ConfigError, match="no codec plugin loads") as error:  # no SNAC model: name its plugin
+        SpeechKit.load(str(tiny_export), codec=str(tiny_export), hear=False)
+    assert f"--codec NAME:{tiny_export}" in error.value.fix
 
 
 def test_a_checkpoint_without_a_record_gets_mini_omnis_components(tiny_export):
@@ -116,27 +122,27 @@ def test_a_checkpoint_without_a_record_gets_mini_omnis_components(tiny_export):
     assert specs["codec"]["params"] == {"model": "hubertsiuzdak/snac_24khz"}
 
 
-def test_ship_stores_fp16_weights_and_load_model_widens_them(tiny_export, tmp_path):
+def test_ship_stores_fp16_weights_and_the_kit_widens_them(tiny_export, tmp_path):
     from safetensors.torch import load_file
 
     size = ship(tiny_export, tmp_path / "shipped")
     stored = load_file(str(tmp_path / "shipped" / "model.safetensors"))
     assert {t.dtype for t in stored.values()} == {torch.float16}
     assert size < (tiny_export / "model.safetensors").stat().st_size
-    model = load_model(str(tmp_path / "shipped"))
-    assert {p.dtype for p in model.lm.parameters()} == {torch.float32}
-    assert (tmp_path / "shipped" / COMPONENTS_FILE).is_file() and model.components["codec"]["name"] == "snac"
+    kit = SpeechKit.load(str(tmp_path / "shipped"), hear=False, speak=False)
+    assert {p.dtype for p in kit.model.lm.parameters()} == {torch.float32}
+    assert (tmp_path / "shipped" / COMPONENTS_FILE).is_file() and kit.components["codec"]["name"] == "snac"
 
 
 def test_random_is_the_tiny_random_model():
-    assert load_model("random").source.startswith("random") and "random" in demo.RANDOM
+    assert SpeechKit.load_model("random").source.startswith("random") and model_name("random") == RANDOM_MODEL
 
 
 def test_without_checkpoint_chat_runs_the_shipped_demo_or_names_its_missing_file(tmp_path):
     from omnivox.plugins.demo_model import missing_files
 
     run = _cli("chat", "--text", "what is two plus three", "--task", "T1T2", "--max-steps", "40", cwd=tmp_path)
-    assert demo.DEFAULT_NOTICE in run.stderr
+    assert DEFAULT_NOTICE in run.stderr
     missing = missing_files()
     if missing:
         assert run.returncode == 2 and str(missing[0]) in run.stderr and "--checkpoint random" in run.stderr
@@ -250,9 +256,10 @@ def test_the_demo_answer_streams_first_audio_before_the_lm_finishes(tmp_path):
             return
             yield
 
-    model, encoder, codec, steps = demo.model_kit(None, say=lambda line: None)
+    kit = SpeechKit.load(None, say=lambda line: None)
+    model, encoder, codec = kit.model, kit.encoder, kit.codec
     question = _speak(tmp_path / "q.wav", "what is the capital of germany", "en-gb-x-rp", 150)
-    lm = LMStage("text-delay", model=model, task="A1A2", max_steps=steps)
+    lm = LMStage("text-delay", model=model, task="A1A2", max_steps=kit.max_steps)
     sink = FirstAudio(lm)
     turns = asyncio.run(Pipeline([FileAudioInput(str(question)), EncoderStage(encoder), lm, CodecStage(codec),
                                   sink]).run())

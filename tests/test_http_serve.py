@@ -33,7 +33,8 @@ def test_http_makes_the_broker_optional_and_both_serve_one_pipeline():
     assert serve.transports(values_of()) == ["mqtt"]  # unchanged: MQTT on the default broker
     assert serve.transports(values_of("--http", "60808")) == ["http"]
     assert serve.transports(values_of("--http", "0.0.0.0:8080", "--broker", "mqtt://b:1883")) == ["mqtt", "http"]
-    assert serve.http_params(values_of("--http", "0.0.0.0:8080")) == {"host": "0.0.0.0", "port": 8080}
+    http = serve.served_transports()["http"]  # the transport registered by the http plugin
+    assert http.serve.params(values_of("--http", "0.0.0.0:8080")) == {"host": "0.0.0.0", "port": 8080}
     args = build_parser().parse_args(["serve", "--http", "0", "--broker", "mqtt://127.0.0.1:1", "--checkpoint",
                                       "random"])
     pipeline = serve.build_pipeline(args, serve.settings(args), say=lambda line: None)

@@ -19,7 +19,6 @@ import pytest
 from omnivox.core import audio
 from omnivox.core.runtime.events import AudioChunk, AudioStart, Event, Interruption, TurnEnd, VoiceStarted
 from omnivox.core.runtime.pipeline import Pipeline
-from omnivox.core.runtime.playback import playback_state
 from omnivox.core.runtime.stage import Stage
 from omnivox.plugins.audio_files import FileAudioInput, read_audio, write_audio
 from omnivox.plugins.silero_vad import SileroVAD
@@ -57,11 +56,17 @@ class Collect(Stage):
         self.events.append(event)
 
 
-def run_vad(pcm: np.ndarray, tmp_path: Path, **params) -> list[Event]:
+def run_vad(pcm: np.ndarray, tmp_path: Path, speaking_turn: int | None = None, **params) -> list[Event]:
+    """The VAD's events on `pcm`; `speaking_turn`: an answer of that turn is being played (the pipeline's
+    PlaybackState has a sink and the turn open)."""
     path = tmp_path / "stream.wav"
     write_audio(path, pcm, 16000)
-    sink = Collect()
-    asyncio.run(Pipeline([FileAudioInput(str(path), chunk_ms=20), SileroVAD(**params), sink]).run())
+    sink, vad = Collect(), SileroVAD(**params)
+    pipeline = Pipeline([FileAudioInput(str(path), chunk_ms=20), vad, sink])
+    if speaking_turn is not None:
+        vad.playback.has_sink = True
+        vad.playback.open_turn(("default", speaking_turn))
+    asyncio.run(pipeline.run())
     return sink.events
 
 
@@ -69,8 +74,7 @@ def run_vad(pcm: np.ndarray, tmp_path: Path, **params) -> list[Event]:
 def test_vad_cuts_two_questions_into_two_turns_with_pre_roll(tmp_path):
     q1, q2 = speak("What is the capital of France?", 16000, tmp_path), speak("How far is the moon?", 16000,
                                                                               tmp_path)
-    events = run_vad(np.concatenate([silence(0.5, 16000), q1, silence(2, 16000), q2, silence(1, 16000)]), tmp_path,
-                     playback="vad-test")
+    events = run_vad(np.concatenate([silence(0.5, 16000), q1, silence(2, 16000), q2, silence(1, 16000)]), tmp_path)
     starts = [e for e in events if isinstance(e, AudioStart)]
     assert [e.turn_id for e in starts] == [1, 2]
     assert [(e.turn_id, e.reason) for e in events if isinstance(e, TurnEnd)] == [(1, "done"), (2, "done")]
@@ -85,7 +89,7 @@ def test_vad_cuts_two_questions_into_two_turns_with_pre_roll(tmp_path):
 
 def test_vad_starts_no_turn_on_silence_or_moderate_white_noise(tmp_path):
     noise = (RNG.standard_normal(4 * 16000) * 0.05).astype(np.float32)  # -26 dBFS
-    events = run_vad(np.concatenate([silence(2, 16000), noise]), tmp_path, playback="vad-test")
+    events = run_vad(np.concatenate([silence(2, 16000), noise]), tmp_path)
     assert not [e for e in events if isinstance(e, (VoiceStarted, AudioStart))]
 
 
@@ -93,10 +97,7 @@ def test_vad_half_duplex_ignores_speech_while_the_assistant_speaks_full_duplex_i
     q = speak("Hello there, how are you?", 16000, tmp_path)
     stream = np.concatenate([silence(0.5, 16000), q, silence(1, 16000)])
     for duplex in ("half", "full"):
-        state = playback_state(f"speaking-{duplex}")
-        state.has_sink = True
-        state.open_turn(("default", 7))  # an answer is being played
-        events = run_vad(stream, tmp_path, duplex=duplex, playback=f"speaking-{duplex}")
+        events = run_vad(stream, tmp_path, speaking_turn=7, duplex=duplex)  # an answer is being played
         interruptions = [e for e in events if isinstance(e, Interruption)]
         if duplex == "half":
             assert not interruptions and not [e for e in events if isinstance(e, AudioStart)]
@@ -122,7 +123,7 @@ def test_stream_resampler_blockwise_equals_one_call_and_keeps_the_tone():
 
 
 def test_speaker_jitter_buffer_counts_underruns_and_drops_an_interrupted_turn():
-    speaker = SpeakerOutput(rate=1000, block_ms=10, jitter_ms=20, playback="jitter-test")
+    speaker = SpeakerOutput(rate=1000, block_ms=10, jitter_ms=20)
     speaker.playback.has_sink = True
     block = np.zeros((10, 1), dtype=np.float32)
 

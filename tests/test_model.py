@@ -13,6 +13,7 @@ from upstream_reference import (
     write_upstream_checkpoint,
 )
 
+from omnivox.core.kernel.batching import BatchCache
 from omnivox.core.kernel.checkpoint import OmniModel, convert_upstream
 
 TOL = 1e-4
@@ -95,12 +96,34 @@ def test_kv_cache_steps_equal_full_forward(checkpoint):
         assert (out.audio_logits[:, :, -1] - full.audio_logits[:, :, pos]).abs().max().item() <= TOL
 
 
-def test_text_only_heads_equal_full_heads(checkpoint):
+def test_step_decodes_left_padded_rows_as_their_own_forwards(checkpoint):
+    """OmniLM.step: one position of rows with different histories (left-padded, masked, each at its own
+    position) gives every row the logits of a forward on its own cache."""
+    _, _, model = checkpoint
+    lm, gen = model.lm, torch.Generator().manual_seed(4)
+    caches, batch = [], BatchCache(lm)
+    with torch.no_grad():
+        for length in (3, 6):
+            cache = lm.new_cache()
+            lm(torch.randint(0, 60, (1, 8, length), generator=gen), cache=cache)
+            caches.append(cache)
+            batch.add(cache)
+        ids = torch.randint(0, 60, (2, 8, 1), generator=gen)
+        mask = torch.cat([batch.valid, batch.valid.new_ones(2, 1)], dim=1)  # (2, 7): row 0 starts with 3 pads
+        out = lm.step(ids, batch.cache, torch.tensor([[3], [6]]), mask, text_rows=(1, 0), audio_rows=(0, 1))
+        for row, cache in enumerate(caches):
+            alone = lm(ids[row:row + 1], cache=cache, last_only=True)
+            assert (out.text_logits[1 - row] - alone.text_logits[0]).abs().max().item() <= TOL
+            assert (out.audio_logits[row] - alone.audio_logits[0]).abs().max().item() <= TOL
+    assert batch.cache.length == 7
+
+
+def test_text_heads_alone_equal_full_heads(checkpoint):
     _, _, model = checkpoint
     prompt = model.layout.text_prompt([5, 6, 7], "T1T2")
     with torch.no_grad():
         full = model.lm(prompt.ids)
-        text = model.lm(prompt.ids, text_only=True)
+        text = model.lm(prompt.ids, audio_rows=())
     assert text.audio_logits is None
     assert torch.equal(full.text_logits, text.text_logits)
 

@@ -277,7 +277,8 @@ def test_serve_settings_merge_config_file_and_options_and_name_bad_keys(tmp_path
     config.write_text("broker: mqtt://10.0.0.5:1883\ngroup: fleet\nlimits: {max_turn_s: 12}\n")
     args = build_parser().parse_args(["serve", "--config", str(config), "--site", "kitchen", "--max-sessions", "3"])
     values = serve.settings(args)
-    assert serve.mqtt_params(values) == {"broker": "mqtt://10.0.0.5:1883", "site": "kitchen", "group": "fleet",
+    mqtt = serve.served_transports()["mqtt"]  # the transport registered by the mqtt plugin
+    assert mqtt.serve.params(values) == {"broker": "mqtt://10.0.0.5:1883", "site": "kitchen", "group": "fleet",
                                          "limits": {"max_turn_s": 12, "max_sessions": 3}}
     config.write_text("brokr: mqtt://x\n")
     with pytest.raises(ConfigError, match="unknown key 'brokr'"):

@@ -3,15 +3,19 @@
 import argparse
 import asyncio
 import tracemalloc
+import warnings
+from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 
 from omnivox.cli import run as run_command
 from omnivox.core.contracts import manager as plugin_module
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.kernel.strategies import BatchParallelStrategy
 from omnivox.core.runtime.events import (
     AudioChunk,
     AudioOut,
@@ -26,9 +30,12 @@ from omnivox.core.runtime.events import (
     same_turn,
 )
 from omnivox.core.runtime.metrics import format_summary
+from omnivox.core.runtime.model_stages import LMStage
 from omnivox.core.runtime.pipeline import STAGE_ADAPTERS, Pipeline
 from omnivox.core.runtime.stage import Stage
 from omnivox.core.runtime.testing import assert_turn_ended, make_turn, of_type, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------ a tiny plugin of every kind
 SINKS: dict[str, list] = {}
@@ -234,7 +241,7 @@ BAD = [
         "plugin: codecs/beep",
         "plugin: codec/beep",
         ["stages[4].plugin", "unknown stage kind 'codec'"],
-        ["audio_inputs, vad, encoders, strategies, codecs, audio_outputs"],
+        ["audio_inputs, vad, encoders, lm, codecs, audio_outputs"],
     ),
     (
         "    plugin: codecs/beep",
@@ -321,6 +328,71 @@ def test_no_plugin_of_a_kind_says_none_is_registered(tmp_path):
         Pipeline.from_yaml(write(tmp_path, PIPELINE_YAML), plugins=pm)
     assert "unknown audio_inputs plugin 'tones'" in info.value.problem
     assert "(none registered)" in info.value.fix
+
+
+# ------------------------------------------------------------------------------------ the LM stage
+LM_PARAMS = {"checkpoint": "tiny-random", "strategy": "batch-parallel", "task": "A1A2", "max_steps": 9}
+
+
+def _lm_stage(plugin: str, params: dict):
+    config = {"stages": [{"name": "lm", "plugin": plugin, "params": params}]}
+    (stage,) = Pipeline.from_config(config, plugins=PluginManager(load="strategies")).stages
+    return stage
+
+
+def test_the_lm_stage_takes_its_strategy_by_name_and_the_old_form_still_loads():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = _lm_stage("lm/omni", LM_PARAMS)
+    assert isinstance(new, LMStage) and isinstance(new.strategy, BatchParallelStrategy)
+    old_params = {k: v for k, v in LM_PARAMS.items() if k != "strategy"}
+    deprecated = r"stages\[0\]\.plugin: strategies/batch-parallel is deprecated; write `plugin: lm/omni` with " \
+        r"`strategy: batch-parallel`"
+    with pytest.warns(FutureWarning, match=deprecated):
+        old = _lm_stage("strategies/batch-parallel", old_params)
+    assert type(old) is LMStage and type(old.strategy) is BatchParallelStrategy
+    same = ("name", "checkpoint", "task", "max_steps", "sampling", "threads", "max_rows", "force_layout", "int8")
+    assert [getattr(old, a) for a in same] == [getattr(new, a) for a in same] == \
+        ["lm", "tiny-random", "A1A2", 9, new.sampling, new.threads, 16, False, False]
+
+
+@pytest.mark.parametrize("plugin, params, problem, fix", [
+    ("lm/omni", {"strategy": "text-dely"},
+     ["stages[0].params.strategy", "unknown strategies plugin 'text-dely'", "did you mean 'text-delay'"],
+     ["valid strategies: batch-parallel, parallel, text-delay"]),
+    ("lm/omni", {"checkpoint": "demo"}, ["stages[0].params", "missing parameter 'strategy' of lm/omni"],
+     ["strategy: one of batch-parallel, parallel, text-delay"]),
+    ("lm/omni", {"strategy": "parallel", "tsk": "A1A2"}, ["stages[0].params.tsk", "did you mean 'task'"],
+     ["task (str | None) = None"]),
+    ("lm/omini", {"strategy": "parallel"}, ["stages[0].plugin", "unknown lm stage 'omini'", "did you mean 'omni'"],
+     ["valid lm: omni"]),
+    ("llm/omni", {}, ["unknown stage kind 'llm'", "did you mean 'lm'"], ["encoders, lm, codecs"]),
+])  # fmt: skip
+def test_lm_stage_mistakes_name_the_key_and_the_valid_choices(plugin, params, problem, fix):
+    with pytest.raises(ConfigError) as info:
+        _lm_stage(plugin, params)
+    for words in problem:
+        assert words in info.value.problem
+    for words in fix:
+        assert words in info.value.fix
+
+
+PIPELINE_FILES = sorted((ROOT / "recipes" / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINE_FILES, ids=lambda p: p.stem)
+def test_shipped_pipelines_use_the_lm_stage(path):
+    stages = yaml.safe_load(path.read_text())["stages"]
+    (lm,) = [s for s in stages if s["plugin"].startswith(("lm/", "strategies/"))]
+    assert lm["plugin"] == "lm/omni" and lm["params"]["strategy"] in ("text-delay", "batch-parallel")
+
+
+def test_the_chat_demo_pipeline_loads_without_a_deprecation():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipeline = Pipeline.from_yaml(ROOT / "recipes" / "pipelines" / "chat_demo.yaml")
+    lm = next(stage for stage in pipeline.stages if stage.name == "lm")
+    assert isinstance(lm, LMStage) and lm.strategy.name == "text-delay" and lm.checkpoint == "demo"
 
 
 # ------------------------------------------------------------------------------- flow control
@@ -497,3 +569,38 @@ def test_a_failing_source_is_reported_and_the_pipeline_still_drains():
         ("bad_file", "question.wav is not audio", "pass a WAV/FLAC file")
     ]
     assert len(log) == 3 and [m.reason for m in turns] == ["done"]
+
+
+def test_a_transports_service_and_the_playback_state_live_in_their_pipeline():
+    """What stages share without the bus is the pipeline's (`pipeline.shared`): an output finds the service of its
+    input in the same pipeline only, and each pipeline has its own PlaybackState."""
+    from omnivox.core.runtime.playback import shared_playback
+    from omnivox.core.runtime.transport import TransportInput, TransportOutput
+
+    class EchoInput(TransportInput):
+        transport = "echo"
+
+        async def open_service(self, feed):
+            return object()
+
+    class EchoOutput(TransportOutput):
+        transport = "echo"
+
+    async def scenario():
+        served = Pipeline([EchoInput("svc"), EchoOutput("svc")])
+        await served.start()
+        try:
+            alone = Pipeline([EchoOutput("svc")])  # the same service name, another pipeline: not found
+            with pytest.raises(ConfigError, match="no ECHO input named service 'svc'") as error:
+                await alone.start()
+            assert "audio_inputs/echo" in error.value.fix
+            return served, served.stages[0].service, served.stages[1].service
+        finally:
+            await served.stop()
+
+    served, opened, found = asyncio.run(scenario())
+    assert found is opened and opened is not None
+    assert served.shared == {} and served.stages[1].shared is served.shared  # the input withdrew its service
+    first, second = (Pipeline([Stage.from_function(lambda e: e, name=n) for n in "ab"]) for _ in range(2))
+    assert shared_playback(first.stages[0].shared) is shared_playback(first.stages[1].shared)
+    assert shared_playback(first.shared) is not shared_playback(second.shared)

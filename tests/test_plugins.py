@@ -212,6 +212,8 @@ def test_cli_lists_builtins_and_skipped():
     assert "audio_files [built-in]\n    audio_inputs: file - one turn read from an audio file" in done.stdout
     assert "no_such_plugin: named in OMNIVOX_LOAD_PLUGINS, but no plugin has this name" in done.stdout
     assert "UserWarning" not in done.stderr
+    assert "  lm - language model + decoding strategy\n    lm/omni - " in done.stdout  # the LM stage core provides
+    assert "(strategy: a plugin of strategies)" in done.stdout and "  strategies - " not in done.stdout
 
 
 def test_unknown_name_in_load_limit_is_reported(monkeypatch):

@@ -11,6 +11,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from omnivox.core.errors import InputError, PluginError
 from omnivox.core.kernel import quantize as quantize_module
+from omnivox.core.kernel.batching import BatchEngine
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import generate
@@ -61,7 +62,7 @@ def test_split_head_computes_exactly_the_asked_blocks():
     prompt = model.layout.text_prompt([5, 6, 7], "T1T2")
     with torch.no_grad():
         full = model.lm(prompt.ids)
-        text = model.lm(prompt.ids, text_only=True)
+        text = model.lm(prompt.ids, audio_rows=())
         audio = model.lm(prompt.ids, text_rows=(), audio_rows=(0,))
     assert text.audio_logits is None and audio.text_logits is None
     assert torch.equal(full.text_logits, text.text_logits)
@@ -79,6 +80,32 @@ def test_quantised_models_decode_in_every_strategy():
     features = torch.randn(5, model.config.whisper_adapter_dim, generator=torch.Generator().manual_seed(2))
     batch = generate(model, task="A1A2", audio_features=features, strategy="batch-parallel", max_steps=10)
     assert batch.steps == 10
+
+
+def test_the_batch_engine_decodes_a_quantised_model():
+    """The engine's batched step (OmniLM.step: per-row positions, a padding mask) runs through the int8 lean
+    blocks' masked single-position attention: a batch of one keeps the tokens of decoding alone, and turns
+    batched together all decode to their step budget (not token-exact: dynamic int8 quantises the activations
+    of one call, all rows, with one scale)."""
+    model = _tiny(seed=1)
+    quantize_int8(model.lm)
+    features = torch.randn(5, model.config.whisper_adapter_dim, generator=torch.Generator().manual_seed(2))
+    turns = [dict(task="T1A2", text_ids=[5, 6, 7], max_steps=12),
+             dict(task="A1A2", audio_features=features, strategy="batch-parallel", max_steps=10),
+             dict(task="A1T2", audio_features=features[:3], max_steps=8)]
+
+    def batched(kwargs_list):
+        engine, done = BatchEngine(model), {}
+        for i, kwargs in enumerate(kwargs_list):
+            engine.submit(lambda event, i=i: done.__setitem__(i, event), **kwargs)
+        while not engine.idle:
+            engine.step()
+        return [done[i].result for i in range(len(kwargs_list))]
+
+    together = batched(turns)
+    for kwargs, result in zip(turns, together, strict=True):
+        assert result.stop_reason == "max_steps" and result.steps == kwargs["max_steps"]
+        assert torch.equal(batched([kwargs])[0].tokens, generate(model, **kwargs).tokens)
 
 
 def test_teacher_forced_agreement_counts_top1_matches_per_stream():

@@ -1,4 +1,5 @@
-"""The README is executable documentation: every code block marked runnable runs and must exit 0.
+"""The README and the pages of docs/ are executable documentation: every code block marked runnable runs and
+must exit 0.
 
 Marker convention: the line directly above a ```bash (or ```python) fence is
 
@@ -7,8 +8,8 @@ Marker convention: the line directly above a ```bash (or ```python) fence is
 
 Each block runs in a fresh temporary directory holding a `recipes` symlink to the repository's recipes, with
 `omnivox` on PATH and this process's environment: bash blocks with `bash -euo pipefail`, python blocks with
-`python -`. Also checked: the README opens with the main job and the test command, CI runs that test command,
-and every benchmark script the README names exists."""
+`python -`. Also checked: the README opens with the main job and the test command and stays short, CI runs that
+test command, every benchmark script the README and docs name exists, and every relative link resolves."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # the Markdown files whose marked blocks run
+README_MAX_LINES = 260
 MARKER = re.compile(r"<!--\s*test:\s*runnable(?P<options>[^>]*?)\s*-->")
 FENCE = re.compile(r"```(?P<lang>\w*)\s*$")
 LANGUAGES = ("bash", "python")
@@ -38,13 +41,14 @@ class Block:
     lang: str  # "bash" or "python"
     code: str
     slow: bool
+    source: str = "README.md"  # the file, relative to the repository root
 
     @property
     def first_line(self) -> str:
         return next((s.strip() for s in self.code.splitlines() if s.strip()), "(empty block)")
 
 
-def extract_blocks(text: str) -> list[Block]:
+def extract_blocks(text: str, source: str = "README.md") -> list[Block]:
     """The runnable blocks of a Markdown text. A marker that is not directly above a bash/python fence, an
     unknown marker option or an unclosed fence raises ValueError naming the line."""
     lines = text.splitlines()
@@ -65,7 +69,7 @@ def extract_blocks(text: str) -> list[Block]:
         if end is None:
             raise ValueError(f"README line {i + 2}: the ```{fence['lang']} block is never closed")
         code = "\n".join(lines[i + 2:end]) + "\n"
-        blocks.append(Block(line=i + 2, lang=fence["lang"], code=code, slow=options == ["slow"]))
+        blocks.append(Block(line=i + 2, lang=fence["lang"], code=code, slow=options == ["slow"], source=source))
     return blocks
 
 
@@ -98,13 +102,18 @@ def run_block(block: Block, workdir: Path, timeout_s: float = BLOCK_TIMEOUT_S) -
 
 
 def failure_message(block: Block, result: subprocess.CompletedProcess) -> str:
-    return (f"README block at line {block.line} ({block.first_line!r}) exited {result.returncode}; "
+    return (f"{block.source} block at line {block.line} ({block.first_line!r}) exited {result.returncode}; "
             f"output tail:\n{result.stdout[-TAIL_CHARS:]}")
 
 
 def readme_params() -> list:
-    blocks = extract_blocks(README.read_text(encoding="utf-8"))
-    return [pytest.param(b, id=f"line{b.line}", marks=[pytest.mark.slow] if b.slow else []) for b in blocks]
+    blocks = [b for page in PAGES for b in extract_blocks(page.read_text(encoding="utf-8"), _name(page))]
+    return [pytest.param(b, id=f"{b.source}:line{b.line}", marks=[pytest.mark.slow] if b.slow else [])
+            for b in blocks]
+
+
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
 
 
 @pytest.mark.parametrize("block", readme_params())
@@ -230,11 +239,60 @@ def test_quick_starts_in_order_and_exercised():
             assert extract_blocks(body), f"README {heading!r} shows commands but marks none runnable"
 
 
-def test_benchmarks_named_in_readme_exist():
-    named = set(re.findall(r"benchmarks/[\w./-]+?\.py", README.read_text(encoding="utf-8")))
-    assert named, "the README names no benchmark"
+def test_benchmarks_named_in_readme_and_docs_exist():
+    assert re.search(r"benchmarks/[\w./-]+?\.py", README.read_text(encoding="utf-8")), "the README names no benchmark"
+    named = {p for page in PAGES for p in re.findall(r"benchmarks/[\w./-]+?\.py", page.read_text(encoding="utf-8"))}
     missing = sorted(p for p in named if not (ROOT / p).is_file())
-    assert not missing, f"the README names benchmarks that do not exist: {missing}"
+    assert not missing, f"the README or docs name benchmarks that do not exist: {missing}"
+
+
+def test_readme_is_short():
+    lines = len(README.read_text(encoding="utf-8").splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; details go to docs/ (at most {README_MAX_LINES})"
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target)
+
+
+def prose(text: str) -> str:
+    """`text` without its fenced code blocks (a `](` in code is not a link)."""
+    return re.sub(r"^```.*?^```[ \t]*$", "", text, flags=re.M | re.S)
+
+
+def anchor(heading: str) -> str:
+    """GitHub's id of a heading: lower case, punctuation but `-` and `_` dropped, each space a `-`."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    return {anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose(page.read_text(encoding="utf-8")), re.M)}
+
+
+def broken_links(page: Path) -> list[str]:
+    """The relative links of `page` whose file, or whose `#anchor` in a Markdown file, does not exist."""
+    broken = []
+    for target in LINK.findall(prose(page.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:: not ours to check
+            continue
+        path, _, fragment = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists() or (fragment and file.suffix == ".md" and fragment not in anchors(file)):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_name)
+def test_relative_links_resolve(page):
+    assert not broken_links(page), f"{_name(page)} links to what does not exist: {broken_links(page)}"
+
+
+def test_the_link_checker_finds_a_broken_link(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A page\n")
+    page = tmp_path / "README.md"
+    page.write_text("[ok](docs/a.md#a-page) [gone](docs/b.md) [bad anchor](docs/a.md#nope) [self](#top)\n"
+                    "[web](https://example.com)\n```\n[code](not/a/link.md)\n```\n# Top\n")
+    assert broken_links(page) == ["docs/b.md", "docs/a.md#nope"]
 
 
 def test_omnivox_on_path_is_this_installation():

@@ -75,8 +75,9 @@ def test_unknown_nested_and_component_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown recipe key 'training\.max_step'") as info:
         load_recipe(tiny, ["training.max_step=3"])
     assert "max_steps" in info.value.fix
-    with pytest.raises(ConfigError, match=r"optimizer: unknown key 'lrr' for torch\.optim\.AdamW") as info:
+    with pytest.raises(ConfigError, match=r"optimizer\.lrr: unknown parameter of torch\.optim\.AdamW") as info:
         load_recipe(tiny, ["optimizer.lrr=0.1"])
+    assert "did you mean 'lr'" in info.value.problem
     assert "lr" in info.value.fix and "weight_decay" in info.value.fix
     with pytest.raises(ConfigError, match="unknown recipe key 'nme'"):
         load_recipe(tiny, ["nme=x"])

@@ -125,9 +125,9 @@ class OverlapLM(LMStage):
 
 def test_concurrent_lm_turns_share_one_model_and_match_sequential_ones():
     """Two sessions decode at once on one model object (separate caches): the same tokens as alone."""
-    from omnivox.cli import demo
+    from omnivox.core.runtime.speech_kit import RANDOM_MODEL, SpeechKit
 
-    model = demo.tiny_model(seed=3)
+    model = SpeechKit.load_model(RANDOM_MODEL, seed=3)
 
     def turn(session, text):
         ids = {"session_id": session, "turn_id": 0}

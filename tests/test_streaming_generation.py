@@ -13,7 +13,7 @@ from omnivox import generate, stream
 from omnivox.core.errors import InputError, PluginError
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
-from omnivox.core.kernel.generation import Done, FramePiece, TextPiece
+from omnivox.core.kernel.generation import Done, FramePiece, TextPiece, TurnDecoder, prepare
 from omnivox.plugins.random_models import never_emit_audio_specials
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -113,6 +113,22 @@ def test_prompt_filling_the_context_still_answers_one_step():
 def test_step_budget_stops_cleanly():
     result = generate(speaking_model(), task="T1A2", text_ids=[1, 2], max_steps=10)
     assert result.stop_reason == "max_steps" and result.steps == 10 and result.frames.shape == (3, 7)
+
+
+def test_a_turn_leaves_its_state_and_a_next_decoder_continues_after_it():
+    """The decoder's DecodeState outlives the turn: its cache holds the prompt and every fed column (the last
+    sampled one is never fed); a decoder given that state prefills after those positions, not from position 0
+    (where a session's conversation will live)."""
+    model = speaking_model()
+    first = TurnDecoder(prepare(model, task="A1A2", audio_features=FEATURES, max_steps=6))
+    *_, done = first.run()
+    state, history = first.state, first.setup.prompt.length + done.result.steps - 1
+    assert state.length == state.cache.length == history == state.cache.backbone.layers[0].keys.shape[2]
+    second = TurnDecoder(prepare(model, task="T1T2", text_ids=[5, 6], max_steps=3), state)
+    *_, again = second.run()
+    assert second.state is state
+    assert state.length == state.cache.length == history + second.setup.prompt.length + again.result.steps - 1
+    assert state.cache.backbone.layers[0].keys.shape[2] == state.length
 
 
 def test_force_layout_pads_streams_before_their_delay():

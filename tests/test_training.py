@@ -300,6 +300,35 @@ def test_evaluate_reports_the_held_out_loss_without_changing_training(data, rand
     assert summary["eval"] == pytest.approx({k: v for k, v in evals[-1].items() if k != "step"})
 
 
+def test_absent_loss_terms_show_as_absent_never_nan(data, tmp_path, capsys):
+    """Stage 2 trains text only: its audio terms are `-` on the console and in the CSV files, null in
+    summary.json and not in TensorBoard at all; no "nan" anywhere."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = train(load_recipe(RECIPES / "tiny_stage2_adaption.yaml", overrides(
+        data, tmp_path, init_from="null", training__max_steps=2, logger__tensorboard="true",
+        training__eval_every=2, eval_data=f"{{path: {data}, tasks: [A1T2]}}")))
+    console = capsys.readouterr().out
+    assert "nan" not in console.lower() and "step 2/2  loss" in console and "  audio -  " in console, console
+    for name in ("metrics.csv", "eval.csv"):
+        text = (tmp_path / name).read_text()
+        assert "nan" not in text.lower(), text
+        rows = list(csv.DictReader(text.splitlines()))
+        assert rows and all(r["audio_0"] == "-" and r["audio_6"] == "-" and float(r["text"]) > 0 for r in rows)
+    assert summary["eval"]["audio_0"] is None and summary["eval"]["text"] > 0
+    tags = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"]
+    assert "train/text" in tags and "eval/text" in tags and not [t for t in tags if "audio_" in t], tags
+
+
+def test_a_term_is_averaged_over_the_steps_that_had_targets():
+    from omnivox.training.trainer import LossWindow, StepResult
+
+    window = LossWindow(["text", "audio_0"])
+    for loss, terms, counts in ((2.0, [1.0, 3.0], [5, 4]), (1.0, [1.0, 0.0], [5, 0])):  # no audio in step 2
+        window.add(StepResult(loss, torch.tensor(terms), torch.tensor(counts), 0.0), examples=1)
+    assert window.metrics() == {"loss": 1.5, "text": 1.0, "audio_0": 3.0}
+
+
 @pytest.mark.slow  # two subprocess starts
 def test_progress_bar_on_a_terminal_only(data, tmp_path):
     """A step bar on stderr when it is a terminal; none with progress=false; stdout keeps the log lines."""

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.progress import bar
 
 SPLITS = ("train", "validation", "test")
 
@@ -275,11 +276,9 @@ def build_corpus(out_dir: str | Path, config: CorpusConfig | None = None, *, pro
 
 
 def render_all(jobs: list[Utterance], config: CorpusConfig, progress: bool) -> None:
-    from tqdm import tqdm
-
     with ThreadPoolExecutor(max_workers=config.jobs) as pool:  # the work is in espeak-ng/sox processes
         done = pool.map(lambda job: render(job, config.sample_rate), jobs)
-        for _ in tqdm(done, total=len(jobs), desc="corpus", unit="utt", disable=not progress):
+        for _ in bar(done, total=len(jobs), desc="corpus", unit="utt", enabled=progress, leave=False):
             pass
 
 

@@ -1,9 +1,9 @@
 """What an export needs besides the LM weights so that `omnivox chat` can hear and speak with it: the record of
-the encoder and codec it was trained with (EXPORT/components.json, read by core/runtime/model_stages.py), and
+the encoder and codec it was trained with (EXPORT/components.json, read by core/runtime/speech_kit.py), and
 copies of those that exist nowhere else.
 
-- A SNAC built from a `config` (random weights, seeded: the tiny recipes) encoded the answer frames with a
-  codec that exists nowhere else: the export keeps it as EXPORT/codec/ (config.json + pytorch_model.bin).
+- A codec whose weights exist nowhere else (one built from a `config` with seeded random weights: the tiny
+  recipes) is written into EXPORT/codec/ by its plugin (the `exports` its registry entry declares).
 - A codec or encoder whose `model` / `checkpoint` is a local path (a trained `mel` codec directory, a
   CTranslate2 Whisper directory) is copied in (EXPORT/codec/, EXPORT/encoder/), so the export is self-contained.
 - A Whisper encoder saved by training/prepare.py's `export_encoder` as EXPORT/small.pt is recorded as that file.
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from omnivox.core.runtime.model_stages import COMPONENTS_FILE
+from omnivox.core.contracts.manager import get_plugin_manager
+from omnivox.core.runtime.speech_kit import COMPONENTS_FILE
 from omnivox.training.recipe import Recipe, component_params
 
 CODEC_DIR = "codec"
@@ -58,13 +59,14 @@ def _encoder_record(section: dict, directory: Path) -> dict:
 
 
 def _codec_record(section: dict, directory: Path) -> tuple[dict, Path | None]:
-    name, params = section["_component_"], _kept(section)
-    if name == "snac" and section.get("config") is not None:
-        out = _seeded_snac(section, directory / CODEC_DIR)
-        params = {k: v for k, v in params.items() if k not in ("config", "seed")}
-        return {"name": name, "params": {**params, "model": CODEC_DIR}, "local": ["model"]}, out
-    entry = _copy_local(params, directory / CODEC_DIR)
-    return {"name": name, **entry}, directory / CODEC_DIR if entry["local"] else None
+    name, params, target = section["_component_"], _kept(section), directory / CODEC_DIR
+    entry = get_plugin_manager().registry("codecs").entries.get(name)
+    saved = entry.exports(params, target) if entry is not None and entry.exports is not None else None
+    if saved is not None:  # the codec's plugin wrote its weights into the export
+        local = [key for key in MODEL_KEYS if saved.get(key) == str(target)]
+        return {"name": name, "params": {**saved, **{key: target.name for key in local}}, "local": local}, target
+    record = _copy_local(params, target)
+    return {"name": name, **record}, target if record["local"] else None
 
 
 def _kept(section: dict) -> dict:
@@ -92,23 +94,9 @@ def _copy_local(params: dict, target: Path) -> dict:
     return {"params": params, "local": local}
 
 
-def _seeded_snac(section: dict, out: Path) -> Path:
-    """The seeded random SNAC of a `config` (as the snac plugin builds it: the very weights prepare used)."""
-    from snac import SNAC
-
-    with torch.random.fork_rng():  # the training RNG stays as it was
-        if section.get("seed") is not None:
-            torch.manual_seed(section["seed"])
-        model = SNAC(**section["config"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(section["config"], indent=2), encoding="utf-8")
-    torch.save(model.state_dict(), out / "pytorch_model.bin")
-    return out
-
-
 def ship(export: str | Path, dest: str | Path, dtype: str = "float16") -> int:
-    """Copy the export directory EXPORT to DEST (replaced) with its LM weights stored as `dtype` (load_model
-    widens them back to fp32); returns DEST's size in bytes."""
+    """Copy the export directory EXPORT to DEST (replaced) with its LM weights stored as `dtype` (the speech kit's
+    load_model widens them back to fp32); returns DEST's size in bytes."""
     from safetensors.torch import load_file, save_file
 
     from omnivox.core.kernel.checkpoint import CONFIG_FILE, NATIVE_WEIGHTS

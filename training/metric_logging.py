@@ -1,10 +1,13 @@
 """Training metrics: metrics.csv (training steps), eval.csv (evaluations), TensorBoard (when installed) and the
-loss-curve PNG (when matplotlib is installed)."""
+loss-curve PNG (when matplotlib is installed). A metric whose value is None is absent (a loss term the stage has no
+targets for): `-` in the CSV files, not written to TensorBoard, a gap in the PNG."""
 
 from __future__ import annotations
 
 import csv as csvfile  # `csv` is a MetricsLogger parameter
 from pathlib import Path
+
+ABSENT = "-"  # a CSV cell of an absent metric
 
 
 class CsvLog:
@@ -12,14 +15,14 @@ class CsvLog:
 
     def __init__(self, path: Path, resume_step: int, write: bool):
         self.path, self.write = path, write
-        self.rows: list[dict[str, float]] = []
+        self.rows: list[dict[str, float | None]] = []
         if write and path.is_file():
             with path.open(newline="") as f:
-                self.rows = [{k: float(v) for k, v in r.items()} for r in csvfile.DictReader(f)
+                self.rows = [{k: None if v == ABSENT else float(v) for k, v in r.items()} for r in csvfile.DictReader(f)
                              if float(r["step"]) <= resume_step]
             self._rewrite()
 
-    def append(self, row: dict[str, float]) -> None:
+    def append(self, row: dict[str, float | None]) -> None:
         self.rows.append(row)
         if not self.write:
             return
@@ -28,7 +31,7 @@ class CsvLog:
             writer = csvfile.DictWriter(f, fieldnames=list(row))
             if new:
                 writer.writeheader()
-            writer.writerow(row)
+            writer.writerow(_cells(row))
 
     def _rewrite(self) -> None:
         if not self.rows:
@@ -37,7 +40,11 @@ class CsvLog:
         with self.path.open("w", newline="") as f:
             writer = csvfile.DictWriter(f, fieldnames=list(self.rows[0]))
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(_cells(row) for row in self.rows)
+
+
+def _cells(row: dict[str, float | None]) -> dict[str, float | str]:
+    return {k: ABSENT if v is None else v for k, v in row.items()}
 
 
 class MetricsLogger:
@@ -63,14 +70,15 @@ class MetricsLogger:
                 print("note: tensorboard is not installed; metrics go to metrics.csv only "
                       "(pip install 'omnivox[train]')", flush=True)
 
-    def log(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
-        """Record `metrics` at `step`; split "train" -> metrics.csv, "eval" -> eval.csv."""
+    def log(self, step: int, metrics: dict[str, float | None], split: str = "train") -> None:
+        """Record `metrics` at `step` (None: absent); split "train" -> metrics.csv, "eval" -> eval.csv."""
         if not self.enabled:
             return
         (self.train if split == "train" else self.eval).append({"step": float(step), **metrics})
         if self.writer is not None:
             for key, value in metrics.items():
-                self.writer.add_scalar(f"{split}/{key}", value, step)
+                if value is not None:
+                    self.writer.add_scalar(f"{split}/{key}", value, step)
 
     def close(self) -> Path | None:
         """Flush TensorBoard and draw loss.png; returns the PNG path (None without matplotlib or data)."""
@@ -92,7 +100,8 @@ class MetricsLogger:
         steps = [r["step"] for r in rows]
         fig, ax = plt.subplots(figsize=(7, 4))
         for key in [k for k in rows[0] if k == "loss" or k == "text" or k.startswith("audio_")]:
-            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key, linewidth=2 if key == "loss" else 0.8)
+            values = [float("nan") if r.get(key) is None else r[key] for r in rows]  # nan: a gap in the line
+            ax.plot(steps, values, label=key, linewidth=2 if key == "loss" else 0.8)
         if self.eval.rows:
             ax.plot([r["step"] for r in self.eval.rows], [r["loss"] for r in self.eval.rows], "ko", label="eval loss")
         ax.set_xlabel("step")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from omnivox.core.errors import ConfigError
+from omnivox.core.progress import bar
 from omnivox.training.data import read_manifest
 from omnivox.training.recipe import Recipe, build
 
@@ -33,8 +33,6 @@ def prepare(recipe: Recipe, manifest: str | Path, out: str | Path | None = None,
             progress: bool = True) -> Path:
     """Encode what `manifest` needs; write the prepared manifest (default MANIFEST.prepared.jsonl).
     `progress`: a bar (manifest rows) on stderr when it is a terminal."""
-    from tqdm import tqdm
-
     from omnivox.plugins.audio_files import read_audio
 
     manifest = Path(manifest)
@@ -66,8 +64,7 @@ def prepare(recipe: Recipe, manifest: str | Path, out: str | Path | None = None,
     counts = {"codec": 0, "encoder": 0}
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     by_id = {e.id: e for e in examples}
-    for row in tqdm(rows, desc="prepare", unit="example", file=sys.stderr, disable=None if progress else True,
-                    dynamic_ncols=True, leave=False):
+    for row in bar(rows, desc="prepare", unit="example", enabled=progress, leave=False):
         for field in ("question_audio", "answer_audio", "question_features", "answer_frames"):
             if isinstance(row.get(field), str):  # absolute for now; relative to the output below
                 row[field] = str((manifest.parent / row[field]).resolve())

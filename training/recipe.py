@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from omnivox.core.config_check import check_params, did_you_mean
 from omnivox.core.errors import ConfigError
 from omnivox.core.yaml_files import read_yaml
 
@@ -167,7 +167,7 @@ def _lookup(tree: dict[str, Any], parts: list[str]) -> Any:
 
 def _unknown_key(source: str, section: str, key: str, valid) -> ConfigError:
     where = f"{section}." if section else ""
-    return ConfigError(f"{source}: unknown recipe key '{where}{key}'",
+    return ConfigError(f"{source}: unknown recipe key '{where}{key}'{did_you_mean(key, valid)}",
                        f"valid keys{' of ' + section if section else ''}: {', '.join(sorted(valid))}")
 
 
@@ -293,7 +293,8 @@ def component_params(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_component(section: dict[str, Any], where: str, kind: str | None, injected: Sequence[str]) -> None:
-    """The callable exists, takes every given parameter, and the recipe sets none of the injected ones."""
+    """The callable exists, its parameters pass core/config_check.py (names, required ones, types: the checker
+    pipelines use), and the recipe sets none of the injected ones."""
     if not isinstance(section, dict):
         raise ConfigError(f"{where} must be a mapping with _component_", "write {_component_: ..., param: value}")
     factory = resolve_component(section.get("_component_"), where, kind)
@@ -301,17 +302,8 @@ def check_component(section: dict[str, Any], where: str, kind: str | None, injec
     clash = sorted(set(params) & set(injected))
     if clash:
         raise ConfigError(f"{where}: {', '.join(clash)} is set by the trainer", f"remove {', '.join(clash)}")
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    names = [p for p, v in signature.parameters.items() if v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
-    unknown = sorted(set(params) - set(names))
-    if unknown and not accepts_any:
-        valid = [n for n in names if n not in injected and n != "self"]
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} for {section['_component_']}",
-                          f"valid keys: _component_, {', '.join(valid)}")
+    name = section["_component_"]
+    check_params(where, name if "." in name or kind is None else f"{kind}/{name}", factory, params, skip=injected)
 
 
 def build(section: dict[str, Any], where: str, kind: str | None = None, **injected: Any) -> Any:

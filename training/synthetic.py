@@ -10,10 +10,10 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.progress import bar
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
@@ -46,13 +46,10 @@ def build_synthetic(out_dir: str | Path, pairs: int = 12, seed: int = 0, voice: 
                     speed: int = 175, progress: bool = True) -> Path:
     """Write OUT/audio/*.wav and OUT/manifest.jsonl; returns the manifest path. `progress`: a bar (pairs
     spoken) on stderr when it is a terminal."""
-    from tqdm import tqdm
-
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
-    spoken = tqdm(qa_pairs(pairs, seed), desc="synth-data", unit="pair", file=sys.stderr,
-                  disable=None if progress else True, dynamic_ncols=True, leave=False)
+    spoken = bar(qa_pairs(pairs, seed), desc="synth-data", unit="pair", enabled=progress, leave=False)
     for k, (question, answer) in enumerate(spoken):
         q_wav = speak(question, out / "audio" / f"q{k:03d}.wav", voice, speed)
         a_wav = speak(answer, out / "audio" / f"a{k:03d}.wav", voice, speed)

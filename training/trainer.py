@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from omnivox.core import progress
 from omnivox.core.errors import CheckpointError, ConfigError
 from omnivox.core.kernel.model import OmniLM, OmniOutput
 from omnivox.training.checkpointing import (
@@ -123,7 +123,7 @@ class TrainingRecipe:
         self.logger = build(r["logger"], f"{self.recipe.source}: logger", output_dir=self.recipe.output_dir,
                             resume_step=self.step, enabled=self.ctx.main)
         self.last_checkpoint = self.resumed_from
-        self.last_eval: dict[str, float] | None = None
+        self.last_eval: dict[str, float | None] | None = None
 
     def setup_model(self) -> None:
         """The model, its tokenizer, init_from weights (reported) and the trainable map (printed, asserted)."""
@@ -230,18 +230,18 @@ class TrainingRecipe:
         metrics = self.window.metrics()
         metrics.update(lr=self.scheduler.get_last_lr()[0], grad_norm=result.grad_norm, **self.window.throughput())
         self.logger.log(self.step, metrics)
-        audio = [metrics[n] for n in self.names[1:] if n in self.window.sums]
+        audio = [metrics[n] for n in self.names[1:] if metrics[n] is not None]
         self.say(f"[{self.cfg['name']}] step {self.step}/{t['max_steps']}  loss {metrics['loss']:.4f}  "
-                 f"text {metrics['text']:.3f}  "
-                 f"audio {(sum(audio) / len(audio)) if audio else float('nan'):.3f}  lr {metrics['lr']:.2e}  "
+                 f"text {_shown(metrics['text'])}  audio {_shown(sum(audio) / len(audio) if audio else None)}  "
+                 f"lr {metrics['lr']:.2e}  "
                  f"|g| {metrics['grad_norm']:.2f}  {metrics['tokens_per_s']:.0f} tok/s  "
                  f"{metrics['examples_per_s']:.1f} ex/s")
         self.window = LossWindow(self.names)
 
     # ---- evaluation --------------------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float | None]:
         """Loss per term over the whole eval_data set, without gradients (each rank takes its share of every
-        global batch); logged to eval.csv and returned."""
+        global batch; None: a term without targets); logged to eval.csv and returned."""
         self.wrapped.eval()
         sums = torch.zeros(len(self.names), dtype=torch.float64)
         counts = torch.zeros(len(self.names), dtype=torch.int64)
@@ -258,7 +258,7 @@ class TrainingRecipe:
         sums, counts = ctx.all_sum(sums.to(ctx.device)).cpu(), ctx.all_sum(counts.to(ctx.device)).cpu()
         terms = sums / counts.clamp(min=1)
         metrics = {"loss": self.eval_total(terms, counts)}
-        metrics.update({name: float(terms[i]) if counts[i] else float("nan") for i, name in enumerate(self.names)})
+        metrics.update({name: float(terms[i]) if counts[i] else None for i, name in enumerate(self.names)})
         self.logger.log(self.step, metrics, split="eval")
         self.say(f"[{self.cfg['name']}] eval at step {self.step}: loss {metrics['loss']:.4f} "
                  f"over {len(self.eval_set)} examples")
@@ -299,7 +299,7 @@ class TrainingRecipe:
         self.say(f"resumed from {path} at step {self.step} (sample {self.position})")
 
     # ---- export ------------------------------------------------------------------------------------------
-    def export(self, final_eval: dict[str, float] | None) -> dict[str, Any]:
+    def export(self, final_eval: dict[str, float | None] | None) -> dict[str, Any]:
         """The final weights in the native inference format (+ the encoder chat needs), the loss curve and
         summary.json; checks that data-parallel replicas hold identical weights."""
         model_state, _ = full_state(self.wrapped, self.optimizer, self.fsdp)  # complete on rank 0 (FSDP)
@@ -342,18 +342,17 @@ class TrainingRecipe:
     def say(self, text: str) -> None:
         """A line on stdout from rank 0 (above the progress bar, when there is one)."""
         if self.ctx.main:
-            from tqdm import tqdm
-
-            tqdm.write(text, file=sys.stdout)
-            sys.stdout.flush()
+            progress.write(text)
 
     def progress_bar(self):
         """Steps on stderr, rank 0 only; off when stderr is not a terminal or with `progress=false`."""
-        from tqdm import tqdm
+        return progress.bar(total=self.t["max_steps"], initial=self.step, desc=self.cfg["name"], unit="step",
+                            enabled=self.ctx.main and self.cfg["progress"])
 
-        show = self.ctx.main and self.cfg["progress"] and sys.stderr.isatty()
-        return tqdm(total=self.t["max_steps"], initial=self.step, desc=self.cfg["name"], unit="step",
-                    file=sys.stderr, disable=not show, dynamic_ncols=True)
+
+def _shown(value: float | None) -> str:
+    """A loss term for the console: 3 decimals, or `-` when absent (the stage has no targets for it)."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 class LossWindow:
@@ -362,6 +361,7 @@ class LossWindow:
     def __init__(self, names: list[str]):
         self.names = names
         self.sums: dict[str, float] = {}
+        self.present: dict[str, int] = {}  # steps in which each term had targets
         self.steps = self.tokens = self.examples = 0
         self.t0 = time.perf_counter()
 
@@ -370,14 +370,16 @@ class LossWindow:
         for name, value, count in zip(self.names, result.terms.tolist(), result.counts.tolist(), strict=True):
             if count:
                 self.sums[name] = self.sums.get(name, 0.0) + value
+                self.present[name] = self.present.get(name, 0) + 1
         self.steps += 1
         self.tokens += int(result.counts.sum())
         self.examples += examples
 
-    def metrics(self) -> dict[str, float]:
-        """Mean loss and mean of each term over the window's steps (nan: a term without targets)."""
-        out = {"loss": self.sums["loss"] / self.steps}
-        out.update({n: self.sums[n] / self.steps if n in self.sums else float("nan") for n in self.names})
+    def metrics(self) -> dict[str, float | None]:
+        """Mean loss over the window's steps, and mean of each term over the steps where it had targets
+        (None: absent, no step of the window had targets for it)."""
+        out: dict[str, float | None] = {"loss": self.sums["loss"] / self.steps}
+        out.update({n: self.sums[n] / self.present[n] if n in self.sums else None for n in self.names})
         return out
 
     def throughput(self) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The audio-encoder contract: PCM in, one feature vector per frame out.
 
-Plugins register factories returning an `AudioEncoder` through `register_encoders` (core/hookspecs.py);
+Plugins register factories returning an `AudioEncoder` through `register_encoders` (core/contracts/hookspecs.py);
 the built-in one is Whisper (plugins/whisper_encoder.py). This module imports no model library."""
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def register_encoders(registry):
 
 @hookspec
 def register_strategies(registry):
-    """Add decoding strategies: factories returning a `DecodingStrategy` (core/kernel/strategies)."""
+    """Add decoding strategies: factories returning a `DecodingStrategy` (core/kernel/strategies), named by the
+    `strategy:` of a pipeline's `lm/omni` stage and of a training recipe."""
 
 
 @hookspec
@@ -53,3 +54,11 @@ def register_datasets(registry):
 def register_models(registry):
     """Add named models: factories returning an `OmniModel`, selected by `checkpoint: NAME` in a pipeline or
     `--checkpoint NAME` on the command line (a name that is not registered is read as a directory)."""
+
+
+@hookspec
+def register_transports(registry):
+    """Add transports (MQTT, HTTP, ...): factories returning a `Transport` (core/runtime/transport.py): the factories
+    of its input and output stages and, for one `omnivox serve` can serve, its `ServeOptions` (command-line
+    options, `--config` keys, the input stage's params, whether the options enable it). A transport's input and
+    output stages share its running service through their pipeline's `shared` place, never a global."""

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -20,7 +21,8 @@ import pluggy
 from omnivox.core.contracts import hookspecs
 from omnivox.core.errors import PluginError, unknown_name
 
-KINDS = ("audio_inputs", "vad", "encoders", "strategies", "codecs", "audio_outputs", "datasets", "models")
+KINDS = ("audio_inputs", "vad", "encoders", "strategies", "codecs", "audio_outputs", "datasets", "models",
+         "transports")
 _SINGULAR = {
     "audio_inputs": "audio input",
     "vad": "VAD",
@@ -30,6 +32,7 @@ _SINGULAR = {
     "audio_outputs": "audio output",
     "datasets": "dataset",
     "models": "model",
+    "transports": "transport",
 }
 
 # Built-in plugins, registered exactly like third-party ones. Value: the pip extra a missing import needs.
@@ -54,10 +57,16 @@ BUILTIN_PLUGINS: dict[str, str | None] = {
 
 @dataclass
 class Entry:
+    """A named factory and what its plugin declares about it (see `Registry.add`)."""
+
     name: str
     factory: Callable[..., Any]
     description: str
     plugin: str
+    loads: Callable[[str], bool] | None = None
+    exports: Callable[[dict, Path], dict | None] | None = None
+    mini_omni: dict | None = None
+    components: dict | str | Path | None = None
 
 
 @dataclass
@@ -68,14 +77,28 @@ class Registry:
     entries: dict[str, Entry] = field(default_factory=dict)
     _current_plugin: str = "?"
 
-    def add(self, name: str, factory: Callable[..., Any], *, description: str = "") -> None:
+    def add(self, name: str, factory: Callable[..., Any], *, description: str = "",
+            loads: Callable[[str], bool] | None = None, exports: Callable[[dict, Path], dict | None] | None = None,
+            mini_omni: dict | None = None, components: dict | str | Path | None = None) -> None:
+        """Register `factory` as `name`. What an encoder or codec declares (core/runtime/speech_kit.py reads it):
+        `loads(value)`: whether a bare `--codec VALUE` / `--encoder VALUE` (a directory, a hub id) is a model of
+        this one's; `exports(params, directory)`: for a component whose weights exist nowhere else (e.g. random
+        ones of a `config`), write them into `directory` and return the params that load them from there (None:
+        nothing to write); `mini_omni`: {"params", "local"}, this component as a Mini-Omni checkpoint's own when
+        it records no components. A model declares `components`: the encoder and codec it was trained with, a
+        record in components.json's form or the export directory that holds one."""
         if name in self.entries:
             other = self.entries[name].plugin
             raise PluginError(
                 f"{self.kind} name {name!r} registered twice (by {other} and {self._current_plugin})",
                 "rename one of them or limit loading with OMNIVOX_LOAD_PLUGINS",
             )
-        self.entries[name] = Entry(name, factory, description, self._current_plugin)
+        self.entries[name] = Entry(name, factory, description, self._current_plugin, loads=loads, exports=exports,
+                                   mini_omni=mini_omni, components=components)
+
+    def loader(self, value: str) -> Entry | None:
+        """The first entry whose `loads` declares it loads `value`, or None."""
+        return next((e for e in self.entries.values() if e.loads is not None and e.loads(value)), None)
 
     def get(self, name: str) -> Entry:
         if name not in self.entries:

@@ -1,14 +1,16 @@
 """Continuous batching: the active turns of many sessions decode in ONE forward per step.
 
-    turn joins ──► prefill alone (own cache) ──► its rows appended to the batch cache (left-padded)
-    every step:   ids (B, S, 1) of all active rows ──► one forward with per-row positions and a padding mask
-                  ──► each turn samples its own rows ──► TextPiece / FramePiece / Done to that turn's `emit`
-    turn ends (stop, max_steps, context, cancel) ──► its rows leave the batch cache, the others are untouched
+    turn joins ──► TurnDecoder.prefill alone (own cache) ──► its rows appended to the batch cache (left-padded)
+    every step:   ids (B, S, 1) of all active rows ──► OmniLM.step: one forward with per-row positions and a
+                  padding mask ──► each turn's decoder advances on its own rows ──► TextPiece / FramePiece to `emit`
+    turn ends (stop, max_steps, context, cancel) ──► its rows leave the batch cache back to its DecodeState,
+                  Done to `emit`; the other rows are untouched
 
-A turn keeps its own step rule, sampler, position and stop state; a row's attention sees only its own
-positions (the mask hides the left padding of rows that joined later or with a shorter prompt), so greedy
-tokens are those of the same turn decoded alone by `generation.stream` (tests/test_batching.py). On a CPU a
-decode step is bound by reading the weights, which the rows of one forward share.
+A turn keeps its own step rule, sampler, position and stop state (`generation.TurnDecoder`, the decoder
+`generation.stream` runs alone); a row's attention sees only its own positions (the mask hides the left padding
+of rows that joined later or with a shorter prompt), so greedy tokens are those of the same turn decoded alone
+(tests/test_batching.py). On a CPU a decode step is bound by reading the weights, which the rows of one forward
+share.
 
 `BatchEngine.step()` is synchronous (tests drive it step by step); `start()` runs it in one thread that
 sleeps while no turn is active (core/runtime/model_stages.py LMStage owns one)."""
@@ -19,94 +21,31 @@ import os
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from omnivox.core.kernel.generation import Done, Event, FramePiece, GenerationResult, TextPiece, _sample, prepare
+from omnivox.core.kernel.generation import Event, Piece, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
 from omnivox.core.kernel.threads import set_threads, using_threads
 
 
+@dataclass(eq=False)
 class BatchTurn:
-    """One turn's decoding state: `generation._decode`'s loop body, one column per `advance`."""
+    """A submitted turn: its decoder and the callback that receives its events."""
 
-    def __init__(self, setup: tuple, emit: Callable[[Event], None]):
-        self.lm, self.strat, self.rule, self.prompt, self.features, self.task, self.sampling, self.max_steps, \
-            self.cancelled = setup
-        self.emit = emit
-        self.generator = self.sampling.generator(self.lm.device)
-        self.delay = max(self.strat.delays(self.lm.layout))
-        self.columns: list[list[int]] = []
-        self.text_open, self.frames_open, self.n_frames = True, self.rule.audio_output, 0
-        self.length = 0  # positions in this turn's cache
-        self.next_ids: torch.Tensor | None = None  # (rows, S, 1) fed at the next step
-        self.done = False
+    decoder: TurnDecoder
+    emit: Callable[[Event], None]
 
-    @property
-    def rows(self) -> int:
-        return self.prompt.ids.shape[0]
-
-    def head_rows(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(text rows, audio rows) whose logits the next step samples, as in `generation._decode`."""
-        rule = self.rule
-        text = () if rule.text_end and self.sampling.greedy else (rule.text_row,)
-        return text, (rule.audio_row,) if rule.audio_output else ()
-
-    def prefill(self) -> OmniCache:
-        """The prompt's forward alone; samples and applies column 0. Returns the turn's cache."""
-        lm, cache = self.lm, self.lm.new_cache()
-        text_rows, audio_rows = self.head_rows()
-        if lm.config.post_adapter:  # its cache must hold the prompt too, even for text-output tasks
-            audio_rows = (self.rule.audio_row,)
-        with torch.inference_mode():
-            out = lm(self.prompt.ids.to(lm.device), self.features, self.prompt.audio_lengths, cache=cache,
-                     last_only=True, text_rows=text_rows, audio_rows=audio_rows)
-            if not self.rule.audio_output:
-                out.audio_logits = None
-            self.length = cache.length
-            self.advance(out)
-        return cache
-
-    def advance(self, out: OmniOutput) -> None:
-        """Samples this turn's logits, appends the column, emits its pieces; emits Done when the turn stops."""
-        audio, text = _sample(out, self.rule, self.sampling, self.generator)
-        column = self.rule.apply(len(self.columns), audio, text)
-        if column is None:
-            return self.finish(self.rule.stop_reason)
-        self.columns.append(column)
-        step, layout = len(self.columns) - 1, self.lm.layout
-        if self.text_open:
-            if column[-1] == layout.eot:
-                self.text_open = False
-            elif column[-1] < layout.eot:
-                self.emit(TextPiece(step, column[-1]))
-        if self.frames_open and step >= self.delay + self.n_frames:
-            codes = self.strat.complete_frame(layout, self.columns, self.n_frames)
-            if codes is None:
-                self.frames_open = False
-            else:
-                self.emit(FramePiece(step, self.n_frames, codes))
-                self.n_frames += 1
-        if self.max_steps is not None and len(self.columns) >= self.max_steps:
-            return self.finish("max_steps")
-        if self.length >= self.lm.config.block_size:
-            return self.finish("context")
-        self.next_ids = self.rule.feed(column).to(self.lm.device)
-
-    def finish(self, reason: str) -> None:
-        layout = self.lm.layout
-        grid = (torch.tensor(self.columns, dtype=torch.long).T if self.columns
-                else torch.empty(layout.n_streams, 0, dtype=torch.long))
-        text_ids, frames = self.strat.extract(layout, grid)
-        self.done = True
-        self.emit(Done(GenerationResult(grid, text_ids, frames, reason, self.task, self.strat.name,
-                                        self.rule.audio_output)))
+    def deliver(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            self.emit(piece)
 
 
 class BatchCache:
     """The KV caches of the active rows, left-padded to one length: per layer keys/values (B, H, L, Dh) and
-    `valid` (B, L), False on padding."""
+    `valid` (B, L), False on padding; `cache.length` is L. A turn's own positions are the last ones of its rows."""
 
     def __init__(self, lm: OmniLM):
         self.lm = lm
@@ -131,19 +70,28 @@ class BatchCache:
                 layer.keys, layer.values = keys, values
         joining_valid = torch.ones(rows, new_len, dtype=torch.bool, device=self.valid.device)
         self.valid = torch.cat([_left_pad(self.valid, length, dim=1), _left_pad(joining_valid, length, dim=1)])
+        self.cache.length = length
 
-    def remove(self, start: int, stop: int) -> None:
-        """Drops rows [start, stop) and the leading columns that are padding in every remaining row."""
+    def remove(self, start: int, stop: int, length: int) -> OmniCache:
+        """Drops rows [start, stop) and the leading columns that are padding in every remaining row. Returns the
+        dropped rows' last `length` positions (their own, without padding) as a cache of their own (views)."""
         keep = torch.cat([torch.arange(0, start), torch.arange(stop, self.valid.shape[0])]).to(self.valid.device)
         valid = self.valid.index_select(0, keep)
         used = valid.any(dim=0).nonzero()
         first = int(used[0]) if len(used) else valid.shape[1]
         self.valid = valid[:, first:]
-        for cache in self._caches(self.cache):
-            for layer in cache.layers:
+        self.cache.length = self.valid.shape[1]
+        dropped = self.lm.new_cache()
+        dropped.length = length
+        for cache, taken in zip(self._caches(self.cache), self._caches(dropped), strict=True):
+            for layer, own in zip(cache.layers, taken.layers, strict=True):
                 if layer.is_initialized:
+                    own.lazy_initialization(layer.keys, layer.values)
+                    own.keys = layer.keys[start:stop, :, -length:]
+                    own.values = layer.values[start:stop, :, -length:]
                     layer.keys = layer.keys.index_select(0, keep)[:, :, first:]
                     layer.values = layer.values.index_select(0, keep)[:, :, first:]
+        return dropped
 
 
 def _left_pad(x: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
@@ -177,12 +125,13 @@ class BatchEngine:
         self._stopping = False
 
     # ---- turns ---------------------------------------------------------------------------------------
-    def submit(self, emit: Callable[[Event], None], **stream_kwargs) -> BatchTurn:
-        turn = BatchTurn(prepare(self.model, **stream_kwargs), emit)
+    def submit(self, emit: Callable[[Event], None], **stream_kwargs) -> TurnDecoder:
+        """Queues a turn; returns its decoder, whose `state` holds the turn's cache and positions after Done."""
+        turn = BatchTurn(TurnDecoder(prepare(self.model, **stream_kwargs)), emit)
         with self._wake:
             self.waiting.append(turn)
             self._wake.notify()
-        return turn
+        return turn.decoder
 
     @property
     def idle(self) -> bool:
@@ -191,13 +140,13 @@ class BatchEngine:
     def step(self) -> None:
         """Cancelled turns leave, waiting turns join (prefill alone) while rows are free, then one batched
         forward advances every active turn by one column."""
-        for turn in [t for t in self.active if t.cancelled()]:
+        for turn in [t for t in self.active if t.decoder.cancelled()]:
             self._leave(turn, "cancelled")
         with self._wake:
             joining = []
-            rows = sum(t.rows for t in self.active)
-            while self.waiting and (not rows or rows + self.waiting[0].rows <= self.max_rows):
-                rows += self.waiting[0].rows
+            rows = sum(t.decoder.rows for t in self.active)
+            while self.waiting and (not rows or rows + self.waiting[0].decoder.rows <= self.max_rows):
+                rows += self.waiting[0].decoder.rows
                 joining.append(self.waiting.pop(0))
         for turn in joining:
             self._join(turn)
@@ -205,83 +154,70 @@ class BatchEngine:
             self._forward()
 
     def _join(self, turn: BatchTurn) -> None:
-        if turn.cancelled():
-            return turn.finish("cancelled")
+        decoder = turn.decoder
+        if decoder.cancelled():
+            return turn.emit(decoder.finish("cancelled"))
         # alone, the turn has no other turn's steps and no audio to decode beside it: its prefill takes every core
         budget = using_threads(self.prefill_threads) if not self.active else nullcontext()
         try:
             with budget:
-                cache = turn.prefill()
+                turn.deliver(decoder.prefill(fill_post_cache=True))
         except Exception as error:  # noqa: BLE001 - the turn ends with its error, the others go on
-            turn.done = True
             return turn.emit(error)
-        if not turn.done:
-            self.batch.add(cache)
-            self.active.append(turn)
+        if decoder.reason is not None:
+            return turn.emit(decoder.finish(decoder.reason))
+        self.batch.add(decoder.state.cache)
+        decoder.state.cache = None  # its rows live in the batch until the turn leaves
+        self.active.append(turn)
 
     def _leave(self, turn: BatchTurn, reason: str | None) -> None:
-        start = self._first_row(turn)
-        self.batch.remove(start, start + turn.rows)
+        """The turn's rows leave the batch. With a `reason` the turn ends: its rows go back to its state and it
+        emits Done; without (a failed step), its state keeps no cache."""
+        start, state = self._first_row(turn), turn.decoder.state
+        rows = self.batch.remove(start, start + turn.decoder.rows, state.length)
         self.active.remove(turn)
         if reason is not None:
-            turn.finish(reason)
+            state.cache = rows
+            turn.emit(turn.decoder.finish(reason))
 
     def _first_row(self, turn: BatchTurn) -> int:
         start = 0
         for other in self.active:
             if other is turn:
                 return start
-            start += other.rows
+            start += other.decoder.rows
         raise ValueError("turn is not active")
 
     def _forward(self) -> None:
+        """One OmniLM.step for every active row; each turn's decoder advances on its own rows' logits."""
         lm, turns = self.lm, self.active
-        ids = torch.cat([t.next_ids for t in turns])  # (B, S, 1)
-        positions = torch.tensor([[t.length] for t in turns for _ in range(t.rows)], device=lm.device)  # (B, 1)
+        ids = torch.cat([t.decoder.next_ids for t in turns])  # (B, S, 1)
+        positions = torch.tensor([[t.decoder.state.length] for t in turns for _ in range(t.decoder.rows)],
+                                 device=lm.device)  # (B, 1)
         mask = torch.cat([self.batch.valid, self.batch.valid.new_ones(len(ids), 1)], dim=1)  # (B, L + 1)
+        heads = [t.decoder.head_rows() for t in turns]  # per turn: (text rows, audio rows) of its own rows
         text_rows, audio_rows, start = [], [], 0
-        for t in turns:
-            text, audio = t.head_rows()
+        for turn, (text, audio) in zip(turns, heads, strict=True):
             text_rows += [start + r for r in text]
             audio_rows += [start + r for r in audio]
-            start += t.rows
+            start += turn.decoder.rows
         try:
             with torch.inference_mode():
-                text_logits, audio_logits = self._logits(ids, mask, positions, text_rows, audio_rows)
+                out = lm.step(ids, self.batch.cache, positions, mask, text_rows, audio_rows)
         except Exception as error:  # noqa: BLE001 - every turn of the failed step ends with the error
             for turn in list(turns):
                 self._leave(turn, None)
-                turn.done = True
                 turn.emit(error)
             return
         self.batch.valid, self.steps = mask, self.steps + 1
         t_at = a_at = 0
-        for turn in list(turns):
-            text, audio = turn.head_rows()
-            out = OmniOutput(text_logits[t_at:t_at + len(text)] if text else None,
-                             audio_logits[a_at:a_at + len(audio)] if audio else None, None)
+        for turn, (text, audio) in zip(list(turns), heads, strict=True):
+            own = OmniOutput(out.text_logits[t_at:t_at + len(text)] if text else None,
+                             out.audio_logits[a_at:a_at + len(audio)] if audio else None, None)
             t_at, a_at = t_at + len(text), a_at + len(audio)
-            turn.length += 1
-            turn.advance(out)
-            if turn.done:
-                self._leave(turn, None)
-
-    def _logits(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, text_rows: list[int],
-                audio_rows: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """One decode position for all rows: (text logits (len(text_rows), 1, Vt), audio logits
-        (len(audio_rows), A, 1, Va)); the padding mask hides each row's left padding."""
-        lm, cache = self.lm, self.batch.cache
-        x = lm.embed(ids)  # (B, 1, D)
-        hidden = lm.backbone(None, mask, positions, cache.backbone, x, use_cache=True).last_hidden_state
-        text = lm._head(hidden[text_rows], 0, lm.layout.text_vocab_size) if text_rows else None
-        if lm.config.post_adapter:
-            pre_norm, lm._pre_norm = lm._pre_norm, None
-            h = lm.post_adapter(None, mask, positions, cache.post, pre_norm, use_cache=True).last_hidden_state
-            audio = lm._split_audio(lm.audio_head(h[audio_rows])) if audio_rows else None
-        else:
-            audio = (lm._split_audio(lm._head(hidden[audio_rows], lm.layout.text_vocab_size, None))
-                     if audio_rows else None)
-        return text, audio
+            turn.deliver(turn.decoder.advance(own))
+            if turn.decoder.reason is not None:
+                self._leave(turn, turn.decoder.reason)
 
     # ---- the decode thread ---------------------------------------------------------------------------
     def start(self, threads: int | None = None) -> None:
@@ -298,11 +234,6 @@ class BatchEngine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def wake(self) -> None:
-        """Re-checks cancellations now (an interrupted turn leaves at the next step anyway)."""
-        with self._wake:
-            self._wake.notify()
 
     def _run(self, threads: int | None) -> None:
         if threads is not None:

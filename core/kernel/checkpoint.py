@@ -23,6 +23,7 @@ from omnivox.core.errors import CheckpointError
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.model import OmniLM
 from omnivox.core.kernel.tokenizer import TextTokenizer
+from omnivox.core.progress import bar as progress_bar
 
 UPSTREAM_WEIGHTS = "lit_model.pth"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -73,17 +74,6 @@ def split_fused_qkv(fused: torch.Tensor, config: OmniConfig) -> tuple[torch.Tens
     return q, k, v
 
 
-def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: OmniConfig) -> torch.Tensor:
-    """Inverse of `split_fused_qkv`."""
-    g, hs = config.n_query_groups, config.head_size
-    q_per_kv = config.n_head // g
-    rest = q.shape[1:]
-    q = q.reshape(g, q_per_kv, hs, *rest)
-    k = k.reshape(g, 1, hs, *rest)
-    v = v.reshape(g, 1, hs, *rest)
-    return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
-
-
 def upstream_to_native(state: dict[str, torch.Tensor], config: OmniConfig,
                        source: str = "state dict") -> dict[str, torch.Tensor]:
     """Rename/split a litgpt Mini-Omni state dict into OmniLM keys. Unknown keys are kept under their
@@ -114,20 +104,6 @@ def upstream_to_native(state: dict[str, torch.Tensor], config: OmniConfig,
             out[prefix + _BLOCK_KEYS[rest]] = value
         else:
             out[key] = value
-    return out
-
-
-def native_to_upstream(state: dict[str, torch.Tensor], config: OmniConfig) -> dict[str, torch.Tensor]:
-    """OmniLM state dict -> litgpt Mini-Omni key layout (fused q/k/v), for upstream tools."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if re.search(r"self_attn\.[kv]_proj\.", key):
-            continue  # fused together with q below
-        if re.search(r"self_attn\.q_proj\.", key):
-            k, v = state[key.replace("q_proj", "k_proj")], state[key.replace("q_proj", "v_proj")]
-            out[upstream_name(key)] = fuse_qkv(value, k, v, config)
-        else:
-            out[upstream_name(key)] = value
     return out
 
 
@@ -323,8 +299,6 @@ def _write_safetensors(state: dict[str, torch.Tensor], path: Path, progress: boo
     """The safetensors format (8-byte little-endian header length, JSON header, the tensors' bytes back to
     back), written tensor by tensor so that a progress bar can follow (mmap'd tensors are read as they are
     written); atomic (temp file + rename), so a crash never leaves a half-written weights file."""
-    from tqdm import tqdm
-
     header: dict[str, dict] = {"__metadata__": {"format": "pt", "producer": "omnivox"}}
     offset = 0
     for name, tensor in state.items():
@@ -338,9 +312,8 @@ def _write_safetensors(state: dict[str, torch.Tensor], path: Path, progress: boo
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # tensor data starts 8-byte aligned
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f, tqdm(total=offset, desc=f"write {path.name}", unit="B", unit_scale=True,
-                                    unit_divisor=1024, file=sys.stderr, disable=None if progress else True,
-                                    dynamic_ncols=True, leave=False) as bar:
+    with open(tmp, "wb") as f, progress_bar(total=offset, desc=f"write {path.name}", unit="B", unit_scale=True,
+                                            unit_divisor=1024, enabled=progress, leave=False) as bar:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for tensor in state.values():
             data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()  # (bytes,)

@@ -1,4 +1,10 @@
-"""Generation API: `generate` (whole answer) and `stream` (events as soon as they exist) over any strategy.
+"""Generation API: `generate` (whole answer) and `stream` (events as soon as they exist) over any strategy, and
+the one turn decoder that they and core/kernel/batching.py's BatchEngine decode with.
+
+    prepare(model, **stream kwargs) ──► TurnSetup (checked arguments) ──► TurnDecoder(setup, state=None)
+    prefill(): the prompt's forward ──► advance(out): sample, append the column, TextPiece / FramePiece, stop?
+    each step: the forward of the column fed back ──► advance(out)     (alone: `step()`; batched: BatchEngine)
+    finish(reason) ──► Done(GenerationResult); the DecodeState (KV cache + positions) outlives the turn
 
 One KV-cached prefill, then one forward per step of the single new column; only the head rows the step
 samples: the last position (`last_only`), the text row's text logits and the audio row's audio logits
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from omnivox.core.errors import InputError
-from omnivox.core.kernel.model import OmniLM, OmniOutput
+from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
 from omnivox.core.kernel.sampling import SamplingConfig, sample
 from omnivox.core.kernel.strategies import DecodingStrategy, StepRule, get_strategy
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, Prompt
@@ -71,6 +77,7 @@ class Done:
     result: GenerationResult
 
 
+Piece = TextPiece | FramePiece
 Event = TextPiece | FramePiece | Done
 
 
@@ -119,15 +126,15 @@ def stream(
     """Like `generate`, as an iterator: a TextPiece as soon as a text id is sampled, a FramePiece as soon as
     all slots of a frame exist, then Done(result). `cancel` (Event or callable) is checked before every
     forward; a cancelled turn ends with Done(stop_reason="cancelled"). Bad input raises here, eagerly."""
-    return _decode(*prepare(model, task=task, audio_features=audio_features, text_ids=text_ids, strategy=strategy,
-                            sampling=sampling, max_steps=max_steps, force_layout=force_layout, cancel=cancel))
+    setup = prepare(model, task=task, audio_features=audio_features, text_ids=text_ids, strategy=strategy,
+                    sampling=sampling, max_steps=max_steps, force_layout=force_layout, cancel=cancel)
+    return TurnDecoder(setup).run()
 
 
 def prepare(model, *, task: str, audio_features=None, text_ids=None, strategy: str | DecodingStrategy = "text-delay",
             sampling: SamplingConfig | None = None, max_steps: int | None = None, force_layout: bool = False,
-            cancel=None) -> tuple:
-    """`stream`'s arguments checked and resolved (bad input raises): the arguments of `_decode`, which
-    core/kernel/batching.py also decodes from."""
+            cancel=None) -> TurnSetup:
+    """`stream`'s arguments checked and resolved (bad input raises here): a TurnDecoder's setup."""
     lm = model.lm if hasattr(model, "lm") else model
     if not isinstance(lm, OmniLM):
         raise InputError(
@@ -148,7 +155,8 @@ def prepare(model, *, task: str, audio_features=None, text_ids=None, strategy: s
             "shorten the audio or text input",
         )
     rule = strat.step_rule(lm.layout, task, force_layout)
-    return lm, strat, rule, prompt, features, task, sampling or SamplingConfig(), max_steps, _cancel_check(cancel)
+    return TurnSetup(lm, strat, rule, prompt, features, task, sampling or SamplingConfig(), max_steps,
+                     _cancel_check(cancel))
 
 
 def _build_prompt(
@@ -218,74 +226,150 @@ def _cancel_check(cancel) -> Callable[[], bool]:
     )
 
 
-def _decode(
-    lm: OmniLM,
-    strat: DecodingStrategy,
-    rule: StepRule,
-    prompt: Prompt,
-    features: torch.Tensor | None,
-    task: str,
-    sampling: SamplingConfig,
-    max_steps: int | None,
-    cancelled: Callable[[], bool],
-) -> Iterator[Event]:
-    layout, device = lm.layout, lm.device
-    generator = sampling.generator(device)
-    delay = max(strat.delays(layout))
-    cache = lm.new_cache()
-    ids, audio_lengths = prompt.ids.to(device), prompt.audio_lengths
-    columns: list[list[int]] = []
-    text_open, frames_open, n_frames = True, rule.audio_output, 0
-    while True:
-        if cancelled():
-            reason = "cancelled"
-            break
-        text_rows = () if rule.text_end and sampling.greedy else (rule.text_row,)
-        audio_rows = (rule.audio_row,) if rule.audio_output else ()
+@dataclass(frozen=True)
+class TurnSetup:
+    """One turn's checked and resolved arguments (`prepare`); decoded once (its step rule keeps the turn's state)."""
+
+    lm: OmniLM
+    strategy: DecodingStrategy
+    rule: StepRule
+    prompt: Prompt
+    features: torch.Tensor | None  # (rows, frames, F) audio features of an audio-in task
+    task: str
+    sampling: SamplingConfig
+    max_steps: int | None
+    cancelled: Callable[[], bool]
+
+
+@dataclass
+class DecodeState:
+    """The KV cache of a turn's rows and the positions they have seen, apart from the turn so that it outlives it.
+
+    `TurnDecoder(setup)` starts a fresh state (position 0); `TurnDecoder(setup, state)` continues one: its
+    prompt follows the state's positions. This is where a session's conversation history will live (the next
+    turn continues the previous turns' cache instead of a fresh one). After `finish` the state also holds the
+    turn's positions: prompt + columns - 1 (the last sampled column is never fed back). `cache` is None while a
+    BatchEngine holds the rows in its batch cache (it hands them back when the turn ends) and after a failed
+    batched step; `length` always counts the positions. A text-output turn decoded alone on a post-adapter model
+    skips the post-adapter (upstream's cost), so `cache.post` misses that turn's positions (a BatchEngine fills it)."""
+
+    cache: OmniCache | None
+    length: int = 0
+
+
+class TurnDecoder:
+    """Decodes one turn: `prefill`, then one `advance` per forward until `reason` is set, then `finish`.
+
+    `advance(out)` samples the rows of `head_rows` from the logits of the forward that fed the turn, appends the
+    column (`rule.apply`) and returns its TextPiece / FramePiece; when the turn stops it sets `reason` and feeds
+    nothing more. Alone, `step` runs that forward on the state's own cache (`run` is `stream`'s loop); in a
+    BatchEngine one forward (`OmniLM.step`) serves every turn's `next_ids`."""
+
+    def __init__(self, setup: TurnSetup, state: DecodeState | None = None):
+        self.setup = setup
+        self.lm, self.rule, self.sampling = setup.lm, setup.rule, setup.sampling
+        self.state = state if state is not None else DecodeState(setup.lm.new_cache())
+        self.generator = setup.sampling.generator(self.lm.device)
+        self.delay = max(setup.strategy.delays(self.lm.layout))
+        self.columns: list[list[int]] = []
+        self.text_open, self.frames_open, self.n_frames = True, self.rule.audio_output, 0
+        self.next_ids: torch.Tensor | None = None  # (rows, S, 1) the column fed back at the next forward
+        self.reason: str | None = None  # why the turn stopped (STOP_REASONS); None while it decodes
+
+    @property
+    def rows(self) -> int:
+        return self.setup.prompt.ids.shape[0]
+
+    def cancelled(self) -> bool:
+        return self.setup.cancelled()
+
+    def head_rows(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(text rows, audio rows) whose logits the next forward computes: the text row's text logits (none once
+        the text pad is forced and sampling is greedy) and the audio row's audio logits (none for text output)."""
+        rule = self.rule
+        text = () if rule.text_end and self.sampling.greedy else (rule.text_row,)
+        return text, (rule.audio_row,) if rule.audio_output else ()
+
+    def run(self) -> Iterator[Event]:
+        """Decodes the turn alone (a batch of one): `prefill`, then `step` until it stops or is cancelled
+        (checked before every forward); Done last."""
+        forward = self.prefill
+        while self.reason is None and not self.cancelled():
+            yield from forward()
+            forward = self.step
+        yield self.finish(self.reason or "cancelled")
+
+    def prefill(self, fill_post_cache: bool = False) -> list[Piece]:
+        """The prompt's forward on the state's cache (after its positions), then `advance`: column 0's pieces.
+        `fill_post_cache`: run a post-adapter over the prompt even when the turn samples no audio (a batch runs
+        it on every row at every step, so each row's post-adapter cache must hold its prompt)."""
+        lm, prompt = self.lm, self.setup.prompt
+        text_rows, audio_rows = self.head_rows()
+        if fill_post_cache and lm.config.post_adapter:
+            audio_rows = (self.rule.audio_row,)
         with torch.inference_mode():
-            out = lm(ids, features, audio_lengths, cache=cache, last_only=True, text_rows=text_rows,
-                     audio_rows=audio_rows)
-            audio, text = _sample(out, rule, sampling, generator)
-        features = audio_lengths = None
-        column = rule.apply(len(columns), audio, text)
+            out = lm(prompt.ids.to(lm.device), self.setup.features, prompt.audio_lengths, cache=self.state.cache,
+                     last_only=True, text_rows=text_rows, audio_rows=audio_rows)
+            return self.advance(out)
+
+    def step(self) -> list[Piece]:
+        """Alone: the forward of `next_ids` on the state's own cache, then `advance`."""
+        text_rows, audio_rows = self.head_rows()
+        with torch.inference_mode():
+            out = self.lm(self.next_ids, cache=self.state.cache, last_only=True, text_rows=text_rows,
+                          audio_rows=audio_rows)
+            return self.advance(out)
+
+    def advance(self, out: OmniOutput) -> list[Piece]:
+        """Samples `out` (the logits of `head_rows` at the last position of the forward that fed this turn), appends
+        the column and returns its pieces; sets `reason` when the turn stops, else `next_ids`."""
+        self.state.length += 1 if self.columns else self.setup.prompt.length  # one column fed, or the prompt
+        audio, text = self._sample(out)
+        column = self.rule.apply(len(self.columns), audio, text)
         if column is None:
-            reason = rule.stop_reason
-            break
-        columns.append(column)
-        step = len(columns) - 1
-        if text_open:
+            self.reason = self.rule.stop_reason
+            return []
+        self.columns.append(column)
+        step, layout, pieces = len(self.columns) - 1, self.lm.layout, []
+        if self.text_open:
             if column[-1] == layout.eot:
-                text_open = False
+                self.text_open = False
             elif column[-1] < layout.eot:
-                yield TextPiece(step, column[-1])
-        if frames_open and step >= delay + n_frames:
-            codes = strat.complete_frame(layout, columns, n_frames)
+                pieces.append(TextPiece(step, column[-1]))
+        if self.frames_open and step >= self.delay + self.n_frames:
+            codes = self.setup.strategy.complete_frame(layout, self.columns, self.n_frames)
             if codes is None:
-                frames_open = False
+                self.frames_open = False
             else:
-                yield FramePiece(step, n_frames, codes)
-                n_frames += 1
-        if max_steps is not None and len(columns) >= max_steps:
-            reason = "max_steps"
-            break
-        if cache.length >= lm.config.block_size:
-            reason = "context"
-            break
-        ids = rule.feed(column).to(device)
-    grid = torch.tensor(columns, dtype=torch.long).T if columns else torch.empty(layout.n_streams, 0, dtype=torch.long)
-    text_ids, frames = strat.extract(layout, grid)
-    yield Done(GenerationResult(grid, text_ids, frames, reason, task, strat.name, rule.audio_output))
+                pieces.append(FramePiece(step, self.n_frames, codes))
+                self.n_frames += 1
+        if self.setup.max_steps is not None and len(self.columns) >= self.setup.max_steps:
+            self.reason = "max_steps"
+        elif self.state.length >= self.lm.config.block_size:
+            self.reason = "context"
+        else:
+            self.next_ids = self.rule.feed(column).to(self.lm.device)
+        return pieces
 
+    def finish(self, reason: str) -> Done:
+        """Ends the turn for `reason` (the stop `advance` detected, or e.g. "cancelled"): Done with the result.
+        The state stays behind with the turn's positions."""
+        self.reason = reason
+        setup, layout = self.setup, self.lm.layout
+        grid = (torch.tensor(self.columns, dtype=torch.long).T if self.columns
+                else torch.empty(layout.n_streams, 0, dtype=torch.long))  # (S, steps)
+        text_ids, frames = setup.strategy.extract(layout, grid)
+        return Done(GenerationResult(grid, text_ids, frames, reason, setup.task, setup.strategy.name,
+                                     self.rule.audio_output))
 
-def _sample(
-    out: OmniOutput, rule: StepRule, sampling: SamplingConfig, generator: torch.Generator | None
-) -> tuple[list[int] | None, int]:
-    """Ids of the last position (the forward computed only the text row's text logits and the audio row's
-    audio logits): (A audio ids or None, text id; pad_t when the text logits were skipped, as the rule forces)."""
-    if not rule.audio_output:
-        return None, int(sample(out.text_logits[0, -1:], sampling, generator).item())
-    parts = [sample(out.audio_logits[0, :, -1], sampling, generator)]  # (A,) from (A, Va)
-    if out.text_logits is not None:
-        parts.append(sample(out.text_logits[0, -1:], sampling, generator))  # (1,) from (1, Vt)
-    ids = torch.cat(parts).tolist()
-    return ids[: rule.layout.audio_streams], ids[-1] if out.text_logits is not None else rule.layout.pad_t
+    def _sample(self, out: OmniOutput) -> tuple[list[int] | None, int]:
+        """Ids of the last position (the forward computed only the text row's text logits and the audio row's audio
+        logits): (A audio ids or None, text id; pad_t when the text logits were skipped, as the rule forces)."""
+        rule, sampling, generator = self.rule, self.sampling, self.generator
+        if not rule.audio_output:
+            return None, int(sample(out.text_logits[0, -1:], sampling, generator).item())
+        parts = [sample(out.audio_logits[0, :, -1], sampling, generator)]  # (A,) from (A, Va)
+        if out.text_logits is not None:
+            parts.append(sample(out.text_logits[0, -1:], sampling, generator))  # (1,) from (1, Vt)
+        ids = torch.cat(parts).tolist()
+        return ids[: rule.layout.audio_streams], ids[-1] if out.text_logits is not None else rule.layout.pad_t

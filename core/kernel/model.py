@@ -10,7 +10,9 @@ the backbone's hidden states (before the final norm), their own norm and an audi
 
 Decoding speed (exact fp32): every Linear is a `FewRowsLinear`, which runs decode steps (a few rows) as
 W @ x^T, and `forward(text_rows=, audio_rows=)` computes only the head rows a step samples (batch parallel
-decoding: audio of row 0, text of row 1; no text at all once the text stream is finished)."""
+decoding: audio of row 0, text of row 1; no text at all once the text stream is finished). `forward` runs a
+prompt or the next positions of one cache; `step` runs one position of many turns' rows at once, each at its
+own position behind its own left padding (continuous batching, core/kernel/batching.py)."""
 
 from __future__ import annotations
 
@@ -97,7 +99,8 @@ class SwiGLUAdapter(nn.Module):
 
 @dataclass
 class OmniCache:
-    """KV caches of the backbone (and post-adapter) plus the number of positions already seen."""
+    """KV caches of the backbone (and post-adapter) plus the number of positions already seen (a batch of
+    left-padded rows: the cached columns, padding included)."""
 
     backbone: DynamicCache
     post: DynamicCache | None
@@ -184,36 +187,55 @@ class OmniLM(nn.Module):
 
     def forward(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
                 audio_lengths: Sequence[int] | None = None, cache: OmniCache | None = None,
-                last_only: bool = False, text_only: bool = False, text_rows: Sequence[int] | None = None,
+                last_only: bool = False, text_rows: Sequence[int] | None = None,
                 audio_rows: Sequence[int] | None = None) -> OmniOutput:
         """ids (B, S, T). With `cache`, the T positions continue the cached ones (prefill or step).
-        `last_only`: logits of the last position only. `text_only`: skip the audio logits (audio_rows=()).
-        `text_rows` / `audio_rows`: the batch rows whose text / audio logits to compute, in that order
-        (None: all; empty: none, the logits are None); the other rows' head products are skipped."""
-        if text_only:
-            audio_rows = ()
+        `last_only`: logits of the last position only. `text_rows` / `audio_rows`: the batch rows whose text /
+        audio logits to compute, in that order (None: all; empty: none, the logits are None, and with a
+        post-adapter `audio_rows=()` skips its blocks and cache too); the other rows' head products are skipped."""
         T = ids.shape[-1]
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise InputError(f"sequence of {start + T} positions exceeds the context of {self.config.block_size}",
                              "shorten the input or raise block_size (the model was trained up to it)")
         x = self.embed(ids, audio_features, audio_lengths)  # (B, T, D)
-        position_ids = torch.arange(start, start + T, device=ids.device).unsqueeze(0)
+        positions = torch.arange(start, start + T, device=ids.device).unsqueeze(0)  # (1, T)
+        run_post = audio_rows is None or len(audio_rows) > 0
+        out = self._blocks_and_heads(x, positions, None, cache, last_only, text_rows, audio_rows, run_post)
+        if cache is not None:
+            cache.length = start + T
+        return out
+
+    def step(self, ids: torch.Tensor, cache: OmniCache, positions: torch.Tensor, attention_mask: torch.Tensor,
+             text_rows: Sequence[int], audio_rows: Sequence[int]) -> OmniOutput:
+        """One decode position of B rows, each at its own position (a batch of turns, core/kernel/batching.py):
+        ids (B, S, 1); `cache` holds the rows' L columns, left padding included; positions (B, 1);
+        attention_mask (B, L + 1) bool, False on each row's padding. Logits as `forward(last_only=True)` for
+        `text_rows` / `audio_rows`; every cache advances one column (a post-adapter runs on every row even when
+        none samples audio). The caller keeps every row within the context."""
+        x = self.embed(ids)  # (B, 1, D)
+        out = self._blocks_and_heads(x, positions, attention_mask, cache, True, text_rows, audio_rows, True)
+        cache.length += 1
+        return out
+
+    def _blocks_and_heads(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                          cache: OmniCache | None, last_only: bool, text_rows: Sequence[int] | None,
+                          audio_rows: Sequence[int] | None, run_post: bool) -> OmniOutput:
+        """Embeddings x (B, T, D) at `positions` through the blocks and the asked head rows (see `forward`);
+        `run_post`: run a post-adapter (it and its cache only run for audio, or for every row of a batch)."""
         # Positional `cache` argument: named `past_key_values` before transformers 5.x, `cache` after.
-        hidden = self.backbone(None, None, position_ids, cache.backbone if cache else None, x,
+        hidden = self.backbone(None, mask, positions, cache.backbone if cache else None, x,
                                use_cache=cache is not None).last_hidden_state  # (B, T, D), normed
         if last_only:
             hidden = hidden[:, -1:]
         text_logits = self._head(_rows(hidden, text_rows), 0, self.layout.text_vocab_size)
-        if self.config.post_adapter and audio_rows is not None and not len(audio_rows):
-            audio_logits = self._pre_norm = None  # the post-adapter (and its cache) only runs for audio
-        elif self.config.post_adapter:
-            audio_logits = self._post_adapter_logits(position_ids, cache, last_only, audio_rows)
-        else:
+        if not self.config.post_adapter:
             audio = self._head(_rows(hidden, audio_rows), self.layout.text_vocab_size, None)
             audio_logits = None if audio is None else self._split_audio(audio)
-        if cache is not None:
-            cache.length = start + T
+        elif run_post:
+            audio_logits = self._post_adapter_logits(positions, mask, cache, last_only, audio_rows)
+        else:  # no audio rows: the post-adapter and its cache do not run, its captured input is dropped
+            audio_logits = self._pre_norm = None
         return OmniOutput(text_logits, audio_logits, cache)
 
     def _head(self, hidden: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
@@ -233,12 +255,12 @@ class OmniLM(nn.Module):
         B, T, _ = logits.shape
         return logits.view(B, T, L.audio_streams, L.audio_vocab_size).transpose(1, 2)
 
-    def _post_adapter_logits(self, position_ids: torch.Tensor, cache: OmniCache | None, last_only: bool,
-                             audio_rows: Sequence[int] | None) -> torch.Tensor | None:
+    def _post_adapter_logits(self, positions: torch.Tensor, mask: torch.Tensor | None, cache: OmniCache | None,
+                             last_only: bool, audio_rows: Sequence[int] | None) -> torch.Tensor | None:
         """Runs the post-adapter blocks (their cache must advance every step) and its audio head on
         `audio_rows`."""
         x, self._pre_norm = self._pre_norm, None
-        h = self.post_adapter(None, None, position_ids, cache.post if cache else None, x,
+        h = self.post_adapter(None, mask, positions, cache.post if cache else None, x,
                               use_cache=cache is not None).last_hidden_state
         if last_only:
             h = h[:, -1:]

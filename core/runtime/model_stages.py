@@ -10,15 +10,13 @@ the encoder and the codec each own a one-thread executor, the LM owns a `BatchEn
 (core/kernel/batching.py) that decodes the active turns of ALL sessions in one batched forward per step
 (continuous batching: turns join and leave between steps; an interrupted turn leaves at the next step).
 Sessions run concurrently (see stage.py), so all per-turn state here is keyed by (session, turn).
-These are the stage adapters the pipeline uses for components of kind encoders, strategies and codecs; below
-them, how a stage gets its model (`load_model`: a registered name or a checkpoint directory) and the encoder and
-codec that model was trained with (`choose_components`: EXPORT/components.json, or the user's override)."""
+These are the stage adapters the pipeline uses for components of kind encoders, strategies and codecs; an LMStage
+given a `checkpoint` gets its model from the speech kit (core/runtime/speech_kit.py: a registered name or a
+checkpoint directory)."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import os
 import threading
 import time
@@ -26,14 +24,13 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from omnivox.core import audio
 from omnivox.core.contracts.codec import push_frames
-from omnivox.core.errors import CheckpointError, ConfigError, InputError, PluginError
+from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.threads import set_threads
 from omnivox.core.runtime.events import (
     AudioChunk,
@@ -49,6 +46,7 @@ from omnivox.core.runtime.events import (
     TurnEnd,
     same_turn,
 )
+from omnivox.core.runtime.speech_kit import SpeechKit
 from omnivox.core.runtime.stage import Stage
 
 KEEP_RESULTS = 64  # LMStage.results keeps the GenerationResult of this many recent turns
@@ -169,7 +167,7 @@ class LMStage(Stage):
                 raise ConfigError("the LM stage has no model",
                                   "give it `checkpoint: DIR` or the name of a registered model "
                                   "(`omnivox plugins` lists them under models, e.g. tiny-random)")
-            self.model = await asyncio.to_thread(load_model, self.checkpoint, self.sampling.seed or 0)
+            self.model = await asyncio.to_thread(SpeechKit.load_model, self.checkpoint, self.sampling.seed or 0)
         if self.int8:
             from omnivox.core.kernel.quantize import quantize_int8
 
@@ -317,150 +315,3 @@ class CodecStage(Stage):
             self._executor.shutdown(wait=False)
             self._executor = None
 
-
-# ---- the model and the components it was trained with ----------------------------------------------------
-COMPONENTS_FILE = "components.json"  # EXPORT/components.json: {"encoder"|"codec": {"name", "params", "local"}}
-ALIASES = {"random": "tiny-random"}  # `checkpoint: random` is the registered tiny random model
-# what a checkpoint without a components record (upstream Mini-Omni) hears and speaks with
-UPSTREAM_COMPONENTS = {"encoder": {"name": "whisper", "params": {"checkpoint": "small.pt"}, "local": ["checkpoint"]},
-                       "codec": {"name": "snac", "params": {"model": "hubertsiuzdak/snac_24khz"}, "local": []}}
-_KINDS = {"encoder": "encoders", "codec": "codecs"}
-
-
-def load_model(checkpoint: str, seed: int = 0):
-    """A registered model by name (kind `models`; `random` = `tiny-random`), else an upstream or native
-    checkpoint directory. Half-precision weights (a shipped fp16 export) are widened to fp32 for CPU decoding.
-    A directory's model gets `components`: the encoder and codec it was trained with (`components_in`)."""
-    from omnivox.core.contracts.manager import get_plugin_manager
-
-    checkpoint = ALIASES.get(str(checkpoint), checkpoint)
-    models = get_plugin_manager().registry("models")
-    if checkpoint in models.entries:
-        return models.create(checkpoint, seed=seed)
-    from omnivox.core.kernel.checkpoint import OmniModel
-
-    model = OmniModel.from_pretrained(checkpoint)
-    if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.lm.parameters()):
-        model.lm.float()
-    model.components = components_in(Path(model.source))  # source: the resolved directory
-    return model
-
-
-def components_in(directory) -> dict[str, dict]:
-    """{"encoder": spec, "codec": spec} of a checkpoint directory, spec = {"name", "params", "local", "where"}, local
-    files (`local`) resolved to paths in `directory`: its COMPONENTS_FILE (written by `omnivox train`'s export), or
-    upstream Mini-Omni's (Whisper DIR/small.pt, SNAC 24 kHz) when it has none."""
-    directory = Path(directory)
-    path = directory / COMPONENTS_FILE
-    if path.is_file():
-        fix = f"re-export the model (omnivox train RECIPE writes {COMPONENTS_FILE}), or pass --encoder/--codec"
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}", fix) from None
-        where = f"recorded in {path}"
-    else:
-        record, where = UPSTREAM_COMPONENTS, f"Mini-Omni's default for {directory} (it has no {COMPONENTS_FILE})"
-        fix = "pass --encoder/--codec"
-    specs = {}
-    for role in _KINDS:
-        entry = record.get(role) if isinstance(record, dict) else None
-        if entry is None:
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
-                or not isinstance(entry.get("params", {}), dict):
-            raise CheckpointError(f"{path}: {role} must be {{name: str, params: {{...}}, local: [...]}}", fix)
-        params, local = dict(entry.get("params") or {}), list(entry.get("local") or [])
-        for key in local:  # files that live in the checkpoint directory (checked when the component is built)
-            params[key] = str(directory / str(params.get(key)))
-        specs[role] = {"name": entry["name"], "params": params, "local": local, "where": where, "fix": fix}
-    return specs
-
-
-def component_spec(role: str, value: str) -> dict:
-    """A command-line override `NAME` or `NAME:MODEL` (e.g. `faster_whisper:tiny.en`, `mel:runs/codec/export`)
-    as a spec; MODEL goes to the factory's `model` or `checkpoint` parameter. For the codec, a value that names
-    no registered codec is a SNAC model (a directory or hub id), as before components were recorded."""
-    from omnivox.core.contracts.manager import get_plugin_manager
-
-    name, sep, model = str(value).partition(":")
-    registry = get_plugin_manager().registry(_KINDS[role])
-    if name not in registry.entries and role == "codec":
-        path = Path(str(value)).expanduser()
-        if path.is_dir() and not (path / "pytorch_model.bin").is_file():
-            raise ConfigError(f"--codec {value}: a directory that is not a SNAC model (no pytorch_model.bin)",
-                              f"name its codec plugin: --codec NAME:{value} (e.g. mel:{value})")
-        name, sep, model = "snac", ":", str(value)
-    params = {}
-    if sep:
-        entry = registry.entries.get(name)
-        accepted = inspect.signature(entry.factory).parameters if entry is not None else {}
-        params["checkpoint" if "checkpoint" in accepted and "model" not in accepted else "model"] = model
-    return {"name": name, "params": params, "where": f"given with --{role} {value}"}
-
-
-def build_component(role: str, spec: dict):
-    """The encoder or codec a spec names; a plugin that is not loaded is named with why and the fix."""
-    from omnivox.core.contracts.manager import get_plugin_manager
-
-    manager = get_plugin_manager()
-    kind, name = _KINDS[role], spec["name"]
-    for key in spec.get("local", []):
-        if not Path(spec["params"][key]).exists():
-            raise CheckpointError(f"the {role} {name!r} needs {spec['params'][key]} ({spec['where']}), which is "
-                                  "missing", f"copy the whole export directory, or {spec.get('fix', 'pass --' + role)}")
-    if name not in manager.registry(kind).entries:
-        skipped = "; ".join(f"plugin {p!r} skipped: {why}" for p, why in manager.skipped.items())
-        raise PluginError(f"the {role} {name!r} ({spec['where']}) is not available"
-                          + (f" ({skipped})" if skipped else ""),
-                          f"install the plugin that registers {kind}/{name} (`omnivox plugins` lists what is "
-                          f"loaded), or choose another with --{role} NAME[:MODEL]")
-    return manager.create(kind, name, **spec["params"])
-
-
-def choose_components(model, *, encoder: str | None = None, codec: str | None = None, hear: bool = True,
-                      speak: bool = True):
-    """(encoder or None, codec or None) for `model`: the `--encoder` / `--codec` override when given, else what
-    its export recorded (`model.components`, set by load_model); each only when needed (`hear`, `speak`).
-    Checked against the model (check_compatible)."""
-    recorded = getattr(model, "components", None)
-    chosen = []
-    for role, override, needed in (("encoder", encoder, hear), ("codec", codec, speak)):
-        if not needed:
-            chosen.append(None)
-            continue
-        own = (recorded or {}).get(role)
-        if override is not None and not _is_local_copy(override, own):
-            spec = component_spec(role, override)
-        elif own is not None:
-            spec = own
-        else:
-            raise ConfigError(f"the model {getattr(model, 'source', '')!r} records no {role}",
-                              f"name it: --{role} NAME[:MODEL] (`omnivox plugins` lists the {_KINDS[role]})")
-        chosen.append(build_component(role, spec))
-    check_compatible(model, *chosen)
-    return tuple(chosen)
-
-
-def _is_local_copy(value: str, spec: dict | None) -> bool:
-    """`value` is the path of the recorded component's own files (e.g. `--codec EXPORT/codec`)."""
-    if spec is None or not Path(str(value)).expanduser().exists():
-        return False
-    target = Path(str(value)).expanduser().resolve()
-    return any(Path(spec["params"][key]).resolve() == target for key in spec.get("local", []))
-
-
-def check_compatible(model, encoder=None, codec=None) -> None:
-    """The encoder's feature width and the codec's token grid must be the ones the LM was built for."""
-    config = model.config
-    if encoder is not None and encoder.feature_dim != config.whisper_adapter_dim:
-        raise ConfigError(f"the encoder gives {encoder.feature_dim}-d features but the model's adapter takes "
-                          f"{config.whisper_adapter_dim}", "use the encoder the model was trained with (without "
-                          "--encoder/--whisper: the one its export recorded in components.json)")
-    if codec is not None:
-        grid = codec.grid
-        if grid.n_slots != config.audio_streams or grid.codebook_size != config.codebook_size:
-            raise ConfigError(
-                f"the codec has {grid.n_slots} slots of {grid.codebook_size} codes but the model has "
-                f"{config.audio_streams} audio streams of {config.codebook_size}",
-                "use the codec the model was trained with (without --codec: the one its export recorded)")

@@ -13,32 +13,37 @@ YAML format (recipes/pipelines/*.yaml):
         queue_size: 64               # optional, bound of this stage's input queue
         overflow: drop_oldest        # optional, block | drop_oldest (default: per kind, see STAGE_KINDS)
       - {plugin: encoders/whisper}
-      - {plugin: strategies/batch_parallel, params: {checkpoint: ckpt/}}
+      - {name: lm, plugin: lm/omni, params: {strategy: batch-parallel, checkpoint: ckpt/, task: A1A2}}
       - {plugin: codecs/snac}
       - {plugin: audio_outputs/file, params: {path: answer.wav}}
 
-Kinds are the plugin registries of omnivox.core.contracts.manager. A factory may return a Stage; a factory that
-returns a component (an encoder, a strategy, a codec) is wrapped by the stage adapter registered for its
-kind (`register_stage_adapter`). Every mistake raises ConfigError naming the key and the valid choices.
+Kinds (STAGE_KINDS) are plugin registries of omnivox.core.contracts.manager, and `lm`, whose stage core provides
+(CORE_STAGES): `lm/omni` decodes with the OmniLM of `checkpoint` and the decoding strategy named by `strategy`
+(a plugin of `strategies`). A plugin factory may return a Stage; a factory that returns a component (an
+encoder, a codec) is wrapped by the stage adapter registered for its kind (`register_stage_adapter`). Every
+mistake raises ConfigError naming the key and the valid choices. The old `strategies/<name>` form still
+loads, with a FutureWarning naming `lm/omni`.
 
 Routing: stage i reads what its `inputs` send (default: stage i-1; the first stage of a Python-built
 pipeline reads events fed with `feed`/`run(events)`, sent as INPUT). A run ends when every source has
 finished and every queued event has been handled; then Shutdown stops the stages.
+
+Shared state: what stages of one pipeline share without the bus (a transport's running service, found by its
+output stage; the PlaybackState of a speaker and a VAD) lives in `pipeline.shared`, a dict each stage gets as
+`stage.shared` when attached; nothing is shared between pipelines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
 import importlib
-import inspect
-import types
-import typing
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnivox.core.config_check import Key, check_keys, check_params, did_you_mean, signature_of
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.bus import OVERFLOW_POLICIES, Bus
 from omnivox.core.runtime.events import Error, Event, Metrics, Shutdown
@@ -51,20 +56,46 @@ INPUT = "input"  # sender name of events fed into a pipeline from outside
 
 @dataclass(frozen=True)
 class StageKind:
-    """The schema of one stage kind: whether it is a source and its input queue's default overflow policy."""
+    """The schema of one stage kind: whether it is a source and its input queue's default overflow policy.
+    `renamed`: a kind kept for old files, (the plugin that replaces it, the parameter its names become)."""
 
     source: bool
     overflow: str
     description: str
+    renamed: tuple[str, str] | None = None
 
 
 STAGE_KINDS: dict[str, StageKind] = {
     "audio_inputs": StageKind(True, "block", "audio source (file, microphone, network)"),
     "vad": StageKind(False, "drop_oldest", "voice activity / turn detection on live audio"),
     "encoders": StageKind(False, "block", "audio encoder (+ adapter)"),
-    "strategies": StageKind(False, "block", "LM + decoding strategy"),
+    "lm": StageKind(False, "block", "language model + decoding strategy"),
     "codecs": StageKind(False, "block", "codec vocoder: audio codes -> PCM"),
     "audio_outputs": StageKind(False, "block", "audio sink (file, speaker, network)"),
+    "strategies": StageKind(False, "block", "LM + decoding strategy", renamed=("lm/omni", "strategy")),
+}
+
+
+@dataclass(frozen=True)
+class CoreStage:
+    """A stage core provides itself: its factory (called with the params and `name`; "module:attribute" is
+    imported on first use) and the parameters that name a plugin (parameter -> plugin kind): the stage gets
+    that plugin's component, built from the pipeline's plugins."""
+
+    factory: Callable[..., Stage] | str
+    description: str
+    plugins: Mapping[str, str] = field(default_factory=dict)
+
+
+# kind -> name -> CoreStage: the stages of the kinds that no plugin registry fills.
+CORE_STAGES: dict[str, dict[str, CoreStage]] = {
+    "lm": {
+        "omni": CoreStage(
+            "omnivox.core.runtime.model_stages:LMStage",
+            "Mini-Omni's LM (OmniLM) of `checkpoint`, decoding with a strategy",
+            {"strategy": "strategies"},
+        ),
+    },
 }
 
 # kind -> adapter(component, *, name, **params) -> Stage, or "module:attribute" imported on first use. Stage
@@ -76,6 +107,11 @@ STAGE_ADAPTERS: dict[str, Callable[..., Stage] | str] = {
 }
 
 
+def stage_kinds() -> dict[str, StageKind]:
+    """The stage kinds a pipeline file should use (without the renamed ones)."""
+    return {kind: schema for kind, schema in STAGE_KINDS.items() if schema.renamed is None}
+
+
 def register_stage_adapter(kind: str, adapter: Callable[..., Stage] | str) -> None:
     """Make factories of `kind` that return a component (not a Stage) usable in pipelines."""
     if kind not in STAGE_KINDS:
@@ -84,14 +120,6 @@ def register_stage_adapter(kind: str, adapter: Callable[..., Stage] | str) -> No
 
 
 # ------------------------------------------------------------------------------------------ schema
-@dataclass(frozen=True)
-class Key:
-    types: tuple[type, ...]
-    required: bool = False
-    choices: tuple[str, ...] | None = None
-    help: str = ""
-
-
 PIPELINE_KEYS = {
     "name": Key((str,), help="pipeline name"),
     "description": Key((str,), help="free text"),
@@ -105,165 +133,6 @@ STAGE_KEYS = {
     "queue_size": Key((int,), help="bound of the stage's input queue"),
     "overflow": Key((str,), choices=OVERFLOW_POLICIES, help="what a full input queue does"),
 }
-
-
-def check_keys(where: str, mapping: Any, schema: Mapping[str, Key]) -> None:
-    """Raise ConfigError for a non-mapping, an unknown key, a missing key, a wrong type or a bad choice."""
-    valid = ", ".join(schema)
-    if not isinstance(mapping, dict):
-        raise ConfigError(
-            f"{where or 'pipeline'}: expected a mapping, got {_kind_of(mapping)}",
-            f"write a mapping with keys: {valid}",
-        )
-    for key in mapping:
-        if key not in schema:
-            raise ConfigError(
-                f"{_join(where, key)}: unknown key{_did_you_mean(str(key), schema)}", f"valid keys: {valid}"
-            )
-    for key, spec in schema.items():
-        if key not in mapping:
-            if spec.required:
-                raise ConfigError(
-                    f"{where or 'pipeline'}: missing key {key!r} ({spec.help})", f"add `{key}:`; valid keys: {valid}"
-                )
-            continue
-        value = mapping[key]
-        if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
-            expected = " or ".join(t.__name__ for t in spec.types)
-            raise ConfigError(
-                f"{_join(where, key)}: expected {expected}, got {_kind_of(value)}", f"{key} is the {spec.help}"
-            )
-        if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(
-                f"{_join(where, key)}: {value!r} is not a valid choice", f"use one of: {', '.join(spec.choices)}"
-            )
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def check_params(
-    where: str,
-    label: str,
-    factory: Callable[..., Any],
-    params: Mapping[str, Any],
-    *,
-    adapter: bool = False,
-    also: str = "",
-) -> dict:
-    """Check `params` against `factory`'s signature (names, required ones, annotated types); returns them
-    with str converted to Path where a Path is expected. `adapter`: `factory` is a stage adapter, whose
-    first parameter (the component) and `name` the pipeline passes itself; `also`: other valid parameters
-    to list in the error."""
-    accepted, hints, open_ended = _signature(factory, adapter)
-    described = _describe(accepted, hints)
-    if also:
-        described = f"{described}; {also}"
-    result = dict(params)
-    for key, value in params.items():
-        if key not in accepted:
-            if open_ended:
-                continue
-            raise ConfigError(
-                f"{where}.{key}: unknown parameter of {label}{_did_you_mean(key, accepted)}",
-                f"valid parameters: {described}",
-            )
-        hint = hints.get(key)
-        if hint is not None:
-            ok, converted = _conform(value, hint)
-            if not ok:
-                choices = _literal_choices(hint)
-                fix = f"use one of: {', '.join(map(repr, choices))}" if choices else f"valid parameters: {described}"
-                raise ConfigError(f"{where}.{key}: expected {_type_name(hint)}, got {_kind_of(value)}", fix)
-            result[key] = converted
-    for name, param in accepted.items():
-        if param.default is param.empty and name not in params:
-            raise ConfigError(
-                f"{where}: missing parameter {name!r} of {label}",
-                f"add it under params; valid parameters: {described}",
-            )
-    return result
-
-
-def _signature(fn: Callable[..., Any], adapter: bool = False) -> tuple[dict, dict, bool]:
-    """(keyword parameters by name, their type hints, whether **kwargs is accepted)."""
-    signature = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn)
-    except Exception:  # unresolvable annotations: check names only
-        hints = {}
-    accepted = {
-        n: p
-        for n, p in signature.parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
-    }
-    if adapter:  # the pipeline passes the component (first parameter) and the stage name
-        accepted = {n: p for i, (n, p) in enumerate(accepted.items()) if i > 0 and n != "name"}
-    open_ended = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    return accepted, hints, open_ended
-
-
-def _conform(value: Any, hint: Any) -> tuple[bool, Any]:
-    """(matches, value converted where a str names a Path) for the annotation `hint`."""
-    if hint is Any:
-        return True, value
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        for member in typing.get_args(hint):
-            ok, converted = _conform(value, member)
-            if ok:
-                return True, converted
-        return False, value
-    if origin is typing.Literal:
-        return value in typing.get_args(hint), value
-    if hint is type(None):
-        return value is None, value
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if isinstance(hint, type) and issubclass(hint, Path):
-        if isinstance(value, (str, Path)):
-            return True, Path(value)
-        return False, value
-    check = origin if origin is not None else hint
-    if check in (list, tuple, dict, set, str, bool):
-        return isinstance(value, check), value
-    return True, value  # a type YAML cannot express: left to the factory
-
-
-def _literal_choices(hint: Any) -> tuple:
-    if typing.get_origin(hint) is typing.Literal:
-        return typing.get_args(hint)
-    for member in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ():
-        if typing.get_origin(member) is typing.Literal:
-            return typing.get_args(member)
-    return ()
-
-
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
-
-
-def _describe(accepted: Mapping[str, inspect.Parameter], hints: Mapping[str, Any]) -> str:
-    return ", ".join(_describe_param(p, hints.get(n)) for n, p in accepted.items()) or "(none)"
-
-
-def _describe_param(param: inspect.Parameter, hint: Any) -> str:
-    text = param.name if hint is None else f"{param.name} ({_type_name(hint)})"
-    return text if param.default is param.empty else f"{text} = {param.default!r}"
-
-
-def _kind_of(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
-
-
-def _did_you_mean(name: str, valid: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------- pipeline
@@ -304,8 +173,9 @@ class Pipeline:
         self.sink = self.stages[-1]
         self.metrics = MetricsCollector(self.stages)
         self.errors: list[Error] = []
+        self.shared: dict[str, Any] = {}  # this pipeline's shared place (see the module doc)
         for stage in self.stages:
-            stage.attach(self.bus, self.inputs[stage.name])
+            stage.attach(self.bus, self.inputs[stage.name], self.shared)
         # The sink sees a turn's TurnEnd after every stage (itself included) has finished that turn.
         self.sink.observer = self._observe
         self._tasks: list[asyncio.Task] = []
@@ -366,7 +236,7 @@ class Pipeline:
             for sender in wired:
                 if sender not in names and sender != INPUT:
                     raise ConfigError(
-                        f"{at}.inputs: unknown stage {sender!r}{_did_you_mean(str(sender), names)}",
+                        f"{at}.inputs: unknown stage {sender!r}{did_you_mean(str(sender), names)}",
                         f"valid stages: {', '.join(names)}",
                     )
             stage = _build_stage(at, name, kind, plugin_name, params, plugins)
@@ -449,14 +319,13 @@ class Pipeline:
 
 
 def _split_plugin(at: str, value: str) -> tuple[str, str]:
-    kinds = ", ".join(STAGE_KINDS)
+    current = stage_kinds()
+    kinds = ", ".join(current)
     if value.count("/") != 1:
         raise ConfigError(f"{at}: {value!r} is not <kind>/<name>", f"write e.g. codecs/snac; kinds: {kinds}")
     kind, name = value.split("/")
     if kind not in STAGE_KINDS:
-        raise ConfigError(
-            f"{at}: unknown stage kind {kind!r}{_did_you_mean(kind, STAGE_KINDS)}", f"valid kinds: {kinds}"
-        )
+        raise ConfigError(f"{at}: unknown stage kind {kind!r}{did_you_mean(kind, current)}", f"valid kinds: {kinds}")
     return kind, name
 
 
@@ -467,40 +336,36 @@ def _apply_overrides(specs: list, overrides: Mapping[str, Any], names: list[str]
             raise ConfigError(f"override {dotted!r} is not <stage>.<param>", "write e.g. vad.threshold=0.6")
         if stage not in names:
             raise ConfigError(
-                f"override {dotted!r}: unknown stage {stage!r}{_did_you_mean(stage, names)}",
+                f"override {dotted!r}: unknown stage {stage!r}{did_you_mean(stage, names)}",
                 f"valid stages: {', '.join(names)}",
             )
         specs[names.index(stage)][4][param] = value
 
 
 def _build_stage(at: str, name: str, kind: str, plugin_name: str, params: dict, plugins) -> Stage:
+    if kind in CORE_STAGES:
+        return _build_core_stage(at, name, kind, plugin_name, params, plugins)
     registry = plugins.registry(kind)
     if plugin_name not in registry.entries:
-        valid = sorted(registry.entries)
-        skipped = "; ".join(f"{p}: {why}" for p, why in plugins.skipped.items())
-        raise ConfigError(
-            f"{at}.plugin: unknown {kind} plugin {plugin_name!r}{_did_you_mean(plugin_name, valid)}",
-            f"valid {kind}: {', '.join(valid) if valid else '(none registered)'}"
-            + (f"; skipped plugins: {skipped}" if skipped else "")
-            + ("" if valid else "; install or enable a plugin that registers one"),
-        )
+        raise _unknown_plugin(f"{at}.plugin", kind, plugin_name, plugins)
     factory = registry.entries[plugin_name].factory
     adapter = _adapter(kind)
     label = f"{kind}/{plugin_name}"
     # With an adapter, parameters the factory does not take go to the adapter (e.g. an LM checkpoint).
     own, rest = dict(params), {}
     if adapter is not None:
-        accepted, hints, open_ended = _signature(factory)
-        if not open_ended:
-            own = {k: v for k, v in params.items() if k in accepted}
-            rest = {k: v for k, v in params.items() if k not in accepted}
-        stage_accepted, stage_hints, _ = _signature(adapter, adapter=True)
+        accepted = signature_of(factory)
+        if not accepted.open_ended:
+            own = {k: v for k, v in params.items() if k in accepted.params}
+            rest = {k: v for k, v in params.items() if k not in accepted.params}
+        # the pipeline passes the adapter the component (its first parameter) and the stage name
+        skip = (*list(signature_of(adapter).params)[:1], "name")
         stage_label = f"the {kind} stage adapter"
         own = check_params(
-            f"{at}.params", label, factory, own, also=f"of {stage_label}: {_describe(stage_accepted, stage_hints)}"
+            f"{at}.params", label, factory, own, also=f"of {stage_label}: {signature_of(adapter, skip).describe()}"
         )
         rest = check_params(
-            f"{at}.params", stage_label, adapter, rest, adapter=True, also=f"of {label}: {_describe(accepted, hints)}"
+            f"{at}.params", stage_label, adapter, rest, skip=skip, also=f"of {label}: {accepted.describe()}"
         )
     else:
         own = check_params(f"{at}.params", label, factory, own)
@@ -519,12 +384,61 @@ def _build_stage(at: str, name: str, kind: str, plugin_name: str, params: dict, 
             f"and no stage adapter is registered for kind {kind!r}",
             "use a plugin whose factory returns a Stage, or register_stage_adapter(kind, adapter)",
         )
+    renamed = STAGE_KINDS[kind].renamed
+    if renamed is not None:
+        new_plugin, param = renamed
+        warnings.warn(
+            f"{at}.plugin: {label} is deprecated; write `plugin: {new_plugin}` with `{param}: {plugin_name}` "
+            "in its params",
+            FutureWarning,
+            stacklevel=2,
+        )
     return adapter(component, name=name, **rest)
+
+
+def _build_core_stage(at: str, name: str, kind: str, plugin_name: str, params: dict, plugins) -> Stage:
+    """A stage of CORE_STAGES; its parameters that name a plugin get that plugin's component."""
+    stages = CORE_STAGES[kind]
+    if plugin_name not in stages:
+        raise ConfigError(
+            f"{at}.plugin: unknown {kind} stage {plugin_name!r}{did_you_mean(plugin_name, stages)}",
+            f"valid {kind}: {', '.join(stages)}",
+        )
+    core = stages[plugin_name]
+    factory = _load(core.factory)
+    named = core.plugins.items()
+    choices = "; ".join(f"{param}: one of {', '.join(sorted(plugins.registry(k).entries))}" for param, k in named)
+    params = check_params(f"{at}.params", f"{kind}/{plugin_name}", factory, params, skip=("name",), also=choices)
+    for param, plugin_kind in core.plugins.items():
+        if param in params:
+            chosen, entries = params[param], plugins.registry(plugin_kind).entries
+            if not isinstance(chosen, str) or chosen not in entries:
+                raise _unknown_plugin(f"{at}.params.{param}", plugin_kind, str(chosen), plugins)
+            params[param] = entries[chosen].factory()
+    return factory(name=name, **params)
+
+
+def _unknown_plugin(at: str, kind: str, name: str, plugins) -> ConfigError:
+    valid = sorted(plugins.registry(kind).entries)
+    skipped = "; ".join(f"{p}: {why}" for p, why in plugins.skipped.items())
+    return ConfigError(
+        f"{at}: unknown {kind} plugin {name!r}{did_you_mean(name, valid)}",
+        f"valid {kind}: {', '.join(valid) if valid else '(none registered)'}"
+        + (f"; skipped plugins: {skipped}" if skipped else "")
+        + ("" if valid else "; install or enable a plugin that registers one"),
+    )
 
 
 def _adapter(kind: str) -> Callable[..., Stage] | None:
     adapter = STAGE_ADAPTERS.get(kind)
     if isinstance(adapter, str):
-        module, _, attribute = adapter.partition(":")
-        adapter = STAGE_ADAPTERS[kind] = getattr(importlib.import_module(module), attribute)
+        adapter = STAGE_ADAPTERS[kind] = _load(adapter)
     return adapter
+
+
+def _load(factory: Callable[..., Stage] | str) -> Callable[..., Stage]:
+    """`factory`, or the attribute a "module:attribute" string names."""
+    if isinstance(factory, str):
+        module, _, attribute = factory.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    return factory

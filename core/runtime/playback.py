@@ -3,9 +3,10 @@
 A live sink (speaker) and a turn detector (VAD) run as separate stages and never talk to each other through
 the bus: events only flow downstream. Yet the detector must know whether the assistant is speaking (half
 duplex ignores the microphone then; full duplex turns speech into a barge-in). Both stages look up the same
-`PlaybackState` by name (`playback_state("default")`): the detector opens a turn when it hands an utterance
-to the model, the sink closes it when that turn's answer has finished playing (or was dropped), and counts
-the frames it handed to the device, so every party can say where in the output stream something happened.
+`PlaybackState` by name in their pipeline's shared place when attached (`shared_playback(stage.shared,
+"default")`): the detector opens a turn when it hands an utterance to the model, the sink closes it when that
+turn's answer has finished playing (or was dropped), and counts the frames it handed to the device, so every
+party can say where in the output stream something happened. Each pipeline has its own.
 
 Thread-safe: the sink's device callback runs in a PortAudio thread.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -79,21 +81,10 @@ class PlaybackState:
             return self.frames
 
 
-_STATES: dict[str, PlaybackState] = {}
-_STATES_LOCK = threading.Lock()
-
-
-def playback_state(name: str = "default") -> PlaybackState:
-    """The process-wide PlaybackState called `name` (created on first use)."""
-    with _STATES_LOCK:
-        state = _STATES.get(name)
-        if state is None:
-            state = _STATES[name] = PlaybackState()
-        return state
-
-
-def reset_playback_state(name: str = "default") -> PlaybackState:
-    """A fresh PlaybackState under `name` (a new pipeline in the same process starts from a clean slate)."""
-    with _STATES_LOCK:
-        state = _STATES[name] = PlaybackState()
-        return state
+def shared_playback(shared: dict[str, Any], name: str = "default") -> PlaybackState:
+    """The PlaybackState called `name` in a pipeline's shared place (`Stage.shared`), created on first use."""
+    key = f"playback:{name}"
+    state = shared.get(key)
+    if state is None:
+        state = shared[key] = PlaybackState()
+    return state

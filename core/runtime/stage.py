@@ -83,6 +83,9 @@ class Stage:
         self._crash: BaseException | None = None  # a worker's unexpected exception (a bug): stops the stage
         self._failed: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._source_done: asyncio.Event | None = None
+        # What the stages of one pipeline share by key (a transport's service, a PlaybackState): the pipeline's
+        # `shared` once attached; a stage on its own has its own.
+        self.shared: dict[str, Any] = {}
         # Called with every event this stage takes from its queue; an event it returns is published as
         # sender "metrics". The pipeline sets it on its last stage to compute turn metrics.
         self.observer: Callable[[Event], Event | None] | None = None
@@ -135,9 +138,12 @@ class Stage:
         return FunctionStage(fn, consumes=consumes, name=name)
 
     # ---- runtime (used by Pipeline and omnivox.core.runtime.testing) --------------------------------------
-    def attach(self, bus: Bus, inputs: Iterable[str]) -> Subscription:
-        """Subscribe to every data/control event sent by the stages named in `inputs`."""
+    def attach(self, bus: Bus, inputs: Iterable[str], shared: dict[str, Any] | None = None) -> Subscription:
+        """Subscribe to every data/control event sent by the stages named in `inputs`; `shared`: the pipeline's
+        shared place (kept as `self.shared`). A stage that looks something up there overrides this."""
         self.bus = bus
+        if shared is not None:
+            self.shared = shared
         self._sub = bus.subscribe(
             self.name,
             types=(Event,),

@@ -32,8 +32,6 @@ from omnivox.plugins.http.wav import Question, decode_question, stream_header
 
 log = logging.getLogger(__name__)
 
-# name -> the running HTTP service of this process, so the output stage finds its input stage's server
-SERVICES: dict[str, HttpService] = {}
 STATUS = {"too-many-sessions": 503, "turn-too-long": 413, "body-too-large": 413}
 METRICS_WAIT_S = 1.0  # how long a finished turn waits for its Metrics note
 PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript")}

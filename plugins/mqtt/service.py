@@ -38,8 +38,6 @@ from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig, refusal
 
 log = logging.getLogger(__name__)
 
-# name -> the running service of this process, so the output stage finds its input stage's connection
-SERVICES: dict[str, MqttService] = {}
 _REMEMBER_LOST = 4096
 MAX_IN_FLIGHT = 256  # published messages awaiting their broker acknowledgement
 

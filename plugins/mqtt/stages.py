@@ -7,14 +7,16 @@ stages (VAD, encoder, LM, another codec) sit between the devices and the broker:
       - {name: output, plugin: audio_outputs/mqtt}
 
 The input stage runs the worker (omnivox.plugins.mqtt.service) and turns device messages into pipeline
-events (session_id "<site>/<session>"); the output stage publishes the answer on the same connection
-(found by `service` name): turn-start, transcript-chunk per text token, audio-start + audio-out per PCM
-chunk, audio-stop, turn-end, and each stage Error and turn Metrics of the session.
+events (session_id "<site>/<session>"); the output stage publishes the answer on the same connection (found
+by `service` name in the pipeline's shared place): turn-start, transcript-chunk per text token, audio-start +
+audio-out per PCM chunk, audio-stop, turn-end, and each stage Error and turn Metrics of the session.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
+import os
+from collections.abc import Mapping
 
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.runtime.events import (
@@ -28,59 +30,42 @@ from omnivox.core.runtime.events import (
     VoiceStarted,
 )
 from omnivox.core.runtime.sessions import Limits
-from omnivox.core.runtime.stage import Stage
-from omnivox.core.runtime.transport import TransportOutput
+from omnivox.core.runtime.transport import ServeOptions, Transport, TransportInput, TransportOutput
 from omnivox.plugins.mqtt.connection import BrokerConfig
-from omnivox.plugins.mqtt.service import SERVICES, MqttService, ServiceConfig, default_worker_id
+from omnivox.plugins.mqtt.service import MqttService, ServiceConfig, default_worker_id
 
 
-class MqttAudioInput(Stage):
+class MqttAudioInput(TransportInput):
     """Source: runs an MQTT worker; every device message becomes pipeline events (never ends by itself)."""
+
+    transport = "mqtt"
 
     def __init__(self, broker: str = "mqtt://127.0.0.1:1883", site: str | None = None, worker: str | None = None,
                  group: str = "omnivox", prefix: str = "omnivox", username: str | None = None,
                  password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, keepalive: int = 5, limits: dict | None = None,
                  service: str = "mqtt", name: str | None = None):
-        super().__init__(name or "mqtt_in")
+        super().__init__(service, name)
         broker_config = BrokerConfig(broker, username=username, password=password, ca_file=ca_file,
                                      cert_file=cert_file, key_file=key_file, keepalive=keepalive)
         self.config = ServiceConfig(broker=broker_config, site=site, worker=worker or default_worker_id(),
                                     group=group, prefix=prefix, limits=Limits.from_mapping(limits or {}))
-        self.service_name = service
-        self.service: MqttService | None = None
-        self._events: asyncio.Queue[Event] | None = None
 
-    async def setup(self) -> None:
-        self._events = asyncio.Queue()
-        self.service = MqttService(self.config, feed=self._events.put_nowait)
-        SERVICES[self.service_name] = self.service
+    async def open_service(self, feed) -> MqttService:
+        return MqttService(self.config, feed=feed)
 
-    async def teardown(self) -> None:
-        if SERVICES.get(self.service_name) is self.service:
-            del SERVICES[self.service_name]
+    async def serve(self) -> None:
+        await self.service.run()
 
-    async def produce(self):
-        runner = asyncio.create_task(self.service.run(), name=f"mqtt:{self.config.worker}")
-        try:
-            while True:
-                getter = asyncio.ensure_future(self._events.get())
-                done, _ = await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    runner.result()  # the service stopped: raise its error
-                    return
-                yield getter.result()
-        finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
+    def announcement(self) -> str:
+        return f"worker {self.config.worker} on {self.config.broker.url}"
 
 
 class MqttAudioOutput(TransportOutput):
     """Sink: publishes each session's answer to its device as it streams (see the module docstring)."""
 
     consumes = (TextToken, AudioOut, TurnStart, TurnEnd, VoiceStarted)
-    transport, services = "mqtt", SERVICES
+    transport = "mqtt"
 
     def __init__(self, service: str = "mqtt", name: str | None = None):
         super().__init__(service, name)
@@ -134,3 +119,49 @@ def register_audio_inputs(registry):
 @hookimpl
 def register_audio_outputs(registry):
     registry.add("mqtt", MqttAudioOutput, description="stream answers back to MQTT devices")
+
+
+# ---- `omnivox serve`: the MQTT worker's options ---------------------------------------------------------------
+# serve's key (option dest) -> the input stage's parameter
+STAGE_PARAMS = {"broker": "broker", "site": "site", "worker": "worker", "group": "group", "prefix": "prefix",
+                "keepalive": "keepalive", "username": "username", "password": "password", "tls_ca": "ca_file",
+                "tls_cert": "cert_file", "tls_key": "key_file"}
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    mqtt = parser.add_argument_group(
+        "MQTT (the default transport)", "Devices start sessions through an MQTT 5 broker, speak (or type) questions "
+        "and get streamed text and speech back (protocol: docs/mqtt_protocol.md). Workers with the same --group "
+        "share the load.")
+    mqtt.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883; "
+                                       "with another transport: MQTT only when given)")
+    mqtt.add_argument("--site", help="serve only this site (device id); default: every site")
+    mqtt.add_argument("--worker", help="this worker's id (default: host-pid-random)")
+    mqtt.add_argument("--group", help="shared-subscription group of the worker pool (default omnivox)")
+    auth = parser.add_argument_group("authentication and TLS (passed to the MQTT client)")
+    auth.add_argument("--username")
+    auth.add_argument("--password", default=os.environ.get("OMNIVOX_MQTT_PASSWORD"),
+                      help="or set OMNIVOX_MQTT_PASSWORD")
+    auth.add_argument("--tls-ca", metavar="PEM", help="CA bundle that signed the broker's certificate")
+    auth.add_argument("--tls-cert", metavar="PEM", help="client certificate")
+    auth.add_argument("--tls-key", metavar="PEM", help="client certificate's key")
+
+
+def serve_params(values: Mapping) -> dict:
+    """Parameters of the audio_inputs/mqtt stage from serve's settings."""
+    params = {stage_key: values[key] for key, stage_key in STAGE_PARAMS.items() if values.get(key) is not None}
+    params.setdefault("broker", "mqtt://127.0.0.1:1883")
+    if values.get("limits"):
+        params["limits"] = values["limits"]
+    return params
+
+
+def mqtt_transport() -> Transport:
+    return Transport(MqttAudioInput, MqttAudioOutput,
+                     ServeOptions(keys=tuple(STAGE_PARAMS), add=add_serve_options, params=serve_params,
+                                  enabled=lambda values: bool(values.get("broker")), default=True))
+
+
+@hookimpl
+def register_transports(registry):
+    registry.add("mqtt", mqtt_transport, description="devices over an MQTT 5 broker: `omnivox serve [--broker URL]`")
