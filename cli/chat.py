@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 from omnivox.cli import model_options
+from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 from omnivox.core.runtime.events import Event, TextToken, TurnEnd
@@ -136,11 +137,7 @@ def chat(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}", "pass a positive number of steps")
     pipeline, printer, task = build_pipeline(args, say=lambda line: print(line, file=sys.stderr))
     turns = asyncio.run(pipeline.run())
-    for error in pipeline.errors:
-        print(f"omnivox chat: stage {error.stage!r} failed: {error.message}", file=sys.stderr)
-        if error.fix:
-            print(f"  fix: {error.fix}", file=sys.stderr)
-    if pipeline.errors:
+    if report_stage_errors("chat", pipeline.errors):
         return 1
     text = next(iter(printer.shown.values()), "")
     if args.text_out:

@@ -2,8 +2,10 @@
 
 Checks, in order: the core (every required package imports, and the tiny random model answers), each optional
 extra (from the installed package's metadata, so it follows pyproject.toml), system tools (espeak-ng, sox,
-mosquitto, pulseaudio), PortAudio and its devices, shipped weights (Silero VAD, faster-whisper tiny.en),
-checkpoints on disk and in the Hugging Face cache, and plugins that were skipped. Exit status 0 when the core
+mosquitto, pulseaudio), PortAudio and its devices, shipped weights (Silero VAD, faster-whisper tiny.en), the
+default model (the shipped `demo`: its size, what it knows, its encoder and codec each found or missing, and what
+`chat` without --checkpoint does), checkpoints on disk and in the Hugging Face cache, and plugins that were
+skipped. Exit status 0 when the core
 works, 1 otherwise (missing optional things are listed, not fatal)."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ctypes.util
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -54,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="list what is installed and missing, with the command that fixes each",
                        description="Check the core (packages, tiny model), optional extras, system tools "
                                    "(espeak-ng, sox, mosquitto, pulseaudio), PortAudio devices, shipped "
-                                   "weights, checkpoints and skipped plugins. Exit 0 when the core works.")
+                                   "weights, the default model (what chat runs without --checkpoint), "
+                                   "checkpoints and skipped plugins. Exit 0 when the core works.")
     p.add_argument("--checkpoints", default="checkpoints", metavar="DIR",
                    help="folder to look for checkpoints in (default ./checkpoints)")
     p.set_defaults(func=doctor)
@@ -64,7 +68,7 @@ def doctor(args: argparse.Namespace) -> int:
     python = _guarded("core", packages)
     checks = [*[c for c in python if c.section == "core"], core_smoke(), *[c for c in python if c.section != "core"]]
     for section, check in (("system tools", system_tools), ("audio devices", portaudio),
-                           ("shipped weights", shipped_weights),
+                           ("shipped weights", shipped_weights), ("default model", default_model),
                            ("checkpoints", lambda: checkpoints(Path(args.checkpoints))),
                            ("plugins", skipped_plugins)):
         checks += _guarded(section, check)
@@ -310,14 +314,152 @@ def checkpoints(folder: Path) -> list[Check]:
             continue
         hears = "with" if (directory / "small.pt").is_file() else "without"
         checks.append(Check("checkpoints", str(directory), True, f"{kind}, {hears} Whisper small.pt"))
-    if not found:
-        checks.append(Check("checkpoints", f"{folder}/*", False, "no checkpoint folders (chat runs the tiny "
-                            "random model)", "omnivox download mini-omni checkpoints/mini-omni"))
+    if not found:  # not a fault: without --checkpoint chat runs the default model (its own section)
+        checks.append(Check("checkpoints", f"{folder}/*", True, "no checkpoint folders (optional: --checkpoint DIR; "
+                            "without it chat runs the default model above)"))
     for repo, purpose, fix in HUB_MODELS:
         cached = _hub_cached(repo)
         checks.append(Check("checkpoints", f"hub cache {repo}", cached is not None, cached or f"absent ({purpose})",
                             "" if cached else fix))
     return checks
+
+
+def default_model() -> list[Check]:
+    """The model chat runs without --checkpoint (the shipped `demo`): where it is, its size and what it knows, its
+    encoder and codec (from its components.json, through the speech kit) each found or missing, and what chat
+    without --checkpoint then does. Cheap: the LM's weights are not loaded, only files and plugins checked."""
+    from omnivox.core.contracts.manager import get_plugin_manager
+    from omnivox.core.errors import OmnivoxError
+    from omnivox.core.runtime.speech_kit import DEFAULT_MODEL, SpeechKit
+    from omnivox.plugins.demo_model import missing_files
+
+    section, chat = "default model", "chat without --checkpoint"
+    manager = get_plugin_manager()
+    entry = manager.registry("models").entries.get(DEFAULT_MODEL)
+    if entry is None:  # its plugin skipped, or left out by OMNIVOX_LOAD_PLUGINS
+        why, fix = _not_loaded("demo_model")
+        return [Check(section, DEFAULT_MODEL, False, f"missing: no model {DEFAULT_MODEL!r} is registered ({why})",
+                      fix),
+                Check(section, chat, False, f"stops with an error: no model {DEFAULT_MODEL!r} is registered, so "
+                      f"it looks for a checkpoint directory ./{DEFAULT_MODEL}",
+                      fix or "pass --checkpoint random (the tiny random model) or --checkpoint DIR")]
+    directory = Path(entry.components) if isinstance(entry.components, (str, Path)) else None
+    missing = missing_files(directory) if directory is not None else []
+    record = None if directory is None else directory / "components.json"
+    if missing:
+        try:  # what chat does: the speech kit's own error, raised before any weights are read
+            SpeechKit.load(None, hear=False, speak=False, say=lambda line: None)
+            problem, fix = "none: it loads", ""
+        except OmnivoxError as exc:
+            problem, fix = exc.problem, exc.fix or ""
+        shown = ", ".join(_shown(path) for path in missing)
+        checks = [Check(section, DEFAULT_MODEL, False, f"missing: {shown} not installed ({entry.description})", fix)]
+        if record in missing:  # no record: which encoder and codec it needs is unknown
+            checks += [Check(section, role, False, f"unknown: {_shown(record)} is missing")
+                       for role in ("encoder", "codec")]
+        else:
+            checks += [_component(role, spec)[1] for role, spec in SpeechKit.components_of(DEFAULT_MODEL).items()]
+        return checks + [Check(section, chat, False, f"stops with an error: {problem}", fix)]
+    where = f"{_shown(directory)}, {_mib(directory):.1f} MiB" if directory is not None else "registered, no files"
+    checks = [Check(section, DEFAULT_MODEL, True, f"found ({where}): {entry.description}")]
+    labels = {}
+    for role, spec in SpeechKit.components_of(DEFAULT_MODEL).items():
+        labels[role], check = _component(role, spec)
+        checks.append(check)
+    runs = f"runs {DEFAULT_MODEL} ({where})"
+    if labels:
+        runs += " with " + " and ".join(f"{role} {label}" for role, label in labels.items())
+    broken = [c for c in checks[1:] if not c.ok]
+    cannot = {"encoder": "spoken questions (--input) fail", "codec": "spoken answers fail (--task T1T2 works)"}
+    if broken:
+        runs += "; but " + "; ".join(f"{c.name} missing: {cannot[c.name]}" for c in broken)
+    checks.append(Check(section, chat, not broken, runs, broken[0].fix if broken else ""))
+    return checks
+
+
+def _component(role: str, spec: dict) -> tuple[str, Check]:
+    """(NAME[:MODEL], a Check marked found or missing) of the encoder or codec `spec` names: its plugin is loaded,
+    its files in the export exist, and its weights resolve (where that is a path check, not a load)."""
+    from omnivox.core.contracts.manager import get_plugin_manager
+    from omnivox.core.errors import OmnivoxError
+    from omnivox.core.runtime.speech_kit import ROLES
+
+    manager, name, params = get_plugin_manager(), spec["name"], spec["params"]
+    model = params.get("model", params.get("checkpoint"))
+    label = name if model is None or spec.get("local") else f"{name}:{model}"
+    entry = manager.registry(ROLES[role]).entries.get(name)
+    if entry is None:
+        module = COMPONENT_PLUGINS.get((role, name))
+        why, fix = _not_loaded(module) if module else ("no loaded plugin registers it", "")
+        return label, Check("default model", role, False, f"{label} missing: {why}",
+                            fix or f"install the plugin that registers {ROLES[role]}/{name}")
+    files = [Path(params[key]) for key in spec.get("local", [])]
+    absent = [path for path in files if not path.exists()]
+    if absent:
+        return label, Check("default model", role, False, f"{label} missing: {_shown(absent[0])} does not exist",
+                            spec.get("fix", ""))
+    weights = WEIGHTS.get((role, name))
+    try:
+        model_label, path = weights(params) if weights else (None, files[0] if files else None)
+    except OmnivoxError as exc:
+        return label, Check("default model", role, False, f"{label} missing: {exc.problem}", exc.fix or "")
+    label = f"{name}:{model_label}" if model_label else label
+    return label, Check("default model", role, True, f"{label} found (plugin {entry.plugin}"
+                        + (f"; {_shown(path)}" if path is not None else "") + ")")
+
+
+def _not_loaded(plugin: str) -> tuple[str, str]:
+    """(why, fix) of a built-in plugin that is not loaded: skipped (a missing extra), or left out by
+    OMNIVOX_LOAD_PLUGINS."""
+    from omnivox.core.contracts.manager import BUILTIN_PLUGINS, get_plugin_manager
+
+    skipped = get_plugin_manager().skipped.get(plugin)
+    if skipped is not None:
+        extra = BUILTIN_PLUGINS.get(f"omnivox.plugins.{plugin}")
+        return f"plugin {plugin!r} skipped: {skipped}", f'pip install "{DIST}[{extra}]"' if extra else ""
+    if os.environ.get("OMNIVOX_LOAD_PLUGINS"):
+        return (f"plugin {plugin!r} is not in OMNIVOX_LOAD_PLUGINS",
+                f"add {plugin} to OMNIVOX_LOAD_PLUGINS (or unset it)")
+    return f"plugin {plugin!r} is not loaded", ""
+
+
+def _fw_weights(params: dict) -> tuple[str, Path]:
+    from omnivox.plugins.fw_encoder import SHIPPED_MODEL, model_dir
+
+    model = params.get("model")
+    return str(model or SHIPPED_MODEL), model_dir(model)  # raises CheckpointError naming the missing weights
+
+
+def _mel_weights(params: dict) -> tuple[None, Path]:
+    from omnivox.core.errors import CheckpointError
+    from omnivox.plugins.mel_codec import CONFIG_FILE, WEIGHTS_FILE
+
+    directory = Path(params["model"])
+    absent = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
+    if absent:
+        raise CheckpointError(f"{_shown(directory)} has no {' + '.join(absent)}",
+                              "copy the whole export directory (its codec/ folder with it)")
+    return None, directory
+
+
+# How an encoder's or codec's weights are found without loading them: (role, name) -> params -> (MODEL, path).
+WEIGHTS = {("encoder", "faster_whisper"): _fw_weights, ("codec", "mel"): _mel_weights}
+# The built-in plugin that registers a component (its extra, when skipped, is the fix).
+COMPONENT_PLUGINS = {("encoder", "faster_whisper"): "fw_encoder", ("encoder", "whisper"): "whisper_encoder",
+                     ("codec", "mel"): "mel_codec", ("codec", "snac"): "snac_codec", ("codec", "mimi"): "mimi_codec"}
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the package root when inside it (models/demo), else as it is."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _mib(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 2**20
 
 
 def _hub_cached(repo: str) -> str | None:

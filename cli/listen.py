@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from omnivox.cli import model_options
+from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioStop, CodecFrame, Event, TextToken, TurnEnd, VoiceStopped
 from omnivox.core.runtime.playback import shared_playback
@@ -236,10 +237,7 @@ def listen(args: argparse.Namespace) -> int:
 
     print(format_summary(pipeline.metrics.turns), file=sys.stderr)
     print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()), file=sys.stderr)
-    for error in pipeline.errors:
-        print(f"omnivox listen: stage {error.stage!r} failed on turn {error.turn_id}: {error.message}",
-              file=sys.stderr)
-    return 1 if pipeline.errors else 0
+    return report_stage_errors("listen", pipeline.errors, turn=True)
 
 
 async def _serve(pipeline, mic, console: Console, max_turns: int | None) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 import yaml
 
+from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError
 
 
@@ -51,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline.from_yaml(args.pipeline, overrides=parse_overrides(args.overrides))
     turns = asyncio.run(pipeline.run())
-    for error in pipeline.errors:
-        print(f"omnivox run: stage {error.stage!r} failed: {error.message}", file=sys.stderr)
-        if error.fix:
-            print(f"  fix: {error.fix}", file=sys.stderr)
+    status = report_stage_errors("run", pipeline.errors)
     if not args.quiet:
         print(format_summary(turns))
-    return 1 if pipeline.errors else 0
+    return status

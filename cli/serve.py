@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from omnivox.cli import model_options
+from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
 
@@ -20,30 +21,12 @@ from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
 GENERAL_KEYS = ("limits", "checkpoint", "strategy", "task", "max_steps", "pipeline")
 
 
-class ServeParser(argparse.ArgumentParser):
-    """`omnivox serve`'s parser: the transports' options are added when it first parses, so the plugins load only
-    when `serve` runs, not whenever the command line is built."""
-
-    transports_added = False
-    config_option: argparse.Action | None = None
-
-    def parse_known_args(self, args=None, namespace=None):
-        if not self.transports_added:
-            self.transports_added = True
-            transports = served_transports()
-            for transport in transports.values():
-                transport.serve.add(self)
-            self.config_option.help = f"YAML with any of: {', '.join(config_keys(transports))}"
-        return super().parse_known_args(args, namespace)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve clients through the registered transports (MQTT devices, HTTP, ...)",
                        description="Serve the model to clients through the transports plugins register (`omnivox "
                                    "plugins` lists them), each with its options below: the ones the options enable "
                                    "are served (the default one when none is), several at once with one model.")
-    p.__class__ = ServeParser  # adds the transports' options when `serve` is parsed
-    p.config_option = p.add_argument("--config", metavar="FILE", help="YAML with any of the settings' keys")
+    config = p.add_argument("--config", metavar="FILE", help="YAML with any of the settings' keys")
     p.add_argument("--pipeline", metavar="FILE",
                    help="pipeline YAML to serve instead of the built-in one: its first stage audio_inputs/NAME and "
                         "its last audio_outputs/NAME of a transport NAME the options enable (e.g. mqtt; with "
@@ -57,7 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="task of spoken turns (default A1A2; typed turns use T1A2)")
     model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     model.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
-    p.set_defaults(func=serve)
+    p.set_defaults(func=serve, prepare=lambda parser: add_transport_options(parser, config))
+
+
+def add_transport_options(parser: argparse.ArgumentParser, config: argparse.Action) -> None:
+    """serve's `prepare` (omnivox.cli.main): the served transports' options, and their keys in `--config`'s help;
+    called only when the command line names `serve`, so the plugins load only then."""
+    transports = served_transports()
+    for transport in transports.values():
+        transport.serve.add(parser)
+    config.help = f"YAML with any of: {', '.join(config_keys(transports))}"
 
 
 def served_transports() -> dict:
@@ -168,11 +160,7 @@ def serve(args: argparse.Namespace) -> int:
     values = settings(args)
     pipeline = build_pipeline(args, values, say=lambda line: print(line, file=sys.stderr))
     asyncio.run(_run_until_stopped(pipeline, announce=True))
-    for error in pipeline.errors:
-        print(f"omnivox serve: {error.stage}: {error.message}", file=sys.stderr)
-        if error.fix:
-            print(f"  fix: {error.fix}", file=sys.stderr)
-    return 1 if pipeline.errors else 0
+    return report_stage_errors("serve", pipeline.errors)
 
 
 async def announce_addresses(pipeline) -> None:

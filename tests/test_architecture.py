@@ -172,6 +172,110 @@ def test_the_underscore_checker_sees_a_reach_in():
     assert len(foreign_private_uses(user, tree, defined)) == 2
 
 
+# ---- no module-level registries in core/runtime/ and plugins/ (state lives in the plugin manager) -------------
+STATEFUL_PARTS = ("core/runtime", "plugins")
+CONTAINER_CALLS = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "Counter"}
+CONTAINER_DISPLAYS = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
+MUTATORS = {"append", "extend", "update", "setdefault", "pop", "clear", "add", "remove", "insert", "popitem",
+            "discard", "appendleft"}
+
+
+def _makes_container(value: ast.expr | None) -> bool:
+    if isinstance(value, CONTAINER_DISPLAYS):
+        return True
+    if isinstance(value, ast.Call):
+        func = value.func
+        return (func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)) in CONTAINER_CALLS
+    return False
+
+
+def _root_name(node: ast.expr) -> str | None:
+    """`X` of `X`, `X[k]`, `X[k][j]`: the module name whose container an expression reaches."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _locals(function: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set[str]:
+    """The names a function binds itself (parameters, assignments not declared global): they shadow module names."""
+    args = function.args
+    bound = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg) if a}
+    declared = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Global):
+            declared.update(node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+    return bound - declared
+
+
+def module_registries(tree: ast.Module) -> list[str]:
+    """The module-level names bound to a mutable container (a dict/list/set display or a dict()/list()/set()/
+    OrderedDict()/defaultdict()/... call) that the module mutates: item assignment or deletion, a mutating method
+    (append, update, setdefault, pop, add, ...), an augmented assignment; plus every `global` rebinding (module
+    state set at run time). Reads, and constants never mutated, are fine. Not followed: aliases and callees."""
+    containers = set()
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and _makes_container(node.value):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            containers.update(t.id for t in targets if isinstance(t, ast.Name))
+    found: list[str] = []
+
+    def visit(node: ast.AST, shadowed: set[str]) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            shadowed = shadowed | _locals(node)
+        mutated = None
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Subscript) or isinstance(node, ast.AugAssign):
+                    mutated = _root_name(target) or mutated
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATORS:
+            mutated = _root_name(node.func.value)
+        elif isinstance(node, ast.Global):
+            found.extend(f"line {node.lineno}: global {name}" for name in node.names)
+        if mutated in containers and mutated not in shadowed:
+            found.append(f"line {node.lineno}: {mutated} is mutated")
+        for child in ast.iter_child_nodes(node):
+            visit(child, shadowed)
+
+    visit(tree, set())
+    return found
+
+
+def stateful_part_files() -> list[Path]:
+    return [path for part in STATEFUL_PARTS for path in sorted((ROOT / part).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("path", stateful_part_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_level_mutable_registry(path):
+    """Issue #21: what plugins register lives in the plugin manager, what a pipeline's stages share in
+    `pipeline.shared`; no module of core/runtime/ or plugins/ keeps a registry or cache of its own. Kept on purpose:
+    `functools.lru_cache(maxsize=1)` on plugins/fw_transcriber.py's `_normalizer` (a lazily built constant, not a
+    registry: nothing registers into it)."""
+    found = module_registries(TREES[path])
+    assert not found, f"{path.relative_to(ROOT)} keeps module-level state: {found}"
+
+
+def test_the_registry_checker_sees_a_registry():
+    """Guard against a checker that can never fail: a registry filled by a function, a cache, an augmented list and
+    a global are caught; constants, a local of the same name and a mutated copy are not."""
+    caught = ast.parse(
+        "REGISTRY: dict = {}\nCACHE = dict()\nHOOKS = []\n_DEFAULT = None\n"
+        "def register(kind, adapter):\n    REGISTRY[kind] = adapter\n"
+        "def cached(key):\n    return CACHE.setdefault(key, object())\n"
+        "HOOKS += [print]\n"
+        "def default():\n    global _DEFAULT\n    _DEFAULT = object()\n")
+    assert [f.split(": ")[1] for f in module_registries(caught)] == [
+        "REGISTRY is mutated", "CACHE is mutated", "HOOKS is mutated", "global _DEFAULT"]
+    fine = ast.parse(
+        "KINDS = {'a': 1}\nNAMES = ['x']\n"
+        "def lookup(kind):\n    return KINDS[kind]\n"
+        "def build(NAMES):\n    NAMES.append('y')\n    return NAMES\n"
+        "def copy():\n    mine = dict(KINDS)\n    mine['b'] = 2\n    return mine\n")
+    assert module_registries(fine) == []
+
+
 PUBLIC = {
     "OmniModel": "class", "OmniLM": "class", "OmniConfig": "class", "TokenLayout": "class",
     "generate": "function", "stream": "function", "Stage": "class", "Pipeline": "class", "Bus": "class",

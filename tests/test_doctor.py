@@ -81,3 +81,105 @@ def test_fixes_are_merged_into_one_apt_and_one_pip_command():
                Check("s", "f", False, fix="apt-get install -y sox")]
     assert combined_fixes(missing) == ["apt-get install -y sox mosquitto", 'pip install "omnivox[mqtt,vad]"',
                                        "hf download x/y"]
+
+
+# ---- the default model: what chat runs without --checkpoint --------------------------------------------------
+STALE = "chat runs the tiny random model"
+
+
+def _section(output: str, title: str) -> list[str]:
+    lines = output.splitlines()
+    start = lines.index(title) + 1
+    return lines[start:lines.index("", start)]
+
+
+def _expected_found(role: str, spec: dict, directory) -> bool:
+    """Whether the component of components.json is really there: its files in the export, and for the
+    faster-whisper encoder its tiny.en weights (the `fw` extra)."""
+    if not all((directory / spec["params"][key]).exists() for key in spec.get("local", [])):
+        return False
+    if (role, spec["name"]) == ("encoder", "faster_whisper"):
+        try:
+            from omnivox.plugins.fw_encoder import model_dir
+
+            model_dir(spec.get("params", {}).get("model"))
+        except Exception:
+            return False
+    return True
+
+
+def test_doctor_names_the_default_model_its_encoder_and_codec_and_what_chat_runs(tmp_path):
+    import json
+
+    from omnivox.core.contracts.manager import get_plugin_manager
+    from omnivox.plugins.demo_model import DEMO_DIR, missing_files
+
+    run = _doctor(tmp_path)
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    assert STALE not in out
+    section = _section(out, "default model")
+    chat = _line(out, "chat without --checkpoint")
+    assert chat in section
+    if missing_files():
+        assert _line(out, "demo").split()[0] == "MISSING" and str(missing_files()[0]) in chat
+        assert "stops with an error" in chat and "--checkpoint random" in out
+        return
+    demo = _line(out, "demo")
+    size = f"{sum(p.stat().st_size for p in DEMO_DIR.rglob('*') if p.is_file()) / 2**20:.1f} MiB"
+    assert demo.split()[0] == "ok" and demo in section
+    assert f"found (models/demo, {size}): " in demo
+    assert get_plugin_manager().registry("models").entries["demo"].description in demo  # what it knows
+    record = json.loads((DEMO_DIR / "components.json").read_text(encoding="utf-8"))
+    labels = {}
+    for role in ("encoder", "codec"):
+        line = _line(out, role)
+        assert line in section
+        name = record[role]["name"]
+        label = line.split(": ", 1)[1].split()[0]
+        assert label == name or label.startswith(f"{name}:"), line
+        found = _expected_found(role, record[role], DEMO_DIR)
+        state = "found" if found else "missing"
+        assert line.split()[0] == ("ok" if found else "MISSING") and f"{label} {state}" in line
+        labels[role] = label
+    assert _line(out, "codec").split()[0] == "ok"  # the shipped codec files are in the package
+    assert chat.split()[0] == ("ok" if all(_line(out, role).split()[0] == "ok" for role in labels) else "MISSING")
+    assert (f"chat without --checkpoint: runs demo (models/demo, {size}) with encoder {labels['encoder']} and "
+            f"codec {labels['codec']}") in chat
+
+
+@pytest.mark.parametrize("installed", ["nothing", "all but the weights"])
+def test_without_the_demo_files_doctor_says_chat_stops_with_the_kits_error(tmp_path, monkeypatch, installed):
+    import json
+    import shutil
+
+    from omnivox.cli.doctor import default_model, report
+    from omnivox.core.contracts.manager import reset_plugin_manager
+    from omnivox.core.errors import CheckpointError
+    from omnivox.core.runtime.speech_kit import SpeechKit
+    from omnivox.plugins import demo_model
+
+    shipped, demo = demo_model.DEMO_DIR, tmp_path / "demo"
+    if installed != "nothing":
+        demo.mkdir()
+        for name in ("components.json", "model_config.yaml"):
+            shutil.copy(shipped / name, demo / name)
+        (demo / "codec").symlink_to(shipped / "codec")
+    monkeypatch.setattr(demo_model, "DEMO_DIR", demo)  # demo's plugin registers DEMO_DIR: a fresh manager
+    reset_plugin_manager()
+    try:
+        out = report(default_model())
+        with pytest.raises(CheckpointError) as error:  # what chat does: SpeechKit.load(None) (cli/model_options.py)
+            SpeechKit.load(None, hear=False, speak=False, say=lambda line: None)
+    finally:
+        reset_plugin_manager()
+    assert str(demo / "model.safetensors") in error.value.problem and "--checkpoint random" in error.value.fix
+    assert _line(out, "demo").split()[0] == "MISSING" and str(demo / "model.safetensors") in _line(out, "demo")
+    chat = _line(out, "chat without --checkpoint")
+    assert chat.split()[0] == "MISSING" and f"stops with an error: {error.value.problem}" in chat
+    assert f"fix: {error.value.fix}" in out and "runs demo" not in out
+    if installed == "nothing":
+        assert "unknown" in _line(out, "encoder") and "components.json is missing" in _line(out, "codec")
+    else:  # the record is there: its components are still checked
+        codec = json.loads((shipped / "components.json").read_text(encoding="utf-8"))["codec"]["name"]
+        assert _line(out, "codec").split()[0] == "ok" and f"{codec} found" in _line(out, "codec")

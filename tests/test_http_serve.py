@@ -16,14 +16,14 @@ from http_support import question_b64
 from mqtt_support import Mosquitto, free_port, write_question
 
 from omnivox.cli import serve
-from omnivox.cli.main import build_parser
+from omnivox.cli.main import parse_args
 from omnivox.core.errors import ConfigError
 
 pytest.importorskip("aiohttp")
 
 
 def values_of(*argv: str) -> dict:
-    return serve.settings(build_parser().parse_args(["serve", *argv]))
+    return serve.settings(parse_args(["serve", *argv]))
 
 
 def test_http_makes_the_broker_optional_and_both_serve_one_pipeline():
@@ -35,7 +35,7 @@ def test_http_makes_the_broker_optional_and_both_serve_one_pipeline():
     assert serve.transports(values_of("--http", "0.0.0.0:8080", "--broker", "mqtt://b:1883")) == ["mqtt", "http"]
     http = serve.served_transports()["http"]  # the transport registered by the http plugin
     assert http.serve.params(values_of("--http", "0.0.0.0:8080")) == {"host": "0.0.0.0", "port": 8080}
-    args = build_parser().parse_args(["serve", "--http", "0", "--broker", "mqtt://127.0.0.1:1", "--checkpoint",
+    args = parse_args(["serve", "--http", "0", "--broker", "mqtt://127.0.0.1:1", "--checkpoint",
                                       "random"])
     pipeline = serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
     kinds = [type(stage).__name__ for stage in pipeline.stages]
@@ -88,12 +88,12 @@ def test_serve_pipeline_file_gets_the_http_address(tmp_path):
     shipped = Path(__file__).resolve().parents[1] / "recipes" / "pipelines" / "http_demo.yaml"
     recipe = tmp_path / "http_demo.yaml"  # on the tiny random kit: no trained weights needed
     recipe.write_text(shipped.read_text().replace("checkpoint: demo", "checkpoint: random"))
-    args = build_parser().parse_args(["serve", "--http", "0.0.0.0:8081", "--pipeline", str(recipe)])
+    args = parse_args(["serve", "--http", "0.0.0.0:8081", "--pipeline", str(recipe)])
     pipeline = serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
     assert (pipeline.stages[0].config.host, pipeline.stages[0].config.port) == ("0.0.0.0", 8081)
     assert type(pipeline.stages[-1]).__name__ == "HttpAudioOutput"
     mqtt_recipe = shipped.with_name("mqtt_demo.yaml")
-    args = build_parser().parse_args(["serve", "--http", "8081", "--pipeline", str(mqtt_recipe)])
+    args = parse_args(["serve", "--http", "8081", "--pipeline", str(mqtt_recipe)])
     with pytest.raises(ConfigError, match="starts with audio_inputs/http"):
         serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
 

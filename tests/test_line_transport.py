@@ -18,7 +18,7 @@ import line_transport
 import pytest
 
 from omnivox.cli import serve
-from omnivox.cli.main import build_parser
+from omnivox.cli.main import main, parse_args
 from omnivox.core.contracts.manager import get_plugin_manager, reset_plugin_manager
 from omnivox.core.runtime.model_stages import LMStage
 
@@ -37,7 +37,7 @@ def with_line_transport():
 
 def test_a_transport_from_one_file_is_served_by_its_option_and_answers_with_the_lms_text(with_line_transport,
                                                                                          capsys):
-    args = build_parser().parse_args(["serve", "--line-port", "0", "--checkpoint", "random", "--max-steps", "24"])
+    args = parse_args(["serve", "--line-port", "0", "--checkpoint", "random", "--max-steps", "24"])
     values = serve.settings(args)
     assert serve.transports(values) == ["line"]  # its option enables it alone: the default transport is not served
     pipeline = serve.build_pipeline(args, values, say=lambda line: None)
@@ -66,6 +66,17 @@ def test_a_transport_from_one_file_is_served_by_its_option_and_answers_with_the_
     # the streamed text is the decoded answer (the LM stage holds back a tail of undecodable bytes)
     assert said.startswith(reply["text"]) and set(said[len(reply["text"]):]) <= {"\ufffd"}
     assert not pipeline.errors
+
+
+def test_serve_help_shows_the_transports_options_and_other_commands_load_no_plugins(with_line_transport, capsys,
+                                                                                    monkeypatch):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--line-port PORT" in shown and "line_port" in shown  # the transport's option and its --config key
+    monkeypatch.setattr(serve, "served_transports", lambda: pytest.fail("another command loaded the transports"))
+    assert parse_args(["plugins", "--json"]).command == "plugins"
 
 
 @pytest.mark.slow

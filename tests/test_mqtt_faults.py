@@ -62,8 +62,8 @@ def _serve_pipeline(folder, max_steps: int = 32):
         {"name": "encoder", "plugin": "encoders/whisper",
          "params": {"dims": {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 64, "n_audio_head": 2,
                              "n_audio_layer": 2}}},
-        {"name": "lm", "plugin": "strategies/text-delay",
-         "params": {"checkpoint": "tiny-random", "task": "A1A2", "max_steps": max_steps}},
+        {"name": "lm", "plugin": "lm/omni",
+         "params": {"checkpoint": "tiny-random", "strategy": "text-delay", "task": "A1A2", "max_steps": max_steps}},
         {"name": "codec", "plugin": "codecs/snac", "params": {"config": TINY_SNAC, "seed": 0}},
         {"name": "output", "plugin": "audio_outputs/mqtt"},
     ]}

@@ -15,7 +15,7 @@ import soundfile as sf
 from mqtt_support import Mosquitto, running_service, write_question
 
 from omnivox.cli import serve
-from omnivox.cli.main import build_parser
+from omnivox.cli.main import parse_args
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.sessions import Limits
@@ -275,7 +275,7 @@ def test_the_mqtt_pipeline_file_runs_with_its_stages_from_the_plugin_hooks(broke
 def test_serve_settings_merge_config_file_and_options_and_name_bad_keys(tmp_path):
     config = tmp_path / "serve.yaml"
     config.write_text("broker: mqtt://10.0.0.5:1883\ngroup: fleet\nlimits: {max_turn_s: 12}\n")
-    args = build_parser().parse_args(["serve", "--config", str(config), "--site", "kitchen", "--max-sessions", "3"])
+    args = parse_args(["serve", "--config", str(config), "--site", "kitchen", "--max-sessions", "3"])
     values = serve.settings(args)
     mqtt = serve.served_transports()["mqtt"]  # the transport registered by the mqtt plugin
     assert mqtt.serve.params(values) == {"broker": "mqtt://10.0.0.5:1883", "site": "kitchen", "group": "fleet",

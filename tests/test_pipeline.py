@@ -31,7 +31,7 @@ from omnivox.core.runtime.events import (
 )
 from omnivox.core.runtime.metrics import format_summary
 from omnivox.core.runtime.model_stages import LMStage
-from omnivox.core.runtime.pipeline import STAGE_ADAPTERS, Pipeline
+from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
 from omnivox.core.runtime.testing import assert_turn_ended, make_turn, of_type, run_pipeline
 
@@ -160,6 +160,10 @@ class TestPlugin:
     def register_audio_outputs(self, registry):
         registry.add("memory", Memory)
 
+    @hookimpl
+    def register_stage_adapters(self, registry):
+        registry.add("encoders", EncoderStage)  # replaces core's EncoderStage in this manager
+
 
 PIPELINE_YAML = """\
 name: test-chat
@@ -185,10 +189,9 @@ stages:
 
 
 @pytest.fixture
-def plugins(monkeypatch):
+def plugins():
     pm = PluginManager(load="")
     pm.pm.register(TestPlugin(), name="test")
-    monkeypatch.setitem(STAGE_ADAPTERS, "encoders", EncoderStage)
     SINKS.clear()
     return pm
 
@@ -316,10 +319,32 @@ def test_missing_file_bad_yaml_and_component_without_adapter(plugins, tmp_path):
         Pipeline.from_yaml(tmp_path / "nope.yaml", plugins=plugins)
     with pytest.raises(ConfigError, match="not valid YAML"):
         Pipeline.from_yaml(write(tmp_path, "stages: [\n"), plugins=plugins)
-    del STAGE_ADAPTERS["encoders"]
-    with pytest.raises(ConfigError, match="builds a MeanEncoder, which is not a Stage") as info:
+    plugins.pm.register(MeanVad(), name="mean_vad")
+    with pytest.raises(ConfigError, match="vad/mean builds a MeanEncoder, which is not a Stage") as info:
+        no_adapter = PIPELINE_YAML.replace("vad/gate\n    params: {threshold: 0.6, mode: energy}", "vad/mean")
+        Pipeline.from_yaml(write(tmp_path, no_adapter), plugins=plugins)
+    assert "register_stage_adapters hook" in info.value.fix
+
+
+class MeanVad:
+    """Registers a component (not a Stage) under vad, a kind with no stage adapter."""
+
+    @hookimpl
+    def register_vad(self, registry):
+        registry.add("mean", MeanEncoder)
+
+
+class LmAdapter:
+    @hookimpl
+    def register_stage_adapters(self, registry):
+        registry.add("lm", EncoderStage)
+
+
+def test_an_adapter_of_a_kind_without_plugins_is_refused(plugins, tmp_path):
+    plugins.pm.register(LmAdapter(), name="lm_adapter")
+    with pytest.raises(ConfigError, match="plugin 'lm_adapter' registers a stage adapter for 'lm'") as info:
         Pipeline.from_yaml(write(tmp_path, PIPELINE_YAML), plugins=plugins)
-    assert "register_stage_adapter" in info.value.fix
+    assert "encoders" in info.value.fix and "lm" not in info.value.fix.split(": ")[1].split(", ")
 
 
 def test_no_plugin_of_a_kind_says_none_is_registered(tmp_path):

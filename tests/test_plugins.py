@@ -223,7 +223,7 @@ def test_unknown_name_in_load_limit_is_reported(monkeypatch):
     assert manager.pm.list_name_plugin() == []
 
 
-def test_pipeline_config_selects_the_third_party_codec(with_toy, monkeypatch):
+def test_pipeline_config_selects_the_third_party_codec(with_toy):
     from omnivox.core.runtime import pipeline
     from omnivox.core.runtime.stage import Stage
 
@@ -232,8 +232,14 @@ def test_pipeline_config_selects_the_third_party_codec(with_toy, monkeypatch):
             super().__init__(name)
             self.codec = codec
 
-    monkeypatch.setitem(pipeline.STAGE_ADAPTERS, "codecs", CodecStage)
+    class ToyAdapter:  # the toy codec is no real Codec: a plugin replaces core's codecs adapter in this manager
+        @hookimpl
+        def register_stage_adapters(self, registry):
+            registry.add("codecs", CodecStage)
+
+    manager = plugins.PluginManager(load="toycodec")
+    manager.pm.register(ToyAdapter(), name="toy_adapter")
     config = {"stages": [{"name": "vocoder", "plugin": "codecs/toycodec", "params": {"bits": 4}}]}
-    built = pipeline.Pipeline.from_config(config, plugins=plugins.PluginManager(load="toycodec"))
+    built = pipeline.Pipeline.from_config(config, plugins=manager)
     (stage,) = built.stages
     assert stage.name == "vocoder" and type(stage.codec).__name__ == "ToyCodec" and stage.codec.bits == 4

@@ -62,3 +62,12 @@ def register_transports(registry):
     of its input and output stages and, for one `omnivox serve` can serve, its `ServeOptions` (command-line
     options, `--config` keys, the input stage's params, whether the options enable it). A transport's input and
     output stages share its running service through their pipeline's `shared` place, never a global."""
+
+
+@hookspec
+def register_stage_adapters(registry):
+    """Add stage adapters: `registry.add(KIND, adapter)` (KIND a stage kind with plugins, e.g. "codecs") makes the
+    factories of KIND that return a component, not a Stage, usable in pipelines: `adapter(component, *, name,
+    **params)` returns the Stage (a stage's params the factory does not take go to the adapter). Core adapts
+    encoders and codecs itself (omnivox.core.runtime.pipeline.CORE_ADAPTERS); a plugin's adapter of a kind
+    replaces core's."""

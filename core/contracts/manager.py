@@ -22,7 +22,7 @@ from omnivox.core.contracts import hookspecs
 from omnivox.core.errors import PluginError, unknown_name
 
 KINDS = ("audio_inputs", "vad", "encoders", "strategies", "codecs", "audio_outputs", "datasets", "models",
-         "transports")
+         "transports", "stage_adapters")
 _SINGULAR = {
     "audio_inputs": "audio input",
     "vad": "VAD",
@@ -33,6 +33,7 @@ _SINGULAR = {
     "datasets": "dataset",
     "models": "model",
     "transports": "transport",
+    "stage_adapters": "stage adapter",
 }
 
 # Built-in plugins, registered exactly like third-party ones. Value: the pip extra a missing import needs.

@@ -20,9 +20,9 @@ YAML format (recipes/pipelines/*.yaml):
 Kinds (STAGE_KINDS) are plugin registries of omnivox.core.contracts.manager, and `lm`, whose stage core provides
 (CORE_STAGES): `lm/omni` decodes with the OmniLM of `checkpoint` and the decoding strategy named by `strategy`
 (a plugin of `strategies`). A plugin factory may return a Stage; a factory that returns a component (an
-encoder, a codec) is wrapped by the stage adapter registered for its kind (`register_stage_adapter`). Every
-mistake raises ConfigError naming the key and the valid choices. The old `strategies/<name>` form still
-loads, with a FutureWarning naming `lm/omni`.
+encoder, a codec) is wrapped by the stage adapter of its kind: the one a plugin registers through the
+`register_stage_adapters` hook, else core's own (CORE_ADAPTERS). Every mistake raises ConfigError naming the key
+and the valid choices. The old `strategies/<name>` form still loads, with a FutureWarning naming `lm/omni`.
 
 Routing: stage i reads what its `inputs` send (default: stage i-1; the first stage of a Python-built
 pipeline reads events fed with `feed`/`run(events)`, sent as INPUT). A run ends when every source has
@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from omnivox.core.config_check import Key, check_keys, check_params, did_you_mean, signature_of
@@ -65,7 +66,7 @@ class StageKind:
     renamed: tuple[str, str] | None = None
 
 
-STAGE_KINDS: dict[str, StageKind] = {
+STAGE_KINDS: Mapping[str, StageKind] = MappingProxyType({
     "audio_inputs": StageKind(True, "block", "audio source (file, microphone, network)"),
     "vad": StageKind(False, "drop_oldest", "voice activity / turn detection on live audio"),
     "encoders": StageKind(False, "block", "audio encoder (+ adapter)"),
@@ -73,7 +74,7 @@ STAGE_KINDS: dict[str, StageKind] = {
     "codecs": StageKind(False, "block", "codec vocoder: audio codes -> PCM"),
     "audio_outputs": StageKind(False, "block", "audio sink (file, speaker, network)"),
     "strategies": StageKind(False, "block", "LM + decoding strategy", renamed=("lm/omni", "strategy")),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -88,35 +89,30 @@ class CoreStage:
 
 
 # kind -> name -> CoreStage: the stages of the kinds that no plugin registry fills.
-CORE_STAGES: dict[str, dict[str, CoreStage]] = {
-    "lm": {
+CORE_STAGES: Mapping[str, Mapping[str, CoreStage]] = MappingProxyType({
+    "lm": MappingProxyType({
         "omni": CoreStage(
             "omnivox.core.runtime.model_stages:LMStage",
             "Mini-Omni's LM (OmniLM) of `checkpoint`, decoding with a strategy",
-            {"strategy": "strategies"},
+            MappingProxyType({"strategy": "strategies"}),
         ),
-    },
-}
+    }),
+})
 
-# kind -> adapter(component, *, name, **params) -> Stage, or "module:attribute" imported on first use. Stage
-# params the factory does not take go to the adapter (its signature is checked like a factory's).
-STAGE_ADAPTERS: dict[str, Callable[..., Stage] | str] = {
+# Core's stage adapters: kind -> "module:attribute" of adapter(component, *, name, **params) -> Stage, imported on
+# first use. A plugin's `register_stage_adapters` hook adds one for another kind or replaces one of these (in its
+# plugin manager only). Stage params the factory does not take go to the adapter (its signature is checked like a
+# factory's).
+CORE_ADAPTERS: Mapping[str, str] = MappingProxyType({
     "encoders": "omnivox.core.runtime.model_stages:EncoderStage",
     "strategies": "omnivox.core.runtime.model_stages:LMStage",
     "codecs": "omnivox.core.runtime.model_stages:CodecStage",
-}
+})
 
 
 def stage_kinds() -> dict[str, StageKind]:
     """The stage kinds a pipeline file should use (without the renamed ones)."""
     return {kind: schema for kind, schema in STAGE_KINDS.items() if schema.renamed is None}
-
-
-def register_stage_adapter(kind: str, adapter: Callable[..., Stage] | str) -> None:
-    """Make factories of `kind` that return a component (not a Stage) usable in pipelines."""
-    if kind not in STAGE_KINDS:
-        raise ConfigError(f"no stage kind {kind!r}", f"use one of: {', '.join(STAGE_KINDS)}")
-    STAGE_ADAPTERS[kind] = adapter
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -349,7 +345,7 @@ def _build_stage(at: str, name: str, kind: str, plugin_name: str, params: dict, 
     if plugin_name not in registry.entries:
         raise _unknown_plugin(f"{at}.plugin", kind, plugin_name, plugins)
     factory = registry.entries[plugin_name].factory
-    adapter = _adapter(kind)
+    adapter = _adapter(kind, plugins)
     label = f"{kind}/{plugin_name}"
     # With an adapter, parameters the factory does not take go to the adapter (e.g. an LM checkpoint).
     own, rest = dict(params), {}
@@ -382,7 +378,8 @@ def _build_stage(at: str, name: str, kind: str, plugin_name: str, params: dict, 
         raise ConfigError(
             f"{at}.plugin: {label} builds a {type(component).__name__}, which is not a Stage, "
             f"and no stage adapter is registered for kind {kind!r}",
-            "use a plugin whose factory returns a Stage, or register_stage_adapter(kind, adapter)",
+            "use a plugin whose factory returns a Stage, or register an adapter for the kind through the "
+            "register_stage_adapters hook",
         )
     renamed = STAGE_KINDS[kind].renamed
     if renamed is not None:
@@ -429,11 +426,20 @@ def _unknown_plugin(at: str, kind: str, name: str, plugins) -> ConfigError:
     )
 
 
-def _adapter(kind: str) -> Callable[..., Stage] | None:
-    adapter = STAGE_ADAPTERS.get(kind)
-    if isinstance(adapter, str):
-        adapter = STAGE_ADAPTERS[kind] = _load(adapter)
-    return adapter
+def _adapter(kind: str, plugins) -> Callable[..., Stage] | None:
+    """The stage adapter of `kind`: the one a plugin of `plugins` registers, else core's own, else None."""
+    registered = plugins.registry("stage_adapters").entries
+    adaptable = [k for k in STAGE_KINDS if k not in CORE_STAGES]
+    for name, entry in registered.items():
+        if name not in adaptable:
+            raise ConfigError(
+                f"plugin {entry.plugin!r} registers a stage adapter for {name!r}, which is no stage kind with "
+                f"plugins{did_you_mean(name, adaptable)}",
+                f"register it as one of: {', '.join(adaptable)}",
+            )
+    if kind in registered:
+        return registered[kind].factory
+    return _load(CORE_ADAPTERS[kind]) if kind in CORE_ADAPTERS else None
 
 
 def _load(factory: Callable[..., Stage] | str) -> Callable[..., Stage]:
