@@ -1,5 +1,6 @@
 """`omnivox ask`: one question to an `omnivox serve` worker through the broker, as a device would ask it
-(uses the omnivox.mqtt client): streamed text on stdout, the spoken answer to --output."""
+(uses the omnivox.mqtt client): streamed text on stdout, the spoken answer to --output. Like every device of
+that client it connects with an MQTT last will, so if it is killed the worker frees its session at once."""
 
 from __future__ import annotations
 

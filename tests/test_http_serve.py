@@ -1,5 +1,6 @@
-"""`omnivox serve --http`: the options (`--broker` optional with `--http`; both = one pipeline, one model), and
-the real command serving upstream Mini-Omni's request and an MQTT device at once."""
+"""`omnivox serve --http`: the options (`--broker` optional with `--http`; both = one pipeline, one model; HTTPS,
+token and timeout, checked before a model loads), the real command serving upstream Mini-Omni's request and an
+MQTT device at once, and serving HTTPS with a token from the environment."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from http_support import question_b64
+from http_support import question_b64, self_signed
 from mqtt_support import Mosquitto, free_port, write_question
 
 from omnivox.cli import serve
@@ -51,6 +52,79 @@ def test_a_bad_http_address_is_a_config_error_naming_the_form(address):
     assert "[HOST:]PORT" in error.value.problem and "--http 60808" in error.value.fix
 
 
+def test_https_token_and_timeout_options_reach_the_stage_and_mqtts_tls_options_stay_its_own(tmp_path, monkeypatch):
+    cert = self_signed(tmp_path)
+    http = serve.served_transports()["http"]
+    values = values_of("--http", "0.0.0.0:8443", "--http-tls-cert", str(cert.cert), "--http-tls-key", str(cert.key),
+                       "--http-token", "s3cret", "--http-timeout", "30")
+    assert http.serve.params(values) == {"host": "0.0.0.0", "port": 8443, "tls_cert": str(cert.cert),
+                                         "tls_key": str(cert.key), "token": "s3cret", "request_timeout_s": 30.0}
+    mqtt_tls = values_of("--http", "8443", "--broker", "mqtts://b:8883", "--tls-cert", str(cert.cert), "--tls-key",
+                         str(cert.key))
+    assert http.serve.params(mqtt_tls) == {"host": "127.0.0.1", "port": 8443}  # the MQTT client's, not HTTPS
+    monkeypatch.setenv("OMNIVOX_HTTP_TOKEN", "from-env")
+    assert http.serve.params(values_of("--http", "8443"))["token"] == "from-env"
+    yaml = tmp_path / "serve.yaml"
+    yaml.write_text(f"http: 8443\nhttp_tls_cert: {cert.cert}\nhttp_tls_key: {cert.key}\nhttp_timeout: 5\n")
+    params = http.serve.params(values_of("--config", str(yaml)))
+    assert (params["tls_cert"], params["request_timeout_s"], params["token"]) == (str(cert.cert), 5, "from-env")
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--http-tls-cert", "{cert}"], "the certificate was given without the key"),
+    (["--http-tls-key", "{key}"], "the key was given without the certificate"),
+    (["--http-tls-cert", "{missing}", "--http-tls-key", "{key}"], "cannot load the HTTPS certificate"),
+    (["--http-tls-cert", "{key}", "--http-tls-key", "{key}"], "cannot load the HTTPS certificate"),
+    (["--http-token", "two words"], "visible ASCII characters without spaces"),
+    (["--http-token", ""], "visible ASCII characters without spaces"),
+    (["--http-timeout", "0"], "positive number of seconds"),
+])
+def test_bad_https_token_or_timeout_options_are_config_errors_before_a_model_loads(tmp_path, argv, problem):
+    cert = self_signed(tmp_path)
+    files = {"cert": cert.cert, "key": cert.key, "missing": tmp_path / "missing.pem"}
+    with pytest.raises(ConfigError) as error:
+        values_of("--http", "8443", *[arg.format(**files) for arg in argv])
+    assert problem in error.value.problem and error.value.fix
+
+
+@pytest.mark.slow
+def test_serve_https_with_a_token_from_the_environment(tmp_path):
+    cert = self_signed(tmp_path)
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMNIVOX_HTTP_TOKEN": "env-token"}
+    server = subprocess.Popen([sys.executable, "-m", "omnivox.cli.main", "serve", "--http", f"127.0.0.1:{port}",
+                               "--http-tls-cert", str(cert.cert), "--http-tls-key", str(cert.key), "--max-steps", "24",
+                               "--checkpoint", "random"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = announced(server, "HTTP on")
+        assert any(f"HTTP on https://127.0.0.1:{port}" in line and "bearer token required" in line
+                   for line in lines), "".join(lines)
+        url, body = f"https://127.0.0.1:{port}", {"audio": question_b64(tmp_path)}
+        refused = requests.post(f"{url}/chat", json=body, verify=str(cert.cert), timeout=60)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "token-required"
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        answer = requests.post(f"{url}/chat", json=body, verify=str(cert.cert), timeout=60,
+                               headers={"Authorization": "Bearer env-token"})
+        assert answer.status_code == 200 and answer.content[:4] == b"RIFF" and len(answer.content) > 44
+        assert requests.get(f"{url}/", verify=str(cert.cert), timeout=10).text.startswith("<!doctype html>")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def announced(server: subprocess.Popen, what: str, timeout: float = 120) -> list[str]:
+    """serve's stderr lines up to the one announcing `what`."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not any(what in line for line in lines) and time.monotonic() < deadline:
+        line = server.stderr.readline()
+        assert line or server.poll() is None, "".join(lines)
+        lines.append(line)
+    return lines
+
+
 @pytest.mark.slow
 def test_serve_http_and_mqtt_at_once_answers_both(tmp_path):
     broker = Mosquitto(tmp_path).start()
@@ -61,12 +135,7 @@ def test_serve_http_and_mqtt_at_once_answers_both(tmp_path):
                               stderr=subprocess.PIPE, text=True,
                               env=env)
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 120
-        while not any("HTTP on" in line for line in lines) and time.monotonic() < deadline:
-            line = server.stderr.readline()
-            assert line or server.poll() is None, "".join(lines)
-            lines.append(line)
+        lines = announced(server, "HTTP on")
         assert any(f"HTTP on http://127.0.0.1:{port}" in line for line in lines), "".join(lines)
         assert any(f"on {broker.url}" in line for line in lines), "".join(lines)
         answer = requests.post(f"http://127.0.0.1:{port}/chat", json={"audio": question_b64(tmp_path)}, timeout=60)

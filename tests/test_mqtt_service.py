@@ -123,9 +123,9 @@ BAD_INPUTS = {
     "bad-json": ([("audio-start", b"{not json")], "bad-json"),
     "unknown-event": ([("dance", wire.encode_json("dance"))], "unknown-event"),
     "wrong-sample-format": ([("audio-start", wire.encode_json("audio-start", rate=16000, width=3, channels=1))],
-                            "bad-audio-format"),
+                            "bad-format"),
     "odd-bytes": ([("audio-start", wire.encode_json("audio-start", rate=16000)),
-                   ("audio-chunk", wire.encode_audio(0, 0, b"\0\0\0"))], "bad-audio-format"),
+                   ("audio-chunk", wire.encode_audio(0, 0, b"\0\0\0"))], "partial-frame"),
     "sequence-gap": ([("audio-start", wire.encode_json("audio-start", rate=16000)),
                       ("audio-chunk", wire.encode_audio(0, 0, b"\0\0" * 160)),
                       ("audio-chunk", wire.encode_audio(0, 2, b"\0\0" * 160))], "sequence-gap"),
@@ -142,7 +142,7 @@ BAD_INPUTS = {
 
 
 def test_each_bad_input_gets_its_named_error_while_a_good_session_completes(broker, question):
-    limits = {"max_chunk_bytes": 8000, "max_turn_s": 1.0}
+    limits = {"max_chunk_bytes": 8000, "max_turn_s": 1.0, "max_sessions_per_site": len(BAD_INPUTS)}
 
     async def bad_device(raw, replies, session, messages):
         """A device that waits for its session-started, as the protocol says, then misbehaves."""

@@ -98,7 +98,8 @@ class EncoderStage(Stage):
         else:  # AudioStop
             chunks, rate = self._chunks.pop(key, []), self._rate.pop(key, None)
             if not chunks:
-                raise InputError("the turn ended without audio", "send AudioChunk events before AudioStop")
+                raise InputError("the turn ended without audio",
+                                 "send at least one chunk of audio before ending the turn")
             pcm = np.concatenate(chunks, axis=1)
             if self._executor is None:
                 self._executor = torch_executor("omnivox-encoder", self.threads)

@@ -1,27 +1,33 @@
 """The transport-neutral session engine of a speech service: many client sessions, each a sequence of turns
-through one pipeline. A transport (MQTT today, HTTP later) parses its wire messages and calls `Session`
-methods; they check the message against the session's state and the service limits, and return the pipeline
-events to feed (or raise ProtocolError with a stable `code` the transport sends back to the client).
+through one pipeline. A transport (MQTT, HTTP) parses its wire messages and calls `Session` methods; they check
+the message against the session's state and the service limits, and return the pipeline events to feed (or
+raise ProtocolError with a stable `code` the transport sends back to the client).
 
     engine = SessionEngine(Limits(max_sessions=8))
     session = engine.open("kitchen/7f3a", site="kitchen")  # ProtocolError "too-many-sessions" when full
     events = session.audio_start(rate=16000, width=2, channels=1)   # [TurnStart, AudioStart]
     events = session.audio_chunk(turn=0, seq=0, pcm=b"...")         # [AudioChunk]
     events = session.audio_stop()                                   # [AudioStop, TurnEnd]
-    engine.reap(now) -> sessions idle longer than Limits.session_idle_s (feed Cancel for each)
+    engine.idle(now) -> sessions idle longer than Limits.session_idle_s (close them: feed their Cancel)
 
-A session has at most one turn being *received* at a time (audio-start .. audio-stop); the answer of a turn
-may still be streaming when the next one starts (the pipeline keeps a session's events in order).
+check_audio_format() is the one bound on the audio formats clients may declare (every transport uses it), and
+allow_error()/summaries() rate-limit a site's error replies. A session has at most one turn being *received*
+at a time (audio-start .. audio-stop); the answer of a turn may still be streaming when the next one starts
+(the pipeline keeps a session's events in order).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from omnivox.core.errors import InputError
 from omnivox.core.runtime.events import (
+    SAMPLE_WIDTHS,
     AudioChunk,
     AudioStart,
     AudioStop,
@@ -31,8 +37,12 @@ from omnivox.core.runtime.events import (
     TextIn,
     TurnEnd,
     TurnStart,
-    check_audio_format,
 )
+
+# What a client may declare for its audio (docs/mqtt_protocol.md "Audio"): bounds a turn's work before any is done
+MIN_RATE, MAX_RATE = 8_000, 48_000  # Hz; widths: events.SAMPLE_WIDTHS (2 = s16le, 4 = float32)
+MAX_CHANNELS = 2
+MAX_TURN_ID = 2**32 - 1  # turn ids travel in the audio header as unsigned 32-bit integers
 
 
 class ProtocolError(InputError):
@@ -41,19 +51,53 @@ class ProtocolError(InputError):
     def __init__(self, code: str, problem: str, fix: str | None = None, *, turn: int | None = None):
         super().__init__(problem, fix)
         self.code, self.turn = code, turn
-        self.dropped_turn = False  # the turn was fed to the pipeline and must be ended there (reason "error")
+        self.dropped_turn = False  # the turn was fed to the pipeline: the transport stops its work and ends it
+
+
+def shown(value, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters, for error messages about client input (which may be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def json_object(raw: bytes, *, code: str, subject: str, fix: str) -> dict:
     """`raw` parsed as a JSON object; else ProtocolError(`code`) saying what `subject` (e.g. "the request
     body") holds instead."""
+    if not raw.strip():
+        raise ProtocolError(code, f"{subject} is empty", fix)
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(code, f"{subject} is not UTF-8 JSON ({exc})", fix) from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(code, f"{subject} is not JSON ({exc})", fix) from None
+    except UnicodeDecodeError:
+        raise ProtocolError(code, f"{subject} is not UTF-8 text", fix) from None
+    except ValueError:  # Python reads integers of at most 4300 digits
+        raise ProtocolError(code, f"{subject} holds an integer of more than 4300 digits", fix) from None
+    except RecursionError:
+        raise ProtocolError(code, f"{subject} nests JSON arrays or objects too deeply", fix) from None
     if not isinstance(data, dict):
         raise ProtocolError(code, f"{subject} is JSON {type(data).__name__}, not an object", fix)
     return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_audio_format(rate, width, channels) -> None:
+    """Raise ProtocolError "bad-format" unless a client's declared audio format is one the service takes:
+    `rate` MIN_RATE..MAX_RATE Hz, `width` 2 (s16le) or 4 (float32le), 1..MAX_CHANNELS channels (integers).
+    Stricter than events.check_audio_format (what the pipeline can carry): every transport checks a declared
+    format with this before it accepts a turn."""
+    if not _is_int(rate) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError("bad-format", f"sample rate {shown(rate)} is not an integer from {MIN_RATE} to "
+                            f"{MAX_RATE} Hz", "record at 16000 Hz (or resample to a rate in that range)")
+    if not _is_int(width) or width not in SAMPLE_WIDTHS:
+        raise ProtocolError("bad-format", f"sample width {shown(width)} is not 2 (s16le) or 4 (float32le) bytes",
+                            "send 16-bit signed little-endian samples (width 2) or 32-bit floats (width 4)")
+    if not _is_int(channels) or not 1 <= channels <= MAX_CHANNELS:
+        raise ProtocolError("bad-format", f"channel count {shown(channels)} is not 1 to {MAX_CHANNELS}",
+                            "send mono (channels 1) or interleaved stereo (channels 2)")
 
 
 @dataclass
@@ -61,11 +105,13 @@ class Limits:
     """Per-worker limits; every violation is a ProtocolError on the offending session only."""
 
     max_sessions: int = 32  # concurrent sessions per worker
+    max_sessions_per_site: int = 8  # concurrent sessions of one site (device) per worker
     max_chunk_bytes: int = 64_000  # one audio chunk (2 s of 16 kHz s16le mono)
     max_turn_s: float = 30.0  # seconds of audio in one turn
     max_text_chars: int = 2_000  # one text question
     max_messages_per_s: float = 200.0  # per site, averaged over a burst of 2 s
-    session_idle_s: float = 60.0  # a session without messages for this long is reaped
+    max_errors_per_s: float = 10.0  # error replies per site, averaged over a burst of 2 s; the rest are summarised
+    session_idle_s: float = 60.0  # a session without messages (in or out) for this long is reaped
 
     @classmethod
     def from_mapping(cls, values: dict) -> Limits:
@@ -78,6 +124,12 @@ class Limits:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"limits.{key}: expected a positive number, got {value!r}")
         return cls(**values)
+
+    @property
+    def max_control_bytes(self) -> int:
+        """The largest JSON control message: 1 KiB plus 12 bytes (a JSON-escaped surrogate pair) per text
+        character."""
+        return 1024 + 12 * self.max_text_chars
 
 
 @dataclass
@@ -94,14 +146,16 @@ class _Receiving:
 
 @dataclass
 class Session:
-    """One client conversation. `id` is the pipeline's session_id; turns are numbered from 0."""
+    """One client conversation. `id` is the pipeline's session_id; turns are numbered from 0. `client`: the
+    identity its first start gave (None: anonymous); only that client may start it again."""
 
     id: str
     site: str
     limits: Limits
+    client: str | None = None
     next_turn: int = 0
     receiving: _Receiving | None = None
-    open_turns: set[int] = field(default_factory=set)  # turns fed to the pipeline whose TurnEnd is not back
+    open_turns: set[int] = field(default_factory=set)  # turns accepted whose end was not sent to the client yet
     last_seen: float = field(default_factory=time.monotonic)
 
     def _ids(self, turn: int) -> dict:
@@ -109,9 +163,13 @@ class Session:
 
     def _new_turn(self, turn: int | None) -> int:
         """The id of a new turn: the client's (`turn`, which must be >= every earlier one) or the next."""
-        if turn is not None and (not isinstance(turn, int) or isinstance(turn, bool) or turn < self.next_turn):
-            raise ProtocolError("bad-turn", f"turn id {turn!r} is not an integer >= {self.next_turn}",
+        if turn is not None and (not _is_int(turn) or turn < self.next_turn):
+            raise ProtocolError("bad-turn", f"turn id {shown(turn)} is not an integer >= {self.next_turn}",
                                 "number turns upwards (or leave the id out and take the service's)")
+        if (self.next_turn if turn is None else turn) > MAX_TURN_ID:
+            raise ProtocolError("bad-turn", f"turn id {shown(turn if turn is not None else self.next_turn)} is "
+                                f"above {MAX_TURN_ID}, the largest the audio header carries",
+                                "keep turn ids within 0..4294967295 (start a new session to count from 0)")
         if self.receiving is not None:
             raise ProtocolError("turn-in-progress", f"turn {self.receiving.turn} is still receiving audio",
                                 "send audio-stop (or interrupt) before starting another turn", turn=turn)
@@ -125,8 +183,9 @@ class Session:
         its chunks."""
         try:
             check_audio_format(rate, width, channels)
-        except InputError as exc:
-            raise ProtocolError("bad-audio-format", exc.problem, exc.fix, turn=turn) from None
+        except ProtocolError as exc:
+            exc.turn = turn
+            raise
         turn = self._new_turn(turn)
         self.receiving = _Receiving(turn, rate, width, channels)
         return [TurnStart(**self._ids(turn)), AudioStart(rate=rate, width=width, channels=channels,
@@ -150,9 +209,11 @@ class Session:
                                            "the turn was dropped, start a new one"))
         frame = r.width * r.channels
         if len(pcm) % frame:
-            raise self._drop(ProtocolError("bad-audio-format", f"audio chunk of {len(pcm)} bytes is not whole "
+            raise self._drop(ProtocolError("partial-frame", f"audio chunk of {len(pcm)} bytes is not whole "
                                            f"frames of {r.channels} x {r.width}-byte samples",
                                            "send whole frames in the format given at audio-start"))
+        if r.width == 4:
+            pcm = self._float_samples(pcm)
         r.next_seq += 1
         r.audio_s += len(pcm) / frame / r.rate
         if r.audio_s > self.limits.max_turn_s:
@@ -160,11 +221,28 @@ class Session:
                                            "of audio", "send shorter questions (end the turn with audio-stop)"))
         return [AudioChunk(audio=pcm, rate=r.rate, width=r.width, channels=r.channels, **self._ids(r.turn))]
 
-    def audio_stop(self) -> list[Event]:
+    def _float_samples(self, pcm: bytes) -> bytes:
+        """float32 samples checked: NaN or infinity drops the turn ("bad-samples"); beyond [-1, 1] is clipped."""
+        samples = np.frombuffer(pcm, dtype="<f4")
+        if not np.isfinite(samples).all():
+            raise self._drop(ProtocolError("bad-samples", f"audio chunk has {int((~np.isfinite(samples)).sum())} "
+                                           "NaN or infinite float32 samples", "send finite samples in [-1, 1]"))
+        if samples.size and np.abs(samples).max() > 1.0:
+            return np.clip(samples, -1.0, 1.0).astype("<f4").tobytes()
+        return pcm
+
+    def audio_stop(self, turn: int | None = None) -> list[Event]:
+        """The question of the receiving turn (`turn` when the client names it) is complete."""
         r = self.receiving
-        if r is None:
-            raise ProtocolError("audio-without-start", "audio-stop arrived outside a turn",
-                                "send audio-start and chunks first")
+        if r is None or (turn is not None and turn != r.turn):
+            named = "" if turn is None else f" for turn {shown(turn)}"
+            raise ProtocolError("audio-without-start", f"audio-stop{named} arrived, but "
+                                + ("no turn is receiving audio" if r is None else f"turn {r.turn} is"),
+                                "send audio-start and chunks first, and name the turn they belong to")
+        if r.audio_s == 0:
+            raise self._drop(ProtocolError("empty-turn", f"turn {r.turn} ended without audio: audio-stop came "
+                                           "before any samples", "send at least one audio chunk with samples "
+                                           "between audio-start and audio-stop"))
         self.receiving = None
         return [AudioStop(**self._ids(r.turn)), TurnEnd(reason="done", **self._ids(r.turn))]
 
@@ -176,6 +254,11 @@ class Session:
         if len(text) > self.limits.max_text_chars:
             raise ProtocolError("text-too-long", f"the text has {len(text)} characters, the limit is "
                                 f"{self.limits.max_text_chars}", "send a shorter question", turn=turn)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("bad-text", "the text holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                                "escape), which is not a character", "send valid Unicode text", turn=turn) from None
         turn = self._new_turn(turn)
         ids = self._ids(turn)
         return [TurnStart(**ids), TextIn(text, **ids), TurnEnd(reason="done", **ids)]
@@ -190,59 +273,121 @@ class Session:
             self.receiving = None
         return events
 
-    def turn_ended(self, turn: int) -> None:
-        """The pipeline ended `turn` (its TurnEnd reached the transport)."""
+    def use_up(self, turn) -> bool:
+        """A refused question's turn id is used up (that turn ended with an error): True when `turn` is a new,
+        valid id (then its end is sent once; a later question must take a higher one)."""
+        if not _is_int(turn) or not self.next_turn <= turn <= MAX_TURN_ID:
+            return False
+        self.next_turn = turn + 1
+        return True
+
+    def end_turn(self, turn: int) -> bool:
+        """The client is told that `turn` ended (once): True the first time for an accepted turn."""
+        if turn not in self.open_turns:
+            return False
         self.open_turns.discard(turn)
+        return True
 
     def _drop(self, error: ProtocolError) -> ProtocolError:
-        """Stop receiving the current turn (it ends with an error); returns `error` to raise."""
+        """Stop receiving the current turn (it ends with an error: the transport stops its work, end_turn());
+        returns `error` to raise."""
         error.turn, error.dropped_turn = self.receiving.turn, True
-        self.open_turns.discard(self.receiving.turn)
         self.receiving = None
         return error
 
 
+@dataclass
+class Suppressed:
+    """Error replies to one site held back by Limits.max_errors_per_s: how many of each code, and the session
+    of the last one (where their summary goes)."""
+
+    site: str
+    session_id: str
+    counts: Counter = field(default_factory=Counter)
+
+
 class SessionEngine:
-    """The sessions of one worker, the limits, per-site rate limiting and idle reaping."""
+    """The sessions of one worker, the limits, per-site rate limiting (messages and error replies) and idle
+    reaping."""
+
+    _FORGET_BUCKETS = 1024  # above this many sites with a bucket, those full again are forgotten
 
     def __init__(self, limits: Limits | None = None):
         self.limits = limits or Limits()
         self.sessions: dict[str, Session] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # site -> (tokens, last refill time)
+        self._buckets: dict[str, tuple[float, float]] = {}  # site -> (tokens, last refill time): messages
+        self._error_buckets: dict[str, tuple[float, float]] = {}  # site -> the same, for error replies
+        self._suppressed: dict[str, Suppressed] = {}
 
-    def open(self, session_id: str, site: str) -> Session:
-        if session_id in self.sessions:
-            return self.sessions[session_id]
+    def open(self, session_id: str, site: str, client: str | None = None) -> Session:
+        """A new session, or the held one when its own `client` starts it again. ProtocolError
+        "session-taken" when another (or an anonymous) client starts a held session; "too-many-sessions" /
+        "too-many-site-sessions" at Limits.max_sessions / max_sessions_per_site."""
+        held = self.sessions.get(session_id)
+        if held is not None:
+            if client is not None and client == held.client:
+                return held
+            raise ProtocolError("session-taken", f"session {session_id!r} is held by another client",
+                                "start a session with a new, random id (a session belongs to the client "
+                                "whose session-start opened it)")
         if len(self.sessions) >= self.limits.max_sessions:
             raise ProtocolError("too-many-sessions", f"this worker serves its limit of {self.limits.max_sessions} "
                                 "sessions", "retry later, or add a worker")
-        session = self.sessions[session_id] = Session(session_id, site, self.limits)
+        quota = self.limits.max_sessions_per_site
+        if sum(s.site == site for s in self.sessions.values()) >= quota:
+            raise ProtocolError("too-many-site-sessions", f"site {site!r} holds its limit of {quota} sessions on "
+                                "this worker", "end a session (session-end) before starting another")
+        session = self.sessions[session_id] = Session(session_id, site, self.limits, client)
         return session
 
     def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
 
     def close(self, session_id: str) -> list[Event]:
-        """End a session: the Cancel to feed (drops its queued work and per-turn state in every stage)."""
+        """End a session: the Cancel to feed (drops its queued work and per-turn state in every stage; turn_id
+        None: every turn, as the stages' interruption handlers read it)."""
         session = self.sessions.pop(session_id, None)
-        return [] if session is None else [Cancel(session_id=session_id, turn_id=0)]
+        return [] if session is None else [Cancel(session_id=session_id, turn_id=None)]
 
     def admit(self, site: str, now: float | None = None) -> None:
         """Count one message of `site`; ProtocolError "rate-limited" beyond Limits.max_messages_per_s."""
-        now = time.monotonic() if now is None else now
         rate = self.limits.max_messages_per_s
-        tokens, last = self._buckets.get(site, (2.0 * rate, now))
-        tokens = min(2.0 * rate, tokens + (now - last) * rate)
-        if tokens < 1.0:
-            self._buckets[site] = (tokens, now)
+        if not self._take(self._buckets, site, rate, now):
             raise ProtocolError("rate-limited", f"site {site!r} sends more than {rate:g} messages per second",
                                 "send fewer, larger audio chunks; the message was dropped")
-        self._buckets[site] = (tokens - 1.0, now)
+
+    def allow_error(self, site: str, code: str, session_id: str, now: float | None = None) -> bool:
+        """May an error reply go to `site` now (Limits.max_errors_per_s)? When not, it is counted for the
+        site's summary (summaries())."""
+        if self._take(self._error_buckets, site, self.limits.max_errors_per_s, now):
+            return True
+        held = self._suppressed.setdefault(site, Suppressed(site, session_id))
+        held.session_id = session_id
+        held.counts[code] += 1
+        return False
+
+    def summaries(self, now: float | None = None) -> list[Suppressed]:
+        """The suppressed errors of each site whose budget allows a reply again (the summary takes it)."""
+        ready = [site for site in self._suppressed
+                 if self._take(self._error_buckets, site, self.limits.max_errors_per_s, now)]
+        return [self._suppressed.pop(site) for site in ready]
+
+    def _take(self, buckets: dict[str, tuple[float, float]], site: str, rate: float, now: float | None) -> bool:
+        """One token of `site`'s bucket (refilled at `rate` per second, holding 2 s worth)."""
+        now = time.monotonic() if now is None else now
+        tokens, last = buckets.get(site, (2.0 * rate, now))
+        tokens = min(2.0 * rate, tokens + (now - last) * rate)
+        if len(buckets) > self._FORGET_BUCKETS:  # sites quiet long enough to be full again need no bucket
+            for key in [k for k, (t, at) in buckets.items() if t + (now - at) * rate >= 2.0 * rate]:
+                del buckets[key]
+        taken = tokens >= 1.0
+        buckets[site] = (tokens - 1.0 if taken else tokens, now)
+        return taken
 
     def touch(self, session: Session, now: float | None = None) -> None:
         session.last_seen = time.monotonic() if now is None else now
 
     def idle(self, now: float | None = None) -> list[str]:
-        """Sessions without a message for Limits.session_idle_s (close them)."""
+        """Sessions without activity (touch()) for Limits.session_idle_s (close them)."""
         now = time.monotonic() if now is None else now
         return [s.id for s in self.sessions.values() if now - s.last_seen > self.limits.session_idle_s]

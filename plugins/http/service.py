@@ -5,9 +5,14 @@ pipeline, through the transport-neutral session engine (omnivox.core.runtime.ses
   other fields ignored) answered by a streamed `audio/wav` body: a WAV header (s16le, mono, the codec's rate)
   first, then the PCM of each AudioOut as the codec produces it.
 - `POST /v1/chat`: the same request (or `{"text": ...}`), answered by newline-delimited JSON events: turn-start,
-  text (per token), audio (base64 s16le per chunk), error, metrics, turn-end. docs: README "HTTP server".
+  text (per token), audio (base64 s16le per chunk), error, metrics, turn-end. docs: docs/http_api.md.
 - `GET /`: the browser page (page/index.html, page/app.js).
-- Errors: a refused request gets a 4xx (503 when the server is full) with `{"error": {code, message, fix}}`.
+- HTTPS with a certificate and key (`HttpConfig.tls`); a bearer token (`HttpConfig.token`) then required on every
+  request but the page's two files (the page asks for it).
+- A request holds a session slot from the end of its headers to its answer's end; its body must arrive within
+  `request_timeout_s` (else 408), and an answer waits that long at most for a client that stopped reading.
+- Errors: a refused request gets a 4xx (503 when the server is full) with `{"error": {code, message, fix}}`;
+  docs/http_api.md lists every kind.
 - A client that disconnects mid-answer cancels its turn: the handler is cancelled, its session closed, and the
   Cancel stops the LM within one step.
 """
@@ -16,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
+import ipaddress
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import Callable
 from contextlib import aclosing
@@ -25,16 +33,25 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger as server_log
 
+from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, TextToken, TurnEnd
-from omnivox.core.runtime.sessions import Limits, ProtocolError, SessionEngine, json_object
+from omnivox.core.runtime.sessions import Limits, ProtocolError, SessionEngine, json_object, shown
 from omnivox.plugins.http.wav import Question, decode_question, stream_header
 
 log = logging.getLogger(__name__)
 
-STATUS = {"too-many-sessions": 503, "turn-too-long": 413, "body-too-large": 413}
+STATUS = {"token-required": 401, "bad-token": 401, "not-found": 404, "method-not-allowed": 405,
+          "request-timeout": 408, "body-too-large": 413, "turn-too-long": 413, "text-too-long": 413,
+          "unsupported-media-type": 415, "too-many-site-sessions": 429, "too-many-sessions": 503}
 METRICS_WAIT_S = 1.0  # how long a finished turn waits for its Metrics note
 PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript")}
+# Content-Types a JSON body may come with: JSON, none, and what `curl -d` and text editors send
+JSON_TYPES = {"application/json", "text/plain", "application/x-www-form-urlencoded"}
+TOKEN_FIX = "send the header `Authorization: Bearer <token>` with the token the server was started with " \
+            "(omnivox serve --http-token or OMNIVOX_HTTP_TOKEN)"
 
 
 @dataclass
@@ -43,6 +60,9 @@ class HttpConfig:
     port: int = 60808  # upstream Mini-Omni's port
     limits: Limits = field(default_factory=Limits)  # max_sessions bounds concurrent requests
     max_body_bytes: int = 8 * 1024 * 1024  # a 30 s 16 kHz WAV is ~1.3 MB as base64
+    request_timeout_s: float = 120.0  # a body must arrive (and a stalled reader resume) within this
+    token: str | None = None  # required as `Authorization: Bearer <token>` when set
+    tls: ssl.SSLContext | None = None  # HTTPS when set (tls_context)
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -51,6 +71,40 @@ def parse_address(value: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"--http {value!r}: expected [HOST:]PORT with PORT 0..65535")
     return host or "127.0.0.1", int(port)
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context from a PEM certificate (chain) and its key; None without either. ConfigError for
+    one without the other, an unreadable file or a key that does not match."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("certificate", "key") if key is None else ("key", "certificate")
+        raise ConfigError(f"HTTPS needs a certificate and its key: the {given} was given without the {missing}",
+                          "pass both --http-tls-cert PEM and --http-tls-key PEM (or neither, for plain HTTP)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the HTTPS certificate {cert} with key {key}: {exc}",
+                          "pass PEM files, the key matching the certificate; a self-signed pair for tests: openssl "
+                          "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out "
+                          "cert.pem -subj /CN=HOST -addext subjectAltName=DNS:HOST") from None
+    return context
+
+
+def check_token(token: str | None) -> None:
+    """ConfigError unless `token` is None or can travel in an Authorization header."""
+    if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
+        raise ConfigError("the HTTP token must be one or more visible ASCII characters without spaces",
+                          "pass e.g. --http-token $(openssl rand -hex 16)")
+
+
+def check_timeout(seconds: float) -> None:
+    """ConfigError unless `seconds` is a positive number."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ConfigError(f"the HTTP request timeout must be a positive number of seconds, got {seconds!r}",
+                          "pass e.g. --http-timeout 120")
 
 
 class HttpService:
@@ -67,7 +121,7 @@ class HttpService:
 
     # ---- running --------------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self.guard])
         app.router.add_post("/chat", self.chat)
         app.router.add_post("/v1/chat", self.chat_events)
         for path in PAGE_FILES:
@@ -75,13 +129,20 @@ class HttpService:
         return app
 
     async def start(self) -> None:
-        # handler_cancellation: a client that goes away cancels its handler (and so its turn)
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        # handler_cancellation: a client that goes away cancels its handler (and so its turn); keepalive_timeout
+        # also closes a connection whose request headers have not arrived by then; malformed requests log no
+        # traceback
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None,
+                                     keepalive_timeout=self.config.request_timeout_s,
+                                     logger=ClientErrorLog(server_log, {}))
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self.config.tls)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
-        log.info("HTTP server on http://%s:%d", self.config.host, self.port)
+        log.info("HTTP server on %s", self.url)
+        if self.config.token is None and not _loopback(self.config.host):
+            log.warning("HTTP on %s without a token: anyone who reaches it can use the model (set --http-token)",
+                        self.config.host)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -90,13 +151,45 @@ class HttpService:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        return f"{'https' if self.config.tls else 'http'}://{self.config.host}:{self.port}"
 
     # ---- from the output stage ------------------------------------------------------------------------
     def deliver(self, event: Event) -> None:
         queue = self.answers.get(event.session_id)
         if queue is not None:
             queue.put_nowait(event)
+
+    # ---- every request --------------------------------------------------------------------------------
+    @web.middleware
+    async def guard(self, request: web.Request, handler) -> web.StreamResponse:
+        """The token (all but the page's files need it when set); unknown paths and methods as JSON errors."""
+        if self.config.token is not None and not (request.method in ("GET", "HEAD") and request.path in PAGE_FILES):
+            refusal = self._refuse_token(request.headers.get("Authorization"))
+            if refusal is not None:
+                response = error_response(refusal)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="omnivox"'
+                return response
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            response = error_response(ProtocolError(
+                "method-not-allowed", f"{request.method} {request.path} is not served",
+                f"use {' or '.join(sorted(exc.allowed_methods))} {request.path}"))
+            response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+            return response
+        except web.HTTPNotFound:
+            return error_response(ProtocolError("not-found", f"no such path: {request.path}",
+                                                "POST /chat or /v1/chat; the page is at GET /"))
+
+    def _refuse_token(self, header: str | None) -> ProtocolError | None:
+        if not header:
+            return ProtocolError("token-required", "this server requires a bearer token", TOKEN_FIX)
+        scheme, _, given = header.partition(" ")
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")  # (the header's bytes, UTF-8 or not)
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, self.config.token.encode()):
+            return ProtocolError("bad-token", "the Authorization header does not carry this server's bearer token",
+                                 TOKEN_FIX)
+        return None
 
     # ---- handlers -------------------------------------------------------------------------------------
     async def page(self, request: web.Request) -> web.Response:
@@ -107,23 +200,24 @@ class HttpService:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """Upstream's /chat: the answer as one streamed WAV."""
         try:
-            body = await self._body(request)
-            question = decode_question(body.get("audio"))
-            with_header = body.get("wav_header", True) is not False
-            session_id, _ = self._start_turn(question)
+            session_id, _, body = await self._receive(request, typed=False)
         except ProtocolError as exc:
             return error_response(exc)
+        with_header = body.get("wav_header", True)
         response: web.StreamResponse | None = None
         failure: Error | None = None
-        async with aclosing(self._answer(session_id)) as answer:
-            async for event in answer:
-                if isinstance(event, AudioOut):
-                    if response is None:
-                        header = stream_header(event.rate) if with_header else b""
-                        response = await self._open(request, "audio/wav", header)
-                    await response.write(event.audio)
-                elif isinstance(event, Error):
-                    failure = failure or event
+        try:
+            async with aclosing(self._answer(session_id)) as answer:
+                async for event in answer:
+                    if isinstance(event, AudioOut):
+                        if response is None:
+                            header = stream_header(event.rate) if with_header else b""
+                            response = await self._open(request, "audio/wav", header)
+                        await self._write(request, response, event.audio)
+                    elif isinstance(event, Error):
+                        failure = failure or event
+        finally:
+            self._end(session_id)
         if response is None and failure is not None:
             return error_response(ProtocolError("stage-failed", f"{failure.stage}: {failure.message}", failure.fix),
                                   status=500)
@@ -135,23 +229,19 @@ class HttpService:
     async def chat_events(self, request: web.Request) -> web.StreamResponse:
         """/v1/chat: the answer as newline-delimited JSON events."""
         try:
-            body = await self._body(request)
-            if "text" in body and "audio" not in body:
-                question = body["text"]
-                if not isinstance(question, str):
-                    raise ProtocolError("bad-text", "`text` must be a string", 'send {"text": "your question"}')
-            else:
-                question = decode_question(body.get("audio"))
-            session_id, turn = self._start_turn(question)
+            session_id, turn, _ = await self._receive(request, typed=True)
         except ProtocolError as exc:
             return error_response(exc)
-        response = await self._open(request, "application/x-ndjson", b"")
-        await response.write(json.dumps({"event": "turn-start", "turn": turn}).encode() + b"\n")
-        seq = 0
-        async with aclosing(self._answer(session_id)) as answer:
-            async for event in answer:
-                await response.write(json.dumps(self._event_line(event, seq)).encode() + b"\n")
-                seq += isinstance(event, AudioOut)
+        try:
+            start = json.dumps({"event": "turn-start", "turn": turn}).encode() + b"\n"
+            response = await self._open(request, "application/x-ndjson", start)
+            seq = 0
+            async with aclosing(self._answer(session_id)) as answer:
+                async for event in answer:
+                    await self._write(request, response, json.dumps(self._event_line(event, seq)).encode() + b"\n")
+                    seq += isinstance(event, AudioOut)
+        finally:
+            self._end(session_id)
         await response.write_eof()
         return response
 
@@ -173,55 +263,85 @@ class HttpService:
         return {"event": "turn-end", "reason": event.reason}  # TurnEnd
 
     # ---- one turn -------------------------------------------------------------------------------------
-    async def _body(self, request: web.Request) -> dict:
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ProtocolError("body-too-large", f"the request body exceeds {self.config.max_body_bytes} bytes",
-                                "send a shorter recording") from None
-        return json_object(raw, code="not-json", subject="the request body",
-                           fix='POST a JSON object such as {"audio": "<base64 WAV>"}')
-
-    def _start_turn(self, question: Question | str) -> tuple[str, int]:
-        """Open a session for one turn and feed its question; (session_id, turn). ProtocolError when refused
-        (server full, question too long): nothing was fed then."""
+    async def _receive(self, request: web.Request, typed: bool) -> tuple[str, int, dict]:
+        """Take a session slot, read and check the request, feed its question: (session_id, turn, body).
+        `typed`: `{"text": ...}` is a question too. ProtocolError when refused (server full, bad request): the
+        slot is free again and nothing was fed then."""
         session_id = f"http-{uuid.uuid4().hex[:12]}"
-        session = self.engine.open(session_id, site="http")
+        session = self.engine.open(session_id, site=f"http:{request.remote}")  # a client address is a site
         try:
-            events = self._question_events(session, question)
-        except ProtocolError:
+            body = await self._body(request)
+            if typed and "text" in body and "audio" not in body:
+                events = session.text(body["text"])
+            else:
+                if "text" in body and "audio" not in body:
+                    raise ProtocolError("bad-audio-field", "POST /chat takes a spoken question (`audio`) only",
+                                        'send {"audio": "<base64 WAV>"}, or POST {"text": ...} to /v1/chat')
+                if not typed and not isinstance(body.get("wav_header", True), bool):
+                    raise ProtocolError("bad-field", "`wav_header` must be true or false, got "
+                                        f"{shown(body['wav_header'])}",
+                                        "leave it out (a WAV header) or send false (upstream's bare PCM)")
+                events = self._question_events(session, decode_question(body.get("audio")))
+        except BaseException:  # a refusal, or the client went away (cancelled)
             self.engine.sessions.pop(session_id, None)
             raise
         self.answers[session_id] = asyncio.Queue()
         for event in events:
             self.feed(event)
-        return session_id, events[0].turn_id
+        return session_id, events[0].turn_id, body
+
+    async def _body(self, request: web.Request) -> dict:
+        """The request's JSON object, read within the request timeout."""
+        if "Content-Type" in request.headers and request.content_type not in JSON_TYPES \
+                and not request.content_type.endswith("+json"):
+            raise ProtocolError("unsupported-media-type", f"the body is {request.content_type}, not JSON",
+                                'POST a JSON object with Content-Type: application/json, e.g. {"audio": "<base64 '
+                                'WAV>"} (a WAV file goes base64-encoded in `audio`)')
+        timeout = self.config.request_timeout_s
+        try:
+            raw = await asyncio.wait_for(request.read(), timeout)
+        except web.HTTPRequestEntityTooLarge:
+            raise ProtocolError("body-too-large", f"the request body exceeds {self.config.max_body_bytes} bytes",
+                                "send a shorter recording") from None
+        except web.RequestPayloadError as exc:  # a body its Content-Encoding (gzip, deflate) does not decode
+            raise ProtocolError("bad-encoding", f"the request body cannot be decoded: {exc.__cause__ or exc}",
+                                "send the body uncompressed, or compressed as its Content-Encoding header "
+                                "says") from None
+        except asyncio.TimeoutError:
+            raise ProtocolError("request-timeout", f"the request body did not arrive within {timeout:g} s",
+                                "send the whole body at once, over a faster link, or a shorter recording") from None
+        except ConnectionError:  # (what wait_for raises for a reset that races the handler's cancellation)
+            raise _client_gone() from None
+        return json_object(raw, code="not-json", subject="the request body",
+                           fix='POST a JSON object such as {"audio": "<base64 WAV>"}')
 
     async def _answer(self, session_id: str):
-        """The answer events of the session's turn, ending with TurnEnd then (within METRICS_WAIT_S) Metrics.
-        Leaving early (the client went away) cancels the turn."""
-        queue, ended, metrics_seen = self.answers[session_id], False, False
-        try:
-            while not (ended and metrics_seen):
-                try:
-                    event = await asyncio.wait_for(queue.get(), METRICS_WAIT_S) if ended else await queue.get()
-                except TimeoutError:
-                    break
-                ended = ended or isinstance(event, TurnEnd)
-                metrics_seen = metrics_seen or isinstance(event, Metrics)
-                yield event
-        finally:
-            del self.answers[session_id]
-            if not ended:  # the client went away (or the server stops): Cancel stops the turn's work
-                self.turns_cancelled += 1
-                log.info("session %s: client gone, turn cancelled", session_id)
-                for event in self.engine.close(session_id):
-                    self.feed(event)
-            self.engine.sessions.pop(session_id, None)
+        """The answer events of the session's turn, ending with TurnEnd then (within METRICS_WAIT_S) Metrics."""
+        queue, session, ended, metrics_seen = self.answers[session_id], self.engine.sessions[session_id], False, False
+        while not (ended and metrics_seen):
+            try:
+                event = await asyncio.wait_for(queue.get(), METRICS_WAIT_S) if ended else await queue.get()
+            except asyncio.TimeoutError:
+                return
+            if isinstance(event, TurnEnd):
+                ended = True
+                session.end_turn(event.turn_id)
+            metrics_seen = metrics_seen or isinstance(event, Metrics)
+            yield event
 
-    def _question_events(self, session, question: Question | str) -> list[Event]:
-        if isinstance(question, str):
-            return session.text(question)
+    def _end(self, session_id: str) -> None:
+        """Free the session's slot; a turn not ended yet (its client went away, or the server stops) is cancelled:
+        the Cancel stops its work."""
+        del self.answers[session_id]
+        session = self.engine.sessions.get(session_id)
+        if session is not None and session.open_turns:
+            self.turns_cancelled += 1
+            log.info("session %s: client gone, turn cancelled", session_id)
+            for event in self.engine.close(session_id):
+                self.feed(event)
+        self.engine.sessions.pop(session_id, None)
+
+    def _question_events(self, session, question: Question) -> list[Event]:
         limit = self.config.limits.max_turn_s
         if question.seconds > limit:
             raise ProtocolError("turn-too-long", f"the question is {question.seconds:.1f} s of audio, the limit is "
@@ -234,13 +354,56 @@ class HttpService:
 
     async def _open(self, request: web.Request, content_type: str, first: bytes) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            raise _client_gone() from None
         if first:
-            await response.write(first)
+            await self._write(request, response, first)
         return response
+
+    async def _write(self, request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+        """Write part of an answer; a client that reads nothing for the request timeout is disconnected (its turn
+        is cancelled, its slot freed)."""
+        try:
+            await asyncio.wait_for(response.write(data), self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            log.info("%s: the client read nothing for %g s, disconnected", request.path, self.config.request_timeout_s)
+            request.transport.abort()
+            raise _client_gone() from None
+        except ConnectionError:
+            raise _client_gone() from None
+
+
+def _client_gone() -> asyncio.CancelledError:
+    """What ends a handler whose client went away (as aiohttp's handler cancellation does): its turn is cancelled
+    and nothing is logged as an error."""
+    return asyncio.CancelledError("the client went away")
+
+
+class ClientErrorLog(logging.LoggerAdapter):
+    """aiohttp's server log, in which a request aiohttp cannot parse (malformed HTTP, an oversized header, an
+    unknown Content-Encoding, a body that does not decode: the client's fault, answered with a 400) is one INFO
+    line without a traceback; anything else stays an ERROR with its traceback."""
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
+        if isinstance(exc_info, (HttpProcessingError, web.RequestPayloadError)):
+            self.info(f"{msg}: %s", *args, exc_info)
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def error_response(exc: ProtocolError, status: int | None = None) -> web.Response:
     status = status or STATUS.get(exc.code, 400)
-    return web.json_response({"error": {"code": exc.code, "message": exc.problem, "fix": exc.fix}}, status=status)
-
+    response = web.json_response({"error": {"code": exc.code, "message": exc.problem, "fix": exc.fix}},
+                                 status=status)
+    if status == 408:  # the rest of the body may never come: do not wait for it
+        response.force_close()
+    return response

@@ -16,6 +16,7 @@ ignores other sessions.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 
 from omnivox.core.contracts.hookspecs import hookimpl
@@ -23,21 +24,35 @@ from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, TextToken, TurnEnd
 from omnivox.core.runtime.sessions import Limits
 from omnivox.core.runtime.transport import ServeOptions, Transport, TransportInput, TransportOutput
-from omnivox.plugins.http.service import HttpConfig, HttpService, parse_address
+from omnivox.plugins.http.service import (
+    HttpConfig,
+    HttpService,
+    check_timeout,
+    check_token,
+    parse_address,
+    tls_context,
+)
 
 
 class HttpAudioInput(TransportInput):
-    """Source: runs the HTTP server; every request becomes the events of one turn (never ends by itself)."""
+    """Source: runs the HTTP server; every request becomes the events of one turn (never ends by itself).
+    `tls_cert` + `tls_key` (PEM files): HTTPS; `token`: required as `Authorization: Bearer <token>`;
+    `request_timeout_s`: how long a body may take to arrive (and a stalled client to resume reading)."""
 
     transport = "http"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 60808, max_body_bytes: int = 8 * 1024 * 1024,
-                 limits: dict | None = None, service: str = "http", name: str | None = None):
+                 limits: dict | None = None, request_timeout_s: float = 120.0, token: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, service: str = "http",
+                 name: str | None = None):
         super().__init__(service, name)
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}", "use e.g. 8388608 (8 MiB)")
+        check_timeout(request_timeout_s)
+        check_token(token)
         self.config = HttpConfig(host=host, port=port, limits=Limits.from_mapping(limits or {}),
-                                 max_body_bytes=max_body_bytes)
+                                 max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s, token=token,
+                                 tls=tls_context(tls_cert, tls_key))
 
     async def open_service(self, feed) -> HttpService:
         service = HttpService(self.config, feed=feed)
@@ -48,7 +63,8 @@ class HttpAudioInput(TransportInput):
         await self.service.stop()
 
     def announcement(self) -> str:
-        return f"HTTP on {self.service.url} (POST /chat, POST /v1/chat, page at /)"
+        token = "; bearer token required" if self.config.token else ""
+        return f"HTTP on {self.service.url} (POST /chat, POST /v1/chat, page at /{token})"
 
 
 class HttpAudioOutput(TransportOutput):
@@ -78,21 +94,42 @@ def register_audio_outputs(registry):
 
 
 # ---- `omnivox serve --http [HOST:]PORT` ------------------------------------------------------------------------
+# serve's key (option dest) -> the input stage's parameter, besides `http` (the address)
+STAGE_PARAMS = {"http_tls_cert": "tls_cert", "http_tls_key": "tls_key", "http_token": "token",
+                "http_timeout": "request_timeout_s"}
+
+
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     http = parser.add_argument_group(
         "HTTP", "An HTTP server answering upstream Mini-Omni's POST /chat (a streamed WAV), POST /v1/chat (JSON "
-        "events) and a browser page at /.")
+        "events) and a browser page at / (docs/http_api.md). Its TLS options are --http-tls-*; --tls-* are the "
+        "MQTT client's.")
     http.add_argument("--http", metavar="[HOST:]PORT",
                       help="serve HTTP on this address (Mini-Omni's port is 60808; host default 127.0.0.1)")
+    http.add_argument("--http-tls-cert", metavar="PEM",
+                      help="serve HTTPS with this certificate (chain), e.g. for the page's microphone on another "
+                           "machine; with --http-tls-key")
+    http.add_argument("--http-tls-key", metavar="PEM", help="the HTTPS certificate's private key")
+    http.add_argument("--http-token", metavar="TOKEN", default=os.environ.get("OMNIVOX_HTTP_TOKEN") or None,
+                      help="require `Authorization: Bearer TOKEN` on every request but the page's files (the page "
+                           "asks for it); or set OMNIVOX_HTTP_TOKEN, which `ps` does not show")
+    http.add_argument("--http-timeout", metavar="SECONDS", type=float,
+                      help="a request's body must arrive within this (else 408), and a client that stops reading "
+                           "its answer this long is disconnected (default 120)")
 
 
 def serve_params(values: Mapping) -> dict:
-    """Parameters of the audio_inputs/http stage from serve's settings; ConfigError for a bad address."""
+    """Parameters of the audio_inputs/http stage from serve's settings; ConfigError for a bad address, TLS file,
+    token or timeout."""
     try:
         host, port = parse_address(str(values["http"]))
     except ValueError as exc:
         raise ConfigError(str(exc), "e.g. --http 60808 or --http 0.0.0.0:60808") from None
     params = {"host": host, "port": port}
+    params.update({stage_key: values[key] for key, stage_key in STAGE_PARAMS.items() if values.get(key) is not None})
+    tls_context(params.get("tls_cert"), params.get("tls_key"))
+    check_token(params.get("token"))
+    check_timeout(params.get("request_timeout_s", 120.0))
     if values.get("limits"):
         params["limits"] = values["limits"]
     return params
@@ -100,7 +137,7 @@ def serve_params(values: Mapping) -> dict:
 
 def http_transport() -> Transport:
     return Transport(HttpAudioInput, HttpAudioOutput,
-                     ServeOptions(keys=("http",), add=add_serve_options, params=serve_params,
+                     ServeOptions(keys=("http", *STAGE_PARAMS), add=add_serve_options, params=serve_params,
                                   enabled=lambda values: values.get("http") is not None))
 
 

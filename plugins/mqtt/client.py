@@ -16,7 +16,8 @@
 
 The client reconnects with backoff; a turn in flight when the connection or the session's worker is lost
 ends with an `error` reply (code connection-lost / worker-offline) instead of hanging; refused credentials
-fail `async with Client(...)` at once (ServiceError connect-failed).
+fail `async with Client(...)` at once (ServiceError connect-failed). Its sessions carry its `client_id`, and
+its MQTT last will ends them (`session-end`, reason client-gone) when the device vanishes without a goodbye.
 """
 
 from __future__ import annotations
@@ -256,11 +257,17 @@ class Session:
         turn = data.get("turn")
         target = self.turns.get(turn) if turn is not None else None
         if target is None and event == "error":
+            code = data.get("code", "error")
             if not self._started.done():
-                self._started.set_exception(ServiceError(data.get("code", "error"), data.get("message", "")))
+                self._started.set_exception(ServiceError(code, data.get("message", ""), data.get("fix")))
+                return
+            if code == "session-taken":
+                return  # another client tried to start this session: ours goes on
+            if code == "unknown-session":  # the worker no longer holds it (reaped, or our will ended it)
+                self._end("unknown-session", "unknown-session")
                 return
             open_turns = [t for t in self.turns.values() if not t.done.is_set()]
-            if turn is None and open_turns:
+            if turn is None and open_turns and code != "errors-suppressed":
                 target = open_turns[-1]
             else:
                 self.errors.append(data)
@@ -293,14 +300,18 @@ class Session:
 
 
 class Client:
-    """A device's connection to the broker: opens sessions, routes the service's replies to them."""
+    """A device's connection to the broker: opens sessions, routes the service's replies to them. Its sessions
+    belong to `client_id`; with `will` (the default) its MQTT last will names its first session and ends every
+    session of `client_id` on that session's worker when the connection dies without a goodbye."""
 
     def __init__(self, broker: str = "mqtt://127.0.0.1:1883", *, site: str, username: str | None = None,
                  password: str | None = None, ca_file: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, prefix: str = wire.PREFIX, keepalive: int = 5,
-                 connect_timeout: float = 10.0):
+                 connect_timeout: float = 10.0, will: bool = True):
         self.site = wire.check_name("site", site)
         self.prefix = prefix
+        self.client_id = f"{self.site[:40]}-{uuid.uuid4().hex[:16]}"  # the `client` of this device's sessions
+        self.will_session: str | None = uuid.uuid4().hex[:12] if will else None  # the first session()'s name
         self.config = BrokerConfig(broker, username=username, password=password, ca_file=ca_file,
                                    cert_file=cert_file, key_file=key_file, keepalive=keepalive)
         self.connect_timeout = connect_timeout
@@ -310,6 +321,7 @@ class Client:
         self._sessions: dict[str, Session] = {}
         self._statuses: dict[str, dict] = {}  # status topic -> last status payload
         self._runner: asyncio.Task | None = None
+        self._will_used = False
 
     async def __aenter__(self) -> Client:
         self._runner = asyncio.create_task(self._run())
@@ -351,10 +363,12 @@ class Client:
     async def session(self, name: str | None = None, timeout: float = 10.0) -> Session:
         """Start a session (session-start through the workers' shared subscription) and wait until a worker
         claimed it (session-started) and is known online."""
+        if name is None and self.will_session is not None and not self._will_used:
+            name, self._will_used = self.will_session, True
         name = wire.check_name("session", name or uuid.uuid4().hex[:12])
         session = self._sessions[name] = Session(self, name)
         await self._subscribe(wire.session_filter(self.site, name, "out", self.prefix))
-        await session._send("session-start")
+        await session._send("session-start", client=self.client_id)
         try:
             await asyncio.wait_for(asyncio.shield(session._started), timeout)
         except asyncio.TimeoutError:
@@ -379,7 +393,8 @@ class Client:
         backoff = Backoff()
         while True:
             try:
-                async with self.config.client(identifier=f"omnivox-dev-{self.site}-{uuid.uuid4().hex[:8]}") as client:
+                async with self.config.client(identifier=f"omnivox-dev-{self.site}-{uuid.uuid4().hex[:8]}",
+                                              will=self._will()) as client:
                     self._client = client
                     for session in self._sessions.values():
                         await client.subscribe(wire.session_filter(self.site, session.name, "out", self.prefix),
@@ -400,6 +415,15 @@ class Client:
             for session in self._sessions.values():
                 session._connection_lost()
             await asyncio.sleep(backoff.next())
+
+    def _will(self):
+        """The MQTT last will: end this client's sessions when its connection dies without a goodbye."""
+        import aiomqtt
+
+        if self.will_session is None:
+            return None
+        return aiomqtt.Will(wire.topic(self.site, self.will_session, "in", "session-end", self.prefix),
+                            wire.encode_json("session-end", reason="client-gone", client=self.client_id), qos=1)
 
     async def _subscribe(self, topic_filter: str) -> None:
         client = await self._connected_client()

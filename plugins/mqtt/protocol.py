@@ -8,6 +8,8 @@ Topics (`prefix` defaults to "omnivox"; `site` = one device, `session` = one con
     <prefix>/<site>/<session>/out/<event>    service -> device
     <prefix>/workers/<worker>/status         retained JSON {"version", "worker", "state": online|offline, ...}
                                              (the worker's last will sets "offline")
+    <prefix>/workers/<worker>/sessions       retained JSON {"version", "worker", "sessions": [...]}: the sessions
+                                             a worker holds, for the other workers only
 
 Payloads: control events are UTF-8 JSON objects with "version": 1 (QoS 1). Audio (`in/audio-chunk`,
 `out/audio-out`; QoS 0 allowed) is binary: a 12-byte header, then raw little-endian PCM in the format given by
@@ -26,7 +28,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from omnivox.core.runtime.sessions import ProtocolError, json_object
+from omnivox.core.runtime.sessions import ProtocolError, json_object, shown
 
 VERSION = 1
 PREFIX = "omnivox"
@@ -39,6 +41,8 @@ IN_EVENTS = ("session-start", "audio-start", "audio-chunk", "audio-stop", "text"
 OUT_EVENTS = ("session-started", "turn-start", "transcript-chunk", "audio-start", "audio-out", "audio-stop",
               "voice-started", "turn-end", "error", "metrics", "session-ended")
 BINARY_EVENTS = ("audio-chunk", "audio-out")
+# device -> service control events answered with `unknown-session` when no worker holds their session
+ORPHAN_EVENTS = ("audio-start", "audio-stop", "text", "interrupt", "session-end")
 QOS_CONTROL, QOS_AUDIO = 1, 0
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -61,7 +65,7 @@ class Address:
 
 def check_name(kind: str, value: str) -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
-        raise ProtocolError(f"bad-{kind}", f"{kind} {value!r} is not 1-64 characters of A-Z a-z 0-9 _ -",
+        raise ProtocolError(f"bad-{kind}", f"{kind} {shown(value)} is not 1-64 characters of A-Z a-z 0-9 _ -",
                             f"choose a {kind} id made of letters, digits, '_' and '-'")
     return value
 
@@ -80,8 +84,24 @@ def start_filter(site: str | None, group: str, prefix: str = PREFIX) -> str:
     return f"$share/{group}/{prefix}/{site or '+'}/+/in/session-start"
 
 
+def orphan_filters(site: str | None, group: str, prefix: str = PREFIX) -> list[str]:
+    """The shared subscriptions that bring a worker the control messages of any session (every session's owner
+    gets them on its own subscription too): how a message to a session no worker holds is answered."""
+    return [f"$share/{group}/{prefix}/{site or '+'}/+/in/{event}" for event in ORPHAN_EVENTS]
+
+
 def status_topic(worker: str, prefix: str = PREFIX) -> str:
     return f"{prefix}/workers/{worker}/status"
+
+
+def sessions_topic(worker: str, prefix: str = PREFIX) -> str:
+    """Where a worker keeps the list of the sessions it holds (retained), for the other workers."""
+    return f"{prefix}/workers/{worker}/sessions"
+
+
+def pool_filter(prefix: str = PREFIX) -> str:
+    """Every worker's status and session list."""
+    return f"{prefix}/workers/+/+"
 
 
 def parse_topic(name: str, prefix: str = PREFIX) -> Address:
@@ -101,22 +121,37 @@ def encode_json(event: str, **fields: Any) -> bytes:
     return json.dumps({"version": VERSION, "event": event, **fields}, separators=(",", ":")).encode()
 
 
-def decode_json(payload: bytes, event: str) -> dict[str, Any]:
-    """The JSON object of a control message; ProtocolError naming what is wrong."""
+def decode_json(payload: bytes, event: str, max_bytes: int | None = None) -> dict[str, Any]:
+    """The JSON object of a control message (at most `max_bytes`); ProtocolError naming what is wrong."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise ProtocolError("payload-too-large", f"{event}: the payload has {len(payload)} bytes, the limit is "
+                            f"{max_bytes}", "send control messages as small JSON objects (long text: shorten it)")
     data = json_object(payload, code="bad-json", subject=f"{event}: payload",
-                       fix='send a JSON object such as {"version": 1}') if payload else {}
+                       fix='send a JSON object such as {"version": 1}')
     version = data.get("version")
-    if version != VERSION:
-        raise ProtocolError("unsupported-version", f"{event}: protocol version {version!r}, this service speaks "
-                            f"{VERSION}", f'put "version": {VERSION} in every JSON payload')
+    if version != VERSION or isinstance(version, bool):
+        raise ProtocolError("unsupported-version", f"{event}: protocol version {shown(version)}, this service "
+                            f"speaks {VERSION}", f'put "version": {VERSION} in every JSON payload')
     return data
 
 
 def field_of(data: dict[str, Any], name: str, kind: type, event: str, default: Any = None) -> Any:
     value = data.get(name, default)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ProtocolError("bad-field", f"{event}: field {name!r} must be {kind.__name__}, got {value!r}",
-                            f"send {name!r} as a JSON {'number' if kind is int else 'string'}")
+        what = "an integer" if kind is int else "a string"
+        raise ProtocolError("bad-field", f"{event}: field {name!r} must be {what}, got {shown(value)}",
+                            f"send {name!r} as {what}")
+    return value
+
+
+def optional_name(data: dict[str, Any], name: str, event: str) -> str | None:
+    """An optional id field (e.g. `client`): None when absent, else 1-64 characters of A-Z a-z 0-9 _ -."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ProtocolError("bad-field", f"{event}: field {name!r} is {shown(value)}, not 1-64 characters of "
+                            "A-Z a-z 0-9 _ -", f"send {name!r} as an id made of letters, digits, '_' and '-'")
     return value
 
 

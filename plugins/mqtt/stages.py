@@ -9,7 +9,8 @@ stages (VAD, encoder, LM, another codec) sit between the devices and the broker:
 The input stage runs the worker (omnivox.plugins.mqtt.service) and turns device messages into pipeline
 events (session_id "<site>/<session>"); the output stage publishes the answer on the same connection (found
 by `service` name in the pipeline's shared place): turn-start, transcript-chunk per text token, audio-start +
-audio-out per PCM chunk, audio-stop, turn-end, and each stage Error and turn Metrics of the session.
+audio-out per PCM chunk, audio-stop, each stage Error and the turn's Metrics, turn-end (nothing for a session or
+turn the service already ended).
 """
 
 from __future__ import annotations
@@ -76,35 +77,40 @@ class MqttAudioOutput(TransportOutput):
         if "/" not in sid:
             return  # not a device session (e.g. an event fed by a test)
         if isinstance(event, TextToken):
-            await service.send_json(sid, "transcript-chunk", turn=turn, text=event.text, token=event.token_id,
-                                    step=event.step)
+            await service.deliver(sid, "transcript-chunk", turn=turn, text=event.text, token=event.token_id,
+                                  step=event.step)
         elif isinstance(event, AudioOut):
             seq = self._audio_seq.get(event.turn)
             if seq is None:
                 seq = 0
-                await service.send_json(sid, "audio-start", turn=turn, rate=event.rate, width=event.width,
-                                        channels=event.channels)
+                await service.deliver(sid, "audio-start", turn=turn, rate=event.rate, width=event.width,
+                                      channels=event.channels)
             self._audio_seq[event.turn] = seq + 1
             await service.send_audio(sid, turn, seq, event.audio)
         elif isinstance(event, TurnStart):
-            await service.send_json(sid, "turn-start", turn=turn)
+            await service.deliver(sid, "turn-start", turn=turn)
         elif isinstance(event, VoiceStarted):
-            await service.send_json(sid, "voice-started", turn=turn)
-        else:  # TurnEnd
-            await self.notes_sent()  # the turn's Error / Metrics go out before its turn-end
-            if self._audio_seq.pop(event.turn, None) is not None:
-                await service.send_json(sid, "audio-stop", turn=turn)
-            await service.send_json(sid, "turn-end", turn=turn, reason=event.reason, worker=service.config.worker)
-            service.turn_ended(sid, turn)
+            await service.deliver(sid, "voice-started", turn=turn)
+        else:  # TurnEnd: audio-stop, the turn's Error / Metrics, then turn-end
+            await self._audio_stop(event)
+            await self.notes_sent()
+            await service.end_turn(sid, turn, event.reason)
+
+    async def _audio_stop(self, event: Event) -> None:
+        """The turn's audio-stop, once, if its audio started (at its Metrics or its TurnEnd, whichever is first:
+        both come after its last audio)."""
+        if self._audio_seq.pop(event.turn, None) is not None:
+            await self.service.deliver(event.session_id, "audio-stop", turn=event.turn_id)
 
     async def on_note(self, event: Error | Metrics) -> None:
         if "/" not in event.session_id:
             return  # not a device session
         if isinstance(event, Error):
-            await self.service.send_json(event.session_id, "error", turn=event.turn_id, code="stage-failed",
-                                         stage=event.stage, message=event.message, fix=event.fix)
+            await self.service.deliver(event.session_id, "error", turn=event.turn_id, code="stage-failed",
+                                       stage=event.stage, message=event.message, fix=event.fix)
         else:
-            await self.service.send_json(
+            await self._audio_stop(event)
+            await self.service.deliver(
                 event.session_id, "metrics", turn=event.turn_id, worker=self.service.config.worker,
                 reason=event.reason, first_text_ms=event.first_text_ms, first_audio_ms=event.first_audio_ms,
                 first_audio_step=event.first_audio_step, audio_s=event.audio_s, wall_s=event.wall_s,

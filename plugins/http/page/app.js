@@ -1,6 +1,8 @@
-// The omnivox page: record the microphone (WebAudio), post it as a WAV to /v1/chat, play the streamed answer
-// (WebAudio, chunk by chunk as it arrives) and show the streaming text and the latency figures.
-// window.omnivox holds the counters the tests read: audioChunks, audioSeconds, text, turns, lastError.
+// The omnivox page: record the microphone (WebAudio), post it as a 16 kHz WAV to /v1/chat, play the streamed
+// answer (WebAudio, chunk by chunk as it arrives) and show the streaming text and the latency figures. A server
+// started with a token answers 401: the page then asks for it, keeps it in sessionStorage and sends it as
+// `Authorization: Bearer`. window.omnivox holds what the tests read: audioChunks, audioSeconds, text, turns,
+// lastError.
 "use strict";
 
 const omnivox = (window.omnivox = { audioChunks: 0, audioSeconds: 0, text: "", turns: 0, lastError: null });
@@ -8,6 +10,9 @@ const $ = (id) => document.getElementById(id);
 let context = null; // one AudioContext for recording and playback
 let recorder = null; // {source, node, stream, chunks: Float32Array[]}
 let playAt = 0; // when the next answer chunk starts (context time)
+let lastAsked = null; // [body, seconds] of the last question, asked again once a token is given
+const TOKEN_KEY = "omnivox-token";
+const QUESTION_RATE = 16000; // what the model hears; the page resamples to it
 
 function audioContext() {
   if (!context) context = new AudioContext();
@@ -21,6 +26,10 @@ function status(text, isError = false) {
 }
 
 async function startRecording() {
+  if (!navigator.mediaDevices) {
+    status("the microphone needs HTTPS or localhost: serve with --http-tls-cert/--http-tls-key (typing works)", true);
+    return;
+  }
   const ctx = audioContext();
   let stream;
   try {
@@ -56,7 +65,21 @@ async function stopAndSend() {
     status("the recording is too short: hold Record for at least a second", true);
     return;
   }
-  await ask({ audio: base64(wavFile(samples, context.sampleRate)) }, samples.length / context.sampleRate);
+  const question = await resample(samples, context.sampleRate, QUESTION_RATE);
+  await ask({ audio: base64(wavFile(question, QUESTION_RATE)) }, samples.length / context.sampleRate);
+}
+
+// `samples` at `rate` resampled to `to` Hz (by the browser's own resampler)
+async function resample(samples, rate, to) {
+  if (rate === to) return samples;
+  const offline = new OfflineAudioContext(1, Math.ceil((samples.length * to) / rate), to);
+  const buffer = offline.createBuffer(1, samples.length, rate);
+  buffer.copyToChannel(samples, 0);
+  const source = offline.createBufferSource();
+  source.buffer = buffer;
+  source.connect(offline.destination);
+  source.start();
+  return (await offline.startRendering()).getChannelData(0);
 }
 
 function concat(chunks) {
@@ -91,20 +114,29 @@ function resetFigures() {
 }
 
 async function ask(body, seconds) {
+  lastAsked = [body, seconds];
+  omnivox.lastError = null;
   resetFigures();
   audioContext();
   const sent = performance.now();
   let firstText = null, firstAudio = null;
   status(seconds ? `sent ${seconds.toFixed(1)} s of audio, waiting…` : "sent, waiting…");
+  const headers = { "Content-Type": "application/json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
   let response;
   try {
-    response = await fetch("v1/chat", { method: "POST", headers: { "Content-Type": "application/json" },
-                                        body: JSON.stringify(body) });
+    response = await fetch("v1/chat", { method: "POST", headers, body: JSON.stringify(body) });
   } catch (err) {
     return failed(`the server cannot be reached: ${err.message}`);
   }
   if (!response.ok) {
     const error = (await response.json().catch(() => ({}))).error || {};
+    if (response.status === 401) {
+      $("auth").hidden = false;
+      $("token").focus();
+      return failed(`${error.message || "this server asks for a token"}: enter it above and press Use token`);
+    }
     return failed(`${error.message || response.statusText}${error.fix ? ` (fix: ${error.fix})` : ""}`);
   }
   const reader = response.body.getReader();
@@ -173,3 +205,11 @@ $("ask").addEventListener("click", () => {
   if (text) ask({ text });
 });
 $("question").addEventListener("keydown", (e) => e.key === "Enter" && $("ask").click());
+$("use-token").addEventListener("click", () => {
+  const token = $("token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("auth").hidden = true;
+  if (lastAsked) ask(...lastAsked);
+});
+$("token").addEventListener("keydown", (e) => e.key === "Enter" && $("use-token").click());
