@@ -107,14 +107,7 @@ async def over_mqtt(broker: str, sessions: int, turns: int, max_steps: int, pcm:
 
         async def device(session):
             for _ in range(turns):
-                turn = await session.start_turn(rate)
-                for chunk in _chunks(pcm, rate):
-                    await turn.send(chunk)
-                stopped = time.monotonic()
-                await turn.stop()
-                answer = await turn.result(timeout=300)
-                assert answer.ok, answer.errors
-                firsts.append(answer.first_audio_at - stopped)
+                firsts.append(await first_audio_after_stop(session, pcm, rate))
 
         start = time.perf_counter()
         await asyncio.gather(*(device(session) for session in devices))
@@ -207,20 +200,25 @@ def hostile_device(port: int, candidate: str, stop, rounds) -> None:
     device.close()
 
 
+async def first_audio_after_stop(session, pcm: bytes, rate: int) -> float:
+    """One spoken question on `session`: seconds from its audio-stop to its first audio."""
+    turn = await session.start_turn(rate)
+    for chunk in _chunks(pcm, rate):
+        await turn.send(chunk)
+    stopped = time.monotonic()
+    await turn.stop()
+    answer = await turn.result(timeout=300)
+    assert answer.ok and answer.first_audio_at is not None, answer.errors
+    return answer.first_audio_at - stopped
+
+
 async def victim(broker: str, turns: int, pcm: bytes, rate: int) -> list[float]:
     """A device's times to first audio (from audio-stop) over `turns` spoken questions, one after another."""
     firsts = []
     async with Client(broker, site="victim") as client:
         session = await client.session()
         for _ in range(turns):
-            turn = await session.start_turn(rate)
-            for chunk in _chunks(pcm, rate):
-                await turn.send(chunk)
-            stopped = time.monotonic()
-            await turn.stop()
-            answer = await turn.result(timeout=300)
-            assert answer.ok and answer.first_audio_at is not None, answer.errors
-            firsts.append(answer.first_audio_at - stopped)
+            firsts.append(await first_audio_after_stop(session, pcm, rate))
         await session.close()
     return firsts
 

@@ -277,3 +277,13 @@ BAD_INPUTS: dict[str, Callable[[Edge], tuple[int, str]]] = {
     "http-too-many-sessions": _too_many_sessions,
     "http-slow-upload": _slow_upload,
 }
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll `condition` every 20 ms until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

@@ -15,18 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from aiohttp import web
-from http_support import BAD_INPUTS, EDGE_SERVER, EDGE_TOKEN, Edge, bad_input_table, self_signed, serving
+from http_support import BAD_INPUTS, EDGE_SERVER, EDGE_TOKEN, Edge, bad_input_table, self_signed, serving, wait_until
 
 pytest.importorskip("aiohttp")
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def idle(served):

@@ -8,25 +8,15 @@ import base64
 import io
 import json
 import threading
-import time
 import wave
 
 import pytest
 import requests
-from http_support import question_b64, serving
+from http_support import question_b64, serving, wait_until
 
 from omnivox.core.runtime.events import Cancel
 
 pytest.importorskip("aiohttp")
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_upstream_streamlit_request_gets_a_streamed_wav_whose_audio_arrives_before_the_turn_ends(tmp_path):
