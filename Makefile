@@ -17,7 +17,7 @@ install-system:
 
 install: install-system
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,http,vad,train,fw]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,audio,mqtt,http,vad,train]"
 
 demo: install
 	mkdir -p $(OUT)
@@ -25,7 +25,7 @@ demo: install
 	omnivox chat --input $(OUT)/question.wav --output $(OUT)/answer.wav --text-out $(OUT)/answer.txt
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

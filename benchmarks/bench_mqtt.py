@@ -14,7 +14,8 @@ transport's overhead. Needs the `mosquitto` binary (apt package mosquitto).
 --worst-input (issue 22): one `omnivox serve --checkpoint random` subprocess; a victim device asks spoken
 questions one after another and its median time to first audio is taken alone, then while a hostile device (a
 process of its own) repeats one candidate input as fast as the worker takes it: the largest accepted audio
-format for the longest accepted question, the longest text, floods of bad JSON or of tiny chunks, the rate that
+format for the longest accepted question, the longest text, floods of bad JSON, of questions or of tiny chunks
+(a flood mutes its session: the broker drops its chunks; docs/mqtt_protocol.md `muted`), the rate that
 once stalled the worker, session churn (HOSTILE below; the fuzz suite, tests/test_fuzz_edge.py, found no input
 that the worker answers otherwise than with a named error, so the candidates are the largest accepted inputs and
 the fastest refused ones). Prints each candidate's median and its ratio to the victim's median alone; the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -147,6 +149,13 @@ def _hostile_bad_json(probe) -> None:
     time.sleep(0.05)
 
 
+def _hostile_text_flood(probe) -> None:
+    """Good questions at QoS 0 as fast as they go: each is refused (rate-limited, then muted) with a turn-end."""
+    for _ in range(200):
+        probe.publish("text", json.dumps({"version": 1, "turn": probe.new_turn(), "text": "hi"}).encode(), qos=0)
+    time.sleep(0.05)
+
+
 def _hostile_chunk_flood(probe) -> None:
     turn = probe.new_turn()
     probe.send("audio-start", turn=turn, rate=16000)
@@ -179,6 +188,7 @@ HOSTILE = {
     "text-max-chars": _hostile_text,
     "bad-json-flood": _hostile_bad_json,
     "chunk-flood": _hostile_chunk_flood,
+    "text-flood-qos0": _hostile_text_flood,
     "rate-16000048000": _hostile_huge_rate,
     "session-churn": _hostile_churn,
 }

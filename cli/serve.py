@@ -18,7 +18,7 @@ from omnivox.core.errors import ConfigError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, TASKS
 
 # keys of the --config YAML besides the transports' own (command-line options given explicitly win)
-GENERAL_KEYS = ("limits", "checkpoint", "strategy", "task", "max_steps", "pipeline")
+GENERAL_KEYS = ("limits", "checkpoint", "strategy", "task", "max_steps", "memory", "pipeline")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="task of spoken turns (default A1A2; typed turns use T1A2)")
     model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     model.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
+    model.add_argument("--memory", action="store_true", default=None,
+                       help="a session's turns form one conversation (MQTT: the session; HTTP: a `conversation` "
+                            "id); off by default: Mini-Omni checkpoints were trained on single turns "
+                            "(docs/conversations.md)")
     p.set_defaults(func=serve, prepare=lambda parser: add_transport_options(parser, config))
 
 
@@ -88,6 +92,9 @@ def settings(args: argparse.Namespace) -> dict:
     values["limits"] = limits
     if values.get("max_steps") is not None and values["max_steps"] < 1:
         raise ConfigError(f"max_steps must be >= 1, got {values['max_steps']}", "pass a positive number of steps")
+    if not isinstance(values.get("memory", False), bool):
+        raise ConfigError(f"memory must be true or false, got {values['memory']!r}",
+                          "write `memory: true` or leave it out")
     for transport in enabled(values).values():
         transport.serve.params(values)
     return values
@@ -128,7 +135,7 @@ def build_pipeline(args: argparse.Namespace, values: dict, say=print):
     return speech_pipeline([t.input(**t.serve.params(values)) for t in chosen], model=model, encoder=encoder,
                            codec=codec, sinks=[t.output() for t in chosen],
                            lm=dict(strategy=values.get("strategy") or "text-delay", task=values.get("task") or "A1A2",
-                                   max_steps=max_steps, int8=args.int8))
+                                   max_steps=max_steps, int8=args.int8, memory=bool(values.get("memory"))))
 
 
 def served_yaml_pipeline(values: dict):
@@ -152,11 +159,36 @@ def served_yaml_pipeline(values: dict):
     return Pipeline.from_yaml(path, overrides=overrides)
 
 
+def return_freed_memory() -> str:
+    """Tell glibc's malloc to give freed memory back, so that a long-running server's RSS follows its live memory:
+    at most 2 arenas and a fixed mmap threshold (128 KiB: tensor buffers are mmapped and unmapped when freed). With
+    glibc's dynamic threshold, freed buffers stay in the arenas and a soak's idle RSS wandered by +9% to +14%
+    without a trend (tests/test_soak.py). Kept as it is where MALLOC_ARENA_MAX / MALLOC_MMAP_THRESHOLD_ are set,
+    where OMNIVOX_MALLOC=default, and off glibc. Returns what was done, for the log."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    tuned = {"MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"} & set(os.environ)
+    if os.environ.get("OMNIVOX_MALLOC") == "default" or tuned:
+        return "malloc: as the environment sets it"
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_mmap_threshold, m_arena_max = -3, -8  # glibc's malloc.h
+        if libc.mallopt(m_arena_max, 2) != 1 or libc.mallopt(m_mmap_threshold, 128 * 1024) != 1:
+            return "malloc: mallopt refused; glibc defaults"
+    except (OSError, AttributeError):
+        return "malloc: not glibc; left as it is"
+    return "malloc: 2 arenas, mmap threshold 128 KiB (OMNIVOX_MALLOC=default keeps glibc's defaults)"
+
+
 def serve(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger(__name__).info(return_freed_memory())
     values = settings(args)
     pipeline = build_pipeline(args, values, say=lambda line: print(line, file=sys.stderr))
     asyncio.run(_run_until_stopped(pipeline, announce=True))

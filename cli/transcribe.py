@@ -2,7 +2,7 @@
 
 Prints one `FILE<TAB>transcript` line per file. With `--references REFS.txt` (one reference per line, in
 file order) or `--manifest MANIFEST.jsonl` (its A1T1 examples: question_audio and answer_text) it also prints
-the corpus word error rate after Whisper's English normaliser. Needs the extra `omnivox[fw]`."""
+the corpus word error rate after Whisper's English normaliser. faster-whisper and tiny.en are core dependencies."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     cmd = subparsers.add_parser(
         "transcribe", help="speech to text with faster-whisper (the ASR yardstick), optionally scored by WER",
         description="Transcribe audio files with faster-whisper (beam 5, Silero VAD on; default model: the "
-        "shipped tiny.en of the fw extra) and print FILE<TAB>TEXT lines. With --references or --manifest, also "
+        "shipped tiny.en, a core dependency) and print FILE<TAB>TEXT lines. With --references or --manifest, also "
         "print the word error rate after Whisper's English text normaliser.")
     cmd.add_argument("files", nargs="*", metavar="FILE", help="audio files (WAV, FLAC, ...)")
     cmd.add_argument("--model", help="CTranslate2 Whisper directory, tiny.en (default, shipped) or base")

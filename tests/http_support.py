@@ -64,12 +64,13 @@ def tiny_http_stages(*, max_steps: int = 24, limits: dict | None = None, **http)
 
 
 @contextlib.contextmanager
-def serving(**kwargs):
-    """The tiny HTTP pipeline running in a thread; yields a Served (its `url` is http://127.0.0.1:<port>)."""
+def serving(stages: list | None = None, **kwargs):
+    """The tiny HTTP pipeline (or `stages`, an HTTP input first) running in a thread; yields a Served (its `url` is
+    http://127.0.0.1:<port>)."""
     from omnivox.core.runtime.pipeline import Pipeline
 
     loop = asyncio.new_event_loop()
-    pipeline = Pipeline(tiny_http_stages(**kwargs))
+    pipeline = Pipeline(stages or tiny_http_stages(**kwargs))
     ready = threading.Event()
 
     async def main():
@@ -227,6 +228,14 @@ def _slow_upload(edge: Edge) -> tuple[int, str]:
     return status, body["error"]["code"]
 
 
+def _result_bad_name(edge: Edge) -> tuple[int, str]:
+    answered = edge.post("/v1/chat", json={"text": "hi", "conversation": "c1"})  # turn 0 of c1
+    assert answered.status_code == 200, answered.text
+    edge.idle()
+    return _error(edge.post("/v1/chat", json={"text": "hi", "conversation": "c1", "action_results": [
+        {"turn": 0, "name": "no spaces", "result": True}]}))
+
+
 # id -> the request of that row, answered as (status, error code)
 BAD_INPUTS: dict[str, Callable[[Edge], tuple[int, str]]] = {
     "http-no-token": lambda e: _error(e.post("/v1/chat", token=None, json={"text": "hello"})),
@@ -276,6 +285,18 @@ BAD_INPUTS: dict[str, Callable[[Edge], tuple[int, str]]] = {
     "http-client-quota": _client_quota,
     "http-too-many-sessions": _too_many_sessions,
     "http-slow-upload": _slow_upload,
+    "http-bad-conversation": lambda e: _error(e.post("/v1/chat", json={"text": "hi", "conversation": "no spaces"})),
+    "http-context-not-string": lambda e: _error(e.post("/v1/chat", json={"text": "hi", "context": 5})),
+    "http-context-too-long": lambda e: _error(e.post("/v1/chat", json={"text": "hi", "context": "a" * 2001})),
+    "http-reset-not-bool": lambda e: _error(e.post("/v1/chat", json={"text": "hi", "conversation": "c1",
+                                                                     "reset": "yes"})),
+    "http-results-without-conversation": lambda e: _error(e.post("/v1/chat", json={"text": "hi",
+                                                                                   "action_results": []})),
+    "http-results-not-list": lambda e: _error(e.post("/v1/chat", json={"text": "hi", "conversation": "c1",
+                                                                       "action_results": {"turn": 0}})),
+    "http-result-bad-turn": lambda e: _error(e.post("/v1/chat", json={
+        "text": "hi", "conversation": "c-new", "action_results": [{"turn": 3, "name": "light", "result": True}]})),
+    "http-result-bad-name": _result_bad_name,
 }
 
 

@@ -135,15 +135,15 @@ def _refused_question(event: str, **fields) -> Callable[[Probe], Expect]:
     return produce
 
 
-def _audio(chunks: Callable[[Probe], list[bytes]], *, width: int = 2, channels: int = 1, seqs=None, stop=True):
-    """A spoken turn whose audio is refused mid-way: the turn is dropped (ends with error)."""
+def _audio(chunks: Callable[[Probe], list[bytes]], *, width: int = 2, channels: int = 1, seqs=None):
+    """A spoken turn whose audio (`chunks`, numbered `seqs` or 0, 1, ...) is refused: the turn is dropped (ends
+    with error)."""
     def produce(p: Probe) -> Expect:
         turn = p.new_turn()
         p.send("audio-start", turn=turn, rate=RATE, width=width, channels=channels)
         for index, pcm in enumerate(chunks(p)):
             p.chunk(turn, index if seqs is None else seqs[index], pcm)
-        if stop:
-            p.send("audio-stop", turn=turn)
+        p.send("audio-stop", turn=turn)
         return Expect(turn=turn)
     return produce
 
@@ -185,6 +185,18 @@ def _turn_in_progress(p: Probe) -> Expect:
     p.turn = turn + 2
     p.send("audio-stop", turn=turn)
     return Expect(turn=turn + 1)
+
+
+def _too_many_turns(p: Probe) -> Expect:
+    """Questions beyond max_open_turns while the first ones are answered: refused; the accepted ones end first."""
+    mark, accepted = p.device.mark(), [p.new_turn() for _ in range(int(_limit(p, "max_open_turns", 2)))]
+    for turn in accepted:
+        p.send("text", turn=turn, text="tell me a long story")
+    refused = p.new_turn()
+    p.send("text", turn=refused, text="and another one")
+    for turn in accepted:
+        p.result(turn, mark)
+    return Expect(turn=refused)
 
 
 def _chunk_without_start(p: Probe) -> Expect:
@@ -321,6 +333,16 @@ def _error_flood(p: Probe) -> Expect:
     return Expect(later=True)
 
 
+def _action_result(**fields) -> Callable[[Probe], Expect]:
+    """An action-result for the probe's last turn (one is asked first when it has none) with `fields`."""
+    def produce(p: Probe) -> Expect:
+        if p.turn == 0:
+            p.ask()
+        p.send("action-result", turn=p.turn - 1, **fields)
+        return Expect()
+    return produce
+
+
 def end_extra(p: Probe) -> None:
     """End the sessions a quota kind opened besides the probe's own."""
     for site, name in p.extra_sessions:
@@ -359,6 +381,7 @@ BAD_INPUTS: dict[str, Callable[[Probe], Expect]] = {
     "mqtt-turn-above-uint32": lambda p: (p.send("text", turn=2**32, text="hi"), Expect())[1],
     "mqtt-turn-back": _turn_back,
     "mqtt-turn-in-progress": _turn_in_progress,
+    "mqtt-too-many-turns": _too_many_turns,
     # audio chunks
     "mqtt-chunk-no-header": lambda p: (p.publish("audio-chunk", b"xx", qos=0), Expect())[1],
     "mqtt-chunk-bad-magic": lambda p: (p.publish("audio-chunk", b"OVA\x02" + bytes(8) + SPEECH, qos=0), Expect())[1],
@@ -402,6 +425,16 @@ BAD_INPUTS: dict[str, Callable[[Probe], Expect]] = {
     "mqtt-header-only-chunks": _audio(lambda p: [b""]),
     "mqtt-text-missing": _text_missing,
     "mqtt-error-flood": _error_flood,
+    # conversations: context and action results
+    "mqtt-start-context-not-string": lambda p: (p.send("session-start", context=["battery"]), Expect())[1],
+    "mqtt-context-not-string": lambda p: (p.send("context", context=5), Expect())[1],
+    "mqtt-context-missing": lambda p: (p.send("context"), Expect())[1],
+    "mqtt-context-too-long": lambda p: (p.send("context", context="a" * (int(_limit(p, "max_text_chars", 2000)) + 1)),
+                                        Expect())[1],
+    "mqtt-action-result-bad-turn": lambda p: (p.send("action-result", turn=p.turn + 7, name="light", result=True),
+                                              Expect())[1],
+    "mqtt-action-result-bad-name": _action_result(name="no spaces", result=True),
+    "mqtt-action-result-no-result": _action_result(name="light"),
 }
 
 # kinds a device can send on its own held session under any limits, and that leave the session held (the soak and

@@ -166,7 +166,6 @@ def _shipped():
     missing = missing_files()
     if missing:
         pytest.skip(f"the shipped demo model is not in the package: {missing[0]} is missing")
-    pytest.importorskip("faster_whisper", reason="the ASR yardstick needs the fw extra")
 
 
 def _speak(path: Path, text: str, voice: str = "en-us", rate: int = 150) -> Path:

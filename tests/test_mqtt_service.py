@@ -189,7 +189,7 @@ def test_each_bad_input_gets_its_named_error_while_a_good_session_completes(brok
 
 def test_limits_on_sessions_and_message_rate(broker):
     async def scenario():
-        limits = {"max_sessions": 2, "max_messages_per_s": 5}
+        limits = {"max_sessions": 2, "max_messages_per_s": 5, "max_open_turns": 20, "max_questions_per_s": 100}
         async with running_service(broker.url, max_steps=8, limits=limits), \
                 Client(broker.url, site="busy") as client:
             first, _ = await client.session(), await client.session()
@@ -204,7 +204,8 @@ def test_limits_on_sessions_and_message_rate(broker):
 
     refused, answers, sending_s = asyncio.run(scenario())
     assert refused.code == "too-many-sessions"
-    limited = [a for a in answers if [e["code"] for e in a.errors] == ["rate-limited"]]
+    # over the rate: refused, and the session is muted (its questions refused) for mute_s
+    limited = [a for a in answers if [e["code"] for e in a.errors] in (["rate-limited"], ["muted"])]
     served = [a for a in answers if a.ok]
     # a burst of 2 s x 5 msg/s, plus what refilled while the flood was being sent (slow on a loaded machine)
     allowed = 10 + 5 * sending_s
@@ -212,6 +213,26 @@ def test_limits_on_sessions_and_message_rate(broker):
     if allowed + 1 < 20:
         assert limited, "the flood outran the budget but nothing was rate-limited"
     assert all(a.reason == "error" for a in limited)  # every refused turn was ended, none hangs
+
+
+def test_a_session_has_at_most_max_open_turns_being_answered(broker):
+    """Questions sent faster than they are answered: beyond max_open_turns they are refused (too-many-turns), each
+    with its turn-end, so one session cannot queue work for the whole worker; the accepted ones are answered."""
+    async def scenario():
+        async with running_service(broker.url, max_steps=24, limits={"max_open_turns": 2}), \
+                Client(broker.url, site="eager") as client:
+            session = await client.session()
+            turns = [await session.send_text(f"question {i}") for i in range(6)]
+            answers = [await t.result(timeout=60) for t in turns]
+            again = await session.ask(text="one more")
+            return answers, again
+
+    answers, again = asyncio.run(scenario())
+    refused = [a for a in answers if [e["code"] for e in a.errors] == ["too-many-turns"] and a.reason == "error"]
+    served = [a for a in answers if a.ok]
+    assert len(served) >= 2 and len(served) + len(refused) == 6 and refused, [(a.reason, a.errors) for a in answers]
+    assert served[0] is answers[0] and served[1] is answers[1]  # the first two were accepted
+    assert again.ok, again.errors
 
 
 def test_a_vanished_device_is_reaped_and_its_turn_state_freed(broker):

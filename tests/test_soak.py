@@ -11,11 +11,11 @@ against a REAL mosquitto and `omnivox serve --checkpoint random --max-steps 8` s
 - The server's RSS (VmRSS of the serve process) grows by at most 5% from the end of the warm-up (every device
   past 10 turns, all waiting) to the end (all done): both readings are taken with the server idle.
 
-The server runs with glibc's malloc told to return freed memory (MALLOC_ARENA_MAX=2, a fixed
-MALLOC_MMAP_THRESHOLD_), so that RSS follows the live memory: with the defaults, glibc's dynamic mmap threshold
-keeps freed tensor buffers in its arenas and the idle RSS of this soak wandered between 840 and 1,080 MiB
-(+9% to +14% "growth" from one idle reading to the other, no trend); with the settings it reads within 1%.
-OMNIVOX_SOAK_MALLOC=default runs the server with glibc's defaults.
+`omnivox serve` tells glibc's malloc to return freed memory (2 arenas, a fixed mmap threshold:
+omnivox.cli.serve.return_freed_memory), so that RSS follows the live memory: with glibc's defaults its dynamic mmap
+threshold keeps freed tensor buffers in the arenas: this soak's RSS wandered between 840 and 1,080 MiB during the
+run with no trend, and two runs read +9% and +14% from one idle reading to the other; with the settings, +0.1% and
++0.3%. OMNIVOX_SOAK_MALLOC=default runs the server with glibc's defaults (OMNIVOX_MALLOC=default).
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ pytestmark = pytest.mark.slow
 DEVICES = 8
 TURNS = int(os.environ.get("OMNIVOX_SOAK_TURNS", "100"))  # good turns per device
 BAD_EVERY = int(os.environ.get("OMNIVOX_SOAK_BAD_EVERY", "4"))  # a bad input after every 4th good turn (0: none)
-WARMUP = 10  # turns per device before the first RSS reading
+WARMUP = min(10, TURNS)  # turns per device before the first RSS reading
 MAX_STEPS = int(os.environ.get("OMNIVOX_SOAK_MAX_STEPS", "8"))
 RANGE = 100_000  # device i numbers its turns from i * RANGE
-MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}  # RSS follows live memory (see above)
 
 
 class Device:
@@ -58,6 +57,13 @@ class Device:
         self.done = 0  # good turns finished
 
     def run(self, warm: threading.Barrier) -> None:
+        try:
+            self.soak(warm)
+        except BaseException:
+            warm.abort()  # the others stop waiting for this one
+            raise
+
+    def soak(self, warm: threading.Barrier) -> None:
         started = self.probe.start()
         assert started["event"] == "session-started", started
         bad = (self.index * 3) % len(SESSION_LOCAL)
@@ -104,7 +110,7 @@ def turn_of(event: str, payload: bytes) -> int | None:
 
 def test_soak_8_devices_100_turns_each_good_and_bad_mixed(tmp_path):
     broker = Mosquitto(tmp_path).start()
-    malloc = {} if os.environ.get("OMNIVOX_SOAK_MALLOC") == "default" else MALLOC
+    malloc = {"OMNIVOX_MALLOC": "default"} if os.environ.get("OMNIVOX_SOAK_MALLOC") == "default" else {}
     server = ServeProcess(tmp_path, broker.url, worker="soak", max_steps=MAX_STEPS, http=False, env=malloc)
     rss: dict[str, int] = {}
 
@@ -161,7 +167,7 @@ def test_soak_8_devices_100_turns_each_good_and_bad_mixed(tmp_path):
     print(f"soak: {DEVICES} devices x {TURNS} good turns = {good} good turns (+ {refused} refused or dropped by "
           f"{sum(len(d.errors) for d in devices)} bad inputs) in {took:.0f} s; turn-ends {sum(ends.values())}; "
           f"reasons {dict(reasons)}; RSS after warm-up {rss['warm'] / 1024:.1f} MiB, at the end "
-          f"{rss['end'] / 1024:.1f} MiB ({growth:+.2f}%; malloc {malloc or 'glibc defaults'})")
+          f"{rss['end'] / 1024:.1f} MiB ({growth:+.2f}%; malloc: {'glibc defaults' if malloc else 'serve sets it'})")
     step = max(1, len(curve) // 12)
     print("RSS by good turns done: " + ", ".join(f"{n}: {kib / 1024:.0f} MiB" for n, kib in curve[::step]))
     assert alive

@@ -40,7 +40,7 @@ _SINGULAR = {
 BUILTIN_PLUGINS: dict[str, str | None] = {
     "omnivox.plugins.strategies": None,
     "omnivox.plugins.whisper_encoder": None,
-    "omnivox.plugins.fw_encoder": "fw",
+    "omnivox.plugins.fw_encoder": None,  # faster-whisper: a core dependency (the default model's encoder)
     "omnivox.plugins.snac_codec": None,
     "omnivox.plugins.mimi_codec": None,
     "omnivox.plugins.mel_codec": None,

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
+from omnivox.core.errors import InputError
+from omnivox.core.kernel.conversation import Conversation
 from omnivox.core.kernel.generation import Event, Piece, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
 from omnivox.core.kernel.threads import set_threads, using_threads
@@ -125,9 +127,19 @@ class BatchEngine:
         self._stopping = False
 
     # ---- turns ---------------------------------------------------------------------------------------
-    def submit(self, emit: Callable[[Event], None], **stream_kwargs) -> TurnDecoder:
-        """Queues a turn; returns its decoder, whose `state` holds the turn's cache and positions after Done."""
-        turn = BatchTurn(TurnDecoder(prepare(self.model, **stream_kwargs)), emit)
+    def submit(self, emit: Callable[[Event], None], conversation: Conversation | None = None,
+               **stream_kwargs) -> TurnDecoder:
+        """Queues a turn; returns its decoder, whose `state` holds the turn's cache and positions after Done.
+        With a `conversation` (of this engine's model) the turn is that conversation's next turn
+        (`Conversation.turn`: it continues the conversation's cache)."""
+        if conversation is None:
+            decoder = TurnDecoder(prepare(self.model, **stream_kwargs))
+        elif conversation.lm is not self.lm:
+            raise InputError("the conversation decodes with another model than this BatchEngine",
+                             "make the Conversation with the engine's model")
+        else:
+            decoder = conversation.turn(**stream_kwargs)
+        turn = BatchTurn(decoder, emit)
         with self._wake:
             self.waiting.append(turn)
             self._wake.notify()
@@ -163,6 +175,7 @@ class BatchEngine:
             with budget:
                 turn.deliver(decoder.prefill(fill_post_cache=True))
         except Exception as error:  # noqa: BLE001 - the turn ends with its error, the others go on
+            decoder.error = error
             return turn.emit(error)
         if decoder.reason is not None:
             return turn.emit(decoder.finish(decoder.reason))
@@ -207,6 +220,7 @@ class BatchEngine:
         except Exception as error:  # noqa: BLE001 - every turn of the failed step ends with the error
             for turn in list(turns):
                 self._leave(turn, None)
+                turn.decoder.error = error
                 turn.emit(error)
             return
         self.batch.valid, self.steps = mask, self.steps + 1

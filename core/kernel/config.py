@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from omnivox.core.errors import ConfigError
+from omnivox.core.kernel.actions import ActionFormat
 from omnivox.core.yaml_files import read_yaml
 
 SPECIAL_TOKENS = 64  # specials appended to the text vocab and to every audio codebook (upstream)
@@ -67,6 +68,12 @@ class OmniConfig:
     post_adapter: bool = False
     post_adapter_layers: int = 6
     asr_adapter: str = "llamamlp"
+    # omnivox addition: the action markup the model emits in its text (core/kernel/actions.py ActionFormat
+    # fields: open, close, max_chars, names, ...); None: the model has no actions
+    actions: dict | None = None
+    # omnivox addition: how a conversation's history and context are laid out (core/kernel/conversation_format.py
+    # ConversationFormat fields: history, memory, context_token); None: the default (whole turns, memory off)
+    conversation: dict | None = None
 
     def __post_init__(self) -> None:
         if self.head_size is None:
@@ -126,6 +133,12 @@ class OmniConfig:
             if getattr(self, name) != want:
                 raise bad(name, f"={getattr(self, name)!r} is not supported (the Qwen2 backbone needs {want!r})",
                           f"set {name}: {want} or use a Qwen2-architecture checkpoint")
+        if self.actions is not None:
+            ActionFormat.from_dict(self.actions, f"{source}: field 'actions'")
+        if self.conversation is not None:
+            from omnivox.core.kernel.conversation_format import ConversationFormat  # it imports this module
+
+            ConversationFormat.from_dict(self.conversation, f"{source}: field 'conversation'")
         if self.asr_adapter not in ("llamamlp", "mlp"):
             raise bad("asr_adapter", f"={self.asr_adapter!r} is unknown", "use 'llamamlp' (SwiGLU) or 'mlp' (linear)")
         if self.head_size * self.n_head <= 0 or self.head_size % 2:

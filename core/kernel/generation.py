@@ -213,6 +213,23 @@ def _check_features(lm: OmniLM, features, task: str) -> torch.Tensor:
     return features.to(lm.device)
 
 
+def _check_continues(state: DecodeState, setup: TurnSetup) -> None:
+    """A turn can continue `state`: its cache is here, has the turn's rows, and leaves room for the prompt."""
+    if state.cache is None:
+        raise InputError("the decode state holds no cache (a BatchEngine holds its rows, or a batched step failed)",
+                         "continue a state only after its turn's Done; after an error start a fresh one")
+    rows = setup.prompt.ids.shape[0]
+    if state.rows is not None and state.rows != rows:
+        raise InputError(f"the decode state holds {state.rows} rows but this turn's prompt has {rows} "
+                         f"({setup.strategy.name})",
+                         "continue a state with the strategy that made it (a conversation keeps one strategy)")
+    block = setup.lm.config.block_size
+    if state.length + setup.prompt.length > block:
+        raise InputError(f"the history ({state.length} positions) and the prompt ({setup.prompt.length}) exceed "
+                         f"the model's context of {block}",
+                         "drop old turns (a Conversation does) or start a fresh state")
+
+
 def _cancel_check(cancel) -> Callable[[], bool]:
     if cancel is None:
         return lambda: False
@@ -246,15 +263,23 @@ class DecodeState:
     """The KV cache of a turn's rows and the positions they have seen, apart from the turn so that it outlives it.
 
     `TurnDecoder(setup)` starts a fresh state (position 0); `TurnDecoder(setup, state)` continues one: its
-    prompt follows the state's positions. This is where a session's conversation history will live (the next
-    turn continues the previous turns' cache instead of a fresh one). After `finish` the state also holds the
-    turn's positions: prompt + columns - 1 (the last sampled column is never fed back). `cache` is None while a
+    prompt follows the state's positions (a conversation's history, core/kernel/conversation.py). After `finish`
+    the state also holds the turn's positions: prompt + the columns fed back (all appended columns when the turn
+    stopped on eoa/eot; all but the last after max_steps, context or a cancel). `cache` is None while a
     BatchEngine holds the rows in its batch cache (it hands them back when the turn ends) and after a failed
     batched step; `length` always counts the positions. A text-output turn decoded alone on a post-adapter model
-    skips the post-adapter (upstream's cost), so `cache.post` misses that turn's positions (a BatchEngine fills it)."""
+    skips the post-adapter (upstream's cost), so `cache.post` misses that turn's positions, unless its decoder
+    was made with `fill_post_cache` (conversations do; a BatchEngine always fills it)."""
 
     cache: OmniCache | None
     length: int = 0
+
+    @property
+    def rows(self) -> int | None:
+        """Batch rows the cache holds (2 for batch parallel decoding); None while it holds none."""
+        if self.cache is None or not self.cache.backbone.layers or not self.cache.backbone.layers[0].is_initialized:
+            return None
+        return self.cache.backbone.layers[0].keys.shape[0]
 
 
 class TurnDecoder:
@@ -263,12 +288,20 @@ class TurnDecoder:
     `advance(out)` samples the rows of `head_rows` from the logits of the forward that fed the turn, appends the
     column (`rule.apply`) and returns its TextPiece / FramePiece; when the turn stops it sets `reason` and feeds
     nothing more. Alone, `step` runs that forward on the state's own cache (`run` is `stream`'s loop); in a
-    BatchEngine one forward (`OmniLM.step`) serves every turn's `next_ids`."""
+    BatchEngine one forward (`OmniLM.step`) serves every turn's `next_ids`. `done` holds the turn's Done once
+    finished, `error` the exception that ended it otherwise (set by `run` and by a BatchEngine).
+    `fill_post_cache`: a post-adapter runs at every forward even when the turn samples no audio, so that the
+    state's `cache.post` holds every position (a conversation continues it)."""
 
-    def __init__(self, setup: TurnSetup, state: DecodeState | None = None):
+    def __init__(self, setup: TurnSetup, state: DecodeState | None = None, fill_post_cache: bool = False):
         self.setup = setup
         self.lm, self.rule, self.sampling = setup.lm, setup.rule, setup.sampling
+        if state is not None:
+            _check_continues(state, setup)
         self.state = state if state is not None else DecodeState(setup.lm.new_cache())
+        self.fill_post_cache = fill_post_cache
+        self.done: Done | None = None
+        self.error: BaseException | None = None
         self.generator = setup.sampling.generator(self.lm.device)
         self.delay = max(setup.strategy.delays(self.lm.layout))
         self.columns: list[list[int]] = []
@@ -292,12 +325,20 @@ class TurnDecoder:
 
     def run(self) -> Iterator[Event]:
         """Decodes the turn alone (a batch of one): `prefill`, then `step` until it stops or is cancelled
-        (checked before every forward); Done last."""
-        forward = self.prefill
-        while self.reason is None and not self.cancelled():
-            yield from forward()
-            forward = self.step
-        yield self.finish(self.reason or "cancelled")
+        (checked before every forward); Done last. A caller that stops reading ends the turn as "cancelled"."""
+        try:
+            first = True
+            while self.reason is None and not self.cancelled():
+                yield from self.prefill(self.fill_post_cache) if first else self.step()
+                first = False
+            yield self.finish(self.reason or "cancelled")
+        except GeneratorExit:
+            if self.done is None:
+                self.finish("cancelled")
+            raise
+        except BaseException as error:
+            self.error = error
+            raise
 
     def prefill(self, fill_post_cache: bool = False) -> list[Piece]:
         """The prompt's forward on the state's cache (after its positions), then `advance`: column 0's pieces.
@@ -309,12 +350,14 @@ class TurnDecoder:
             audio_rows = (self.rule.audio_row,)
         with torch.inference_mode():
             out = lm(prompt.ids.to(lm.device), self.setup.features, prompt.audio_lengths, cache=self.state.cache,
-                     last_only=True, text_rows=text_rows, audio_rows=audio_rows)
+                     last_only=True, text_rows=text_rows, audio_rows=audio_rows, audio_spans=prompt.audio_spans)
             return self.advance(out)
 
     def step(self) -> list[Piece]:
         """Alone: the forward of `next_ids` on the state's own cache, then `advance`."""
         text_rows, audio_rows = self.head_rows()
+        if self.fill_post_cache and self.lm.config.post_adapter:
+            audio_rows = (self.rule.audio_row,)  # runs the post-adapter (its logits go unused by a text turn)
         with torch.inference_mode():
             out = self.lm(self.next_ids, cache=self.state.cache, last_only=True, text_rows=text_rows,
                           audio_rows=audio_rows)
@@ -359,8 +402,9 @@ class TurnDecoder:
         grid = (torch.tensor(self.columns, dtype=torch.long).T if self.columns
                 else torch.empty(layout.n_streams, 0, dtype=torch.long))  # (S, steps)
         text_ids, frames = setup.strategy.extract(layout, grid)
-        return Done(GenerationResult(grid, text_ids, frames, reason, setup.task, setup.strategy.name,
-                                     self.rule.audio_output))
+        self.done = Done(GenerationResult(grid, text_ids, frames, reason, setup.task, setup.strategy.name,
+                                          self.rule.audio_output))
+        return self.done
 
     def _sample(self, out: OmniOutput) -> tuple[list[int] | None, int]:
         """Ids of the last position (the forward computed only the text row's text logits and the audio row's audio

@@ -147,7 +147,8 @@ class OmniLM(nn.Module):
 
     # ---- inputs --------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
-              audio_lengths: Sequence[int] | None = None) -> torch.Tensor:
+              audio_lengths: Sequence[int] | None = None,
+              audio_spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> torch.Tensor:
         """(B, S, T) local ids [+ (B, Ta, F) features] -> (B, T, D) mean of the stream embeddings."""
         B, S, T = ids.shape
         if S != self.layout.n_streams:
@@ -155,28 +156,39 @@ class OmniLM(nn.Module):
                              "build prompts with the model's TokenLayout")
         emb = self.backbone.embed_tokens(ids + self.stream_offsets.view(1, S, 1))  # (B, S, T, D)
         if audio_features is not None:
-            emb = self._inject_audio(emb, audio_features, audio_lengths)
+            emb = self._inject_audio(emb, audio_features, audio_lengths, audio_spans)
         return emb.mean(dim=1)
 
-    def _inject_audio(self, emb: torch.Tensor, features: torch.Tensor,
-                      lengths: Sequence[int] | None) -> torch.Tensor:
-        """Adapter(features) replaces the audio streams' embeddings at positions 1..L of each row."""
+    def _inject_audio(self, emb: torch.Tensor, features: torch.Tensor, lengths: Sequence[int] | None,
+                      spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> torch.Tensor:
+        """Adapter(features) replaces the audio streams' embeddings at positions 1..L of each row (`lengths`), or
+        per row at each (start, frames) span of `spans`, taking the row's feature frames in order (a
+        conversation's history holds several audio turns)."""
         B, S, T, D = emb.shape
         if features.dim() != 3 or features.shape[0] != B or features.shape[-1] != self.config.whisper_adapter_dim:
             raise InputError(
                 f"audio features have shape {tuple(features.shape)}, expected (batch={B}, frames, "
                 f"{self.config.whisper_adapter_dim})",
                 "use the encoder the model was trained with (whisper_adapter_dim in model_config.yaml)")
-        lengths = [features.shape[1]] * B if lengths is None else list(lengths)
-        if any(n > features.shape[1] or n + 1 > T for n in lengths):
-            raise InputError(f"audio lengths {lengths} exceed the features ({features.shape[1]} frames) or "
-                             f"the prompt ({T} positions)", "build the prompt from the same audio")
+        if spans is None:
+            lengths = [features.shape[1]] * B if lengths is None else list(lengths)
+            if any(n > features.shape[1] or n + 1 > T for n in lengths):
+                raise InputError(f"audio lengths {lengths} exceed the features ({features.shape[1]} frames) or "
+                                 f"the prompt ({T} positions)", "build the prompt from the same audio")
+            spans = [[(1, n)] for n in lengths]
+        elif len(spans) != B or any(start < 0 or start + n > T for row in spans for start, n in row) or any(
+                sum(n for _, n in row) > features.shape[1] for row in spans):
+            raise InputError(f"audio spans {[list(row) for row in spans]} do not fit {B} rows of {T} positions and "
+                             f"{features.shape[1]} feature frames", "build the prompt from the same audio")
         projected = self.adapter(features.to(emb.dtype))  # (B, Ta, D)
         placed = emb.new_zeros(B, T, D)
         mask = torch.zeros(B, T, dtype=torch.bool, device=emb.device)
-        for b, n in enumerate(lengths):
-            placed[b, 1:n + 1] = projected[b, :n]
-            mask[b, 1:n + 1] = True
+        for b, row in enumerate(spans):
+            taken = 0
+            for start, n in row:
+                placed[b, start:start + n] = projected[b, taken:taken + n]
+                mask[b, start:start + n] = True
+                taken += n
         audio = torch.where(mask[:, None, :, None], placed[:, None], emb[:, :-1])  # (B, A, T, D)
         return torch.cat([audio, emb[:, -1:]], dim=1)
 
@@ -188,8 +200,10 @@ class OmniLM(nn.Module):
     def forward(self, ids: torch.Tensor, audio_features: torch.Tensor | None = None,
                 audio_lengths: Sequence[int] | None = None, cache: OmniCache | None = None,
                 last_only: bool = False, text_rows: Sequence[int] | None = None,
-                audio_rows: Sequence[int] | None = None) -> OmniOutput:
+                audio_rows: Sequence[int] | None = None,
+                audio_spans: Sequence[Sequence[tuple[int, int]]] | None = None) -> OmniOutput:
         """ids (B, S, T). With `cache`, the T positions continue the cached ones (prefill or step).
+        `audio_spans` (instead of `audio_lengths`): per row, the (start, frames) spans the features fill.
         `last_only`: logits of the last position only. `text_rows` / `audio_rows`: the batch rows whose text /
         audio logits to compute, in that order (None: all; empty: none, the logits are None, and with a
         post-adapter `audio_rows=()` skips its blocks and cache too); the other rows' head products are skipped."""
@@ -198,7 +212,7 @@ class OmniLM(nn.Module):
         if start + T > self.config.block_size:
             raise InputError(f"sequence of {start + T} positions exceeds the context of {self.config.block_size}",
                              "shorten the input or raise block_size (the model was trained up to it)")
-        x = self.embed(ids, audio_features, audio_lengths)  # (B, T, D)
+        x = self.embed(ids, audio_features, audio_lengths, audio_spans)  # (B, T, D)
         positions = torch.arange(start, start + T, device=ids.device).unsqueeze(0)  # (1, T)
         run_post = audio_rows is None or len(audio_rows) > 0
         out = self._blocks_and_heads(x, positions, None, cache, last_only, text_rows, audio_rows, run_post)

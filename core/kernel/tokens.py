@@ -143,11 +143,14 @@ class TokenLayout:
 @dataclass
 class Prompt:
     """A multi-stream prompt. `ids`: (B, S, T) local ids, S = audio streams + 1 (text last).
-    `audio_lengths[b]`: encoder frames injected at positions 1..L of row b (None for text prompts)."""
+    `audio_lengths[b]`: encoder frames injected at positions 1..L of row b (None for text prompts).
+    `audio_spans[b]` (a conversation's whole history, instead of `audio_lengths`): the (start, frames) spans of
+    row b that its features fill, in order."""
 
     ids: torch.Tensor
     audio_lengths: tuple[int, ...] | None
     tasks: tuple[str, ...]
+    audio_spans: tuple[tuple[tuple[int, int], ...], ...] | None = None
 
     @property
     def length(self) -> int:

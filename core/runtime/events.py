@@ -2,9 +2,10 @@
 
 - SystemEvent: urgent, jumps every queue, never dropped (Interruption, Error, Cancel, Shutdown).
 - DataEvent: ordered, dropped when its turn is interrupted (AudioChunk, Features, TextIn, TextToken,
-  CodecFrame, AudioOut).
+  CodecFrame, AudioOut, Action).
 - ControlEvent: ordered, never dropped by an interruption (AudioStart/AudioStop, VoiceStarted/VoiceStopped,
-  TurnStart/TurnEnd, Metrics).
+  TurnStart/TurnEnd, Metrics, ActionWarning, ActionResult, and the conversation controls SetContext,
+  ResetConversation, Played that a transport feeds and the LM stage consumes: docs/conversations.md).
 
 Every event carries `session_id`, `turn_id`, a monotonic `timestamp` (time.monotonic() at creation) and
 `source`, the stage that produced it (filled in by the stage runtime when left empty). Events are shared
@@ -166,6 +167,18 @@ class CodecFrame(DataEvent):
     step: int = 0
 
 
+@dataclass(slots=True)
+class Action(DataEvent):
+    """An action the model emitted in its text (docs/actions.md): `name` and its JSON `arguments` (an object);
+    `index` numbers the turn's actions from 0, `step` is the LM step whose text closed it. Part of the answer:
+    dropped, like its text, when the turn is interrupted before it is delivered."""
+
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    index: int = 0
+    step: int = 0
+
+
 # --------------------------------------------------------------------------------------------- control
 @dataclass(kw_only=True, slots=True)
 class ControlEvent(Event):
@@ -224,6 +237,49 @@ class Metrics(ControlEvent):
     text_tokens: int = 0
     stage_busy_ms: Mapping[str, float] = field(default_factory=dict)
     reason: str = "done"
+
+
+@dataclass(slots=True)
+class ActionWarning(ControlEvent):
+    """A malformed or unknown action in the model's text was dropped and the turn went on: `code` (kebab-case,
+    core/kernel/actions.py ISSUE_CODES: bad-action-json, unknown-action, unclosed-action, ...), `message`,
+    `markup` (the start of the dropped action, for diagnosis), `step` (the LM step that revealed it)."""
+
+    code: str
+    message: str
+    markup: str = ""
+    step: int = 0
+
+
+@dataclass(slots=True)
+class ActionResult(ControlEvent):
+    """A device's answer to Action `index` of turn (session_id, turn_id): the action's `name` and its JSON
+    `result` (e.g. {"ok": true} or {"error": "no such room"}); it enters the session's conversation
+    (docs/actions.md). A control event: it outlives an interruption of the turn that asked for it."""
+
+    name: str
+    result: Any = None
+    index: int | None = None
+
+
+@dataclass(slots=True)
+class SetContext(ControlEvent):
+    """The session's context text from now on (None or "": none); its next turn sees it (the LM stage)."""
+
+    text: str | None = None
+
+
+@dataclass(slots=True)
+class ResetConversation(ControlEvent):
+    """Drop the session's conversation history (its context stays); the next turn starts afresh."""
+
+
+@dataclass(slots=True)
+class Played(ControlEvent):
+    """Turn (session_id, turn_id) was cut after its first `columns` answer columns reached the client (the last
+    delivered TextToken/AudioOut step + 1): the session's history keeps only those."""
+
+    columns: int = 0
 
 
 def check_audio_format(rate: int, width: int, channels: int) -> None:

@@ -17,6 +17,7 @@ checkpoint directory)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -31,16 +32,25 @@ import torch
 from omnivox.core import audio
 from omnivox.core.contracts.codec import push_frames
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.kernel.actions import ActionFormat, ActionIssue, ActionParser, ParsedAction, check_names
 from omnivox.core.kernel.threads import set_threads
+from omnivox.core.runtime.conversations import SessionConversations
 from omnivox.core.runtime.events import (
+    Action,
+    ActionResult,
+    ActionWarning,
     AudioChunk,
     AudioOut,
     AudioStart,
     AudioStop,
+    Cancel,
     CodecFrame,
     Event,
     Features,
     Interruption,
+    Played,
+    ResetConversation,
+    SetContext,
     TextIn,
     TextToken,
     TurnEnd,
@@ -49,6 +59,7 @@ from omnivox.core.runtime.events import (
 from omnivox.core.runtime.speech_kit import SpeechKit
 from omnivox.core.runtime.stage import Stage
 
+log = logging.getLogger(__name__)
 KEEP_RESULTS = 64  # LMStage.results keeps the GenerationResult of this many recent turns
 
 
@@ -134,19 +145,61 @@ class IncrementalText:
         return new
 
 
+class ActionText:
+    """One turn's text through the action parser of the model's declared format (core/kernel/actions.py): the
+    plain text as TextTokens (only non-empty ones, with the id and step of the token that released them), an
+    Action as soon as one closes, an ActionWarning as soon as one fails; no character of an action in a TextToken."""
+
+    def __init__(self, fmt: ActionFormat, names: list[str] | None):
+        self.parser, self.count = ActionParser(fmt, names), 0
+        self.token, self.step = 0, 0  # the last text token: a flush at the turn's end is attributed to it
+
+    @classmethod
+    def of(cls, model, names: list[str] | None) -> ActionText | None:
+        fmt = ActionFormat.of(model)
+        return None if fmt is None else cls(fmt, names)
+
+    def push(self, token: int, step: int, text: str, event: Event) -> list[Event]:
+        self.token, self.step = token, step
+        return self._events(self.parser.feed(text), event)
+
+    def finish(self, event: Event) -> list[Event]:
+        return self._events(self.parser.finish(), event)
+
+    def _events(self, items, event: Event) -> list[Event]:
+        out: list[Event] = []
+        for item in items:
+            if isinstance(item, ParsedAction):
+                out.append(Action(item.name, item.arguments, index=self.count, step=self.step, **same_turn(event)))
+                self.count += 1
+            elif isinstance(item, ActionIssue):
+                out.append(ActionWarning(item.code, item.message, markup=item.markup, step=self.step,
+                                         **same_turn(event)))
+            else:
+                out.append(TextToken(self.token, item, step=self.step, **same_turn(event)))
+        return out
+
+
 class LMStage(Stage):
     """Runs the LM with a decoding strategy on each Features (audio in) or TextIn (text in) event.
-    Emits a TextToken per text id and a CodecFrame per complete codec frame, as soon as each exists.
+    Emits a TextToken per text id and a CodecFrame per complete codec frame, as soon as each exists. A model that
+    declares actions (its config's `actions`) has its text parsed (`ActionText`): TextTokens carry the plain text
+    only, actions come as Action events, malformed or unknown ones (not in `action_names`, when given) as
+    ActionWarnings, and the turn goes on.
     All sessions' turns decode together in one BatchEngine (`max_rows` batch rows at once; a batch-parallel
-    turn takes 2), in a thread with `threads` torch threads (default: every core but one)."""
+    turn takes 2), in a thread with `threads` torch threads (default: every core but one).
+    It also consumes a transport's conversation controls (SetContext, ResetConversation, Played, ActionResult:
+    docs/conversations.md), in the session's order, so they act between turns; they go no further."""
 
-    consumes = (Features, TextIn)
+    consumes = (Features, TextIn, SetContext, ResetConversation, Played, ActionResult)
+    replaces = (SetContext, ResetConversation, Played, ActionResult)
     queue_size = 8
 
     def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
                  task: str | None = None, max_steps: int | None = 600, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
-                 force_layout: bool = False, int8: bool = False, threads: int | None = None, max_rows: int = 16):
+                 force_layout: bool = False, int8: bool = False, threads: int | None = None, max_rows: int = 16,
+                 action_names: list[str] | None = None, memory: bool | None = False, context: str | None = None):
         from omnivox.core.kernel.sampling import SamplingConfig
         from omnivox.core.kernel.strategies import get_strategy
 
@@ -157,7 +210,12 @@ class LMStage(Stage):
         self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         self.threads = default_lm_threads() if threads is None else threads
         self.max_rows = max_rows
+        # actions accepted (others: ActionWarning unknown-action); None: those the model declares
+        self.action_names = None if action_names is None else list(check_names(action_names, "lm: action_names"))
         self.engine = None  # BatchEngine, created at setup
+        # session memory (core/runtime/conversations.py): `memory` true keeps each session's turns as one
+        # conversation (None: as the model declares; default off), `context` is each new session's context text
+        self.conversations = SessionConversations(memory, context)
         self.generating: set[tuple[str, int]] = set()  # turns whose generation is running now
         # GenerationResult of the most recent turns (bounded: a service runs turns without end)
         self.results: OrderedDict[tuple[str, int], object] = OrderedDict()
@@ -189,6 +247,9 @@ class LMStage(Stage):
     async def process(self, event: Event) -> AsyncIterator[Event]:
         from omnivox.core.kernel.generation import Done, FramePiece, TextPiece
 
+        if isinstance(event, SetContext | ResetConversation | Played | ActionResult):
+            self._control(event)
+            return
         key, loop = event.turn, asyncio.get_running_loop()
         self._start_engine()  # started at setup; again after a teardown
         pieces: asyncio.Queue = asyncio.Queue()
@@ -202,6 +263,10 @@ class LMStage(Stage):
         left = threading.Event()  # this turn's consumer is gone (interrupted, failed, stopped)
         options = dict(strategy=self.strategy, sampling=self.sampling, max_steps=self.max_steps,
                        force_layout=self.force_layout, cancel=lambda: left.is_set() or self.interrupted(event))
+        conversation = await self.conversations.begin(event.session_id, self.model, self.strategy)
+        if conversation is not None:  # the turn continues the session's conversation
+            options.update(conversation=conversation, turn_id=event.turn_id)
+            deliver = self.conversations.watch(event.session_id, deliver, loop)
         if isinstance(event, Features):
             features = torch.as_tensor(event.features, dtype=torch.float32)
             self.engine.submit(deliver, task=self.task or "A1A2", audio_features=features, **options)
@@ -209,17 +274,26 @@ class LMStage(Stage):
             task = self.task if self.task in ("T1A2", "T1T2") else "T1A2"
             self.engine.submit(deliver, task=task, text_ids=event.text, **options)
         text = IncrementalText(getattr(self.model, "tokenizer", None))
+        actions = ActionText.of(self.model, self.action_names)  # None: the model declares no actions
         self.generating.add(key)
+        piece, delivered = None, 0  # the last piece received; answer columns produced so far
         try:
             while True:
                 piece = await pieces.get()
+                delivered = max(delivered, getattr(piece, "step", -1) + 1)
                 if isinstance(piece, Exception):
                     raise piece
                 if isinstance(piece, TextPiece):
-                    yield TextToken(piece.token, text.push(piece.token), step=piece.step, **same_turn(event))
+                    if actions is None:
+                        yield TextToken(piece.token, text.push(piece.token), step=piece.step, **same_turn(event))
+                    else:
+                        for out in actions.push(piece.token, piece.step, text.push(piece.token), event):
+                            yield out
                 elif isinstance(piece, FramePiece):
                     yield CodecFrame(piece.codes, step=piece.step, **same_turn(event))
                 elif isinstance(piece, Done):
+                    for out in actions.finish(event) if actions is not None else ():
+                        yield out
                     self.results[key] = piece.result
                     while len(self.results) > KEEP_RESULTS:
                         self.results.popitem(last=False)
@@ -227,6 +301,51 @@ class LMStage(Stage):
         finally:
             self.generating.discard(key)
             left.set()  # a turn still decoding leaves the batch at the engine's next step
+            if not isinstance(piece, Done):  # cut: the session's history keeps what this turn produced
+                self.conversations.cut(event.session_id, event.turn_id, delivered)
+
+    async def on_interrupt(self, event: Interruption | Cancel) -> None:
+        if isinstance(event, Cancel):  # the session ended: its conversation goes
+            self.conversations.free(event.session_id)
+
+    def _control(self, event: SetContext | ResetConversation | Played | ActionResult) -> None:
+        """A transport's conversation control (a bad one is logged: it belongs to no turn that could fail)."""
+        sid = event.session_id
+        try:
+            if isinstance(event, SetContext):
+                self.set_context(sid, event.text)
+            elif isinstance(event, ResetConversation):
+                self.reset_conversation(sid)
+            elif isinstance(event, Played):
+                self.played(sid, event.turn_id, event.columns)
+            else:
+                self.add_result(sid, event.name, event.result, event.turn_id)
+        except InputError as exc:
+            log.warning("session %s: %s ignored: %s (%s)", sid, type(event).__name__, exc.problem, exc.fix)
+
+    # ---- session memory: what a transport calls (docs/conversations.md) -------------------------------
+    def reset_conversation(self, session_id: str) -> None:
+        """Drops the session's history (its context stays); the next turn starts afresh."""
+        conversation = self.conversations.sessions.get(session_id)
+        if conversation is not None:
+            conversation.reset()
+
+    def set_context(self, session_id: str, context: str | None) -> None:
+        """Sets the session's context text (its next turn sees it); makes the session's conversation if needed."""
+        self.conversations.get(session_id, self.model, self.strategy, create=True).set_context(context)
+
+    def add_result(self, session_id: str, name: str, result, turn_id: int | None = None) -> bool:
+        """A device's result of action `name` enters the session's conversation (its next turn's prefill puts it
+        first); False when the session keeps no conversation (memory off, no context): nothing to enter."""
+        conversation = self.conversations.get(session_id, self.model, self.strategy)
+        if conversation is None:
+            return False
+        conversation.add_result(name, result, turn_id=turn_id)
+        return True
+
+    def played(self, session_id: str, turn_id: int, columns: int) -> None:
+        """Turn `turn_id` was cut after `columns` answer columns were played: the history keeps only those."""
+        self.conversations.cut(session_id, turn_id, columns)
 
 
 @dataclass

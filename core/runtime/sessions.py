@@ -100,6 +100,51 @@ def check_audio_format(rate, width, channels) -> None:
                             "send mono (channels 1) or interleaved stereo (channels 2)")
 
 
+def check_context(value, subject: str, max_chars: int) -> str | None:
+    """A conversation's context text from a client: None (none), or a string of at most `max_chars` characters.
+    ProtocolError bad-field (not a string, a lone surrogate) or text-too-long naming `subject`."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError("bad-field", f"{subject} must be a string or null, got {shown(value)}",
+                            'send the context as text, e.g. "battery forty percent, in the kitchen"')
+    if len(value) > max_chars:
+        raise ProtocolError("text-too-long", f"{subject} has {len(value)} characters, the limit is {max_chars}",
+                            "send a shorter context (max_text_chars)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad-field", f"{subject} holds a lone UTF-16 surrogate, which is not a character",
+                            "send valid Unicode text") from None
+    return value
+
+
+def check_action_result(data, subject: str, next_turn: int) -> tuple[int, str, object, int | None]:
+    """(turn, name, result, index) of a device's action result `data` ({"turn", "name", "result", "index"?}); the
+    turn must be an earlier one of the conversation (< `next_turn`). ProtocolError bad-turn / bad-field."""
+    from omnivox.core.kernel.actions import NAME
+
+    if not isinstance(data, dict):
+        raise ProtocolError("bad-field", f"{subject} is {shown(data)}, not an object",
+                            'send {"turn": 0, "name": "light", "result": {"ok": true}}')
+    turn = data.get("turn")
+    if not _is_int(turn) or not 0 <= turn < next_turn:
+        raise ProtocolError("bad-turn", f"{subject}: turn {shown(turn)} is not an earlier turn of this conversation "
+                            f"(0..{next_turn - 1})", "send the `turn` of the `action` this result answers")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ProtocolError("bad-field", f"{subject}: field 'name' is {shown(name)}, not an action name",
+                            "send the `name` of the `action` this result answers")
+    if "result" not in data:
+        raise ProtocolError("bad-field", f"{subject}: field 'result' is missing",
+                            'send the outcome as any JSON value, e.g. "result": {"ok": true}')
+    index = data.get("index")
+    if index is not None and (not _is_int(index) or index < 0):
+        raise ProtocolError("bad-field", f"{subject}: field 'index' must be a non-negative integer, got "
+                            f"{shown(index)}", "send the `index` of the `action` this result answers, or leave it out")
+    return turn, name, data["result"], index
+
+
 @dataclass
 class Limits:
     """Per-worker limits; every violation is a ProtocolError on the offending session only."""
@@ -109,9 +154,12 @@ class Limits:
     max_chunk_bytes: int = 64_000  # one audio chunk (2 s of 16 kHz s16le mono)
     max_turn_s: float = 30.0  # seconds of audio in one turn
     max_text_chars: int = 2_000  # one text question
+    max_open_turns: int = 2  # turns of one session accepted and not yet ended (the answer, and the next question)
     max_messages_per_s: float = 200.0  # per site, averaged over a burst of 2 s
+    max_questions_per_s: float = 4.0  # questions (audio-start, text) per site, averaged over a burst of 2 s
     max_errors_per_s: float = 10.0  # error replies per site, averaged over a burst of 2 s; the rest are summarised
     session_idle_s: float = 60.0  # a session without messages (in or out) for this long is reaped
+    mute_s: float = 2.0  # a session whose site went over max_messages_per_s is not read for this long
 
     @classmethod
     def from_mapping(cls, values: dict) -> Limits:
@@ -173,6 +221,10 @@ class Session:
         if self.receiving is not None:
             raise ProtocolError("turn-in-progress", f"turn {self.receiving.turn} is still receiving audio",
                                 "send audio-stop (or interrupt) before starting another turn", turn=turn)
+        if len(self.open_turns) >= self.limits.max_open_turns:
+            raise ProtocolError("too-many-turns", f"turns {sorted(self.open_turns)} of this session are still being "
+                                f"answered (max_open_turns {self.limits.max_open_turns})",
+                                "wait for their turn-end, or send interrupt, before asking again", turn=turn)
         turn = self.next_turn if turn is None else turn
         self.next_turn = turn + 1
         self.open_turns.add(turn)
@@ -288,6 +340,12 @@ class Session:
         self.open_turns.discard(turn)
         return True
 
+    def drop_receiving(self) -> int | None:
+        """Stop receiving the current turn, if any (its audio is cut: it ends with an error); its id."""
+        turn = None if self.receiving is None else self.receiving.turn
+        self.receiving = None
+        return turn
+
     def _drop(self, error: ProtocolError) -> ProtocolError:
         """Stop receiving the current turn (it ends with an error: the transport stops its work, end_turn());
         returns `error` to raise."""
@@ -317,6 +375,7 @@ class SessionEngine:
         self.sessions: dict[str, Session] = {}
         self._buckets: dict[str, tuple[float, float]] = {}  # site -> (tokens, last refill time): messages
         self._error_buckets: dict[str, tuple[float, float]] = {}  # site -> the same, for error replies
+        self._question_buckets: dict[str, tuple[float, float]] = {}  # site -> the same, for questions
         self._suppressed: dict[str, Suppressed] = {}
 
     def open(self, session_id: str, site: str, client: str | None = None) -> Session:
@@ -355,6 +414,14 @@ class SessionEngine:
         if not self._take(self._buckets, site, rate, now):
             raise ProtocolError("rate-limited", f"site {site!r} sends more than {rate:g} messages per second",
                                 "send fewer, larger audio chunks; the message was dropped")
+
+    def admit_question(self, site: str, now: float | None = None) -> None:
+        """Count one question of `site` (a message admitted already); "rate-limited" beyond
+        Limits.max_questions_per_s."""
+        rate = self.limits.max_questions_per_s
+        if not self._take(self._question_buckets, site, rate, now):
+            raise ProtocolError("rate-limited", f"site {site!r} asks more than {rate:g} questions per second",
+                                "ask one question at a time: wait for its turn-end; the question was dropped")
 
     def allow_error(self, site: str, code: str, session_id: str, now: float | None = None) -> bool:
         """May an error reply go to `site` now (Limits.max_errors_per_s)? When not, it is counted for the

@@ -15,6 +15,12 @@ pipeline, through the transport-neutral session engine (omnivox.core.runtime.ses
   docs/http_api.md lists every kind.
 - A client that disconnects mid-answer cancels its turn: the handler is cancelled, its session closed, and the
   Cancel stops the LM within one step.
+- Conversations (`/v1/chat`): a request naming a `conversation` id continues that conversation (its own pipeline
+  session, kept between requests; at most `max_conversations`, the least recently used idle one dropped beyond
+  that, each dropped after `conversation_idle_s` without a request); `context`, `reset` and `action_results`
+  become SetContext, ResetConversation and ActionResult before the question; answers carry `action` and
+  `action-warning` lines. A conversation's client gone mid-answer interrupts only its turn, whose history keeps
+  what was written (Played).
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import ssl
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -37,19 +46,46 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger as server_log
 
 from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, TextToken, TurnEnd
-from omnivox.core.runtime.sessions import Limits, ProtocolError, SessionEngine, json_object, shown
+from omnivox.core.runtime.events import (
+    Action,
+    ActionResult,
+    ActionWarning,
+    AudioOut,
+    Cancel,
+    Error,
+    Event,
+    Interruption,
+    Metrics,
+    Played,
+    ResetConversation,
+    SetContext,
+    TextToken,
+    TurnEnd,
+)
+from omnivox.core.runtime.sessions import (
+    Limits,
+    ProtocolError,
+    Session,
+    SessionEngine,
+    check_action_result,
+    check_context,
+    json_object,
+    shown,
+)
 from omnivox.plugins.http.wav import Question, decode_question, stream_header
 
 log = logging.getLogger(__name__)
 
 STATUS = {"token-required": 401, "bad-token": 401, "not-found": 404, "method-not-allowed": 405,
-          "request-timeout": 408, "body-too-large": 413, "turn-too-long": 413, "text-too-long": 413,
+          "request-timeout": 408, "conversation-busy": 409, "too-many-conversations": 503,
+          "body-too-large": 413, "turn-too-long": 413, "text-too-long": 413,
           "unsupported-media-type": 415, "too-many-site-sessions": 429, "too-many-sessions": 503}
 METRICS_WAIT_S = 1.0  # how long a finished turn waits for its Metrics note
 PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript")}
 # Content-Types a JSON body may come with: JSON, none, and what `curl -d` and text editors send
 JSON_TYPES = {"application/json", "text/plain", "application/x-www-form-urlencoded"}
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NO_TURN = -1  # the turn_id of a conversation's controls that belong to no turn
 TOKEN_FIX = "send the header `Authorization: Bearer <token>` with the token the server was started with " \
             "(omnivox serve --http-token or OMNIVOX_HTTP_TOKEN)"
 
@@ -63,6 +99,19 @@ class HttpConfig:
     request_timeout_s: float = 120.0  # a body must arrive (and a stalled reader resume) within this
     token: str | None = None  # required as `Authorization: Bearer <token>` when set
     tls: ssl.SSLContext | None = None  # HTTPS when set (tls_context)
+    max_conversations: int = 256  # conversations kept (the least recently used idle one goes beyond it)
+    conversation_idle_s: float = 600.0  # a conversation without a request for this long is dropped
+
+
+@dataclass
+class Conversation:
+    """A `/v1/chat` conversation: its pipeline session (unique per conversation, never reused), the next turn id,
+    when a request last ended, and whether one is in progress."""
+
+    session_id: str
+    next_turn: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -115,6 +164,9 @@ class HttpService:
         self.config, self.feed = config, feed
         self.engine = SessionEngine(config.limits)
         self.answers: dict[str, asyncio.Queue[Event]] = {}  # session -> its answer events
+        self.conversations: OrderedDict[str, Conversation] = OrderedDict()  # id -> conversation, oldest use first
+        self._of_session: dict[str, str] = {}  # a conversation request's session -> its conversation id
+        self._one_off_context: set[str] = set()  # one-off sessions with a context: freed in the stages at their end
         self.turns_cancelled = 0  # turns whose client went away before the end
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -229,19 +281,24 @@ class HttpService:
     async def chat_events(self, request: web.Request) -> web.StreamResponse:
         """/v1/chat: the answer as newline-delimited JSON events."""
         try:
-            session_id, turn, _ = await self._receive(request, typed=True)
+            session_id, turn, body = await self._receive(request, typed=True)
         except ProtocolError as exc:
             return error_response(exc)
+        written = -1  # the last LM step written to the client (text or audio)
         try:
-            start = json.dumps({"event": "turn-start", "turn": turn}).encode() + b"\n"
-            response = await self._open(request, "application/x-ndjson", start)
+            head = {"event": "turn-start", "turn": turn}
+            if session_id in self._of_session:
+                head["conversation"] = self._of_session[session_id]
+            response = await self._open(request, "application/x-ndjson", json.dumps(head).encode() + b"\n")
             seq = 0
             async with aclosing(self._answer(session_id)) as answer:
                 async for event in answer:
                     await self._write(request, response, json.dumps(self._event_line(event, seq)).encode() + b"\n")
                     seq += isinstance(event, AudioOut)
+                    if isinstance(event, TextToken | AudioOut) and event.step is not None:
+                        written = max(written, event.step)
         finally:
-            self._end(session_id)
+            self._end(session_id, written)
         await response.write_eof()
         return response
 
@@ -256,6 +313,12 @@ class HttpService:
         if isinstance(event, Error):
             return {"event": "error", "code": "stage-failed", "stage": event.stage, "message": event.message,
                     "fix": event.fix}
+        if isinstance(event, Action):
+            return {"event": "action", "turn": event.turn_id, "index": event.index, "name": event.name,
+                    "arguments": dict(event.arguments), "step": event.step}
+        if isinstance(event, ActionWarning):
+            return {"event": "action-warning", "turn": event.turn_id, "code": event.code, "message": event.message,
+                    "step": event.step}
         if isinstance(event, Metrics):
             return {"event": "metrics", "first_text_ms": event.first_text_ms, "first_audio_ms": event.first_audio_ms,
                     "first_audio_step": event.first_audio_step, "audio_s": event.audio_s, "wall_s": event.wall_s,
@@ -271,6 +334,7 @@ class HttpService:
         session = self.engine.open(session_id, site=f"http:{request.remote}")  # a client address is a site
         try:
             body = await self._body(request)
+            controls = self._conversation(session, body) if typed else []
             if typed and "text" in body and "audio" not in body:
                 events = session.text(body["text"])
             else:
@@ -283,12 +347,96 @@ class HttpService:
                                         "leave it out (a WAV header) or send false (upstream's bare PCM)")
                 events = self._question_events(session, decode_question(body.get("audio")))
         except BaseException:  # a refusal, or the client went away (cancelled)
-            self.engine.sessions.pop(session_id, None)
+            self.engine.sessions.pop(session.id, None)
+            self._release(session.id)
+            self._one_off_context.discard(session.id)
             raise
+        session_id = session.id
         self.answers[session_id] = asyncio.Queue()
-        for event in events:
+        for event in controls + events:
             self.feed(event)
         return session_id, events[0].turn_id, body
+
+    # ---- conversations ----------------------------------------------------------------------------------
+    def _conversation(self, session: Session, body: dict) -> list[Event]:
+        """A /v1/chat request's conversation fields: with `conversation`, the session becomes that conversation's
+        (made on first use); the SetContext / ResetConversation / ActionResult events to feed before the question.
+        ProtocolError for a bad field, a conversation in use or none free."""
+        self._expire()
+        name, context = body.get("conversation"), body.get("context")
+        check_context(context, "`context`", self.config.limits.max_text_chars)
+        reset, results = body.get("reset", False), body.get("action_results")
+        if not isinstance(reset, bool):
+            raise ProtocolError("bad-field", f"`reset` must be true or false, got {shown(reset)}",
+                                "send true to start the conversation afresh, or leave it out")
+        if name is None:
+            if reset or results is not None:
+                raise ProtocolError("bad-field", "`reset` and `action_results` need a `conversation`",
+                                    'name the conversation: {"conversation": "kitchen-robot", ...}')
+            if not context:
+                return []
+            self._one_off_context.add(session.id)
+            return [SetContext(context, session_id=session.id, turn_id=NO_TURN)]
+        if not isinstance(name, str) or not CONVERSATION_ID.fullmatch(name):
+            raise ProtocolError("bad-field", f"`conversation` {shown(name)} is not 1-64 characters of A-Z a-z 0-9 _ -",
+                                "choose a conversation id made of letters, digits, '_' and '-' (a random one is best)")
+        if results is not None and not isinstance(results, list):
+            raise ProtocolError("bad-field", f"`action_results` must be a list, got {shown(results)}",
+                                'send [{"turn": 0, "name": "light", "result": {"ok": true}}]')
+        conversation = self._claim(name)
+        try:
+            checked = [check_action_result(r, f"`action_results[{i}]`", conversation.next_turn)
+                       for i, r in enumerate(results or [])]
+        except ProtocolError:
+            conversation.busy = False
+            raise
+        del self.engine.sessions[session.id]  # the request's slot goes on under the conversation's session
+        session.id, session.next_turn = conversation.session_id, conversation.next_turn
+        self.engine.sessions[session.id] = session
+        self._of_session[session.id] = name
+        ids = {"session_id": session.id, "turn_id": NO_TURN}
+        events: list[Event] = [ResetConversation(**ids)] if reset else []
+        if "context" in body:
+            events.append(SetContext(context, **ids))
+        return events + [ActionResult(n, result, index=index, session_id=session.id, turn_id=turn)
+                         for turn, n, result, index in checked]
+
+    def _claim(self, name: str) -> Conversation:
+        """The conversation `name`, marked busy (made when new; surplus ones dropped first)."""
+        conversation = self.conversations.get(name)
+        if conversation is not None and conversation.busy:
+            raise ProtocolError("conversation-busy", f"conversation {name!r} is answering another request",
+                                "wait for its answer to end before the next question")
+        if conversation is None:
+            while len(self.conversations) >= self.config.max_conversations:
+                idle = next((n for n, c in self.conversations.items() if not c.busy), None)
+                if idle is None:
+                    raise ProtocolError("too-many-conversations", f"all {self.config.max_conversations} "
+                                        "conversations are answering", "retry later")
+                self._drop(idle)
+            conversation = self.conversations[name] = Conversation(f"http-c-{uuid.uuid4().hex[:16]}")
+        self.conversations.move_to_end(name)
+        conversation.busy = True
+        return conversation
+
+    def _expire(self) -> None:
+        """Drop the conversations idle longer than conversation_idle_s."""
+        now = time.monotonic()
+        for name in [n for n, c in self.conversations.items()
+                     if not c.busy and now - c.last_used > self.config.conversation_idle_s]:
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        conversation = self.conversations.pop(name)
+        log.info("conversation %s dropped", name)
+        self.feed(Cancel(session_id=conversation.session_id, turn_id=None))  # frees it in every stage
+
+    def _release(self, session_id: str) -> None:
+        """A conversation request ended: its conversation is free again (its turn ids go on)."""
+        name = self._of_session.pop(session_id, None)
+        conversation = self.conversations.get(name) if name is not None else None
+        if conversation is not None and conversation.session_id == session_id:
+            conversation.busy, conversation.last_used = False, time.monotonic()
 
     async def _body(self, request: web.Request) -> dict:
         """The request's JSON object, read within the request timeout."""
@@ -329,16 +477,29 @@ class HttpService:
             metrics_seen = metrics_seen or isinstance(event, Metrics)
             yield event
 
-    def _end(self, session_id: str) -> None:
+    def _end(self, session_id: str, written: int = -1) -> None:
         """Free the session's slot; a turn not ended yet (its client went away, or the server stops) is cancelled:
-        the Cancel stops its work."""
+        the Cancel stops its work. A conversation's turn is interrupted instead (the conversation goes on, its
+        history keeping the answer up to step `written`); a one-off session with a context is freed."""
         del self.answers[session_id]
         session = self.engine.sessions.get(session_id)
+        conversation = self._of_session.get(session_id)
         if session is not None and session.open_turns:
             self.turns_cancelled += 1
             log.info("session %s: client gone, turn cancelled", session_id)
-            for event in self.engine.close(session_id):
-                self.feed(event)
+            if conversation is None:
+                for event in self.engine.close(session_id):
+                    self.feed(event)
+            else:
+                for turn in sorted(session.open_turns):
+                    self.feed(Interruption(session_id=session_id, turn_id=turn))
+                    self.feed(Played(written + 1, session_id=session_id, turn_id=turn))
+        elif session_id in self._one_off_context:
+            self.feed(Cancel(session_id=session_id, turn_id=None))  # its context: nothing of it is kept anywhere
+        self._one_off_context.discard(session_id)
+        if session is not None and conversation in self.conversations:
+            self.conversations[conversation].next_turn = session.next_turn
+        self._release(session_id)
         self.engine.sessions.pop(session_id, None)
 
     def _question_events(self, session, question: Question) -> list[Event]:

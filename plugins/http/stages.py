@@ -8,9 +8,9 @@
 
 The input stage runs the server (omnivox.plugins.http.service) and turns each request into the events of one
 turn (session_id "http-<hex>"); it forwards every event it receives from its inputs, so it can follow another
-source (MQTT) in one pipeline. The output stage hands each HTTP session's TextToken, AudioOut, TurnEnd, Error
-and Metrics to the waiting request (its server found by `service` name in the pipeline's shared place) and
-ignores other sessions.
+source (MQTT) in one pipeline. The output stage hands each HTTP session's TextToken, AudioOut, Action,
+ActionWarning, TurnEnd, Error and Metrics to the waiting request (its server found by `service` name in the
+pipeline's shared place) and ignores other sessions.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.events import AudioOut, Error, Event, Metrics, TextToken, TurnEnd
+from omnivox.core.runtime.events import Action, ActionWarning, AudioOut, Error, Event, Metrics, TextToken, TurnEnd
 from omnivox.core.runtime.sessions import Limits
 from omnivox.core.runtime.transport import ServeOptions, Transport, TransportInput, TransportOutput
 from omnivox.plugins.http.service import (
@@ -37,22 +37,32 @@ from omnivox.plugins.http.service import (
 class HttpAudioInput(TransportInput):
     """Source: runs the HTTP server; every request becomes the events of one turn (never ends by itself).
     `tls_cert` + `tls_key` (PEM files): HTTPS; `token`: required as `Authorization: Bearer <token>`;
-    `request_timeout_s`: how long a body may take to arrive (and a stalled client to resume reading)."""
+    `request_timeout_s`: how long a body may take to arrive (and a stalled client to resume reading);
+    `max_conversations`, `conversation_idle_s`: how many `/v1/chat` conversations are kept, and for how long
+    without a request."""
 
     transport = "http"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 60808, max_body_bytes: int = 8 * 1024 * 1024,
                  limits: dict | None = None, request_timeout_s: float = 120.0, token: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None, service: str = "http",
-                 name: str | None = None):
+                 tls_cert: str | None = None, tls_key: str | None = None, max_conversations: int = 256,
+                 conversation_idle_s: float = 600.0, service: str = "http", name: str | None = None):
         super().__init__(service, name)
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}", "use e.g. 8388608 (8 MiB)")
         check_timeout(request_timeout_s)
         check_token(token)
+        if isinstance(max_conversations, bool) or not isinstance(max_conversations, int) or max_conversations < 1:
+            raise ConfigError(f"max_conversations must be a positive integer, got {max_conversations!r}",
+                              "use e.g. 256")
+        if isinstance(conversation_idle_s, bool) or not isinstance(conversation_idle_s, (int, float)) \
+                or not conversation_idle_s > 0:
+            raise ConfigError(f"conversation_idle_s must be a positive number, got {conversation_idle_s!r}",
+                              "use e.g. 600 (ten minutes)")
         self.config = HttpConfig(host=host, port=port, limits=Limits.from_mapping(limits or {}),
                                  max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s, token=token,
-                                 tls=tls_context(tls_cert, tls_key))
+                                 tls=tls_context(tls_cert, tls_key), max_conversations=max_conversations,
+                                 conversation_idle_s=conversation_idle_s)
 
     async def open_service(self, feed) -> HttpService:
         service = HttpService(self.config, feed=feed)
@@ -70,7 +80,7 @@ class HttpAudioInput(TransportInput):
 class HttpAudioOutput(TransportOutput):
     """Sink: hands each HTTP session's answer events, Errors and Metrics to its request as they stream."""
 
-    consumes = (TextToken, AudioOut, TurnEnd)
+    consumes = (TextToken, AudioOut, TurnEnd, Action, ActionWarning)
     transport = "http"
 
     def __init__(self, service: str = "http", name: str | None = None):
@@ -110,7 +120,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
                       help="serve HTTPS with this certificate (chain), e.g. for the page's microphone on another "
                            "machine; with --http-tls-key")
     http.add_argument("--http-tls-key", metavar="PEM", help="the HTTPS certificate's private key")
-    http.add_argument("--http-token", metavar="TOKEN", default=os.environ.get("OMNIVOX_HTTP_TOKEN") or None,
+    http.add_argument("--http-token", "--token", metavar="TOKEN", default=os.environ.get("OMNIVOX_HTTP_TOKEN") or None,
                       help="require `Authorization: Bearer TOKEN` on every request but the page's files (the page "
                            "asks for it); or set OMNIVOX_HTTP_TOKEN, which `ps` does not show")
     http.add_argument("--http-timeout", metavar="SECONDS", type=float,

@@ -14,6 +14,15 @@
             ...
         await session.interrupt()                        # cancels the session's running turn
 
+        # a conversation (the session is one): context, actions the model asks for, their results
+        session = await client.session(context="battery forty percent", on_action=print)
+        answer = await session.ask(text="turn on the kitchen light")
+        for action in answer.actions:                    # {"turn", "index", "name", "arguments", "step"}
+            await session.send_action_result(action, {"ok": True})
+        await session.set_context("battery thirty percent")   # the next turn sees it
+        await session.reset()                            # the conversation starts afresh (context kept)
+        async for action in session.actions(): ...       # every action of the session, as it arrives
+
 The client reconnects with backoff; a turn in flight when the connection or the session's worker is lost
 ends with an `error` reply (code connection-lost / worker-offline) instead of hanging; refused credentials
 fail `async with Client(...)` at once (ServiceError connect-failed). Its sessions carry its `client_id`, and
@@ -23,9 +32,11 @@ its MQTT last will ends them (`session-end`, reason client-gone) when the device
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +47,7 @@ from omnivox.plugins.mqtt import protocol as wire
 from omnivox.plugins.mqtt.connection import Backoff, BrokerConfig, refusal
 
 log = logging.getLogger(__name__)
+MUTE_MARGIN_S = 0.5  # a muted session asks again this long after the worker's `seconds`
 
 
 class ServiceError(OmnivoxError):
@@ -70,6 +82,8 @@ class Answer:
     channels: int = 1
     reason: str | None = None  # the turn-end reason: done, interrupted, error
     errors: list[dict] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)  # `action` replies: turn, index, name, arguments, step
+    action_warnings: list[dict] = field(default_factory=list)  # `action-warning` replies: turn, code, message
     metrics: dict | None = None
     worker: str | None = None
     started: float = field(default_factory=time.monotonic)  # when the question was sent
@@ -106,14 +120,18 @@ class Turn:
         self._seq = 0
 
     async def send(self, pcm: bytes) -> None:
-        """Send one chunk of audio in the format given to start_turn (numbered automatically)."""
+        """Send one chunk of audio in the format given to start_turn (numbered automatically); nothing once the turn
+        ended (refused, muted, interrupted)."""
+        if self.done.is_set():
+            return
         payload = wire.encode_audio(self.id, self._seq, pcm)
         await self.session.client._publish(self.session._topic("audio-chunk"), payload, wire.QOS_AUDIO)
         self._seq += 1
 
     async def stop(self) -> None:
-        """The question is complete (audio-stop): the service answers now."""
-        await self.session._send("audio-stop", turn=self.id)
+        """The question is complete (audio-stop): the service answers now (nothing once the turn ended)."""
+        if not self.done.is_set():
+            await self.session._send("audio-stop", turn=self.id)
 
     async def result(self, timeout: float = 60.0) -> Answer:
         """Wait for turn-end; the Answer (an `error` reply does not raise: see Answer.errors/reason)."""
@@ -148,6 +166,10 @@ class Turn:
                 a.first_audio_at = reply.at
         elif reply.event == "error":
             a.errors.append(reply.data)
+        elif reply.event == "action":
+            a.actions.append(reply.data)
+        elif reply.event == "action-warning":
+            a.action_warnings.append(reply.data)
         elif reply.event == "metrics":
             a.metrics = reply.data
         elif reply.event == "turn-end":
@@ -163,10 +185,13 @@ class Turn:
 
 
 class Session:
-    """One conversation, pinned to the worker that claimed it."""
+    """One conversation, pinned to the worker that claimed it. `on_action(action)` (sync or async) is called with
+    each `action` reply's JSON (turn, index, name, arguments, step) as it arrives; `actions()` iterates them."""
 
-    def __init__(self, client: Client, name: str):
+    def __init__(self, client: Client, name: str, on_action: Callable[[dict], Any] | None = None):
         self.client, self.name = client, name
+        self.on_action = on_action
+        self._actions: asyncio.Queue[dict | None] = asyncio.Queue()
         self.worker: str | None = None
         self.status_topic: str | None = None
         self.limits: dict = {}
@@ -174,6 +199,7 @@ class Session:
         self.ended: str | None = None  # why the session is over (session-ended reason, worker-offline)
         self.turns: dict[int, Turn] = {}
         self.errors: list[dict] = []  # errors that name no turn
+        self.muted_until = 0.0  # loop time until which the worker drops this session's questions (error `muted`)
         self._started = asyncio.get_running_loop().create_future()
         self._next_turn = 0
 
@@ -199,18 +225,28 @@ class Session:
         self.turns[turn.id] = turn
         return turn
 
+    def _muted(self, turn: Turn) -> bool:
+        """While the worker mutes this session it would drop the question: `turn` ends here (error `muted`)."""
+        left = self.muted_until - asyncio.get_running_loop().time()
+        if left > 0:
+            turn._fail("muted", f"session {self.name} is muted for {left:.1f} s more (its site sent too many "
+                                "messages): the question was not sent")
+        return left > 0
+
     async def start_turn(self, rate: int, width: int = 2, channels: int = 1, timeout: float = 10.0) -> Turn:
         """Begin a spoken turn (audio-start); then turn.send(chunk)... turn.stop()."""
         await self._ready(timeout)
         turn = self._new_turn()
-        await self._send("audio-start", turn=turn.id, rate=rate, width=width, channels=channels)
+        if not self._muted(turn):
+            await self._send("audio-start", turn=turn.id, rate=rate, width=width, channels=channels)
         return turn
 
     async def send_text(self, text: str, timeout: float = 10.0) -> Turn:
         """A typed question (tasks T1A2 / T1T2 on the service)."""
         await self._ready(timeout)
         turn = self._new_turn()
-        await self._send("text", turn=turn.id, text=text)
+        if not self._muted(turn):
+            await self._send("text", turn=turn.id, text=text)
         return turn
 
     async def ask(self, *, wav: str | Path | None = None, pcm: bytes | None = None, rate: int = 16000,
@@ -235,6 +271,39 @@ class Session:
         """Cancel the running turn(s): their turn-end comes with reason "interrupted"."""
         await self._send("interrupt")
 
+    async def set_context(self, text: str | None, timeout: float = 10.0) -> None:
+        """The conversation's context text from the next turn on (None or "": none)."""
+        await self._ready(timeout)
+        await self._send("context", context=text)
+
+    async def reset(self, timeout: float = 10.0) -> None:
+        """Drop the conversation's history (its context stays): the next turn starts afresh."""
+        await self._ready(timeout)
+        await self._send("reset")
+
+    async def send_action_result(self, action: dict, result: Any, timeout: float = 10.0) -> None:
+        """The device's `result` (any JSON value) of `action` (an `action` reply: its turn, name, index); it
+        enters the conversation before the next turn."""
+        await self._ready(timeout)
+        await self._send("action-result", turn=action["turn"], name=action["name"], index=action.get("index"),
+                         result=result)
+
+    async def actions(self) -> AsyncIterator[dict]:
+        """Every `action` of the session's turns as it arrives (JSON: turn, index, name, arguments, step), until
+        the session ends."""
+        while True:
+            action = await self._actions.get()
+            if action is None:
+                return
+            yield action
+
+    def _action(self, data: dict) -> None:
+        self._actions.put_nowait(data)
+        if self.on_action is not None:
+            called = self.on_action(data)
+            if inspect.isawaitable(called):
+                asyncio.ensure_future(called)
+
     async def close(self) -> None:
         if not self.ended:
             self.ended = "closed by the client"
@@ -242,6 +311,7 @@ class Session:
                 await self._send("session-end")
             except ServiceError:
                 pass
+        self._actions.put_nowait(None)  # ends actions()
         self.client._sessions.pop(self.name, None)
 
     def _receive(self, event: str, data: dict, audio: bytes | None = None, seq: int | None = None) -> None:
@@ -256,6 +326,8 @@ class Session:
             return
         turn = data.get("turn")
         target = self.turns.get(turn) if turn is not None else None
+        if event == "error" and data.get("code") == "muted":  # (and a moment for the worker to listen again)
+            self.muted_until = asyncio.get_running_loop().time() + float(data.get("seconds") or 0) + MUTE_MARGIN_S
         if target is None and event == "error":
             code = data.get("code", "error")
             if not self._started.done():
@@ -267,13 +339,15 @@ class Session:
                 self._end("unknown-session", "unknown-session")
                 return
             open_turns = [t for t in self.turns.values() if not t.done.is_set()]
-            if turn is None and open_turns and code != "errors-suppressed":
+            if turn is None and open_turns and code not in ("errors-suppressed", "muted"):  # not of a turn
                 target = open_turns[-1]
             else:
                 self.errors.append(data)
                 return
         if target is None or target.done.is_set():
             return  # a late message of a finished turn (e.g. after a connection loss)
+        if event == "action":
+            self._action(data)
         target._receive(Reply(event, data, audio, seq))
         if event == "turn-end":
             self.turns.pop(target.id, None)
@@ -288,6 +362,7 @@ class Session:
     def _end(self, reason: str, code: str) -> None:
         self.ended = reason
         self.ready.clear()
+        self._actions.put_nowait(None)  # ends actions()
         for turn in list(self.turns.values()):
             turn._fail(code, f"session {self.name} ended: {reason}")
         self.turns.clear()
@@ -360,15 +435,18 @@ class Client:
         raise ServiceError("no-worker", f"no omnivox worker online at {self.config.url} within {timeout:g} s",
                            "start `omnivox serve --broker ...` and check it reaches the same broker")
 
-    async def session(self, name: str | None = None, timeout: float = 10.0) -> Session:
+    async def session(self, name: str | None = None, timeout: float = 10.0, *, context: str | None = None,
+                      on_action: Callable[[dict], Any] | None = None) -> Session:
         """Start a session (session-start through the workers' shared subscription) and wait until a worker
-        claimed it (session-started) and is known online."""
+        claimed it (session-started) and is known online. `context`: the conversation's context text;
+        `on_action`: called with each action (see Session)."""
         if name is None and self.will_session is not None and not self._will_used:
             name, self._will_used = self.will_session, True
         name = wire.check_name("session", name or uuid.uuid4().hex[:12])
-        session = self._sessions[name] = Session(self, name)
+        session = self._sessions[name] = Session(self, name, on_action)
         await self._subscribe(wire.session_filter(self.site, name, "out", self.prefix))
-        await session._send("session-start", client=self.client_id)
+        fields = {} if context is None else {"context": context}
+        await session._send("session-start", client=self.client_id, **fields)
         try:
             await asyncio.wait_for(asyncio.shield(session._started), timeout)
         except asyncio.TimeoutError:

@@ -28,7 +28,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from omnivox.core.runtime.sessions import ProtocolError, json_object, shown
+from omnivox.core.runtime.sessions import (
+    ProtocolError,
+    check_action_result,
+    check_context,
+    json_object,
+    shown,
+)
 
 VERSION = 1
 PREFIX = "omnivox"
@@ -36,13 +42,17 @@ AUDIO_MAGIC = b"OVA" + bytes([VERSION])
 HEADER = struct.Struct(">4sII")  # magic, turn, seq
 
 # device -> service
-IN_EVENTS = ("session-start", "audio-start", "audio-chunk", "audio-stop", "text", "interrupt", "session-end")
+IN_EVENTS = ("session-start", "audio-start", "audio-chunk", "audio-stop", "text", "interrupt", "session-end",
+             "context", "reset", "action-result")
 # service -> device
 OUT_EVENTS = ("session-started", "turn-start", "transcript-chunk", "audio-start", "audio-out", "audio-stop",
-              "voice-started", "turn-end", "error", "metrics", "session-ended")
+              "voice-started", "turn-end", "error", "metrics", "session-ended", "action", "action-warning")
 BINARY_EVENTS = ("audio-chunk", "audio-out")
 # device -> service control events answered with `unknown-session` when no worker holds their session
-ORPHAN_EVENTS = ("audio-start", "audio-stop", "text", "interrupt", "session-end")
+ORPHAN_EVENTS = ("audio-start", "audio-stop", "text", "interrupt", "session-end", "context", "reset",
+                 "action-result")
+# device -> service events never rate-limited, still read while a session is muted
+PASS_EVENTS = ("audio-stop", "interrupt", "session-end")
 QOS_CONTROL, QOS_AUDIO = 1, 0
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -88,6 +98,11 @@ def orphan_filters(site: str | None, group: str, prefix: str = PREFIX) -> list[s
     """The shared subscriptions that bring a worker the control messages of any session (every session's owner
     gets them on its own subscription too): how a message to a session no worker holds is answered."""
     return [f"$share/{group}/{prefix}/{site or '+'}/+/in/{event}" for event in ORPHAN_EVENTS]
+
+
+def muted_filters(site: str, session: str, prefix: str = PREFIX) -> list[str]:
+    """What the owner of a muted session still reads of it: its PASS_EVENTS (the broker drops the rest)."""
+    return [topic(site, session, "in", event, prefix) for event in PASS_EVENTS]
 
 
 def status_topic(worker: str, prefix: str = PREFIX) -> str:
@@ -153,6 +168,19 @@ def optional_name(data: dict[str, Any], name: str, event: str) -> str | None:
         raise ProtocolError("bad-field", f"{event}: field {name!r} is {shown(value)}, not 1-64 characters of "
                             "A-Z a-z 0-9 _ -", f"send {name!r} as an id made of letters, digits, '_' and '-'")
     return value
+
+
+def context_of(data: dict[str, Any], event: str, max_chars: int, required: bool = True) -> str | None:
+    """The `context` field (session-start, context): text of at most `max_chars` characters ("" or null: none)."""
+    if "context" not in data and required:
+        raise ProtocolError("bad-field", f"{event}: field 'context' is missing",
+                            'send {"context": "battery forty percent"} ("" or null clears it)')
+    return check_context(data.get("context"), f"{event}: field 'context'", max_chars)
+
+
+def action_result_of(data: dict[str, Any], event: str, next_turn: int) -> tuple[int, str, Any, int | None]:
+    """(turn, name, result, index) of an action-result (sessions.check_action_result)."""
+    return check_action_result(data, event, next_turn)
 
 
 def encode_audio(turn: int, seq: int, pcm: bytes) -> bytes:

@@ -22,9 +22,25 @@ pipeline (what `omnivox serve` and the `audio_inputs/mqtt` stage run).
   retrying cannot fix them.
 - Limits and validation: omnivox.core.runtime.sessions; a refused message gets an `error` on its session
   (at most Limits.max_errors_per_s per site, then one `errors-suppressed` summary) and nothing else changes.
-  Every turn the device numbered ends with exactly one `turn-end`. A session ends by its device
-  (`session-end`; `reason: client-gone` from a device's last will), by idling, or by the worker's stop: its
-  open turns end first (Cancel frees their state in every stage), then `session-ended`.
+  Every turn the device numbered ends with exactly one `turn-end`.
+- Muting: a session refused as rate-limited is muted for Limits.mute_s (doubling, up to 16 x, while it floods
+  again right after each mute): its owner swaps the session's `in/+`
+  subscription for its PASS_EVENTS topics (wire.muted_filters: audio-stop, interrupt, session-end), so the broker
+  drops everything else the session sends, questions included, before it costs the worker more than a copy on
+  the shared orphan subscription (ignored for a held session); one `muted` error (with `seconds`) announces it
+  and ends a turn that was receiving audio. Then it swaps back. Copies of its flood on control topics still
+  come through the shared orphan subscriptions: the worker then drops those for mute_s (as it does when a site
+  floods sessions nobody holds). The new
+  subscription comes before the old one goes, so a message published meanwhile arrives twice, back to back:
+  mosquitto sends the exact topic's copy (SUB_MUTED) before the wildcard's (SUB_SESSION), which is dropped (a
+  broker that sends them the other way round would deliver such a message twice).
+- Conversation: the session is the conversation (docs/conversations.md). `session-start` may carry `context`;
+  `context` (at any time), `reset` and `action-result` become the pipeline's SetContext, ResetConversation and
+  ActionResult (turn_id NO_TURN but for a result: its action's turn), which the LM stage applies between turns.
+  They count against the site's message rate like questions.
+- A session ends by its device (`session-end`; `reason: client-gone` from a device's last will), by idling, or
+  by the worker's stop: its open turns end first (Cancel frees their state in every stage), then
+  `session-ended`.
 """
 
 from __future__ import annotations
@@ -33,13 +49,21 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.events import Event, Interruption, TurnEnd
+from omnivox.core.runtime.events import (
+    ActionResult,
+    Event,
+    Interruption,
+    ResetConversation,
+    SetContext,
+    TurnEnd,
+)
 from omnivox.core.runtime.sessions import (
     MAX_TURN_ID,
     Limits,
@@ -57,8 +81,11 @@ log = logging.getLogger(__name__)
 
 _REMEMBER_LOST = 4096
 MAX_IN_FLIGHT = 256  # published messages awaiting their broker acknowledgement
+MAX_MUTE_DOUBLINGS = 4  # a session flooding again right after its mute: muted twice as long, up to 16 x mute_s
+SWITCH_WINDOW_S = 1.0  # how long after a session's subscriptions changed a copy may still be read
 # MQTT 5 subscription identifiers: which of the worker's subscriptions brought a message
-SUB_START, SUB_SESSION, SUB_ORPHAN, SUB_POOL = 1, 2, 3, 4
+SUB_START, SUB_SESSION, SUB_ORPHAN, SUB_POOL, SUB_MUTED = 1, 2, 3, 4, 5  # SUB_MUTED: wire.muted_filters
+NO_TURN = -1  # the turn_id of a session's controls that belong to no turn (SetContext, ResetConversation)
 # session-ended reason -> the turn-end reason of the turns it cuts
 TURN_REASON = {"client": "interrupted", "client-gone": "client-gone", "idle": "idle",
                "worker-stopped": "worker-stopped"}
@@ -97,12 +124,19 @@ class MqttService:
         self.online = asyncio.Event()  # set while connected and subscribed
         self.connections = 0  # successful connects so far
         self.turns_ended = 0  # turns whose end the pipeline delivered
+        self.messages_read = 0  # messages the broker delivered (copies included)
         self._lost: OrderedDict[tuple[str, int], None] = OrderedDict()  # turns cut by a connection loss
         self._to_report: list[tuple[str, int]] = []  # lost turns whose error is not sent yet
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._pending: set[asyncio.Future] = set()  # publishes awaiting their acknowledgement
         self._tasks: set[asyncio.Task] = set()  # session endings being sent
         self._status_count: int | None = None  # the session count of the last published status
+        self._muted: dict[str, float] = {}  # muted session -> its mute's seconds
+        self._unmuted: dict[str, tuple[float, float]] = {}  # session -> (when its last mute ended, its seconds)
+        self._orphans_paused = False  # the orphan subscriptions are dropped during a flood (_pause_orphans)
+        self._subscribing = asyncio.Lock()  # one change of a session's subscriptions at a time
+        # sessions whose subscriptions are changing -> (until when copies may come, the last message read)
+        self._switching: dict[str, tuple[float, tuple | None]] = {}
         self._max_control = config.limits.max_control_bytes
 
     # ---- running ----------------------------------------------------------------------------------------
@@ -172,6 +206,8 @@ class MqttService:
         """Interrupt every turn in flight: it cannot be delivered; report it once connected again."""
         self.client = None
         self.online.clear()
+        self._muted.clear()  # a new connection subscribes every session's in/+ again
+        self._unmuted.clear()
         for session in self.engine.sessions.values():
             turns = sorted(session.open_turns)
             for event in session.interrupt():
@@ -246,29 +282,49 @@ class MqttService:
 
     # ---- incoming ---------------------------------------------------------------------------------------
     async def _on_message(self, topic: str, payload: bytes, subs: tuple[int, ...]) -> None:
+        self.messages_read += 1
         if not subs:
             raise ConfigError(f"the broker {self.config.broker.url} sent a message without MQTT 5 subscription "
                               "identifiers, so the worker cannot tell a session's own messages from copies",
                               "use a broker that supports them (mosquitto >= 1.6, EMQX, HiveMQ)")
-        for sub in subs:
+        own = frozenset(subs) & {SUB_SESSION, SUB_MUTED}  # which own subscription(s) brought it
+        for sub in dict.fromkeys(SUB_SESSION if sub == SUB_MUTED else sub for sub in subs):
             if sub == SUB_POOL:
                 self.pool.observe(topic, payload)
                 continue
             try:
                 address = wire.parse_topic(topic, self.config.prefix)
-            except ProtocolError as exc:  # an unknown event: answered on a held session's own topic only
+            except ProtocolError as unknown:  # an unknown event: answered on a held session's own topic only
                 parts = topic.split("/")
-                if sub == SUB_SESSION and len(parts) == 5 and f"{parts[1]}/{parts[2]}" in self.engine.sessions:
-                    await self._refuse(f"{parts[1]}/{parts[2]}", exc)
+                session = self.engine.get("/".join(parts[1:3])) if len(parts) == 5 else None
+                if sub == SUB_SESSION and session is not None:
+                    await self._refused(session, parts[4], self._counted(session, unknown))
                 continue
             session = self.engine.get(address.session_id)
             if sub == SUB_SESSION and session is not None:
-                await self._session_message(session, address, payload)
+                if not self._copy(session.id, topic, payload, own):
+                    await self._session_message(session, address, payload)
             elif sub == SUB_START and session is None and self.pool.holder(address.session_id) is None:
                 await self._start(address, payload)
             elif sub == SUB_ORPHAN and session is None:
                 await self._orphan(address, payload)
+            elif sub == SUB_ORPHAN and session.id in self._muted and address.event not in wire.PASS_EVENTS:
+                self._pause_orphans(session.site)  # a muted session floods its control topics
             # else: a copy of a message another subscription (or worker) handles
+
+    def _copy(self, session_id: str, topic: str, payload: bytes, own: frozenset[int]) -> bool:
+        """Is this message the wildcard subscription's copy (`own`: the identifiers that brought it) of the one
+        the exact topic's subscription delivered just before? Only while the session's subscriptions change."""
+        switching = self._switching.get(session_id)
+        if switching is None:
+            return False
+        until, last = switching
+        if time.monotonic() > until:
+            del self._switching[session_id]
+            return False
+        copy = own == {SUB_SESSION} and last == (topic, payload, {SUB_MUTED})
+        self._switching[session_id] = (until, None if copy else (topic, payload, own))  # a pair ends at its copy
+        return copy
 
     async def _start(self, address: wire.Address, payload: bytes) -> None:
         """A session-start (shared subscription) for a session nobody holds: claim it."""
@@ -278,10 +334,13 @@ class MqttService:
             wire.check_name("session", address.session)
             self.engine.admit(address.site)
             data = wire.decode_json(payload, "session-start", self._max_control)
+            context = wire.context_of(data, "session-start", self.config.limits.max_text_chars, required=False)
             self.engine.open(session_id, address.site, wire.optional_name(data, "client", "session-start"))
         except ProtocolError as exc:
             await self._refuse(session_id, exc)
             return
+        if context is not None:
+            self.feed(SetContext(context, session_id=session_id, turn_id=NO_TURN))
         await self._subscribe(self._session_filter(session_id), SUB_SESSION)
         await self._publish_sessions()  # before session-started: the other workers know the claim first
         await self._started(session_id)
@@ -303,12 +362,48 @@ class MqttService:
         try:
             wire.check_name("site", address.site)
             wire.check_name("session", address.session)
+        except ProtocolError as exc:
+            await self._refuse(address.session_id, exc)
+            return
+        try:
+            self.engine.admit(address.site)
+        except ProtocolError:  # a flood to sessions nobody holds
+            self._pause_orphans(address.site)
+            return
+        try:
             error = ProtocolError("unknown-session", f"session {address.session!r} is not open: it ended, was "
                                   "reaped or never started", "send session-start and wait for session-started "
                                   "(a new session id is best)")
         except ProtocolError as exc:
             error = exc
         await self._refuse(address.session_id, error)
+
+    def _pause_orphans(self, site: str) -> None:
+        """A flood on the control topics of sessions that are muted or held by nobody reaches the worker through the
+        shared orphan subscriptions, which cannot leave one session out: drop them for Limits.mute_s (no
+        `unknown-session` replies meanwhile; in a pool the other workers take them)."""
+        if self._orphans_paused or self.client is None:
+            return
+        self._orphans_paused = True
+        log.info("worker %s: orphan subscriptions paused for %g s (a flood of control messages from site %s)",
+                 self.config.worker, self.config.limits.mute_s, site)
+        self._spawn(self._orphans_pause())
+
+    async def _orphans_pause(self) -> None:
+        filters = wire.orphan_filters(self.config.site, self.config.group, self.config.prefix)
+        try:
+            async with self._subscribing:
+                if self.client is not None:
+                    await self.client.unsubscribe(filters)
+            await asyncio.sleep(self.config.limits.mute_s)
+            async with self._subscribing:
+                if self.client is not None:
+                    for orphans in filters:
+                        await self._subscribe(orphans, SUB_ORPHAN)
+        except Exception as exc:  # a lost connection subscribes them again when it is back
+            log.debug("pausing the orphan subscriptions failed: %s", exc)
+        finally:
+            self._orphans_paused = False
 
     def _will(self, payload: bytes) -> str | None:
         """The client id of a session-end that is a device's last will (reason client-gone), else None."""
@@ -326,8 +421,11 @@ class MqttService:
             if event == "session-start":
                 self.engine.admit(session.site)
                 data = wire.decode_json(payload, event, self._max_control)
+                context = wire.context_of(data, event, self.config.limits.max_text_chars, required=False)
                 self.engine.open(session.id, session.site, wire.optional_name(data, "client", event))
-                await self._started(session.id)  # its own client again: nothing else changes
+                if context is not None:  # its own client again: only a context it carries changes
+                    self.feed(SetContext(context, session_id=session.id, turn_id=NO_TURN))
+                await self._started(session.id)
                 return
             self.engine.touch(session)
             events = self._events(session, event, payload)
@@ -343,13 +441,18 @@ class MqttService:
             turn, seq, pcm = wire.decode_audio(payload)
             self._admit(session, turn)
             return session.audio_chunk(turn, seq, pcm)
-        data = wire.decode_json(payload, event, self._max_control)
+        try:
+            data = wire.decode_json(payload, event, self._max_control)
+        except ProtocolError as unreadable:
+            raise self._counted(session, unreadable) if event in ("audio-start", "text") else unreadable from None
         if event in ("audio-start", "text"):
             return self._question(session, event, data)
         if event == "audio-stop":  # audio-stop, interrupt, session-end are never rate-limited
             return session.audio_stop(data.get("turn"))
         if event == "interrupt":
             return session.interrupt()
+        if event in ("context", "reset", "action-result"):
+            return self._conversation(session, event, data)
         reason = data.get("reason", "client")  # session-end
         if reason not in ("client", "client-gone"):
             raise ProtocolError("bad-field", f"session-end: reason {shown(reason)} is not client or "
@@ -360,6 +463,23 @@ class MqttService:
             self._client_gone(session.site, client)
         return []
 
+    def _conversation(self, session: Session, event: str, data: dict) -> list[Event]:
+        """context, reset or action-result: the conversation control to feed (counted like a question, refused
+        or not)."""
+        try:
+            if event == "context":
+                context = wire.context_of(data, event, self.config.limits.max_text_chars)
+            elif event == "action-result":
+                turn, name, result, index = wire.action_result_of(data, event, session.next_turn)
+        except ProtocolError as refused:
+            raise self._counted(session, refused) from None
+        self._admit(session, None)
+        if event == "context":
+            return [SetContext(context, session_id=session.id, turn_id=NO_TURN)]
+        if event == "reset":
+            return [ResetConversation(session_id=session.id, turn_id=NO_TURN)]
+        return [ActionResult(name, result, index=index, session_id=session.id, turn_id=turn)]
+
     def _question(self, session: Session, event: str, data: dict) -> list[Event]:
         """audio-start or text: a new turn. A refusal names the turn it would have been (so it can be ended)."""
         turn = data.get("turn")
@@ -368,6 +488,7 @@ class MqttService:
                                 f"send turn ids as integers 0..{MAX_TURN_ID}, counting up")
         try:
             self._admit(session, turn)
+            self.engine.admit_question(session.site)
             if event == "text":
                 return session.text(wire.field_of(data, "text", str, event), turn=turn)
             rate, width, channels = (wire.field_of(data, key, int, event, default)
@@ -378,6 +499,15 @@ class MqttService:
                 exc.turn = turn
             raise
 
+    def _counted(self, session: Session, error: ProtocolError) -> ProtocolError:
+        """`error`, or rate-limited when the refused message is over its site's rate (a flood of any refused
+        message mutes its session like a flood of good ones)."""
+        try:
+            self._admit(session, error.turn)
+        except ProtocolError as limited:
+            return limited
+        return error
+
     def _admit(self, session: Session, turn: int | None) -> None:
         """Count the message against its site's rate; a refusal names the message's turn."""
         try:
@@ -387,8 +517,11 @@ class MqttService:
             raise
 
     async def _refused(self, session: Session, event: str, exc: ProtocolError) -> None:
-        """Answer a refused message of a held session; end the turn it cut or would have been."""
+        """Answer a refused message of a held session; end the turn it cut or would have been. A rate-limited
+        message mutes the session."""
         await self._refuse(session.id, exc)
+        if exc.code == "rate-limited":
+            await self._mute(session)
         if exc.dropped_turn:  # dropped mid-audio: its work stops (the pipeline's own end of it is not sent)
             ids = {"session_id": session.id, "turn_id": exc.turn}
             self.feed(Interruption(**ids))
@@ -409,9 +542,7 @@ class MqttService:
         session.open_turns.clear()
         for event in self.engine.close(session_id):
             self.feed(event)
-        task = asyncio.get_running_loop().create_task(self._send_closed(session_id, turns, reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._send_closed(session_id, turns, reason))
 
     def _client_gone(self, site: str, client: str) -> None:
         """A device's last will: end every session of `client` (on `site`) this worker holds."""
@@ -422,12 +553,75 @@ class MqttService:
     async def _send_closed(self, session_id: str, turns: list[int], reason: str) -> None:
         await self._send_ended(session_id, turns, reason)
         await self._publish_sessions()
-        client = self.client
-        if client is not None and session_id not in self.engine.sessions:  # not claimed again meanwhile
+        self._muted.pop(session_id, None)
+        self._unmuted.pop(session_id, None)
+        async with self._subscribing:
+            client = self.client
+            if client is not None and session_id not in self.engine.sessions:  # not claimed again meanwhile
+                site, name = session_id.split("/", 1)
+                try:
+                    await client.unsubscribe([self._session_filter(session_id),
+                                              *wire.muted_filters(site, name, self.config.prefix)])
+                except Exception as exc:  # a lost connection forgets subscriptions anyway
+                    log.debug("unsubscribe failed: %s", exc)
+
+    def _spawn(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mute(self, session: Session) -> None:
+        """Mute `session` (read only its wire.muted_filters) for Limits.mute_s, or twice its last mute when it floods
+        again within 2 x mute_s of that one's end (at most MAX_MUTE_DOUBLINGS times); one `muted` error tells its
+        device. A turn still receiving audio is dropped (its chunks will not arrive): it ends with an error."""
+        if session.id in self._muted or self.client is None:
+            return
+        seconds = base = self.config.limits.mute_s
+        last = self._unmuted.pop(session.id, None)
+        if last is not None and time.monotonic() - last[0] < 2 * base:
+            seconds = min(2 * last[1], base * 2**MAX_MUTE_DOUBLINGS)
+        self._muted[session.id] = seconds
+        turn = session.drop_receiving()
+        if turn is not None:
+            ids = {"session_id": session.id, "turn_id": turn}
+            self.feed(Interruption(**ids))
+            self.feed(TurnEnd(reason="error", **ids))
+        rate = self.config.limits.max_messages_per_s
+        log.info("session %s: muted for %g s (site %s over %g messages per second)", session.id, seconds,
+                 session.site, rate)
+        await self.send_json(session.id, "error", code="muted", turn=turn, seconds=seconds, message=(
+            f"site {session.site!r} sent more than {rate:g} messages per second: for {seconds:g} s this worker reads "
+            "only the session's audio-stop, interrupt and session-end; the broker drops the rest, questions "
+            "included (they get no reply)"), fix=f"stay under max_messages_per_s; ask again after {seconds:g} s")
+        if turn is not None and session.end_turn(turn):
+            await self.send_json(session.id, "turn-end", turn=turn, reason="error", worker=self.config.worker)
+        self._spawn(self._listen(session.id, muted=True))
+        self._spawn(self._unmute(session.id, seconds))
+
+    async def _unmute(self, session_id: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self._muted.pop(session_id, None) is not None:  # (a lost connection unmuted it already)
+            self._unmuted[session_id] = (time.monotonic(), seconds)
+            await self._listen(session_id, muted=False)
+
+    async def _listen(self, session_id: str, *, muted: bool) -> None:
+        """Swap a held session's subscription: its wire.muted_filters (`muted`) or all its in/ events. The new
+        subscription comes first, so nothing published meanwhile is missed (the overlap may deliver it twice)."""
+        site, name = session_id.split("/", 1)
+        every, heard = [self._session_filter(session_id)], wire.muted_filters(site, name, self.config.prefix)
+        (new, sub), old = ((heard, SUB_MUTED), every) if muted else ((every, SUB_SESSION), heard)
+        async with self._subscribing:
+            if self.client is None or session_id not in self.engine.sessions:
+                return
+            self._switching[session_id] = (float("inf"), None)
             try:
-                await client.unsubscribe(self._session_filter(session_id))
-            except Exception as exc:  # a lost connection forgets subscriptions anyway
-                log.debug("unsubscribe failed: %s", exc)
+                for topic_filter in new:
+                    await self._subscribe(topic_filter, sub)
+                await self.client.unsubscribe(old)
+            except Exception as exc:  # a lost connection resubscribes every session's in/+ when it is back
+                log.debug("resubscribing session %s failed: %s", session_id, exc)
+            finally:  # copies are in the message queue by now; give its reader a moment to meet them
+                self._switching[session_id] = (time.monotonic() + SWITCH_WINDOW_S, self._switching[session_id][1])
 
     async def _send_ended(self, session_id: str, turns: list[int], reason: str) -> None:
         """The ends of a closing session's open turns, then its session-ended."""

@@ -9,8 +9,9 @@ stages (VAD, encoder, LM, another codec) sit between the devices and the broker:
 The input stage runs the worker (omnivox.plugins.mqtt.service) and turns device messages into pipeline
 events (session_id "<site>/<session>"); the output stage publishes the answer on the same connection (found
 by `service` name in the pipeline's shared place): turn-start, transcript-chunk per text token, audio-start +
-audio-out per PCM chunk, audio-stop, each stage Error and the turn's Metrics, turn-end (nothing for a session or
-turn the service already ended).
+audio-out per PCM chunk, audio-stop, action / action-warning per Action / ActionWarning, each stage Error and the
+turn's Metrics, turn-end (nothing for a session or turn the service already ended). An interrupted turn's
+history keeps what was sent: the output feeds Played (the last step it published + 1) back to the LM stage.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from collections.abc import Mapping
 
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.runtime.events import (
+    Action,
+    ActionWarning,
     AudioOut,
     Error,
     Event,
     Metrics,
+    Played,
     TextToken,
     TurnEnd,
     TurnStart,
@@ -65,20 +69,22 @@ class MqttAudioInput(TransportInput):
 class MqttAudioOutput(TransportOutput):
     """Sink: publishes each session's answer to its device as it streams (see the module docstring)."""
 
-    consumes = (TextToken, AudioOut, TurnStart, TurnEnd, VoiceStarted)
+    consumes = (TextToken, AudioOut, TurnStart, TurnEnd, VoiceStarted, Action, ActionWarning)
     transport = "mqtt"
 
     def __init__(self, service: str = "mqtt", name: str | None = None):
         super().__init__(service, name)
         self._audio_seq: dict[tuple[str, int], int] = {}  # turns whose audio-start was sent -> next seq
+        self._sent: dict[tuple[str, int], int] = {}  # turn -> the last LM step it published (text or audio)
 
     async def process(self, event: Event) -> None:
         service, sid, turn = self.service, event.session_id, event.turn_id
         if "/" not in sid:
             return  # not a device session (e.g. an event fed by a test)
         if isinstance(event, TextToken):
-            await service.deliver(sid, "transcript-chunk", turn=turn, text=event.text, token=event.token_id,
-                                  step=event.step)
+            if await service.deliver(sid, "transcript-chunk", turn=turn, text=event.text, token=event.token_id,
+                                     step=event.step):
+                self._published(event.turn, event.step)
         elif isinstance(event, AudioOut):
             seq = self._audio_seq.get(event.turn)
             if seq is None:
@@ -86,7 +92,14 @@ class MqttAudioOutput(TransportOutput):
                 await service.deliver(sid, "audio-start", turn=turn, rate=event.rate, width=event.width,
                                       channels=event.channels)
             self._audio_seq[event.turn] = seq + 1
-            await service.send_audio(sid, turn, seq, event.audio)
+            if await service.send_audio(sid, turn, seq, event.audio) and event.step is not None:
+                self._published(event.turn, event.step)
+        elif isinstance(event, Action):
+            await service.deliver(sid, "action", turn=turn, index=event.index, name=event.name,
+                                  arguments=dict(event.arguments), step=event.step)
+        elif isinstance(event, ActionWarning):
+            await service.deliver(sid, "action-warning", turn=turn, code=event.code, message=event.message,
+                                  step=event.step)
         elif isinstance(event, TurnStart):
             await service.deliver(sid, "turn-start", turn=turn)
         elif isinstance(event, VoiceStarted):
@@ -94,7 +107,13 @@ class MqttAudioOutput(TransportOutput):
         else:  # TurnEnd: audio-stop, the turn's Error / Metrics, then turn-end
             await self._audio_stop(event)
             await self.notes_sent()
+            sent = self._sent.pop(event.turn, None)
+            if event.reason == "interrupted":  # the history keeps only what reached the device
+                service.feed(Played(0 if sent is None else sent + 1, session_id=sid, turn_id=turn))
             await service.end_turn(sid, turn, event.reason)
+
+    def _published(self, turn: tuple[str, int], step: int) -> None:
+        self._sent[turn] = max(step, self._sent.get(turn, -1))
 
     async def _audio_stop(self, event: Event) -> None:
         """The turn's audio-stop, once, if its audio started (at its Metrics or its TurnEnd, whichever is first:
