@@ -24,16 +24,14 @@ pipeline (what `omnivox serve` and the `audio_inputs/mqtt` stage run).
   (at most Limits.max_errors_per_s per site, then one `errors-suppressed` summary) and nothing else changes.
   Every turn the device numbered ends with exactly one `turn-end`.
 - Muting: a session refused as rate-limited is muted for Limits.mute_s (doubling, up to 16 x, while it floods
-  again right after each mute): its owner swaps the session's `in/+`
-  subscription for its PASS_EVENTS topics (wire.muted_filters: audio-stop, interrupt, session-end), so the broker
-  drops everything else the session sends, questions included, before it costs the worker more than a copy on
-  the shared orphan subscription (ignored for a held session); one `muted` error (with `seconds`) announces it
-  and ends a turn that was receiving audio. Then it swaps back. Copies of its flood on control topics still
-  come through the shared orphan subscriptions: the worker then drops those for mute_s (as it does when a site
-  floods sessions nobody holds). The new
-  subscription comes before the old one goes, so a message published meanwhile arrives twice, back to back:
-  mosquitto sends the exact topic's copy (SUB_MUTED) before the wildcard's (SUB_SESSION), which is dropped (a
-  broker that sends them the other way round would deliver such a message twice).
+  again right after each mute): its owner swaps the session's `in/+` subscription for its PASS_EVENTS topics
+  (wire.muted_filters: audio-stop, interrupt, session-end), so the broker drops everything else the session
+  sends, questions included; one `muted` error (with `seconds`) announces it and ends a turn that was receiving
+  audio. Then it swaps back. Copies of its flood on control topics still come through the shared orphan
+  subscriptions: the worker then drops those for mute_s (as it does when a site floods sessions nobody holds).
+  The new subscription comes before the old one goes, so a message published meanwhile arrives twice, back to
+  back: mosquitto sends the exact topic's copy (SUB_MUTED) before the wildcard's (SUB_SESSION), which is dropped
+  (a broker that sends them the other way round would deliver such a message twice).
 - Conversation: the session is the conversation (docs/conversations.md). `session-start` may carry `context`;
   `context` (at any time), `reset` and `action-result` become the pipeline's SetContext, ResetConversation and
   ActionResult (turn_id NO_TURN but for a result: its action's turn), which the LM stage applies between turns.
@@ -131,7 +129,7 @@ class MqttService:
         self._pending: set[asyncio.Future] = set()  # publishes awaiting their acknowledgement
         self._tasks: set[asyncio.Task] = set()  # session endings being sent
         self._status_count: int | None = None  # the session count of the last published status
-        self._muted: dict[str, float] = {}  # muted session -> its mute's seconds
+        self._muted: set[str] = set()  # muted sessions
         self._unmuted: dict[str, tuple[float, float]] = {}  # session -> (when its last mute ended, its seconds)
         self._orphans_paused = False  # the orphan subscriptions are dropped during a flood (_pause_orphans)
         self._subscribing = asyncio.Lock()  # one change of a session's subscriptions at a time
@@ -229,7 +227,7 @@ class MqttService:
                 await self._refuse(session_id, ProtocolError(
                     "connection-lost", "the broker connection was lost during this turn; its answer is incomplete",
                     "ask again", turn=turn), limited=False)
-                await self.send_json(session_id, "turn-end", turn=turn, reason="error", worker=self.config.worker)
+                await self._send_turn_end(session_id, turn, "error")
 
     async def _announce_offline(self) -> None:
         client = self.client
@@ -370,13 +368,9 @@ class MqttService:
         except ProtocolError:  # a flood to sessions nobody holds
             self._pause_orphans(address.site)
             return
-        try:
-            error = ProtocolError("unknown-session", f"session {address.session!r} is not open: it ended, was "
-                                  "reaped or never started", "send session-start and wait for session-started "
-                                  "(a new session id is best)")
-        except ProtocolError as exc:
-            error = exc
-        await self._refuse(address.session_id, error)
+        await self._refuse(address.session_id, ProtocolError(
+            "unknown-session", f"session {address.session!r} is not open: it ended, was reaped or never started",
+            "send session-start and wait for session-started (a new session id is best)"))
 
     def _pause_orphans(self, site: str) -> None:
         """A flood on the control topics of sessions that are muted or held by nobody reaches the worker through the
@@ -522,15 +516,20 @@ class MqttService:
         await self._refuse(session.id, exc)
         if exc.code == "rate-limited":
             await self._mute(session)
-        if exc.dropped_turn:  # dropped mid-audio: its work stops (the pipeline's own end of it is not sent)
-            ids = {"session_id": session.id, "turn_id": exc.turn}
-            self.feed(Interruption(**ids))
-            self.feed(TurnEnd(reason="error", **ids))
-            ended = session.end_turn(exc.turn)
+        if exc.dropped_turn:  # dropped mid-audio
+            ended = self._stop_dropped(session, exc.turn)
         else:  # a refused question whose id is new: that turn ended
             ended = event in ("audio-start", "text") and session.use_up(exc.turn)
         if ended:
-            await self.send_json(session.id, "turn-end", turn=exc.turn, reason="error", worker=self.config.worker)
+            await self._send_turn_end(session.id, exc.turn, "error")
+
+    def _stop_dropped(self, session: Session, turn: int) -> bool:
+        """A turn dropped while its audio arrived: its work stops in every stage (the pipeline's own end of it is
+        not sent); True when its turn-end is still due to the device."""
+        ids = {"session_id": session.id, "turn_id": turn}
+        self.feed(Interruption(**ids))
+        self.feed(TurnEnd(reason="error", **ids))
+        return session.end_turn(turn)
 
     # ---- sessions ---------------------------------------------------------------------------------------
     def _close(self, session_id: str, reason: str) -> None:
@@ -553,7 +552,7 @@ class MqttService:
     async def _send_closed(self, session_id: str, turns: list[int], reason: str) -> None:
         await self._send_ended(session_id, turns, reason)
         await self._publish_sessions()
-        self._muted.pop(session_id, None)
+        self._muted.discard(session_id)
         self._unmuted.pop(session_id, None)
         async with self._subscribing:
             client = self.client
@@ -580,12 +579,9 @@ class MqttService:
         last = self._unmuted.pop(session.id, None)
         if last is not None and time.monotonic() - last[0] < 2 * base:
             seconds = min(2 * last[1], base * 2**MAX_MUTE_DOUBLINGS)
-        self._muted[session.id] = seconds
+        self._muted.add(session.id)
         turn = session.drop_receiving()
-        if turn is not None:
-            ids = {"session_id": session.id, "turn_id": turn}
-            self.feed(Interruption(**ids))
-            self.feed(TurnEnd(reason="error", **ids))
+        ended = turn is not None and self._stop_dropped(session, turn)
         rate = self.config.limits.max_messages_per_s
         log.info("session %s: muted for %g s (site %s over %g messages per second)", session.id, seconds,
                  session.site, rate)
@@ -593,14 +589,15 @@ class MqttService:
             f"site {session.site!r} sent more than {rate:g} messages per second: for {seconds:g} s this worker reads "
             "only the session's audio-stop, interrupt and session-end; the broker drops the rest, questions "
             "included (they get no reply)"), fix=f"stay under max_messages_per_s; ask again after {seconds:g} s")
-        if turn is not None and session.end_turn(turn):
-            await self.send_json(session.id, "turn-end", turn=turn, reason="error", worker=self.config.worker)
+        if ended:
+            await self._send_turn_end(session.id, turn, "error")
         self._spawn(self._listen(session.id, muted=True))
         self._spawn(self._unmute(session.id, seconds))
 
     async def _unmute(self, session_id: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
-        if self._muted.pop(session_id, None) is not None:  # (a lost connection unmuted it already)
+        if session_id in self._muted:  # (a lost connection unmuted it already)
+            self._muted.discard(session_id)
             self._unmuted[session_id] = (time.monotonic(), seconds)
             await self._listen(session_id, muted=False)
 
@@ -626,8 +623,7 @@ class MqttService:
     async def _send_ended(self, session_id: str, turns: list[int], reason: str) -> None:
         """The ends of a closing session's open turns, then its session-ended."""
         for turn in turns:
-            await self.send_json(session_id, "turn-end", turn=turn, reason=TURN_REASON[reason],
-                                 worker=self.config.worker)
+            await self._send_turn_end(session_id, turn, TURN_REASON[reason])
         await self.send_json(session_id, "session-ended", reason=reason)
 
     # ---- outgoing (also used by the output stage) ----------------------------------------------------------
@@ -662,6 +658,9 @@ class MqttService:
             return False
         self.turns_ended += 1
         self.engine.touch(session)
+        return await self._send_turn_end(session_id, turn, reason)
+
+    async def _send_turn_end(self, session_id: str, turn: int, reason: str) -> bool:
         return await self.send_json(session_id, "turn-end", turn=turn, reason=reason, worker=self.config.worker)
 
     async def send_json(self, session_id: str, event: str, **fields) -> bool:
