@@ -349,8 +349,7 @@ class Session:
     def _drop(self, error: ProtocolError) -> ProtocolError:
         """Stop receiving the current turn (it ends with an error: the transport stops its work, end_turn());
         returns `error` to raise."""
-        error.turn, error.dropped_turn = self.receiving.turn, True
-        self.receiving = None
+        error.turn, error.dropped_turn = self.drop_receiving(), True
         return error
 
 
