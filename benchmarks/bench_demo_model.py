@@ -6,7 +6,10 @@ components its export recorded (the encoder that hears the question audio, the c
   equal to the expected answer word for word (`exact_match`);
 - the model's own ASR (A1T1: question audio -> its text) WER next to the yardstick's WER on the same audio;
 - in the pipeline (file -> encoder -> LM -> codec -> sink; LM and codec threads as `omnivox chat` places them):
-  time to first audio after the question, whole-turn real-time factor, and whether audio came first.
+  time to first audio after the question, whole-turn real-time factor, and whether audio came first;
+- the home-robot assistant's table (training/demo_robot.py, on DATA/robot_test.prepared.jsonl when it exists):
+  single spoken and typed questions, follow-up turns, commands (exact action, spoken confirmation) and context
+  questions, text right and spoken right, per group and intent, each turn run as a conversation (history, context).
 
     python benchmarks/bench_demo_model.py                                   # shipped `demo`, runs/demo/data
     python benchmarks/bench_demo_model.py --checkpoint runs/demo/stage3/export --data runs/demo/data --limit 5
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-turns", type=int, default=10, help="questions run through the pipeline")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--robot-limit", type=int, default=12,
+                        help="robot table: at most this many lines per group, task and intent (0: skip the table)")
     parser.add_argument("--json", metavar="FILE", help="also write every per-question result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -172,8 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     spread = questions[:: max(1, len(questions) // max(1, args.latency_turns))][: args.latency_turns]
     latency = pipeline_latency(model, encoder, codec, spread, args.max_steps) if spread else []
     report(results, latency)
+    robot = None
+    if args.robot_limit and (data / "robot_test.prepared.jsonl").is_file():
+        from omnivox.plugins.demo_model import DEMO, DEMO_DIR
+        from omnivox.training.demo_robot import evaluate
+
+        print("home-robot assistant (conversations, context, actions):")
+        robot = evaluate(DEMO_DIR if args.checkpoint == DEMO else args.checkpoint, data / "robot_test.prepared.jsonl",
+                         limit=args.robot_limit)
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "latency": latency}, indent=1, default=list))
+        Path(args.json).write_text(json.dumps({"results": results, "latency": latency, "robot": robot}, indent=1,
+                                              default=list))
     return 0
 
 

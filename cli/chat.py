@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import unicodedata
 from pathlib import Path
@@ -13,7 +14,7 @@ from omnivox.cli import model_options
 from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
-from omnivox.core.runtime.events import Event, TextToken, TurnEnd
+from omnivox.core.runtime.events import Action, ActionWarning, Event, TextToken, TurnEnd
 from omnivox.core.runtime.stage import Stage
 
 
@@ -26,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--text", help="question as text (tasks T1A2 / T1T2)")
     p.add_argument("--output", default="answer.wav", metavar="AUDIO", help="where to write the spoken answer")
     p.add_argument("--text-out", metavar="FILE", help="also write the text answer to FILE")
+    p.add_argument("--context", metavar="TEXT", help="context text the answer sees (a robot's state, e.g. "
+                                                     "'battery: 40%%, location: kitchen'; docs/conversations.md)")
     model_options.add_model_options(p)
     p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
     p.add_argument("--task", choices=TASKS, help="default: A1A2 for audio input, T1A2 for text input")
@@ -41,19 +44,32 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class TranscriptPrinter(Stage):
-    """Prints each turn's text tokens as they arrive and passes them on. Keeps each turn's text twice: `texts`
-    as decoded, `shown` as printed (see `displayable`: no control characters, ids for undecodable bytes)."""
+    """Prints each turn's text tokens as they arrive and passes them on; each action the model asks for as a line
+    `action NAME {json arguments}`, each dropped one as a warning on stderr. Keeps each turn's text twice: `texts`
+    as decoded, `shown` as printed (see `displayable`: no control characters, ids for undecodable bytes), and its
+    `actions` (name, arguments)."""
 
-    consumes = (TextToken, TurnEnd)
+    consumes = (TextToken, TurnEnd, Action, ActionWarning)
 
     def __init__(self, out=sys.stdout, name: str = "transcript"):
         super().__init__(name)
-        self.out, self.texts, self.shown = out, {}, {}
+        self.out, self.texts, self.shown, self.actions = out, {}, {}, {}
         self.pending: dict[tuple[str, int], list[int]] = {}  # ids whose text the tokenizer still holds back
 
     async def process(self, event: Event):
         key = event.turn
-        if isinstance(event, TextToken):
+        if isinstance(event, Action):
+            self.actions.setdefault(key, []).append((event.name, dict(event.arguments)))
+            if self.out is not None:  # a line of its own; not part of the text (`shown`, --text-out)
+                midline = self.shown.get(key, "\n")[-1:] != "\n"
+                self.out.write(("\n" if midline else "") + f"action {displayable(event.name, [])} "
+                               f"{json.dumps(dict(event.arguments))}\n")
+                self.out.flush()
+            yield event
+        elif isinstance(event, ActionWarning):
+            print(f"warning: action dropped ({event.code}): {displayable(event.message, [])}", file=sys.stderr)
+            yield event
+        elif isinstance(event, TextToken):
             self.texts[key] = self.texts.get(key, "") + event.text
             ids = self.pending.setdefault(key, [])
             ids.append(event.token_id)
@@ -125,7 +141,7 @@ def build_pipeline(args: argparse.Namespace, say=print):
         [FileAudioInput(args.input) if args.input else TextInput(args.text)], model=model, encoder=encoder,
         codec=codec, sinks=[FileAudioOutput(str(args.output))] if codec is not None else [],
         lm=dict(strategy=args.strategy, task=task, max_steps=max_steps, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, seed=args.seed, int8=args.int8),
+                top_p=args.top_p, seed=args.seed, int8=args.int8, context=args.context),
         after_lm=[printer])  # right after the LM: text shows without waiting for the vocoder
     return pipeline, printer, task
 
@@ -152,11 +168,6 @@ def chat(args: argparse.Namespace) -> int:
         print(f"omnivox chat: no speech: the answer ended after {m.text_tokens} text tokens with 0 s of audio (the "
               "model stopped, or reached --max-steps, before its first complete audio frame); nothing was written "
               f"to {args.output}", file=sys.stderr)
-        if args.checkpoint in (None, "demo"):
-            print('  try: ask by voice: espeak-ng -w q.wav "hello there" && omnivox chat --input q.wav (the demo '
-                  "model answers spoken questions; --text speaks answer sentences only), or --task T1T2 for a text "
-                  "answer", file=sys.stderr)
-        else:
-            print("  try: a larger --max-steps, a spoken question (--input QUESTION.wav), or --task T1T2 for a text "
-                  "answer", file=sys.stderr)
+        print("  try: a larger --max-steps, a spoken question (--input QUESTION.wav), or --task T1T2 for a text "
+              "answer", file=sys.stderr)
     return 1 if silent else 0

@@ -1,7 +1,9 @@
 """`omnivox listen`: the local microphone assistant. Microphone -> Silero VAD (one turn per utterance) ->
 encoder -> LM + strategy -> codec -> speaker, with half- or full-duplex barge-in, and a console view: state
 (listening / hearing / thinking / speaking), input level, the answer text as it streams, and per turn the
-latency from the end of the user's speech to the first audio played. Plain lines when stdout is no TTY."""
+latency from the end of the user's speech to the first audio played, and the actions the model asks for. Plain
+lines when stdout is no TTY. With memory, the turns form one conversation until --conversation-silence seconds
+pass without speech (docs/conversations.md)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,29 @@ import asyncio
 import json
 import signal
 import sys
-from dataclasses import asdict, dataclass
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
 
 from omnivox.cli import model_options
+from omnivox.cli.chat import displayable
 from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.events import AudioStop, CodecFrame, Event, TextToken, TurnEnd, VoiceStopped
+from omnivox.core.runtime.events import (
+    Action,
+    ActionWarning,
+    AudioStop,
+    CodecFrame,
+    Event,
+    ResetConversation,
+    TextToken,
+    TurnEnd,
+    VoiceStopped,
+)
 from omnivox.core.runtime.playback import shared_playback
 from omnivox.core.runtime.stage import Stage
+
+NO_TURN = -1  # the turn_id of a conversation control that belongs to no turn (as the MQTT and HTTP services)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
+    talk = p.add_argument_group("conversation (docs/conversations.md)")
+    talk.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                      help="the turns form one conversation: each answer sees the ones before (default: as the "
+                           "model's config declares, `conversation: {memory: true}`; off for Mini-Omni checkpoints, "
+                           "trained on single turns)")
+    talk.add_argument("--conversation-silence", type=float, default=120.0, metavar="SECONDS",
+                      help="with memory: the conversation ends (its history goes, the context stays) after this "
+                           "long without speech once the last answer has played (default 120); 0: every turn "
+                           "stands alone (memory off)")
+    talk.add_argument("--context", metavar="TEXT",
+                      help="the conversation's context text, seen by every turn and kept across resets (e.g. "
+                           "'battery forty percent, in the kitchen')")
     p.set_defaults(func=listen)
 
 
@@ -68,13 +97,14 @@ class TurnReport:
     codec_ms: float | None = None  # -> first AudioOut
     playback_ms: float | None = None  # -> first sample handed to the device (jitter buffer)
     underruns: int = 0
+    actions: list[dict] = field(default_factory=list)  # the Actions of the turn: name, arguments
 
 
 class TurnView(Stage):
-    """Sits after the LM: collects each turn's text and timings (passing everything on); output positions come
-    from the pipeline's PlaybackState called `playback`."""
+    """Sits after the LM: collects each turn's text, actions and timings (passing everything on); output positions
+    come from the pipeline's PlaybackState called `playback`. `notes`: console lines not printed yet."""
 
-    consumes = (TextToken, CodecFrame, VoiceStopped, AudioStop, TurnEnd)
+    consumes = (TextToken, CodecFrame, VoiceStopped, AudioStop, TurnEnd, Action, ActionWarning)
 
     def __init__(self, playback: str = "default", name: str = "view"):
         super().__init__(name)
@@ -83,6 +113,7 @@ class TurnView(Stage):
         self.reports: dict[int, TurnReport] = {}
         self.times: dict[int, dict[str, float]] = {}  # turn -> speech_end, decided, first_frame_at
         self.lm_done: set[int] = set()
+        self.notes: deque[str] = deque()
 
     def attach(self, bus, inputs, shared: dict | None = None):
         sub = super().attach(bus, inputs, shared)
@@ -102,9 +133,41 @@ class TurnView(Stage):
             times["speech_end"] = event.timestamp
         elif isinstance(event, AudioStop):
             times["decided"] = event.timestamp
+        elif isinstance(event, Action):
+            arguments = dict(event.arguments)
+            report.actions.append({"name": event.name, "arguments": arguments})
+            self.notes.append(f"turn {event.turn_id}: action {displayable(event.name, [])} {json.dumps(arguments)}")
+            yield event
+        elif isinstance(event, ActionWarning):  # a control event: passed on by the stage itself
+            self.notes.append(f"turn {event.turn_id}: warning: action dropped ({event.code}): "
+                              f"{displayable(event.message, [])}")
         else:  # TurnEnd: the LM is done with this turn
             report.lm_done_frame, report.reason = self.playback.position(), event.reason
             self.lm_done.add(event.turn_id)
+
+
+class ConversationTimeout:
+    """When listen's conversation ends: no speech for `silence_s` seconds after its last turn ended (pure logic on
+    monotonic timestamps). Call `update(now, busy)` regularly, `busy` while speech is heard or a turn is answered
+    (until its answer has played); it returns True once per conversation, at the first idle call `silence_s` or more
+    after the last busy one. A conversation starts at the first busy call: nothing expires before anyone spoke."""
+
+    def __init__(self, silence_s: float):
+        if not silence_s > 0:  # also refuses NaN
+            raise ConfigError(f"conversation silence must be > 0 seconds, got {silence_s}",
+                              "pass e.g. 120 (without a timeout, leave memory off: every turn stands alone)")
+        self.silence_s = float(silence_s)
+        self.last_busy: float | None = None  # when the open conversation was last busy; None: none open
+
+    def update(self, now: float, busy: bool) -> bool:
+        """True when the open conversation has just ended (then none is open until the next busy call)."""
+        if busy:
+            self.last_busy = now
+            return False
+        if self.last_busy is not None and now - self.last_busy >= self.silence_s:
+            self.last_busy = None
+            return True
+        return False
 
 
 class Console:
@@ -128,12 +191,14 @@ class Console:
         return any(t.playing and t.finished_at is None for t in self.speaker.turns.values())
 
     def tick(self, level_db: float) -> None:
+        while self.view.notes:
+            self.line(self.view.notes.popleft())
         for turn, frame in sorted(self.vad.voice_started_at.items()):
             if turn not in self._said_voice:
                 self._said_voice.add(turn)
                 self.view.reports.setdefault(turn, TurnReport(turn)).voice_started_frame = frame
                 if not self.tty:
-                    self._line(f"turn {turn}: voice started")
+                    self.line(f"turn {turn}: voice started")
         for key, played in list(self.speaker.turns.items()):
             turn = key[1]
             if played.finished_at is not None and turn not in self.reported and turn in self.view.lm_done:
@@ -166,12 +231,13 @@ class Console:
         latency = "no audio" if report.latency_ms is None else (
             f"first audio {report.latency_ms:.0f} ms after end of speech (vad {report.vad_ms} + model "
             f"{report.model_ms} + codec {report.codec_ms} + playback {report.playback_ms})")
-        self._line(f"turn {turn} [{report.reason}]: {report.text.strip()!r}; {latency}")
+        self.line(f"turn {turn} [{report.reason}]: {report.text.strip()!r}; {latency}")
         if self.trace is not None:
             self.trace.write(json.dumps(asdict(report)) + "\n")
             self.trace.flush()
 
-    def _line(self, text: str) -> None:
+    def line(self, text: str) -> None:
+        """One line of its own (clearing the live status line on a TTY)."""
         self.out.write(("\r\033[K" if self.tty else "") + text + "\n")
         self.out.flush()
 
@@ -205,8 +271,29 @@ def build(args: argparse.Namespace, say=print):
     # the VAD, the view and the speaker share the pipeline's PlaybackState ("default")
     pipeline = speech_pipeline([mic], model=model, encoder=encoder, codec=codec, vad=vad, sinks=[speaker],
                                lm=dict(strategy=args.strategy, task="A1A2", max_steps=max_steps, seed=args.seed,
-                                       int8=args.int8), after_lm=[view])
+                                       int8=args.int8, memory=keeps_memory(args, model),
+                                       context=args.context or None), after_lm=[view])
     return pipeline, mic, vad, view, speaker
+
+
+def keeps_memory(args: argparse.Namespace, model) -> bool:
+    """Whether the turns form one conversation: --memory / --no-memory, else the model's declared format; never
+    with --conversation-silence 0."""
+    from omnivox.core.kernel.conversation_format import ConversationFormat
+
+    if args.conversation_silence == 0:
+        return False
+    return ConversationFormat.of(model).memory if args.memory is None else args.memory
+
+
+def check_conversation_options(args: argparse.Namespace) -> None:
+    silence = args.conversation_silence
+    if not silence >= 0:  # also refuses NaN
+        raise ConfigError(f"--conversation-silence must be >= 0 seconds, got {silence}",
+                          "pass e.g. 120, or 0 for turns that stand alone")
+    if silence == 0 and args.memory:
+        raise ConfigError("--memory keeps a conversation but --conversation-silence 0 makes every turn stand alone",
+                          "drop one of them")
 
 
 def listen(args: argparse.Namespace) -> int:
@@ -216,15 +303,21 @@ def listen(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}", "pass a positive number")
+    check_conversation_options(args)
     from omnivox.plugins.sounddevice_io import resolve_device
 
     resolve_device(args.input_device, "input")  # a missing device fails before the models load
     resolve_device(args.output_device, "output")
     pipeline, mic, vad, view, speaker = build(args, say=lambda line: print(line, file=sys.stderr))
+    timeout = None
+    if lm_stage(pipeline).conversations.memory:
+        timeout = ConversationTimeout(args.conversation_silence)
+        print(f"conversation memory on: a conversation ends after {timeout.silence_s:g} s without speech",
+              file=sys.stderr)
     trace = open(args.trace, "w", encoding="utf-8") if args.trace else None  # noqa: SIM115 (closed below)
     try:
         console = Console(vad, view, speaker, trace=trace)
-        asyncio.run(_serve(pipeline, mic, console, args.max_turns))
+        asyncio.run(_serve(pipeline, mic, console, args.max_turns, timeout))
         counts = dict(mic_blocks_dropped=mic.dropped, speaker_underruns=speaker.underruns,
                       onsets_ignored_while_speaking=vad.ignored, onsets_taken_for_echo=vad.echoes,
                       barge_ins=vad.barge_ins, turns=vad.turn_id)
@@ -240,7 +333,21 @@ def listen(args: argparse.Namespace) -> int:
     return report_stage_errors("listen", pipeline.errors, turn=True)
 
 
-async def _serve(pipeline, mic, console: Console, max_turns: int | None) -> None:
+def lm_stage(pipeline):
+    from omnivox.core.runtime.model_stages import LMStage
+
+    return next(stage for stage in pipeline.stages if isinstance(stage, LMStage))
+
+
+async def end_conversation(pipeline, session_id: str, console: Console, timeout: ConversationTimeout) -> None:
+    """The conversation timed out: its history goes (the LM stage consumes the ResetConversation, which reaches it
+    through the pipeline's input like a transport's control), and the console says so."""
+    await pipeline.feed(ResetConversation(session_id=session_id, turn_id=NO_TURN))
+    console.line(f"conversation reset: no speech for {timeout.silence_s:g} s (the context stays)")
+
+
+async def _serve(pipeline, mic, console: Console, max_turns: int | None,
+                 timeout: ConversationTimeout | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -249,6 +356,8 @@ async def _serve(pipeline, mic, console: Console, max_turns: int | None) -> None
     try:
         while not stop.is_set():
             console.tick(mic.level_db)
+            if timeout is not None and timeout.update(time.monotonic(), busy=console.state() != "listening"):
+                await end_conversation(pipeline, mic.session_id, console, timeout)
             if max_turns is not None and console.finished >= max_turns:
                 break
             if any(error.stage == mic.name for error in pipeline.errors):  # the microphone failed

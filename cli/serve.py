@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="task of spoken turns (default A1A2; typed turns use T1A2)")
     model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     model.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
-    model.add_argument("--memory", action="store_true", default=None,
+    model.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                        help="a session's turns form one conversation (MQTT: the session; HTTP: a `conversation` "
-                            "id); off by default: Mini-Omni checkpoints were trained on single turns "
-                            "(docs/conversations.md)")
+                            "id); default: what the model declares (on for the demo model, off for Mini-Omni "
+                            "checkpoints, trained on single turns; docs/conversations.md)")
     p.set_defaults(func=serve, prepare=lambda parser: add_transport_options(parser, config))
 
 
@@ -92,9 +92,9 @@ def settings(args: argparse.Namespace) -> dict:
     values["limits"] = limits
     if values.get("max_steps") is not None and values["max_steps"] < 1:
         raise ConfigError(f"max_steps must be >= 1, got {values['max_steps']}", "pass a positive number of steps")
-    if not isinstance(values.get("memory", False), bool):
+    if values.get("memory") is not None and not isinstance(values["memory"], bool):
         raise ConfigError(f"memory must be true or false, got {values['memory']!r}",
-                          "write `memory: true` or leave it out")
+                          "write `memory: true` or `memory: false`, or leave it out (the model's declaration)")
     for transport in enabled(values).values():
         transport.serve.params(values)
     return values
@@ -135,7 +135,7 @@ def build_pipeline(args: argparse.Namespace, values: dict, say=print):
     return speech_pipeline([t.input(**t.serve.params(values)) for t in chosen], model=model, encoder=encoder,
                            codec=codec, sinks=[t.output() for t in chosen],
                            lm=dict(strategy=values.get("strategy") or "text-delay", task=values.get("task") or "A1A2",
-                                   max_steps=max_steps, int8=args.int8, memory=bool(values.get("memory"))))
+                                   max_steps=max_steps, int8=args.int8, memory=values.get("memory")))
 
 
 def served_yaml_pipeline(values: dict):

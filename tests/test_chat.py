@@ -176,6 +176,21 @@ def test_printer_groups_held_back_ids_and_flushes_them_at_turn_end():
     assert printer.texts[("default", 0)] == "\u00e9\ufffdx"  # the decoded text is kept as it was
 
 
+def test_printer_shows_each_action_on_a_line_of_its_own_and_keeps_it_out_of_the_text(capsys):
+    from omnivox.core.runtime.events import Action, ActionWarning
+
+    printer = TranscriptPrinter(io.StringIO())
+    events = [TextToken(10, "turning on", turn_id=0), Action(name="light", arguments={"room": "kitchen", "on": True},
+                                                               turn_id=0),
+              ActionWarning(code="unknown-action", message="no action 'fly'", turn_id=0),
+              TextToken(11, " the light", turn_id=0), TurnEnd(reason="done", turn_id=0)]
+    asyncio.run(run_stage(printer, events))
+    assert printer.out.getvalue() == 'turning on\naction light {"room": "kitchen", "on": true}\n the light\n'
+    assert printer.shown[("default", 0)] == "turning on the light"  # what --text-out writes
+    assert printer.actions[("default", 0)] == [("light", {"room": "kitchen", "on": True})]
+    assert "action dropped (unknown-action): no action 'fly'" in capsys.readouterr().err
+
+
 def test_chat_bad_inputs_fail_clearly(tmp_path):
     run = _chat("--input", "missing.wav", cwd=tmp_path)
     assert run.returncode == 2 and "missing.wav does not exist" in run.stderr and "Traceback" not in run.stderr
@@ -252,7 +267,7 @@ def test_ask_fails_clearly_on_an_answer_with_no_speech(tmp_path, monkeypatch, ca
     from omnivox.plugins.mqtt.client import Answer
 
     async def answered(args):
-        return Answer(turn=0, text="hi", audio=audio, rate=16000 if audio else None, reason=reason)
+        return [Answer(turn=0, text="hi", audio=audio, rate=16000 if audio else None, reason=reason)]
 
     monkeypatch.setattr(ask, "_ask", answered)
     assert main(["ask", "--text", "hi", "--output", str(tmp_path / "a.wav")]) == rc

@@ -401,7 +401,7 @@ def test_over_http_a_conversation_id_keeps_context_results_and_reset_and_actions
 
 
 # ---- `omnivox serve --memory` -----------------------------------------------------------------------------------
-def test_serve_turns_memory_on_only_when_asked(tmp_path):
+def test_serve_memory_follows_the_model_unless_asked(tmp_path):
     from omnivox.cli import serve
     from omnivox.cli.main import parse_args
     from omnivox.core.errors import ConfigError
@@ -411,8 +411,9 @@ def test_serve_turns_memory_on_only_when_asked(tmp_path):
         pipeline = serve.build_pipeline(args, serve.settings(args), say=lambda line: None)
         return next(stage for stage in pipeline.stages if isinstance(stage, LMStage))
 
-    assert lm_of().conversations.memory is False  # the default: every turn alone, as before
+    assert lm_of().conversations.memory is None  # the default: what the model declares (random: nothing, so off)
     assert lm_of("--memory").conversations.memory is True
+    assert lm_of("--no-memory").conversations.memory is False
     config = tmp_path / "serve.yaml"
     config.write_text("memory: true\n")
     assert lm_of("--config", str(config)).conversations.memory is True

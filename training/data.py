@@ -11,10 +11,27 @@
                                           of lists; written by `omnivox prepare` from answer_audio
 
 Training needs the prepared fields (question_features for audio in, answer_frames for audio out); the raw
-audio fields are what `omnivox prepare` reads. Every error names the manifest file and line number."""
+audio fields are what `omnivox prepare` reads. Every error names the manifest file and line number.
+
+Conversations (both fields optional; a line without them is a single turn):
+
+     "history": ["t1", "t2"],             ids of other lines of this manifest: the earlier turns of this line's
+                                          conversation, oldest first. Each is a full example (its own task,
+                                          question, answer); here it is a past turn: its prompt, then its answer
+                                          as inference feeds it back (collate.build_sequence). Ids are looked up
+                                          among ALL lines, whatever `tasks` keeps. A line may not list itself or
+                                          an id twice; a history line may have a history of its own only if it
+                                          is exactly the ids listed before it here (so each turn of a
+                                          conversation can be a line listing all the turns before it)
+     "context": "battery: 40%, ..."       context text: the model's context segment (ConversationFormat) before
+                                          the history; this line's own context is the one used (a history
+                                          line's context is not), as a conversation re-prefills after a change
+
+The loss covers this line's answer only; the history and context are input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +44,7 @@ from omnivox.core.errors import InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 
 FIELDS = ("id", "task", "question_audio", "question_features", "question_text", "answer_text", "answer_audio",
-          "answer_frames")
+          "answer_frames", "history", "context")
 PATH_FIELDS = ("question_audio", "question_features", "answer_audio")
 
 
@@ -44,6 +61,9 @@ class Example:
     question_features: Path | None = None
     answer_audio: Path | None = None
     answer_frames: Path | list | None = None
+    context: str | None = None  # context text (None: no context segment)
+    history_ids: tuple[str, ...] = ()  # the `history` field as written
+    history: list[Example] = dataclasses.field(default_factory=list)  # those lines (read_manifest), oldest first
 
     @property
     def audio_in(self) -> bool:
@@ -100,22 +120,43 @@ def read_manifest(path: str | Path, tasks: list[str] | None = None, require_prep
         for task in tasks:
             if task not in TASKS:
                 raise InputError(f"data.tasks names unknown task {task!r}", f"use some of: {', '.join(TASKS)}")
-    examples: list[Example] = []
-    seen: dict[str, str] = {}
+    every: dict[str, Example] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         example = _parse_line(line, path, number, require_prepared)
-        if example.id in seen:
-            raise InputError(f"{example.source}: id {example.id!r} already used at {seen[example.id]}",
+        if example.id in every:
+            raise InputError(f"{example.source}: id {example.id!r} already used at {every[example.id].source}",
                              "give every example a unique id")
-        seen[example.id] = example.source
-        if tasks is None or example.task in tasks:
-            examples.append(example)
+        every[example.id] = example
+    for example in every.values():  # histories resolve against every line, whatever `tasks` keeps
+        example.history = _resolve_history(example, every)
+    examples = [e for e in every.values() if tasks is None or e.task in tasks]
     if not examples:
         raise InputError(f"manifest {path} has no examples" + (f" of tasks {tasks}" if tasks else ""),
                          "add examples, or change data.tasks")
     return examples
+
+
+def _resolve_history(example: Example, every: dict[str, Example]) -> list[Example]:
+    """The lines `example.history_ids` names, oldest first (see the module docstring for the rules)."""
+    ids, where = example.history_ids, example.source
+    for k, hid in enumerate(ids):
+        if hid == example.id:
+            raise InputError(f"{where}: history lists the line's own id {hid!r}",
+                             "list only the earlier turns of the conversation")
+        if hid in ids[:k]:
+            raise InputError(f"{where}: history lists {hid!r} twice", "list each earlier turn once, oldest first")
+        if hid not in every:
+            raise InputError(f"{where}: history id {hid!r} is not a line of this manifest",
+                             f"add a line with id {hid!r} (the earlier turn), or remove it from history")
+        own = every[hid].history_ids
+        if own and own != ids[:k]:
+            raise InputError(f"{where}: history line {hid!r} ({every[hid].source}) has its own history "
+                             f"{list(own)}, not the ids listed before it here {list(ids[:k])}",
+                             "list a conversation's turns in one order: each line's history is every turn "
+                             "before it (or give the history line no history)")
+    return [every[hid] for hid in ids]
 
 
 def _parse_line(line: str, path: Path, number: int, require_prepared: bool) -> Example:
@@ -154,8 +195,15 @@ def _parse_line(line: str, path: Path, number: int, require_prepared: bool) -> E
         frames = file
     elif frames is not None and not isinstance(frames, list):
         raise InputError(f"{where}: answer_frames must be a .npy path or a list of lists", "fix the field")
+    history = row.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, str) and h for h in history):
+        raise InputError(f"{where}: history must be a list of example ids", 'write e.g. "history": ["q0001"]')
+    context = row.get("context")
+    if context is not None and not isinstance(context, str):
+        raise InputError(f"{where}: context must be text", 'write e.g. "context": "battery: 40%"')
     example = Example(id=row["id"], task=task, source=where, answer_text=row["answer_text"],
-                      question_text=row.get("question_text"), answer_frames=frames, **paths)
+                      question_text=row.get("question_text"), answer_frames=frames, context=context or None,
+                      history_ids=tuple(history), **paths)
     if example.audio_in and not (example.question_audio or example.question_features):
         raise InputError(f"{where}: task {task} needs question_audio", "add the question's audio file")
     if not example.audio_in and not (isinstance(example.question_text, str) and example.question_text.strip()):

@@ -149,7 +149,7 @@ def contents(intent: str) -> list[tuple[str, dict[str, str], str]]:
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def _words(text: str) -> list[str]:
+def spoken_words(text: str) -> list[str]:
     """Lower-case words with numbers below 100 spelled out ('7' -> 'seven', '47' -> 'forty seven'),
     punctuation dropped."""
     text = text.lower().replace("-", " ")
@@ -158,7 +158,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text)
 
 
-def _numbers(words: list[str]) -> list[int]:
+def numbers_said(words: list[str]) -> list[int]:
     """The numbers said, in order: ['forty', 'seven', 'plus', 'ten'] -> [47, 10]."""
     out: list[int] = []
     for i, w in enumerate(words):
@@ -178,12 +178,12 @@ def score_answer(intent: str, expected: str, transcript: str) -> bool:
     identity: 'assistant' (ASR spells the name 'omnivox' many ways)."""
     if intent not in INTENTS:
         raise ConfigError(f"unknown intent {intent!r}", f"use one of: {', '.join(INTENTS)}")
-    said, want = _words(transcript), _words(expected)
+    said, want = spoken_words(transcript), spoken_words(expected)
     if not said:
         return False
     if intent in ARITHMETIC:
-        numbers = _numbers(said)
-        return bool(numbers) and numbers[-1] == _numbers(want)[-1]
+        numbers = numbers_said(said)
+        return bool(numbers) and numbers[-1] == numbers_said(want)[-1]
     if intent.startswith(("day", "month")):
         names = DAYS if intent.startswith("day") else MONTHS
         named = [w for w in said if w in names]
@@ -200,7 +200,7 @@ def score_answer(intent: str, expected: str, transcript: str) -> bool:
 
 def exact_match(expected: str, answer: str) -> bool:
     """The same words, ignoring case, punctuation and digits-vs-words."""
-    return _words(expected) == _words(answer)
+    return spoken_words(expected) == spoken_words(answer)
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -383,7 +383,7 @@ def build_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progres
         if row["task"] == "A1A2":
             row["answer_audio"] = answer_audio(row["answer_text"])
 
-    render_all(jobs, _RenderConfig(config.jobs, config.sample_rate), progress)
+    render_all(jobs, RenderConfig(config.jobs, config.sample_rate), progress)
     for name, lines in rows.items():
         write_atomic(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     summary = {"config": asdict(config), "intents": list(config.intents),
@@ -394,7 +394,7 @@ def build_demo(out_dir: str | Path, config: DemoConfig | None = None, *, progres
 
 
 @dataclass(frozen=True)
-class _RenderConfig:
+class RenderConfig:
     """The two CorpusConfig fields training/corpus.py's renderer reads."""
 
     jobs: int
@@ -484,7 +484,7 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
     model.lm.eval()
     codec = None
     if "A1A2" in tasks:
-        codec = create("codecs", "mel", model=str(codec_dir or _codec_dir(Path(export))))
+        codec = create("codecs", "mel", model=str(codec_dir or export_codec_dir(Path(export))))
         if transcriber is None:
             from omnivox.plugins.fw_transcriber import Transcriber
 
@@ -501,7 +501,7 @@ def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...]
     return summarise(details, log)
 
 
-def _codec_dir(export: Path) -> Path:
+def export_codec_dir(export: Path) -> Path:
     """The mel codec an export was trained with (the trainer copies it into the export)."""
     for candidate in sorted(export.iterdir()):
         if candidate.is_dir() and (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from omnivox.core import progress
 from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.core.kernel.conversation_format import ConversationFormat
 from omnivox.core.kernel.model import OmniLM, OmniOutput
 from omnivox.training.checkpointing import (
     find_resume,
@@ -150,6 +151,7 @@ class TrainingRecipe:
 
         r = self.cfg
         self.strategy = create("strategies", r["strategy"])
+        self.format = ConversationFormat.of(self.model)  # how conversation lines are laid out (data.py)
         self.dataset = build(r["data"], f"{self.recipe.source}: data", "datasets")
         lengths = self.check_lengths(self.dataset)
         self.say(f"data: {len(self.dataset)} examples, {min(lengths)}..{max(lengths)} positions "
@@ -162,7 +164,8 @@ class TrainingRecipe:
 
     def check_lengths(self, dataset) -> list[int]:
         return [build_sequence(ex, self.tokenizer, self.strategy, self.layout, self.config.block_size,
-                               self.config.whisper_adapter_dim, load_features=False).length for ex in dataset]
+                               self.config.whisper_adapter_dim, load_features=False, format=self.format).length
+                for ex in dataset]
 
     def setup_optimizer(self) -> None:
         """Device placement, DDP/FSDP wrapping, the optimizer over the trainable parameters, the scheduler."""
@@ -191,7 +194,7 @@ class TrainingRecipe:
 
     def make_batch(self, dataset, indices: list[int]) -> Batch:
         sequences = [build_sequence(dataset[i], self.tokenizer, self.strategy, self.layout, self.config.block_size,
-                                    self.config.whisper_adapter_dim) for i in indices]
+                                    self.config.whisper_adapter_dim, format=self.format) for i in indices]
         for i, seq in zip(indices, sequences, strict=True):
             seq.labels = mask_streams(seq.labels, self.cfg["loss"]["task_streams"].get(dataset[i].task))
         return collate(sequences, self.layout).to(self.ctx.device)
@@ -199,7 +202,7 @@ class TrainingRecipe:
     def train_step(self, batch: Batch) -> StepResult:
         """Forward, loss, backward, gradient clip, optimizer and scheduler step."""
         self.wrapped.train()
-        out = self.wrapped(batch.input_ids, batch.features, batch.audio_lengths)
+        out = self.model_forward(batch)
         total, terms, counts = self.loss(out, batch)
         (total * self.ctx.world).backward()  # DDP averages gradients over ranks: undo it (global normalisation)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.t["grad_clip"] or float("inf"))
@@ -210,6 +213,14 @@ class TrainingRecipe:
         self.position += self.t["batch_size"]
         reduced = self.ctx.all_sum(torch.cat([total.detach().view(1), terms]))  # (2 + A,)
         return StepResult(float(reduced[0]), reduced[1:], counts, float(grad_norm))
+
+    def model_forward(self, batch: Batch) -> OmniOutput:
+        """The (wrapped) model over a batch; `audio_spans` only when a row's audio is not one span at position 1
+        (conversation lines), so single-turn batches run exactly as before."""
+        spans = batch.spans
+        if spans is None:
+            return self.wrapped(batch.input_ids, batch.features, batch.audio_lengths)
+        return self.wrapped(batch.input_ids, batch.features, batch.audio_lengths, audio_spans=spans)
 
     def loss(self, out: OmniOutput, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (total: scalar with graph, terms: (1 + A,) detached, counts: (1 + A,) global target tokens).
@@ -251,7 +262,7 @@ class TrainingRecipe:
                 share = list(range(start, min(start + size, n)))[ctx.rank::ctx.world]
                 weight = 1 if share else 0  # every rank runs every forward (FSDP gathers shards collectively)
                 batch = self.make_batch(self.eval_set, share or [start])
-                out = self.wrapped(batch.input_ids, batch.features, batch.audio_lengths)
+                out = self.model_forward(batch)
                 losses = token_losses(out.text_logits, out.audio_logits, batch.labels)
                 sums += weight * losses.sums.detach().double().cpu()
                 counts += weight * losses.counts.cpu()

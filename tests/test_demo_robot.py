@@ -1,0 +1,131 @@
+"""The home-robot extension of the demo data (training/demo_robot.py): answers and their actions, scoring of
+replies as the ASR yardstick writes them, follow-up answers, splits; one small build (slow: espeak-ng)."""
+
+import json
+import random
+import shutil
+
+import pytest
+
+from omnivox.training.data import read_manifest
+from omnivox.training.demo_domain import DemoConfig, build_demo
+from omnivox.training.demo_robot import (
+    COMMANDS,
+    PHRASINGS,
+    RobotConfig,
+    build_robot,
+    command_items,
+    context_reply,
+    expected_action,
+    plain_reply,
+    score_line,
+    score_reply,
+)
+from omnivox.training.demo_robot import _follow_up_turn as follow_up_turn
+
+
+def test_every_command_answer_carries_its_action_and_speaks_only_the_reply():
+    for intent in COMMANDS:
+        for item in command_items(intent):
+            assert expected_action(item.answer) == item.action
+            assert plain_reply(item.answer) == item.reply and "<" not in item.reply
+    light = command_items("light")[0]
+    assert light.answer == 'turning on the kitchen light<act>light {"room": "kitchen", "on": true}</act>'
+
+
+@pytest.mark.parametrize("intent, expected, heard, ok", [
+    ("light", "turning on the kitchen light", "Turning on the kitchen light.", True),
+    ("light", "turning on the kitchen light", "Turning off the kitchen light.", False),
+    ("light", "turning off the living room light", "turning off the living room light", True),
+    ("light", "turning off the living room light", "turning off the bedroom light", False),
+    ("move", "moving forward three metres", "Moving forward 3 meters.", True),
+    ("move", "moving forward three metres", "Moving forward 4 meters.", False),
+    ("move", "moving back one metre", "moving back one meter", True),
+    ("turn", "turning left", "Turning left.", True),
+    ("turn", "turning left", "Turning right.", False),
+    ("stop", "stopping", "Stopping.", True),
+    ("volume", "turning the volume up", "turning the volume down", False),
+    ("battery", "my battery is at forty five percent", "My battery is at 45%.", True),
+    ("battery", "my battery is at forty five percent", "My battery is at 40%.", False),
+    ("battery", "my battery is at one hundred percent", "my battery is at one hundred percent", True),
+    ("location", "i am in the dining room", "I am in the dining room.", True),
+    ("location", "i am in the dining room", "I am in the kitchen.", False),
+    ("capital", "the capital of peru is lima", "The capital of Peru is Lima.", True),
+])
+def test_score_reply(intent, expected, heard, ok):
+    assert score_reply(intent, expected, heard) is ok
+
+
+def test_commands_score_the_exact_action_and_the_reply():
+    item = command_items("move")[2]  # forward, three metres
+    info = {"intent": "move", "group": "command", "answer": item.answer}
+    right = {"action": ("move", {"direction": "forward", "metres": 3}), "reply": "moving forward three metres"}
+    assert score_line(info, "A1T2", right) == {"action_right": True, "text_right": True}
+    wrong = {"action": ("move", {"direction": "forward", "metres": 4}), "reply": "moving forward three metres"}
+    assert score_line(info, "A1T2", wrong)["action_right"] is False
+    spoken = {"action": right["action"], "reply": "", "transcript": "Moving forward 3 meters."}
+    assert score_line(info, "A1A2", spoken) == {"action_right": True, "spoken_right": True}
+
+
+def test_follow_ups_answer_about_the_previous_turn():
+    rng = random.Random(0)
+    assert follow_up_turn("day_after", "next", "tuesday comes after monday", "and the next one", rng)[1:] == (
+        "wednesday comes after tuesday", "day_after")
+    assert follow_up_turn("month_before", "previous", "december comes before january", "and before it", rng)[1:] == (
+        "november comes before december", "month_before")
+    text, answer, intent = follow_up_turn("capital", "capital", "the capital of france is paris", "what about {x}", rng)
+    country = text.removeprefix("what about ")
+    assert country != "france" and answer.startswith(f"the capital of {country} is ") and intent == "capital"
+    assert follow_up_turn("add", "more", "forty seven plus ten is fifty seven", "and ten more", rng)[1] == \
+        "fifty seven plus ten is sixty seven"
+    assert follow_up_turn("add", "more", "eighty nine plus ten is ninety nine", "and ten more", rng) is None
+    kitchen_on = command_items("light")[0]
+    text, answer, _ = follow_up_turn("light", "toggle", kitchen_on, "now turn it {on}", rng)
+    assert text == "now turn it off" and expected_action(answer) == ("light", {"room": "kitchen", "on": False})
+
+
+def test_context_replies_say_the_value_in_words():
+    assert context_reply("battery", 40, "kitchen") == "my battery is at forty percent"
+    assert context_reply("battery", 100, "kitchen") == "my battery is at one hundred percent"
+    assert context_reply("location", 40, "living room") == "i am in the living room"
+
+
+def test_phrasings_fill_their_slots():
+    for intent in COMMANDS:
+        for item in command_items(intent):
+            for template in PHRASINGS[intent]:
+                assert "{" not in template.format(**item.slots)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_build_small_set(tmp_path):
+    demo = DemoConfig(intents=["day_after", "capital"], variants=1, min_per_intent=0, test_per_intent=2)
+    build_demo(tmp_path, demo, progress=False)
+    config = RobotConfig(commands=["light", "stop"], command_variants=1, context_variants=1, contexts_per_question=1,
+                         follow_ups_per_kind=2, test_per_intent=2, demo=demo)
+    meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
+    rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
+            for split in ("train", "test")}
+    for split in rows:  # every history resolves; the training manifest reads as training will read it
+        examples = read_manifest(tmp_path / f"robot_{split}.jsonl", require_prepared=False)
+        follow_ups = [ex for ex in examples if meta[ex.id]["group"] == "follow-up"]
+        assert follow_ups and all(len(ex.history) == 1 and ex.history[0].task == ex.task for ex in follow_ups)
+    voices = json.loads((tmp_path / "demo.json").read_text())["questions"]
+    held = set(demo.test_voices)
+    test_audio = {r["question_audio"] for r in rows["test"] if "question_audio" in r}
+    train_audio = {r["question_audio"] for r in rows["train"] if "question_audio" in r}
+    assert not test_audio & train_audio
+    assert all(voices[r["id"].rsplit("-", 1)[0]]["voice"] in held for r in rows["test"] if r["id"].startswith("q"))
+    last = {intent: template for intent, templates in PHRASINGS.items() for template in templates[-1:]}
+    train_questions = {meta[r["id"]]["question"] for r in rows["train"] if meta[r["id"]]["group"] == "command"}
+    assert not any(q == last["stop"] for q in train_questions)  # the held-out phrasing stays out of training
+    assert any(meta[r["id"]]["question"] == last["stop"] for r in rows["test"])
+    assert all("context" in r for r in rows["train"] if meta[r["id"]]["group"] == "context")
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "demo.json"):
+        shutil.copy(tmp_path / name, again / name)
+    shutil.copytree(tmp_path / "audio", again / "audio", ignore=shutil.ignore_patterns("r"))
+    build_robot(again, config, progress=False)
+    assert (again / "robot_train.jsonl").read_text() == (tmp_path / "robot_train.jsonl").read_text()  # seeded
