@@ -1,7 +1,8 @@
 """The shipped default model `demo` and, for pipeline files, the components a checkpoint was trained with.
 
 - model `demo`: the export in the package's `models/demo/` (trained end to end by `make demo-model`: the
-  spoken-question domain of training/demo_domain.py; see docs/demo_model.md), LM weights stored in fp16. It is
+  spoken-question domain of training/demo_domain.py, then the home-robot assistant of training/demo_robot.py; see
+  docs/demo_model.md), LM weights stored in fp16. It is
   what `omnivox chat`, `listen` and `serve` run when no `--checkpoint` is given (`--checkpoint random`: the
   tiny random model). Its components.json names the encoder and codec it hears and speaks with (declared with
   `components=`, read by the speech kit, core/runtime/speech_kit.py).
@@ -65,8 +66,10 @@ def recorded_codec(checkpoint: str = DEMO):
 
 @hookimpl
 def register_models(registry):
-    registry.add(DEMO, load_demo, description="the shipped demo speech model (spoken questions: arithmetic, "
-                 "days, months, capitals, greetings), trained by recipes/demo_*.yaml; the default of chat/serve",
+    registry.add(DEMO, load_demo, description="the shipped demo speech model, a small home-robot assistant (spoken "
+                 "or typed questions: arithmetic, days, months, capitals, greetings; commands as actions; the "
+                 "robot's state from the context; follow-ups), trained by recipes/demo_*.yaml; the default of "
+                 "chat/serve",
                  components=DEMO_DIR)
 
 

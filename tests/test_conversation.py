@@ -243,6 +243,21 @@ def test_when_the_context_is_full_the_oldest_whole_turns_go_and_the_rest_is_pref
     assert conversation.state.length == conversation.length == 49
 
 
+def test_a_declared_answer_reserve_keeps_the_history_beside_a_large_max_steps():
+    """max_steps 600 in a 64-position model would push every earlier turn out; the model's declared answer_reserve
+    (ConversationFormat) bounds what a turn keeps free, and an answer longer than that stops at the context's end."""
+    model = tiny_model(block_size=64)
+    for reserve, kept in ((None, 0), (12, 1)):
+        conversation = Conversation(model, strategy="text-delay", format=ConversationFormat(answer_reserve=reserve))
+        *_, first = conversation.turn(**kwargs("T1A2", [11, 12, 13, 14, 15, 16], 12)).run()
+        decoder = conversation.turn(**kwargs("T1A2", [21, 22, 23], 600))
+        *_, done = decoder.run()
+        assert len(conversation.history) == kept + 1
+        assert done.result.stop_reason == "context" and decoder.state.length == 64
+    with pytest.raises(ConfigError, match="answer_reserve 0 is not a positive number"):
+        ConversationFormat.from_dict({"answer_reserve": 0})
+
+
 def test_a_prompt_that_cannot_fit_beside_the_context_is_refused():
     model = tiny_model(block_size=64)
     conversation = Conversation(model, context="kitchen")

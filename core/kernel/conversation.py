@@ -9,8 +9,10 @@
                 fit (the oldest whole turns are dropped), or the cache was lost (a failed turn, `reset`)
 
 Context-full policy: a turn needs `history + prompt + reserve` positions within the model's block_size, `reserve`
-being the turn's `max_steps` (or the conversation's `reserve` when it has none); while it would not fit, the oldest
-whole turn is dropped (the context segment always stays), and the rest is prefilled once.
+being the turn's `max_steps` (or the conversation's `reserve` when it has none), at most the `answer_reserve` the
+model's ConversationFormat declares; while it would not fit, the oldest whole turn is dropped (the context segment
+always stays), and the rest is prefilled once. An answer that outgrows its reserve stops at the end of the
+context (stop reason "context").
 Interruption: `truncate(columns)` keeps only the answer columns of the last turn that were delivered (played or
 sent); the cache is cropped to match. `reset()` drops the history and keeps the context.
 Action results: `add_result(name, result)` writes a device's result (ActionFormat.render_result, as a result segment
@@ -200,6 +202,8 @@ class Conversation:
             raise InputError(f"the context ({self.context_length} positions) and the prompt ({own.length}) exceed "
                              f"the model's context of {block}", "shorten the context text or the input")
         reserve = max_steps if max_steps is not None else self.reserve
+        if self.format.answer_reserve is not None:
+            reserve = min(reserve, self.format.answer_reserve)
         results = self.results  # action results enter the history before this turn
         waiting = sum(r.length for r in results)
         if self.context_length + waiting + own.length > block:

@@ -54,6 +54,8 @@ class ConversationFormat:
     memory: bool = False  # trained on conversations: an LM stage given `memory: null` keeps memory
     context_token: int = 5  # context segment opener: the text special eot + context_token
     result_token: int = 6  # action result segment opener: the text special eot + result_token
+    answer_reserve: int | None = None  # positions a turn keeps free for its answer (at most its max_steps); None:
+    # its max_steps. A model whose answers are short declares it, so a large max_steps does not push out the history
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "conversation") -> ConversationFormat:
@@ -78,6 +80,10 @@ class ConversationFormat:
                 raise ConfigError(f"{source}: {key} {token!r} is not a free text special",
                                   f"use an integer {RESERVED_SPECIALS}..{SPECIALS - 1} (0..4 are eot, pad_t, "
                                   "input_t, answer_t, asr)")
+        reserve = fmt.answer_reserve
+        if reserve is not None and (isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 1):
+            raise ConfigError(f"{source}: answer_reserve {reserve!r} is not a positive number of positions",
+                              "give the longest answer in LM steps, e.g. answer_reserve: 160, or leave it out")
         if fmt.context_token == fmt.result_token:
             raise ConfigError(f"{source}: context_token and result_token are both {fmt.context_token}",
                               "give them two different specials, e.g. 5 and 6")
