@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
@@ -137,7 +136,7 @@ async def _print_live(turn, out, quiet: bool = False, err=None) -> None:
     """The streamed text as it arrives (none when `quiet`), made terminal-safe as `omnivox chat` does
     (chat.displayable); each action as a line `action NAME {json arguments}` on `out`, each action warning on
     `err` (default stderr)."""
-    from omnivox.cli.chat import displayable
+    from omnivox.cli.chat import action_line, displayable
 
     err = sys.stderr if err is None else err
     held: list[int] = []  # ids whose text the service's detokenizer still holds back
@@ -153,8 +152,8 @@ async def _print_live(turn, out, quiet: bool = False, err=None) -> None:
                 midline = not shown.endswith("\n")
                 held.clear()
         elif reply.event == "action":
-            name = displayable(str(reply.data.get("name", "")), [])
-            out.write(("\n" if midline else "") + f"action {name} {json.dumps(reply.data.get('arguments', {}))}\n")
+            out.write(("\n" if midline else "") + action_line(reply.data.get("name", ""),
+                                                               reply.data.get("arguments", {})) + "\n")
             out.flush()
             midline = False
         elif reply.event == "action-warning":

@@ -62,8 +62,7 @@ class TranscriptPrinter(Stage):
             self.actions.setdefault(key, []).append((event.name, dict(event.arguments)))
             if self.out is not None:  # a line of its own; not part of the text (`shown`, --text-out)
                 midline = self.shown.get(key, "\n")[-1:] != "\n"
-                self.out.write(("\n" if midline else "") + f"action {displayable(event.name, [])} "
-                               f"{json.dumps(dict(event.arguments))}\n")
+                self.out.write(("\n" if midline else "") + action_line(event.name, event.arguments) + "\n")
                 self.out.flush()
             yield event
         elif isinstance(event, ActionWarning):
@@ -89,6 +88,11 @@ class TranscriptPrinter(Stage):
             encoding = getattr(self.out, "encoding", None) or "utf-8"
             self.out.write(text.encode(encoding, "backslashreplace").decode(encoding))
             self.out.flush()
+
+
+def action_line(name: str, arguments) -> str:
+    """How the CLI shows an action the model asks for: `action NAME {json arguments}`, terminal-safe."""
+    return f"action {displayable(str(name), [])} {json.dumps(dict(arguments))}"
 
 
 def displayable(text: str, ids: list[int]) -> str:

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 
 from omnivox.cli import model_options
-from omnivox.cli.chat import displayable
+from omnivox.cli.chat import action_line, displayable
 from omnivox.cli.report import report_stage_errors
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import (
@@ -136,7 +136,7 @@ class TurnView(Stage):
         elif isinstance(event, Action):
             arguments = dict(event.arguments)
             report.actions.append({"name": event.name, "arguments": arguments})
-            self.notes.append(f"turn {event.turn_id}: action {displayable(event.name, [])} {json.dumps(arguments)}")
+            self.notes.append(f"turn {event.turn_id}: {action_line(event.name, arguments)}")
             yield event
         elif isinstance(event, ActionWarning):  # a control event: passed on by the stage itself
             self.notes.append(f"turn {event.turn_id}: warning: action dropped ({event.code}): "

@@ -429,15 +429,19 @@ def answer_question(model, task: str, features, info: dict[str, Any], *, codec=N
     if task == "A1T1":
         row["correct"] = row["exact"]
     elif task == "A1A2":
-        heard = ""
-        if result.frames.shape[0]:
-            pcm = codec.decode(result.frames)
-            heard = transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.grid.sample_rate)
-        row["transcript"] = heard
+        heard = row["transcript"] = hear(result.frames, codec, transcriber)
         row["correct"] = score_answer(info["intent"], info["answer"], heard)
     else:
         row["correct"] = score_answer(info["intent"], info["answer"], text)
     return row
+
+
+def hear(frames, codec, transcriber) -> str:
+    """The yardstick's transcript of generated codec `frames` (N, slots) spoken by `codec`; "" for no frame."""
+    if not frames.shape[0]:
+        return ""
+    pcm = codec.decode(frames)
+    return transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.grid.sample_rate)
 
 
 def summarise(details: list[dict[str, Any]], log=print) -> dict[str, Any]:

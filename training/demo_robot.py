@@ -52,6 +52,7 @@ from omnivox.training.demo_domain import (
     MONTHS,
     DemoConfig,
     RenderConfig,
+    hear,
     number_words,
     score_answer,
     spoken_words,
@@ -625,11 +626,7 @@ def answer_turns(model, turns: list, context: str | None, *, codec=None, transcr
     text = model.tokenizer.decode(result.text_ids)
     row = {"text": text, "reply": plain_reply(text), "action": expected_action(text)}
     if ex.audio_out:
-        heard = ""
-        if result.frames.shape[0]:
-            pcm = codec.decode(result.frames)
-            heard = transcriber.transcribe(pcm.numpy() if hasattr(pcm, "numpy") else pcm, codec.grid.sample_rate)
-        row["transcript"] = heard
+        row["transcript"] = hear(result.frames, codec, transcriber)
     return row
 
 
@@ -698,11 +695,7 @@ def evaluate(export: str | Path, manifest: str | Path, *, limit: int | None = No
         from omnivox.plugins.fw_transcriber import Transcriber
 
         transcriber = Transcriber()
-    examples = read_manifest(manifest)
-    by_id = {ex.id: ex for ex in examples}
-    contexts = {row["id"]: row.get("context") for row in map(json.loads, manifest.read_text("utf-8").splitlines())}
-    histories = {row["id"]: row.get("history", []) for row in map(json.loads,
-                                                                   manifest.read_text("utf-8").splitlines())}
+    examples = read_manifest(manifest)  # each with its history (earlier turns, resolved) and context
     taken: dict[tuple, int] = defaultdict(int)
     details = []
     for ex in examples:
@@ -711,10 +704,9 @@ def evaluate(export: str | Path, manifest: str | Path, *, limit: int | None = No
         if (groups and info["group"] not in groups) or (limit is not None and taken[key] >= limit):
             continue
         taken[key] += 1
-        turns = [by_id[h] for h in histories[ex.id]] + [ex]
-        row = answer_turns(model, turns, contexts[ex.id], codec=codec, transcriber=transcriber)
+        row = answer_turns(model, [*ex.history, ex], ex.context, codec=codec, transcriber=transcriber)
         details.append({"id": ex.id, "task": ex.task, "group": info["group"], "intent": info["intent"],
-                        "question": info["question"], "expected": info["answer"], "context": contexts[ex.id]}
+                        "question": info["question"], "expected": info["answer"], "context": ex.context}
                        | row | score_line(info, ex.task, row))
     return summarise(details, log)
 
