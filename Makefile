@@ -62,3 +62,13 @@ demo-model:
 	  runs/demo/data/test.prepared.jsonl --json runs/demo/evaluation.json
 	nice -n 10 $(PY) -m omnivox.training.demo_robot evaluate models/demo \
 	  runs/demo/data/robot_test.prepared.jsonl --limit 12 --json runs/demo/robot_evaluation.json
+
+# The end-of-turn detector (plugins/turn_end.py, docs/turn_taking.md), rebuilt from its recipe on CPU (~7 min):
+# examples from the demo corpus's sentences with inner pauses, recipes/turn_end.yaml, the export copied to
+# models/turn_end (packaged), then the false cut-in benchmark on the held-out recordings.
+.PHONY: turn-end-model
+turn-end-model:
+	test -f runs/turn_end/data/summary.json || nice -n 10 $(PY) -m omnivox.training.turn_end build runs/turn_end/data
+	nice -n 10 omnivox train recipes/turn_end.yaml
+	mkdir -p models/turn_end && cp runs/turn_end/export/turn_end.json runs/turn_end/export/turn_end.safetensors models/turn_end/
+	nice -n 10 $(PY) benchmarks/bench_turn_end.py --detector models/turn_end --json runs/turn_end/bench.json

@@ -2,10 +2,11 @@
 the speaker, over N spoken questions, through real PortAudio devices (the virtual ones of tests/virtual_audio.py:
 ALSA file plugin + a private PulseAudio, real-time paced) and the tiny random model.
 
-    python benchmarks/bench_listen.py [--turns 10] [--gap 9] [--max-steps 16]
+    python benchmarks/bench_listen.py [--turns 10] [--gap 9] [--max-steps 16] [--checkpoint demo] [--turn-end off]
 
 `omnivox listen --trace` records, per turn, where the latency goes:
-  vad       end of speech -> end of turn decided (the end-of-turn silence the VAD waits for, --silence-ms)
+  vad       end of speech -> end of turn decided (the end-of-turn detector's wait and compute, --turn-end; or
+            the silence rule's --silence-ms with --turn-end off)
   model     -> first codec frame (Whisper encoder, LM prefill, decode steps up to the first complete frame)
   codec     -> first AudioOut (streaming SNAC decode of the first frames)
   playback  -> first sample handed to the device (the speaker's jitter buffer)
@@ -72,6 +73,10 @@ def main() -> int:
                         "duplex: the next question must come after the answer has played)")
     parser.add_argument("--max-steps", type=int, default=16, help="answer length in LM steps")
     parser.add_argument("--skip-echo", action="store_true", help="skip the echo-gate figures")
+    parser.add_argument("--checkpoint", default="random", help="the model: random (tiny, default) or demo (the "
+                        "shipped default model) or a folder")
+    parser.add_argument("--turn-end", default="default", help="listen's end-of-turn detector: default or off "
+                        "(the silence rule alone; docs/turn_taking.md)")
     args = parser.parse_args()
     if not args.skip_echo:
         echo_gate_figures()
@@ -90,9 +95,9 @@ def main() -> int:
         trace = folder / "trace.jsonl"
         with VirtualAudio(folder / "va") as va:
             va.set_microphone(np.stack([mono, mono]))
-            run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", "random",
+            run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", args.checkpoint,
                                   "--max-turns", str(args.turns), "--max-steps", str(args.max_steps),
-                                  "--trace", str(trace)],
+                                  "--turn-end", args.turn_end, "--trace", str(trace)],
                                  env=va.env, capture_output=True, text=True,
                                  timeout=60 + len(mono) / DEVICE_RATE * 3)
         if run.returncode != 0:
@@ -101,7 +106,8 @@ def main() -> int:
         lines = [json.loads(line) for line in trace.read_text().splitlines()]
     turns = [t for t in lines if "turn" in t and t["latency_ms"] is not None]
     summary = next(t["summary"] for t in lines if "summary" in t)
-    print(f"{len(turns)} answered turns of {args.turns} (half duplex, tiny random model, max {args.max_steps} steps)"
+    print(f"{len(turns)} answered turns of {args.turns} (half duplex, model {args.checkpoint}, max {args.max_steps} "
+          f"steps, end-of-turn detector {args.turn_end})"
           f"; speaker underruns {summary['speaker_underruns']}, mic blocks dropped {summary['mic_blocks_dropped']}")
     total = [t["latency_ms"] for t in turns]
     median = statistics.median(total)

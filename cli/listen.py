@@ -55,7 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the device's own; resampled to 16 kHz)")
     p.add_argument("--threshold", type=float, default=0.5, help="VAD speech probability threshold")
     p.add_argument("--min-speech-ms", type=int, default=250, help="speech shorter than this starts no turn")
-    p.add_argument("--silence-ms", type=int, default=600, help="silence that ends the user's turn")
+    p.add_argument("--silence-ms", type=int, default=600, help="silence that ends the user's turn (without an "
+                   "end-of-turn detector, or before it is asked)")
+    p.add_argument("--turn-end", metavar="DIR|default|off", default="default",
+                   help="end-of-turn detector (plugins/turn_end.py): after --turn-end-silence-ms of silence it "
+                   "judges whether the sentence is complete; 'default': the shipped models/turn_end; 'off': the "
+                   "silence rule alone (--silence-ms)")
+    p.add_argument("--turn-end-silence-ms", type=int, default=160, help="silence before the detector is asked")
+    p.add_argument("--hold-silence-ms", type=int, default=1000,
+                   help="silence that ends a turn the detector judged unfinished")
     p.add_argument("--pre-roll-ms", type=int, default=300, help="audio kept from before the detected speech")
     p.add_argument("--jitter-ms", type=int, default=100, help="audio buffered before an answer starts playing")
     p.add_argument("--max-turns", type=int, metavar="N", help="exit after N finished turns (answered or interrupted)")
@@ -264,7 +272,9 @@ def build(args: argparse.Namespace, say=print):
     model, encoder, codec, max_steps = kit.model, kit.encoder, kit.codec, args.max_steps or kit.max_steps
     mic = MicrophoneInput(args.input_device, device_rate=args.input_rate)
     vad = SileroVAD(threshold=args.threshold, min_speech_ms=args.min_speech_ms, end_silence_ms=args.silence_ms,
-                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate)
+                    pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate,
+                    turn_end=None if args.turn_end == "off" else args.turn_end,
+                    turn_end_silence_ms=args.turn_end_silence_ms, hold_silence_ms=args.hold_silence_ms)
     view = TurnView()
     speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
                             record=args.record)

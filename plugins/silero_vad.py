@@ -7,7 +7,15 @@ file) and cuts it into turns as the audio streams in, 32 ms frame by frame:
     ...                         -> AudioChunk per frame
     silence for end_silence_ms -> VoiceStopped (timestamped at the end of speech), AudioStop, TurnEnd
 
-Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd of the raw stream) is consumed; utterances
+With an end-of-turn detector (`turn_end`: a folder, "default" for the shipped models/turn_end, or a detector
+object with `probability(pcm16k) -> float`, e.g. one shared by many sessions; see plugins/turn_end.py), the stage
+asks it once per pause, after `turn_end_silence_ms` of silence, whether the utterance so far is complete:
+P(complete) >= `turn_end_threshold` ends the turn there; otherwise the turn ends only after `hold_silence_ms` of
+silence (the speaker paused mid-sentence: wait longer than the plain rule would).
+Without a detector, `end_silence_ms` is the rule.
+
+Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd/VoiceStarted/VoiceStopped of the raw stream, e.g.
+a transport's) is consumed; utterances
 are numbered from 1. Whether the assistant is speaking comes from the `PlaybackState` a live sink keeps (the one
 named `playback` in the pipeline's shared place):
 - duplex "half": speech while the assistant thinks or speaks (and `tail_s` after) is ignored;
@@ -19,7 +27,9 @@ named `playback` in the pipeline's shared place):
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import os
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -45,6 +55,8 @@ from omnivox.core.runtime.stage import Stage
 FRAME = {16000: 512, 8000: 256}  # Silero's frame length per supported rate (32 ms)
 DUPLEX = ("half", "full")
 ECHO_DELAY_S = 0.5  # the longest speaker -> microphone delay (device buffers + room) the echo gate looks back
+TURN_END_THRESHOLD = 0.9  # P(complete) that ends a turn early (benchmarks/bench_turn_end.py --threshold)
+RECENT_MS = 3200  # utterance audio kept for the end-of-turn detector (it reads the last 3 s)
 
 
 def echo_similarity(near: np.ndarray, far: np.ndarray) -> float:
@@ -76,21 +88,27 @@ def load_silero():
 class SileroVAD(Stage):
     """Cuts a live audio stream into one turn per utterance (see the module doc)."""
 
-    consumes = (AudioStart, AudioChunk, AudioStop, TurnStart, TurnEnd)
-    replaces = (AudioStart, AudioStop, TurnStart, TurnEnd)
+    consumes = (AudioStart, AudioChunk, AudioStop, TurnStart, TurnEnd, VoiceStarted, VoiceStopped)
+    replaces = (AudioStart, AudioStop, TurnStart, TurnEnd, VoiceStarted, VoiceStopped)  # it makes its own turns
     overflow = "drop_oldest"
     queue_size = 256
 
     def __init__(self, threshold: float = 0.5, min_speech_ms: int = 250, end_silence_ms: int = 600,
                  pre_roll_ms: int = 300, duplex: str = "half", echo_gate: bool = True, echo_similarity: float = 0.5,
-                 playback: str = "default", name: str | None = None):
+                 playback: str = "default", turn_end=None, turn_end_silence_ms: int = 160,
+                 turn_end_threshold: float = TURN_END_THRESHOLD, hold_silence_ms: int = 1000, name: str | None = None):
         super().__init__(name or "vad")
-        if not 0.0 < threshold < 1.0:
-            raise ConfigError(f"vad threshold {threshold} must be between 0 and 1", "use e.g. 0.5")
+        for key, value in (("threshold", threshold), ("turn_end_threshold", turn_end_threshold)):
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"vad {key} {value} must be between 0 and 1", "use e.g. 0.5")
         for key, value in (("min_speech_ms", min_speech_ms), ("end_silence_ms", end_silence_ms),
-                           ("pre_roll_ms", pre_roll_ms)):
+                           ("pre_roll_ms", pre_roll_ms), ("turn_end_silence_ms", turn_end_silence_ms),
+                           ("hold_silence_ms", hold_silence_ms)):
             if value < 0:
                 raise ConfigError(f"vad {key}={value} must be >= 0", "use a duration in milliseconds")
+        if turn_end is not None and not turn_end_silence_ms < hold_silence_ms:
+            raise ConfigError(f"vad turn_end_silence_ms={turn_end_silence_ms} must be below hold_silence_ms="
+                              f"{hold_silence_ms}", "ask the detector early, e.g. 160 and 1000")
         if duplex not in DUPLEX:
             raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
         self.threshold, self.duplex = threshold, duplex
@@ -98,6 +116,12 @@ class SileroVAD(Stage):
         self.off_threshold = max(0.01, threshold - 0.15)  # hysteresis: speech goes on until below this
         self.min_speech_ms, self.end_silence_ms, self.pre_roll_ms = min_speech_ms, end_silence_ms, pre_roll_ms
         self.playback_name = playback
+        self.turn_end, self.turn_end_threshold = turn_end, turn_end_threshold
+        self.turn_end_silence_ms, self.hold_silence_ms = turn_end_silence_ms, hold_silence_ms
+        self.detector = None  # the TurnEndDetector, loaded in setup
+        self.turn_end_probability: float | None = None  # the detector's last answer
+        self.turn_end_asks = 0
+        self.turn_end_early = 0  # turns the detector ended before the silence rule
         self.playback: PlaybackState = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.model = None
         self.turn_id = 0  # the last utterance's turn id
@@ -114,6 +138,8 @@ class SileroVAD(Stage):
         self._pre_roll: collections.deque = collections.deque()
         self._silence = 0  # consecutive frames below off_threshold inside an utterance
         self._speech_end = 0.0
+        self._recent: collections.deque = collections.deque()  # the utterance's latest frames (for the detector)
+        self._asked = False  # the detector was asked in this pause
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
@@ -122,10 +148,18 @@ class SileroVAD(Stage):
 
     async def setup(self) -> None:
         self.model = load_silero()
+        if isinstance(self.turn_end, (str, os.PathLike)):
+            from omnivox.plugins.turn_end import TurnEndDetector
+
+            self.detector = await asyncio.to_thread(TurnEndDetector, self.turn_end)
+        elif self.turn_end is not None:  # a detector object (anything with `probability(pcm) -> float`)
+            self.detector = self.turn_end
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         if isinstance(event, AudioChunk):
-            for out in self._push(event):
+            # the detector's encoder takes tens of ms: off the event loop
+            events = await asyncio.to_thread(self._push, event) if self.detector else self._push(event)
+            for out in events:
                 yield out
         elif isinstance(event, (AudioStop, TurnEnd)) and self.speaking:  # the stream ended mid-utterance
             for out in self._stop(event.session_id, event.timestamp):
@@ -140,6 +174,7 @@ class SileroVAD(Stage):
         if self._rate != chunk.rate:
             self._rate, self._pending = chunk.rate, np.zeros(0, dtype=np.float32)
             self._pre_roll = collections.deque(maxlen=max(1, self._ms_to_frames(self.pre_roll_ms)))
+            self._recent = collections.deque(maxlen=self._ms_to_frames(RECENT_MS))
         size = FRAME[self._rate]
         samples = np.concatenate([self._pending, audio.to_mono(chunk.to_float32().T)])
         whole = len(samples) // size * size
@@ -157,12 +192,21 @@ class SileroVAD(Stage):
     def _step(self, frame: np.ndarray, p: float, session: str, at: float) -> list[Event]:
         if self.speaking:
             out = [self._chunk(frame, session, at)]
+            self._recent.append(frame)
             if p >= self.off_threshold:
-                self._silence, self._speech_end = 0, at
+                self._silence, self._speech_end, self._asked = 0, at, False
             else:
                 self._silence += 1
-                if self._silence >= self._ms_to_frames(self.end_silence_ms):
+                if self._silence >= self._ms_to_frames(self._silence_rule_ms()):
                     out += self._stop(session, at)
+                elif self.detector and not self._asked and \
+                        self._silence >= self._ms_to_frames(self.turn_end_silence_ms):
+                    self._asked = True
+                    self.turn_end_asks += 1
+                    self.turn_end_probability = self.detector.probability(np.concatenate(self._recent))
+                    if self.turn_end_probability >= self.turn_end_threshold:
+                        self.turn_end_early += 1
+                        out += self._stop(session, at)
             return out
         if p >= self.threshold or (self._onset and p >= self.off_threshold):
             if not self._onset:
@@ -194,8 +238,10 @@ class SileroVAD(Stage):
         turn = {"session_id": session, "turn_id": self.turn_id}
         self.voice_started_at[self.turn_id] = self.playback.position()
         self.playback.open_turn((session, self.turn_id))
-        self.speaking, self._silence, self._speech_end = True, 0, at
+        self.speaking, self._silence, self._speech_end, self._asked = True, 0, at, False
         speech = np.concatenate([*self._pre_roll, *self._onset])
+        self._recent.clear()
+        self._recent.append(speech)
         self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
         out += [TurnStart(**turn, timestamp=at), VoiceStarted(**turn, timestamp=at),
                 AudioStart(rate=self._rate, **turn, timestamp=at), self._chunk(speech, session, at)]
@@ -219,6 +265,11 @@ class SileroVAD(Stage):
         fmt = audio.AudioFormat(rate=self._rate, width=2, channels=1)
         return AudioChunk(audio=audio.to_bytes(samples[None, :], fmt), rate=self._rate, session_id=session,
                           turn_id=self.turn_id, timestamp=at)
+
+    def _silence_rule_ms(self) -> int:
+        """The silence that ends a turn whatever the detector says: `hold_silence_ms` once it judged the pause
+        mid-sentence, else `end_silence_ms` (no detector, or not asked yet)."""
+        return self.hold_silence_ms if self.detector and self._asked else self.end_silence_ms
 
     def _ms_to_frames(self, ms: int) -> int:
         return round(ms * self._rate / 1000 / FRAME[self._rate])

@@ -495,3 +495,18 @@ def test_the_lm_stage_without_memory_keeps_no_conversation():
     assert stage.conversations.sessions == {}
     alone = generate(model, task="T1A2", text_ids="two", max_steps=10)
     assert torch.equal(stage.results[("s", 2)].tokens, alone.tokens)
+
+
+def test_a_model_that_reads_numbers_as_words_gets_its_context_spelled():
+    """A model declaring `context_numbers: words` (the demo model) reads "45%" as "forty five percent"; others
+    read the context as given; an unknown choice is refused by name."""
+    model = tiny_model()
+    spelled = Conversation(model, strategy="text-delay", context="battery: 45%",
+                           format=ConversationFormat(context_numbers="words"))
+    assert spelled.context_ids == model.tokenizer.encode("battery: forty five percent")
+    spelled.set_context("battery: 5%")
+    assert spelled.context_ids == model.tokenizer.encode("battery: five percent")
+    plain = Conversation(model, strategy="text-delay", context="battery: 45%")
+    assert plain.context_ids == model.tokenizer.encode("battery: 45%")
+    with pytest.raises(ConfigError, match="context_numbers 'digits' is unknown"):
+        ConversationFormat.from_dict({"context_numbers": "digits"})

@@ -8,13 +8,14 @@ import base64
 import io
 import json
 import threading
+import time
 import wave
 
 import pytest
 import requests
 from http_support import question_b64, serving, wait_until
 
-from omnivox.core.runtime.events import Cancel
+from omnivox.core.runtime.events import Cancel, TurnStart, VoiceStopped
 
 pytest.importorskip("aiohttp")
 
@@ -62,6 +63,43 @@ def test_v1_chat_streams_text_audio_metrics_and_turn_end_events(tmp_path):
     assert all(a["width"] == 2 and a["channels"] == 1 and len(base64.b64decode(a["pcm"])) > 0 for a in audio)
     assert lines[-1]["first_audio_ms"] is not None and lines[-1]["text_tokens"] > 0
     assert [line["event"] for line in typed][-2:] == ["turn-end", "metrics"]
+
+
+def test_v1_chat_metrics_count_from_the_end_of_a_slow_upload_and_keep_the_turn_start_figures(tmp_path):
+    """Issue 24: a spoken question uploaded slowly (~1.5 s) is stamped VoiceStopped once its whole body arrived (after
+    the client sent the last of it), and first_audio_ms counts from there; first_audio_from_turn_start_ms counts from
+    the TurnStart, made once the question was decoded. A typed question has no speech: both count from its start."""
+    body = json.dumps({"audio": question_b64(tmp_path)}).encode()
+    size, sent = len(body) // 4 + 1, []
+
+    def upload():
+        for start in range(0, len(body), size):
+            time.sleep(0.4)
+            sent.append(time.monotonic())
+            yield body[start:start + size]
+
+    with serving() as served:
+        fed, feed = [], served.service.feed
+
+        def spy(event):
+            fed.append(event)
+            feed(event)
+
+        served.service.feed = spy
+        spoken = [json.loads(line) for line in requests.post(
+            f"{served.url}/v1/chat", data=upload(), headers={"Content-Type": "application/json"}).text.splitlines()]
+        typed = requests.post(f"{served.url}/v1/chat", json={"text": "hello"}).text.splitlines()
+    [stopped] = [e for e in fed if isinstance(e, VoiceStopped)]
+    [started, _] = [e for e in fed if isinstance(e, TurnStart)]
+    assert sent[-1] - sent[0] > 1.0 and sent[-1] <= stopped.timestamp <= started.timestamp
+    metrics = spoken[-1]
+    assert metrics["event"] == "metrics" and metrics["first_audio_ms"] is not None
+    decoding_ms = (started.timestamp - stopped.timestamp) * 1000  # (the figures differ by exactly this)
+    for kind in ("text", "audio"):
+        assert metrics[f"first_{kind}_ms"] - metrics[f"first_{kind}_from_turn_start_ms"] == pytest.approx(decoding_ms,
+                                                                                                           abs=1e-3)
+    typed_metrics = json.loads(typed[-1])
+    assert typed_metrics["first_audio_ms"] == typed_metrics["first_audio_from_turn_start_ms"] is not None
 
 
 def test_four_concurrent_requests_are_all_answered(tmp_path):

@@ -21,6 +21,7 @@ from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.sessions import Limits
 from omnivox.mqtt import Client, ServiceError
 from omnivox.plugins.mqtt import protocol as wire
+from omnivox.plugins.mqtt.client import read_wav_pcm
 from omnivox.plugins.mqtt.connection import BrokerConfig
 
 
@@ -57,6 +58,34 @@ def test_wav_question_streams_text_and_audio_and_first_audio_precedes_turn_end(b
     path = answer.write_wav(tmp_path / "answer.wav")
     data, rate = sf.read(str(path))
     assert rate == answer.rate and len(data) == len(answer.audio) // 2 > 0
+
+
+def test_first_audio_ms_counts_from_audio_stop_and_the_turn_start_figure_includes_a_slow_upload(broker, question):
+    """Issue 24: a question streamed slowly (audio-stop ~1.5 s after audio-start) reports first_audio_ms from its
+    audio-stop (the end of speech); first_audio_from_turn_start_ms counts from audio-start, so the two differ by the
+    upload's span. A typed turn has no speech: both count from its start."""
+    pcm, rate, _, _ = read_wav_pcm(question)
+    parts = [pcm[i:i + len(pcm) // 4] for i in range(0, len(pcm), len(pcm) // 4)]
+
+    async def scenario():
+        async with running_service(broker.url, max_steps=24), Client(broker.url, site="paced") as client:
+            session = await client.session()
+            turn = await session.start_turn(rate=rate)
+            started = time.monotonic()
+            for part in parts:
+                await asyncio.sleep(1.5 / len(parts))
+                await turn.send(part)
+            await turn.stop()
+            span_ms = (time.monotonic() - started) * 1000
+            return await turn.result(), span_ms, await session.ask(text="and now?")
+
+    spoken, span_ms, typed = asyncio.run(scenario())
+    assert spoken.ok and typed.ok, (spoken.errors, typed.errors)
+    metrics = spoken.metrics
+    upload_ms = metrics["first_audio_from_turn_start_ms"] - metrics["first_audio_ms"]
+    assert span_ms - 500 < upload_ms < span_ms + 1000, (upload_ms, span_ms, metrics)
+    assert metrics["first_text_from_turn_start_ms"] - metrics["first_text_ms"] == pytest.approx(upload_ms, abs=1e-3)
+    assert typed.metrics["first_audio_ms"] == typed.metrics["first_audio_from_turn_start_ms"] is not None
 
 
 def test_eight_concurrent_devices_get_their_own_answers_once(broker):

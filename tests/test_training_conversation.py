@@ -262,3 +262,19 @@ def test_prepare_passes_history_and_context_through(tmp_path):
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written[1]["history"] == ["t1"] and written[1]["context"] == CONTEXT and "history" not in written[0]
     assert [h.id for h in read_manifest(out)[1].history] == ["t1"]
+
+
+def test_a_context_is_laid_out_as_the_models_format_reads_it(model, tmp_path):
+    """With `context_numbers: words` the training line's context "battery: 40%, ..." is spelled as Conversation
+    spells it at run time, so training and serving see the same ids."""
+    fmt = ConversationFormat(context_numbers="words")
+    rows = [manifest_line(tmp_path, "c", "T1T2", 5, "yes", None, context=CONTEXT)]
+    (example,) = read_manifest(write(tmp_path, rows))
+    config, strategy = model.lm.config, get_strategy("text-delay")
+    seq = build_sequence(example, model.tokenizer, strategy, model.layout, config.block_size,
+                         config.whisper_adapter_dim, format=fmt)
+    conversation = Conversation(model, strategy="text-delay", context=CONTEXT, format=fmt)
+    own = prepare(model, strategy="text-delay", task="T1T2", text_ids=model.tokenizer.encode(QUESTION))
+    expected, _ = conversation.prompt(own.prompt)
+    assert torch.equal(seq.input_ids[:, :expected.length], expected.ids[0])
+    assert model.tokenizer.decode(conversation.context_ids) == "battery: forty percent, location: kitchen"

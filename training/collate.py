@@ -82,7 +82,7 @@ def build_sequence(example: Example, tokenizer, strategy, layout: TokenLayout, b
         turns.append(TurnRecord(p, f, answer, answer.shape[-1], past.task, past.id))
     context = []
     if example.context:
-        context = [int(t) for t in tokenizer.encode(example.context)]
+        context = [int(t) for t in tokenizer.encode(format.context_text(example.context))]
         bad = [t for t in context if not 0 <= t < layout.eot]
         if bad:
             raise InputError(f"{example.source}: context encodes to ids {bad[:5]} outside the text vocabulary "

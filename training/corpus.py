@@ -191,6 +191,7 @@ class Utterance:
     snr_db: float | None
     seed: int
     word_gap: int = 0
+    ssml: bool = False  # `text` is SSML (espeak-ng -m): e.g. <break time="500ms"/> for a pause
 
 
 def assign_splits(keys: list[str], shares: dict[str, float], seed: int) -> dict[str, str]:
@@ -288,8 +289,8 @@ def render(job: Utterance, sample_rate: int | None = None) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        _run(["espeak-ng", "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch), "-g", str(job.word_gap),
-              "-w", str(raw), job.text],
+        _run(["espeak-ng", *(["-m"] if job.ssml else []), "-v", job.voice, "-s", str(job.rate), "-p", str(job.pitch),
+              "-g", str(job.word_gap), "-w", str(raw), job.text],
              f"espeak-ng failed for {job.text!r} with voice {job.voice!r}", "check the voice name (espeak-ng --voices)")
         if not raw.is_file() or raw.stat().st_size <= 44:
             raise InputError(f"espeak-ng made no audio for {job.text!r} with voice {job.voice!r}",

@@ -50,11 +50,10 @@ from pathlib import Path
 from typing import Any
 
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.kernel import spoken_numbers
+from omnivox.core.kernel.spoken_numbers import NUMBERS, TENS
 from omnivox.training.corpus import Utterance, config_from, render_all, write_atomic
 
-NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-           "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
-TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december"]
@@ -116,9 +115,7 @@ def number_words(n: int) -> str:
     """0..99 in words: 7 -> 'seven', 40 -> 'forty', 47 -> 'forty seven'."""
     if not 0 <= n < 100:
         raise ValueError(f"{n} is outside 0..99")
-    if n < len(NUMBERS):
-        return NUMBERS[n]
-    return TENS[n // 10] + (f" {NUMBERS[n % 10]}" if n % 10 else "")
+    return spoken_numbers.number_words(n)
 
 
 def contents(intent: str) -> list[tuple[str, dict[str, str], str]]:

@@ -123,7 +123,7 @@ class Conversation:
             if tokenizer is None:
                 raise InputError("the context was given as text, but the model has no tokenizer",
                                  "pass the context as text ids, or load the model with its tokenizer.json")
-            context = tokenizer.encode(context)
+            context = tokenizer.encode(self.format.context_text(context))
         ids = [int(t) for t in context]
         eot = self.lm.layout.eot
         bad = [t for t in ids if not 0 <= t < eot]

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 
 from omnivox.core.errors import ConfigError
+from omnivox.core.kernel.spoken_numbers import spell_numbers
 from omnivox.core.kernel.tokens import Prompt, TokenLayout
 
 HISTORY_LAYOUTS = ("concat",)
+CONTEXT_NUMBERS = ("as-is", "words")
 RESERVED_SPECIALS = 5  # eot, pad_t, input_t, answer_t, asr (eot + 0..4)
 SPECIALS = 64
 
@@ -56,6 +58,8 @@ class ConversationFormat:
     result_token: int = 6  # action result segment opener: the text special eot + result_token
     answer_reserve: int | None = None  # positions a turn keeps free for its answer (at most its max_steps); None:
     # its max_steps. A model whose answers are short declares it, so a large max_steps does not push out the history
+    context_numbers: str = "as-is"  # "words": numbers in context text are spelled out before tokenizing
+    # ("battery: 45%" -> "battery: forty five percent"), for models trained on words (the demo model)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "conversation") -> ConversationFormat:
@@ -84,6 +88,9 @@ class ConversationFormat:
         if reserve is not None and (isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 1):
             raise ConfigError(f"{source}: answer_reserve {reserve!r} is not a positive number of positions",
                               "give the longest answer in LM steps, e.g. answer_reserve: 160, or leave it out")
+        if fmt.context_numbers not in CONTEXT_NUMBERS:
+            raise ConfigError(f"{source}: context_numbers {fmt.context_numbers!r} is unknown",
+                              f"use one of: {', '.join(CONTEXT_NUMBERS)}")
         if fmt.context_token == fmt.result_token:
             raise ConfigError(f"{source}: context_token and result_token are both {fmt.context_token}",
                               "give them two different specials, e.g. 5 and 6")
@@ -95,6 +102,10 @@ class ConversationFormat:
         lm = model.lm if hasattr(model, "lm") else model
         declared = getattr(lm.config, "conversation", None)
         return cls() if declared is None else cls.from_dict(declared, "model config: field 'conversation'")
+
+    def context_text(self, text: str) -> str:
+        """Context text as the model reads it (numbers in words when the model declares `context_numbers: words`)."""
+        return spell_numbers(text) if self.context_numbers == "words" else text
 
     def context_segment(self, layout: TokenLayout, context_ids: list[int], rows: int) -> torch.Tensor:
         """(rows, S, n + 2) the context segment; (rows, S, 0) for no context."""

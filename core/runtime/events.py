@@ -224,8 +224,10 @@ class TurnEnd(ControlEvent):
 
 @dataclass(slots=True)
 class Metrics(ControlEvent):
-    """Latency figures of one finished turn (built by omnivox.core.runtime.metrics). Times in ms from the end of
-    the user's input (VoiceStopped, else TurnStart); steps are LM decode steps; None = never happened."""
+    """Latency figures of one finished turn (built by omnivox.core.runtime.metrics); steps are LM decode steps;
+    None = never happened. first_text_ms, first_audio_ms and wall_s count from the end of the user's speech (the
+    turn's VoiceStopped: a VAD's end of speech, a transport's end of the received audio), or from the TurnStart of
+    a turn without speech (typed); the *_from_turn_start_ms figures count from the TurnStart whatever the input."""
 
     first_text_ms: float | None = None
     first_text_step: int | None = None
@@ -237,6 +239,8 @@ class Metrics(ControlEvent):
     text_tokens: int = 0
     stage_busy_ms: Mapping[str, float] = field(default_factory=dict)
     reason: str = "done"
+    first_text_from_turn_start_ms: float | None = None
+    first_audio_from_turn_start_ms: float | None = None
 
 
 @dataclass(slots=True)

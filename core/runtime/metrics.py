@@ -2,9 +2,11 @@
 (ms and LM steps), real-time factor, per-stage busy time. One Metrics event per finished turn, and a
 printable summary.
 
-Times are taken from event timestamps (set when the producing stage created the event), measured from the
-end of the user's input: the turn's VoiceStopped if one was seen, else its TurnStart, else its first event.
-RTF = wall_s / audio_s, where wall_s runs from that reference to the last data event of the turn.
+Times are taken from event timestamps (set when the producing stage created the event). `first_text_ms`,
+`first_audio_ms` and `wall_s` count from the end of the user's speech: the turn's VoiceStopped (a VAD's end of
+speech; a transport's end of the received audio), else, for a turn without speech (typed), its TurnStart, else
+its first event. `first_text_from_turn_start_ms` and `first_audio_from_turn_start_ms` count from the TurnStart
+(else the first event) whatever the input. RTF = wall_s / audio_s, wall_s running to the turn's last data event.
 """
 
 from __future__ import annotations
@@ -28,13 +30,18 @@ from omnivox.core.runtime.events import (
 
 @dataclass
 class _Turn:
-    start: float
-    from_voice_stop: bool = False
+    opened: float  # its TurnStart, else its first event
+    speech_end: float | None = None  # its VoiceStopped
     first_text: TextToken | None = None
     first_audio: AudioOut | None = None
     last_data: float | None = None
     audio_s: float = 0.0
     text_tokens: int = 0
+
+    @property
+    def start(self) -> float:
+        """The reference of first_*_ms and wall_s: the end of speech, else the turn's start."""
+        return self.opened if self.speech_end is None else self.speech_end
 
 
 class MetricsCollector:
@@ -54,11 +61,11 @@ class MetricsCollector:
             return None
         turn = self._open.get(key)
         if turn is None:
-            turn = self._open[key] = _Turn(start=event.timestamp)
-        if isinstance(event, TurnStart) and not turn.from_voice_stop:
-            turn.start = event.timestamp
+            turn = self._open[key] = _Turn(opened=event.timestamp)
+        if isinstance(event, TurnStart):
+            turn.opened = event.timestamp
         elif isinstance(event, VoiceStopped):
-            turn.start, turn.from_voice_stop = event.timestamp, True
+            turn.speech_end = event.timestamp
         elif isinstance(event, DataEvent):
             turn.last_data = event.timestamp
             if isinstance(event, TextToken):
@@ -76,8 +83,8 @@ class MetricsCollector:
         return None
 
     def _finish(self, key: tuple[str, int], turn: _Turn, reason: str) -> Metrics:
-        def ms(event: Event | None) -> float | None:
-            return None if event is None else max(0.0, (event.timestamp - turn.start) * 1000.0)
+        def ms(event: Event | None, since: float) -> float | None:
+            return None if event is None else max(0.0, (event.timestamp - since) * 1000.0)
 
         wall_s = 0.0 if turn.last_data is None else max(0.0, turn.last_data - turn.start)
         busy = {s.name: s.busy_s.pop(key, 0.0) * 1000.0 for s in self.stages}
@@ -85,9 +92,9 @@ class MetricsCollector:
             session_id=key[0],
             turn_id=key[1],
             source="metrics",
-            first_text_ms=ms(turn.first_text),
+            first_text_ms=ms(turn.first_text, turn.start),
             first_text_step=None if turn.first_text is None else turn.first_text.step,
-            first_audio_ms=ms(turn.first_audio),
+            first_audio_ms=ms(turn.first_audio, turn.start),
             first_audio_step=None if turn.first_audio is None else turn.first_audio.step,
             audio_s=turn.audio_s,
             wall_s=wall_s,
@@ -95,6 +102,8 @@ class MetricsCollector:
             text_tokens=turn.text_tokens,
             stage_busy_ms=busy,
             reason=reason,
+            first_text_from_turn_start_ms=ms(turn.first_text, turn.opened),
+            first_audio_from_turn_start_ms=ms(turn.first_audio, turn.opened),
         )
 
     def summary(self) -> str:

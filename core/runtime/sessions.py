@@ -7,7 +7,7 @@ raise ProtocolError with a stable `code` the transport sends back to the client)
     session = engine.open("kitchen/7f3a", site="kitchen")  # ProtocolError "too-many-sessions" when full
     events = session.audio_start(rate=16000, width=2, channels=1)   # [TurnStart, AudioStart]
     events = session.audio_chunk(turn=0, seq=0, pcm=b"...")         # [AudioChunk]
-    events = session.audio_stop()                                   # [AudioStop, TurnEnd]
+    events = session.audio_stop()                                   # [VoiceStopped, AudioStop, TurnEnd]
     engine.idle(now) -> sessions idle longer than Limits.session_idle_s (close them: feed their Cancel)
 
 check_audio_format() is the one bound on the audio formats clients may declare (every transport uses it), and
@@ -37,6 +37,7 @@ from omnivox.core.runtime.events import (
     TextIn,
     TurnEnd,
     TurnStart,
+    VoiceStopped,
 )
 
 # What a client may declare for its audio (docs/mqtt_protocol.md "Audio"): bounds a turn's work before any is done
@@ -283,8 +284,9 @@ class Session:
             return np.clip(samples, -1.0, 1.0).astype("<f4").tobytes()
         return pcm
 
-    def audio_stop(self, turn: int | None = None) -> list[Event]:
-        """The question of the receiving turn (`turn` when the client names it) is complete."""
+    def audio_stop(self, turn: int | None = None, at: float | None = None) -> list[Event]:
+        """The question of the receiving turn (`turn` when the client names it) is complete: its speech ended `at`
+        (a monotonic time; default now), the VoiceStopped its Metrics count first_audio_ms from."""
         r = self.receiving
         if r is None or (turn is not None and turn != r.turn):
             named = "" if turn is None else f" for turn {shown(turn)}"
@@ -296,7 +298,9 @@ class Session:
                                            "before any samples", "send at least one audio chunk with samples "
                                            "between audio-start and audio-stop"))
         self.receiving = None
-        return [AudioStop(**self._ids(r.turn)), TurnEnd(reason="done", **self._ids(r.turn))]
+        ids = self._ids(r.turn)
+        stopped = VoiceStopped(**ids) if at is None else VoiceStopped(**ids, timestamp=at)
+        return [stopped, AudioStop(**ids), TurnEnd(reason="done", **ids)]
 
     def text(self, text: str, turn: int | None = None) -> list[Event]:
         """A typed turn (tasks T1A2 / T1T2)."""

@@ -5,7 +5,8 @@ pipeline, through the transport-neutral session engine (omnivox.core.runtime.ses
   other fields ignored) answered by a streamed `audio/wav` body: a WAV header (s16le, mono, the codec's rate)
   first, then the PCM of each AudioOut as the codec produces it.
 - `POST /v1/chat`: the same request (or `{"text": ...}`), answered by newline-delimited JSON events: turn-start,
-  text (per token), audio (base64 s16le per chunk), error, metrics, turn-end. docs: docs/http_api.md.
+  text (per token), audio (base64 s16le per chunk), error, metrics, turn-end. docs: docs/http_api.md. A spoken
+  question's metrics count from the end of its speech: when the whole request body had arrived (VoiceStopped).
 - `GET /`: the browser page (page/index.html, page/app.js).
 - HTTPS with a certificate and key (`HttpConfig.tls`); a bearer token (`HttpConfig.token`) then required on every
   request but the page's two files (the page asks for it).
@@ -322,7 +323,9 @@ class HttpService:
         if isinstance(event, Metrics):
             return {"event": "metrics", "first_text_ms": event.first_text_ms, "first_audio_ms": event.first_audio_ms,
                     "first_audio_step": event.first_audio_step, "audio_s": event.audio_s, "wall_s": event.wall_s,
-                    "rtf": event.rtf, "text_tokens": event.text_tokens, "stage_busy_ms": dict(event.stage_busy_ms)}
+                    "rtf": event.rtf, "text_tokens": event.text_tokens, "stage_busy_ms": dict(event.stage_busy_ms),
+                    "first_text_from_turn_start_ms": event.first_text_from_turn_start_ms,
+                    "first_audio_from_turn_start_ms": event.first_audio_from_turn_start_ms}
         return {"event": "turn-end", "reason": event.reason}  # TurnEnd
 
     # ---- one turn -------------------------------------------------------------------------------------
@@ -334,6 +337,7 @@ class HttpService:
         session = self.engine.open(session_id, site=f"http:{request.remote}")  # a client address is a site
         try:
             body = await self._body(request)
+            arrived = time.monotonic()  # the whole question is here: the end of speech metrics count from
             controls = self._conversation(session, body) if typed else []
             if typed and "text" in body and "audio" not in body:
                 events = session.text(body["text"])
@@ -345,7 +349,7 @@ class HttpService:
                     raise ProtocolError("bad-field", "`wav_header` must be true or false, got "
                                         f"{shown(body['wav_header'])}",
                                         "leave it out (a WAV header) or send false (upstream's bare PCM)")
-                events = self._question_events(session, decode_question(body.get("audio")))
+                events = self._question_events(session, decode_question(body.get("audio")), arrived)
         except BaseException:  # a refusal, or the client went away (cancelled)
             self.engine.sessions.pop(session.id, None)
             self._release(session.id)
@@ -502,7 +506,9 @@ class HttpService:
         self._release(session_id)
         self.engine.sessions.pop(session_id, None)
 
-    def _question_events(self, session, question: Question) -> list[Event]:
+    def _question_events(self, session, question: Question, arrived: float) -> list[Event]:
+        """The events of a spoken question; its VoiceStopped is timestamped `arrived`, when the whole audio had come
+        (the end of speech first_audio_ms counts from)."""
         limit = self.config.limits.max_turn_s
         if question.seconds > limit:
             raise ProtocolError("turn-too-long", f"the question is {question.seconds:.1f} s of audio, the limit is "
@@ -511,7 +517,7 @@ class HttpService:
         step = self.config.limits.max_chunk_bytes - self.config.limits.max_chunk_bytes % 2
         for seq, start in enumerate(range(0, len(question.pcm), step)):
             events += session.audio_chunk(events[0].turn_id, seq, question.pcm[start:start + step])
-        return events + session.audio_stop()
+        return events + session.audio_stop(at=arrived)
 
     async def _open(self, request: web.Request, content_type: str, first: bytes) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -442,7 +442,7 @@ class MqttService:
         if event in ("audio-start", "text"):
             return self._question(session, event, data)
         if event == "audio-stop":  # audio-stop, interrupt, session-end are never rate-limited
-            return session.audio_stop(data.get("turn"))
+            return session.audio_stop(data.get("turn"))  # VoiceStopped now: the end of speech metrics count from
         if event == "interrupt":
             return session.interrupt()
         if event in ("context", "reset", "action-result"):

@@ -7,7 +7,8 @@ stages (VAD, encoder, LM, another codec) sit between the devices and the broker:
       - {name: output, plugin: audio_outputs/mqtt}
 
 The input stage runs the worker (omnivox.plugins.mqtt.service) and turns device messages into pipeline
-events (session_id "<site>/<session>"); the output stage publishes the answer on the same connection (found
+events (session_id "<site>/<session>"; a turn's audio-stop becomes VoiceStopped, the end of speech its Metrics
+count from, then AudioStop, TurnEnd); the output stage publishes the answer on the same connection (found
 by `service` name in the pipeline's shared place): turn-start, transcript-chunk per text token, audio-start +
 audio-out per PCM chunk, audio-stop, action / action-warning per Action / ActionWarning, each stage Error and the
 turn's Metrics, turn-end (nothing for a session or turn the service already ended). An interrupted turn's
@@ -133,7 +134,9 @@ class MqttAudioOutput(TransportOutput):
                 event.session_id, "metrics", turn=event.turn_id, worker=self.service.config.worker,
                 reason=event.reason, first_text_ms=event.first_text_ms, first_audio_ms=event.first_audio_ms,
                 first_audio_step=event.first_audio_step, audio_s=event.audio_s, wall_s=event.wall_s,
-                rtf=event.rtf, text_tokens=event.text_tokens, stage_busy_ms=dict(event.stage_busy_ms))
+                rtf=event.rtf, text_tokens=event.text_tokens, stage_busy_ms=dict(event.stage_busy_ms),
+                first_text_from_turn_start_ms=event.first_text_from_turn_start_ms,
+                first_audio_from_turn_start_ms=event.first_audio_from_turn_start_ms)
 
 
 @hookimpl

@@ -1,0 +1,133 @@
+"""End of turn: the silence rule against the end-of-turn detector, on held-out utterances that pause 300-800 ms
+mid-sentence (training/turn_end.py's test streams: held-out phrasings, values and voices).
+
+    python -m omnivox.training.turn_end build runs/turn_end/data && omnivox train recipes/turn_end.yaml
+    python benchmarks/bench_turn_end.py [--data runs/turn_end/data] [--detector runs/turn_end/export]
+
+Each recording (pre-roll, the sentence with its inner pause, 1 s of silence) streams through SileroVAD in 32 ms
+chunks, as a microphone would feed it (no wall clock: audio time). Per rule it prints:
+  false cut-ins   turns ended inside the inner pause (the speaker was mid-sentence)
+  decision        end of speech -> end of turn decided, in audio time: p50 / p90 over the recordings that were
+                  not cut in (the silence the rule waits for; VAD frames are 32 ms)
+  detector        its compute per question asked (Whisper tiny.en encoder on the last 3 s + the network), p50 /
+                  p90 wall ms on this machine; it adds to the decision when the detector is on
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from omnivox.core import audio  # noqa: E402
+from omnivox.core.runtime.events import AudioChunk, TurnEnd, VoiceStopped  # noqa: E402
+from omnivox.plugins.audio_files import read_audio  # noqa: E402
+from omnivox.plugins.silero_vad import TURN_END_THRESHOLD, SileroVAD, load_silero  # noqa: E402
+
+CHUNK_S = 0.032
+
+
+def run_stream(vad: SileroVAD, pcm: np.ndarray, rate: int) -> list[tuple[float, float]]:
+    """(turn end time, its speech end time) per turn the VAD cut, in seconds of the recording."""
+    fmt = audio.AudioFormat(rate=rate, width=2, channels=1)
+    step, ends, stopped = int(CHUNK_S * rate), [], None
+    for start in range(0, len(pcm), step):
+        piece = pcm[start:start + step]
+        chunk = AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=rate, session_id="bench", turn_id=0,
+                           timestamp=(start + len(piece)) / rate)
+        for event in vad._push(chunk):
+            if isinstance(event, VoiceStopped):
+                stopped = event.timestamp
+            elif isinstance(event, TurnEnd):
+                ends.append((event.timestamp, stopped))
+    return ends
+
+
+class TimedDetector:
+    """The detector, timing each question it is asked."""
+
+    def __init__(self, detector):
+        self.detector, self.ms = detector, []
+
+    def probability(self, pcm: np.ndarray) -> float:
+        start = time.perf_counter()
+        p = self.detector.probability(pcm)
+        self.ms.append((time.perf_counter() - start) * 1000)
+        return p
+
+
+def evaluate(make_vad, streams: list[dict], data: Path) -> dict:
+    cut_ins, delays = 0, []
+    for item in streams:
+        pcm, rate = read_audio(data / item["audio"])
+        pcm = audio.to_mono(pcm)  # (channels, n) -> (n,)
+        ends = run_stream(make_vad(), pcm.astype(np.float32), rate)
+        if any(end < item["speech_end_s"] - 0.05 for end, _ in ends):
+            cut_ins += 1
+        elif ends:
+            delays.append((ends[-1][0] - item["speech_end_s"]) * 1000)
+    return {"false_cut_ins": cut_ins / len(streams), "n": len(streams), "delays": delays}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT / "runs/turn_end/data"))
+    parser.add_argument("--detector", default="default", help="export folder, or 'default' (models/turn_end)")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many recordings (0: all)")
+    parser.add_argument("--threads", type=int, default=1, help="the detector encoder's threads")
+    parser.add_argument("--threshold", type=float, nargs="+", default=[TURN_END_THRESHOLD],
+                        help="P(complete) threshold(s) of the detector rule (one row each)")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    data = Path(args.data)
+    streams = [json.loads(line) for line in (data / "test_streams.jsonl").read_text().splitlines()]
+    streams = streams[: args.limit or None]
+    from omnivox.plugins.turn_end import TurnEndDetector
+
+    timed = TimedDetector(TurnEndDetector(args.detector, threads=args.threads))
+    silero = load_silero()
+
+    def vad(**params):
+        def make():
+            v = SileroVAD(**params)
+            v.model = silero
+            silero.reset_states()
+            if "turn_end" in params:
+                v.detector = timed
+            return v
+        return make
+
+    rules = {"silence 600 ms (no detector)": vad(end_silence_ms=600), "silence 300 ms": vad(end_silence_ms=300)}
+    for threshold in args.threshold:
+        rules[f"detector >= {threshold:g} at 160 ms, hold 1000"] = vad(turn_end=args.detector, turn_end_silence_ms=160,
+                                                                      turn_end_threshold=threshold)
+    print(f"{len(streams)} held-out recordings, inner pauses 300-800 ms\n")
+    print(f"{'rule':<40}{'false cut-ins':>15}{'decision p50':>14}{'p90':>8}")
+    figures = {}
+    for name, make in rules.items():
+        got = evaluate(make, streams, data)
+        figures[name] = {"false_cut_ins": got["false_cut_ins"], "decision_p50_ms": percentile(got["delays"], 50),
+                         "decision_p90_ms": percentile(got["delays"], 90)}
+        print(f"{name:<40}{got['false_cut_ins']:>14.1%}{percentile(got['delays'], 50):>11.0f} ms"
+              f"{percentile(got['delays'], 90):>5.0f} ms")
+    print(f"\ndetector compute per question: p50 {statistics.median(timed.ms):.0f} ms, p90 "
+          f"{percentile(timed.ms, 90):.0f} ms over {len(timed.ms)} questions ({args.threads} thread(s))")
+    figures["detector_ms"] = {"p50": statistics.median(timed.ms), "p90": percentile(timed.ms, 90)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The end-of-turn detector (plugins/turn_end.py) and the VAD that asks it (plugins/silero_vad.py `turn_end`):
+the network's format, and turn taking on real speech with a pause inside a sentence."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from omnivox.core import audio
+from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.core.runtime.events import AudioChunk, TurnEnd, VoiceStopped
+from omnivox.plugins.audio_files import read_audio
+from omnivox.plugins.silero_vad import SileroVAD
+from omnivox.plugins.turn_end import TurnEndConfig, TurnEndNet, last_frames, load_net, save_detector
+
+REPO = Path(__file__).resolve().parents[1]
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+def test_a_saved_detector_loads_with_the_same_answers(tmp_path):
+    torch.manual_seed(0)
+    net = TurnEndNet(TurnEndConfig(width=16, frames=20)).eval()
+    feats = torch.randn(3, 20, 384)  # (B, frames, F)
+    loaded = load_net(save_detector(net, tmp_path / "export"))
+    assert loaded.config == net.config
+    assert torch.equal(loaded(feats), net(feats)) and net(feats).shape == (3,)
+
+
+def test_a_folder_that_is_not_a_detector_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(CheckpointError, match="(?s)turn_end.safetensors, turn_end.json missing.*recipes/turn_end.yaml"):
+        load_net(tmp_path)
+    save_detector(TurnEndNet(TurnEndConfig(width=16)), tmp_path)
+    (tmp_path / "turn_end.json").write_text('{"width": 32}')
+    with pytest.raises(CheckpointError, match="does not match turn_end.json"):
+        load_net(tmp_path)
+
+
+def test_short_utterances_are_padded_in_front():
+    feats = torch.ones(3, 4)
+    padded = last_frames(feats, 5)
+    assert padded.shape == (5, 4) and padded[:2].abs().sum() == 0 and torch.equal(padded[2:], feats)
+    assert torch.equal(last_frames(torch.arange(12.0).reshape(6, 2), 2), torch.tensor([[8.0, 9.0], [10.0, 11.0]]))
+
+
+def test_the_recipe_loads_and_builds_the_shipped_shape():
+    from omnivox.training.recipe import build, load_recipe
+
+    recipe = load_recipe(REPO / "recipes/turn_end.yaml")
+    net = build(recipe["model"], "model")
+    assert net.config == load_net(REPO / "models/turn_end").config  # the shipped detector is this recipe's
+
+
+def test_the_detector_must_be_asked_before_the_hold():
+    with pytest.raises(ConfigError, match="turn_end_silence_ms=1200 must be below hold_silence_ms=1000"):
+        SileroVAD(turn_end="default", turn_end_silence_ms=1200)
+
+
+class ScriptedDetector:
+    """Answers P(complete) from a list, one per question, and keeps the audio it was asked about."""
+
+    def __init__(self, answers):
+        self.answers, self.asked = list(answers), []
+
+    def probability(self, pcm):
+        self.asked.append(len(pcm))
+        return self.answers.pop(0)
+
+
+@pytest.fixture(scope="module")
+def paused_question(tmp_path_factory) -> tuple[np.ndarray, float]:
+    """'what is the capital of <700 ms pause> france', then 1.5 s of silence: (16 kHz pcm, end of speech s)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    path = tmp_path_factory.mktemp("speech") / "paused.wav"
+    subprocess.run(["espeak-ng", "-m", "-w", str(path),
+                    '<speak>what is the capital of <break time="700ms"/> france</speak>'], check=True)
+    pcm, rate = read_audio(path)
+    pcm = audio.resample(audio.to_mono(pcm), rate, 16000)
+    loud = np.flatnonzero(np.abs(pcm) > 0.02)
+    pcm = np.concatenate([np.zeros(8000, np.float32), pcm, np.zeros(24000, np.float32)])
+    return pcm, (loud[-1] + 8000) / 16000
+
+
+def turns(pcm: np.ndarray, **params) -> list[tuple[float, float]]:
+    """(VoiceStopped time, TurnEnd time) in seconds of `pcm` per turn the VAD cut, streamed in 20 ms chunks
+    stamped with their audio time (as a microphone's capture times)."""
+    vad = SileroVAD(**params)
+    asyncio.run(vad.setup())
+    fmt, events = audio.AudioFormat(rate=16000, width=2, channels=1), []
+    for start in range(0, len(pcm), 320):
+        piece = pcm[start:start + 320]
+        events += vad._push(AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=16000, session_id="s",
+                                       turn_id=0, timestamp=(start + len(piece)) / 16000))
+    stops = [e.timestamp for e in events if isinstance(e, VoiceStopped)]
+    ends = [e.timestamp for e in events if isinstance(e, TurnEnd)]
+    return list(zip(stops, ends, strict=True))
+
+
+@needs_espeak
+def test_the_silence_rule_cuts_a_sentence_at_a_long_inner_pause(paused_question):
+    pcm, _ = paused_question
+    assert len(turns(pcm, end_silence_ms=600)) == 2  # the false cut-in the detector is for
+
+
+@needs_espeak
+def test_a_pause_judged_unfinished_holds_the_turn_and_the_end_comes_early(paused_question):
+    pcm, speech_end = paused_question
+    detector = ScriptedDetector([0.1, 0.9])  # the inner pause: unfinished; the real end: complete
+    got = turns(pcm, turn_end=detector, turn_end_silence_ms=160, hold_silence_ms=1000)
+    assert len(got) == 1 and len(detector.asked) == 2
+    stopped, ended = got[0]
+    assert abs(stopped - speech_end) < 0.15  # VoiceStopped marks the end of speech
+    assert 0.15 <= ended - stopped <= 0.25  # decided after 160 ms of silence (32 ms frames), not 600
+    assert detector.asked[1] > detector.asked[0] > 16000  # asked about the utterance so far, growing
+
+
+@needs_espeak
+def test_a_pause_judged_complete_ends_the_turn_there(paused_question):
+    pcm, _ = paused_question
+    detector = ScriptedDetector([0.9, 0.9])
+    assert len(turns(pcm, turn_end=detector)) == 2 and len(detector.asked) == 2
+
+
+@pytest.mark.slow
+@needs_espeak
+def test_the_recipe_builds_trains_and_exports_a_detector_the_vad_loads(tmp_path):
+    """A few sentences through `python -m omnivox.training.turn_end build` and recipes/turn_end.yaml: the export
+    is what TurnEndDetector (and so the VAD's `turn_end=`) loads, and it judges its own examples."""
+    from omnivox.plugins.turn_end import TurnEndDetector
+    from omnivox.training.recipe import load_recipe
+    from omnivox.training.trainer import train
+    from omnivox.training.turn_end import TurnEndDataConfig, build_turn_end, main
+
+    data = tmp_path / "data"
+    with pytest.raises(ConfigError, match="pause_ms"):
+        main(["build", str(data), "--set", "pause_ms=[800, 300]"])
+    build_turn_end(data, TurnEndDataConfig(train_sentences=12, test_sentences=4), progress=False)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    assert {r["complete"] for r in rows} == {True, False} and len(rows) >= 30
+    streams = [json.loads(line) for line in (data / "test_streams.jsonl").read_text().splitlines()]
+    assert streams and all(s["pause_s"][1] - s["pause_s"][0] >= 0.25 and s["pause_s"][1] < s["speech_end_s"]
+                           for s in streams)
+    recipe = load_recipe(REPO / "recipes/turn_end.yaml", [f"output_dir={tmp_path / 'run'}",
+                                                           f"data.path={data / 'train.jsonl'}",
+                                                           f"eval_data.path={data / 'test.jsonl'}",
+                                                           "training.max_steps=150"])
+    summary = train(recipe)
+    assert summary["train"]["accuracy"] >= 0.9  # it learns its examples
+    detector = TurnEndDetector(summary["export"])
+    pcm, _ = read_audio(data / streams[0]["audio"])
+    assert 0.0 <= detector.probability(pcm[0]) <= 1.0
