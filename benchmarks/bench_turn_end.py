@@ -25,29 +25,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from echo_scenes import stream_turns  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
-from omnivox.core.runtime.events import AudioChunk, TurnEnd, VoiceStopped  # noqa: E402
 from omnivox.plugins.audio_files import read_audio  # noqa: E402
 from omnivox.plugins.silero_vad import TURN_END_THRESHOLD, SileroVAD, load_silero  # noqa: E402
 
 CHUNK_S = 0.032
-
-
-def run_stream(vad: SileroVAD, pcm: np.ndarray, rate: int) -> list[tuple[float, float]]:
-    """(turn end time, its speech end time) per turn the VAD cut, in seconds of the recording."""
-    fmt = audio.AudioFormat(rate=rate, width=2, channels=1)
-    step, ends, stopped = int(CHUNK_S * rate), [], None
-    for start in range(0, len(pcm), step):
-        piece = pcm[start:start + step]
-        chunk = AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=rate, session_id="bench", turn_id=0,
-                           timestamp=(start + len(piece)) / rate)
-        for event in vad._push(chunk):
-            if isinstance(event, VoiceStopped):
-                stopped = event.timestamp
-            elif isinstance(event, TurnEnd):
-                ends.append((event.timestamp, stopped))
-    return ends
 
 
 class TimedDetector:
@@ -68,11 +54,11 @@ def evaluate(make_vad, streams: list[dict], data: Path) -> dict:
     for item in streams:
         pcm, rate = read_audio(data / item["audio"])
         pcm = audio.to_mono(pcm)  # (channels, n) -> (n,)
-        ends = run_stream(make_vad(), pcm.astype(np.float32), rate)
-        if any(end < item["speech_end_s"] - 0.05 for end, _ in ends):
+        ends = [end for _, end in stream_turns(make_vad(), pcm.astype(np.float32), rate, CHUNK_S)]
+        if any(end < item["speech_end_s"] - 0.05 for end in ends):
             cut_ins += 1
         elif ends:
-            delays.append((ends[-1][0] - item["speech_end_s"]) * 1000)
+            delays.append((ends[-1] - item["speech_end_s"]) * 1000)
     return {"false_cut_ins": cut_ins / len(streams), "n": len(streams), "delays": delays}
 
 

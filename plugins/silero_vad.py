@@ -119,9 +119,6 @@ class SileroVAD(Stage):
         self.turn_end, self.turn_end_threshold = turn_end, turn_end_threshold
         self.turn_end_silence_ms, self.hold_silence_ms = turn_end_silence_ms, hold_silence_ms
         self.detector = None  # the TurnEndDetector, loaded in setup
-        self.turn_end_probability: float | None = None  # the detector's last answer
-        self.turn_end_asks = 0
-        self.turn_end_early = 0  # turns the detector ended before the silence rule
         self.playback: PlaybackState = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.model = None
         self.turn_id = 0  # the last utterance's turn id
@@ -202,10 +199,7 @@ class SileroVAD(Stage):
                 elif self.detector and not self._asked and \
                         self._silence >= self._ms_to_frames(self.turn_end_silence_ms):
                     self._asked = True
-                    self.turn_end_asks += 1
-                    self.turn_end_probability = self.detector.probability(np.concatenate(self._recent))
-                    if self.turn_end_probability >= self.turn_end_threshold:
-                        self.turn_end_early += 1
+                    if self.detector.probability(np.concatenate(self._recent)) >= self.turn_end_threshold:
                         out += self._stop(session, at)
             return out
         if p >= self.threshold or (self._onset and p >= self.off_threshold):
@@ -269,7 +263,7 @@ class SileroVAD(Stage):
     def _silence_rule_ms(self) -> int:
         """The silence that ends a turn whatever the detector says: `hold_silence_ms` once it judged the pause
         mid-sentence, else `end_silence_ms` (no detector, or not asked yet)."""
-        return self.hold_silence_ms if self.detector and self._asked else self.end_silence_ms
+        return self.hold_silence_ms if self._asked else self.end_silence_ms
 
     def _ms_to_frames(self, ms: int) -> int:
         return round(ms * self._rate / 1000 / FRAME[self._rate])

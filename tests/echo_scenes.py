@@ -1,7 +1,8 @@
 """Echo scenes for the full-duplex echo gate, without devices: the assistant "speaks" a sentence (the speaker's
 played blocks go into a PlaybackState with their times), the microphone hears it back delayed and attenuated,
 optionally with the user talking over it; the Silero VAD stage runs on the microphone chunks with the same
-clock. Used by tests/test_listen.py and benchmarks/bench_listen.py."""
+clock. Used by tests/test_listen.py and benchmarks/bench_listen.py. `stream_turns` streams a recording through
+the VAD the same way (tests/test_turn_end.py, benchmarks/bench_turn_end.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from omnivox.core import audio
-from omnivox.core.runtime.events import AudioChunk, Interruption
+from omnivox.core.runtime.events import AudioChunk, Interruption, TurnEnd, VoiceStopped
 from omnivox.core.runtime.playback import PlaybackState
 from omnivox.plugins.audio_files import read_audio
 from omnivox.plugins.silero_vad import SileroVAD
@@ -60,6 +61,19 @@ def run_scene(vad: SileroVAD, assistant: np.ndarray, *, echo_db: float = -6.0, d
                            timestamp=t0 + (i + step) / MIC_RATE)
         barge_ins += [(i + step) / MIC_RATE for e in vad._push(chunk) if isinstance(e, Interruption)]
     return {"barge_ins": barge_ins, "echoes": vad.echoes}
+
+
+def stream_turns(vad: SileroVAD, pcm: np.ndarray, rate: int, chunk_s: float) -> list[tuple[float, float]]:
+    """(VoiceStopped time, TurnEnd time) in seconds of the mono `pcm` per turn the VAD cut, the recording streamed
+    in `chunk_s` chunks stamped with their audio time (as a microphone's capture times)."""
+    fmt, step, events = audio.AudioFormat(rate, 2, 1), int(chunk_s * rate), []
+    for start in range(0, len(pcm), step):
+        piece = pcm[start:start + step]
+        events += vad._push(AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=rate,
+                                       timestamp=(start + len(piece)) / rate))
+    stops = [e.timestamp for e in events if isinstance(e, VoiceStopped)]
+    ends = [e.timestamp for e in events if isinstance(e, TurnEnd)]
+    return list(zip(stops, ends, strict=True))
 
 
 def make_vad(echo_gate: bool) -> SileroVAD:

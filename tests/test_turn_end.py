@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,12 @@ import torch
 
 from omnivox.core import audio
 from omnivox.core.errors import CheckpointError, ConfigError
-from omnivox.core.runtime.events import AudioChunk, TurnEnd, VoiceStopped
 from omnivox.plugins.audio_files import read_audio
 from omnivox.plugins.silero_vad import SileroVAD
 from omnivox.plugins.turn_end import TurnEndConfig, TurnEndNet, last_frames, load_net, save_detector
+
+sys.path.insert(0, str(Path(__file__).parent))
+from echo_scenes import stream_turns  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -89,18 +92,10 @@ def paused_question(tmp_path_factory) -> tuple[np.ndarray, float]:
 
 
 def turns(pcm: np.ndarray, **params) -> list[tuple[float, float]]:
-    """(VoiceStopped time, TurnEnd time) in seconds of `pcm` per turn the VAD cut, streamed in 20 ms chunks
-    stamped with their audio time (as a microphone's capture times)."""
+    """(VoiceStopped time, TurnEnd time) per turn the VAD cut from `pcm` streamed in 20 ms chunks."""
     vad = SileroVAD(**params)
     asyncio.run(vad.setup())
-    fmt, events = audio.AudioFormat(rate=16000, width=2, channels=1), []
-    for start in range(0, len(pcm), 320):
-        piece = pcm[start:start + 320]
-        events += vad._push(AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=16000, session_id="s",
-                                       turn_id=0, timestamp=(start + len(piece)) / 16000))
-    stops = [e.timestamp for e in events if isinstance(e, VoiceStopped)]
-    ends = [e.timestamp for e in events if isinstance(e, TurnEnd)]
-    return list(zip(stops, ends, strict=True))
+    return stream_turns(vad, pcm, 16000, 0.02)
 
 
 @needs_espeak
