@@ -41,6 +41,11 @@ from omnivox.plugins.audio_files import read_audio  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "How far away is the moon?", "Tell me a joke.",
              "What time is it?", "Why is the sky blue?"]
+# the default model's domain, in its held-out phrasings (training/demo_domain.py PHRASINGS: the last of each intent)
+DEMO_QUESTIONS = ["What is the day after friday?", "Do you know the capital of spain?",
+                  "What is the month before june?", "Is it true that snow is white?", "Please tell me who you are.",
+                  "Can you tell me what five plus three is?", "Please tell me which day comes before sunday?",
+                  "Hi there."]
 PARTS = ("vad_ms", "model_ms", "codec_ms", "playback_ms")
 
 
@@ -74,9 +79,10 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=16, help="answer length in LM steps")
     parser.add_argument("--skip-echo", action="store_true", help="skip the echo-gate figures")
     parser.add_argument("--checkpoint", default="random", help="the model: random (tiny, default) or demo (the "
-                        "shipped default model) or a folder")
+                        "shipped default model, asked DEMO_QUESTIONS: its domain, held-out phrasings) or a folder")
     parser.add_argument("--turn-end", default="default", help="listen's end-of-turn detector: default or off "
                         "(the silence rule alone; docs/turn_taking.md)")
+    parser.add_argument("--jitter-ms", type=int, default=None, help="listen's --jitter-ms (default: listen's)")
     args = parser.parse_args()
     if not args.skip_echo:
         echo_gate_figures()
@@ -88,7 +94,8 @@ def main() -> int:
         speech = []
         for i in range(args.turns):
             wav = folder / f"q{i}.wav"
-            subprocess.run(["espeak-ng", "-w", str(wav), QUESTIONS[i % len(QUESTIONS)]], check=True)
+            asked = DEMO_QUESTIONS if args.checkpoint == "demo" else QUESTIONS
+            subprocess.run(["espeak-ng", "-w", str(wav), asked[i % len(asked)]], check=True)
             pcm, rate = read_audio(wav)
             speech += [audio.resample(pcm[0], rate, DEVICE_RATE), np.zeros(int(args.gap * DEVICE_RATE), np.float32)]
         mono = np.concatenate([np.zeros(DEVICE_RATE // 2, np.float32), *speech])
@@ -97,7 +104,8 @@ def main() -> int:
             va.set_microphone(np.stack([mono, mono]))
             run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", args.checkpoint,
                                   "--max-turns", str(args.turns), "--max-steps", str(args.max_steps),
-                                  "--turn-end", args.turn_end, "--trace", str(trace)],
+                                  "--turn-end", args.turn_end, "--trace", str(trace),
+                                  *(["--jitter-ms", str(args.jitter_ms)] if args.jitter_ms is not None else [])],
                                  env=va.env, capture_output=True, text=True,
                                  timeout=60 + len(mono) / DEVICE_RATE * 3)
         if run.returncode != 0:

@@ -3,6 +3,7 @@ mid-sentence (training/turn_end.py's test streams: held-out phrasings, values an
 
     python -m omnivox.training.turn_end build runs/turn_end/data && omnivox train recipes/turn_end.yaml
     python benchmarks/bench_turn_end.py [--data runs/turn_end/data] [--detector runs/turn_end/export]
+        [--threshold 0.5 0.9] [--ask-ms 96 128 160]
 
 Each recording (pre-roll, the sentence with its inner pause, 1 s of silence) streams through SileroVAD in 32 ms
 chunks, as a microphone would feed it (no wall clock: audio time). Per rule it prints:
@@ -31,7 +32,13 @@ from echo_scenes import stream_turns  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
 from omnivox.plugins.audio_files import read_audio  # noqa: E402
-from omnivox.plugins.silero_vad import TURN_END_THRESHOLD, SileroVAD, load_silero  # noqa: E402
+from omnivox.plugins.silero_vad import (  # noqa: E402
+    TURN_END_SILENCE_MS,
+    TURN_END_THRESHOLD,
+    SileroVAD,
+    load_silero,
+    turn_end_asks,
+)
 
 CHUNK_S = 0.032
 
@@ -72,8 +79,10 @@ def main() -> int:
     parser.add_argument("--detector", default="default", help="export folder, or 'default' (models/turn_end)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many recordings (0: all)")
     parser.add_argument("--threads", type=int, default=1, help="the detector encoder's threads")
-    parser.add_argument("--threshold", type=float, nargs="+", default=[TURN_END_THRESHOLD],
+    parser.add_argument("--threshold", type=float, nargs="+", default=[0.9, TURN_END_THRESHOLD],
                         help="P(complete) threshold(s) of the detector rule (one row each)")
+    parser.add_argument("--ask-ms", type=int, nargs="+", default=list(TURN_END_SILENCE_MS),
+                        help="silence(s) after which the VAD asks the detector (turn_end_silence_ms; one row each)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     data = Path(args.data)
@@ -95,17 +104,20 @@ def main() -> int:
         return make
 
     rules = {"silence 600 ms (no detector)": vad(end_silence_ms=600), "silence 300 ms": vad(end_silence_ms=300)}
-    for threshold in args.threshold:
-        rules[f"detector >= {threshold:g} at 160 ms, hold 1000"] = vad(turn_end=args.detector, turn_end_silence_ms=160,
-                                                                      turn_end_threshold=threshold)
+    for ask in args.ask_ms:
+        for threshold in args.threshold:
+            rules[f"detector >= {threshold:g} at {ask} ms, hold 1000"] = vad(
+                turn_end=args.detector, turn_end_silence_ms=ask, turn_end_threshold=threshold)
+    schedule = ", ".join(f">= {bar:g} at {ms}" for ms, bar in turn_end_asks(TURN_END_SILENCE_MS))
+    rules[f"default: {schedule}"] = vad(turn_end=args.detector)
     print(f"{len(streams)} held-out recordings, inner pauses 300-800 ms\n")
-    print(f"{'rule':<40}{'false cut-ins':>15}{'decision p50':>14}{'p90':>8}")
+    print(f"{'rule':<48}{'false cut-ins':>15}{'decision p50':>14}{'p90':>8}")
     figures = {}
     for name, make in rules.items():
         got = evaluate(make, streams, data)
         figures[name] = {"false_cut_ins": got["false_cut_ins"], "decision_p50_ms": percentile(got["delays"], 50),
                          "decision_p90_ms": percentile(got["delays"], 90)}
-        print(f"{name:<40}{got['false_cut_ins']:>14.1%}{percentile(got['delays'], 50):>11.0f} ms"
+        print(f"{name:<48}{got['false_cut_ins']:>14.1%}{percentile(got['delays'], 50):>11.0f} ms"
               f"{percentile(got['delays'], 90):>5.0f} ms")
     print(f"\ndetector compute per question: p50 {statistics.median(timed.ms):.0f} ms, p90 "
           f"{percentile(timed.ms, 90):.0f} ms over {len(timed.ms)} questions ({args.threads} thread(s))")

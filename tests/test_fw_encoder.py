@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from omnivox.core import audio
 from omnivox.core.contracts.encoder import AudioEncoder
 from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
@@ -115,6 +116,28 @@ def test_long_input_is_split_into_windows(clip, encoder):
     strict = load_fw_encoder(long_input="error", threads=1)
     with pytest.raises(InputError, match=r"33\.00 s long"):
         strict.encode(long, rate)
+
+
+def test_trimmed_features_equal_those_of_the_30_s_window_log_mel_and_repeats_are_not_encoded_again(clip):
+    """The trimmed encoder takes the log-mel of the audio + TRIM_PAD_S of zeros (not of the zero-padded 30 s
+    window): the same numbers, so the same features; the last encodings are remembered across instances of the
+    same weights (the end-of-turn detector's and the encoder stage's) and a repeat is not encoded again."""
+    _, pcm, rate = clip
+    speech = audio.resample(pcm[0], rate, 16000)
+    first, second = load_fw_encoder(threads=1, trim=True), load_fw_encoder(threads=1, trim=True)
+    assert first.source == second.source
+    for x in (speech[:8000], speech, np.zeros(16000, np.float32), np.concatenate([speech] * 11)):  # .5 s .. 33 s
+        frames = first._frames_16k(len(x))
+        whole = np.concatenate([first._encode_windows(first._mels(x)[k : k + 1, :, : 2 * min(1500, frames - k * 1500)])
+                                [0] for k in range(-(-len(x) // 480000))])[:frames]  # the 30 s window's log-mel
+        np.testing.assert_array_equal(first.encode(x, 16000).numpy(), whole)
+    calls = []
+    encode_windows = second._encode_windows
+    second._encode_windows = lambda mels: calls.append(mels.shape) or encode_windows(mels)
+    again = second.encode(speech.copy(), 16000)  # encoded by `first` above: remembered
+    assert calls == [] and torch.equal(again, first.encode(speech, 16000))
+    second.encode(speech[:-160], 16000)  # other samples: encoded
+    assert len(calls) == 1
 
 
 def test_bad_input_and_bad_model(tmp_path, encoder):

@@ -18,7 +18,7 @@ from omnivox.cli import serve
 from omnivox.cli.main import parse_args
 from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.pipeline import Pipeline
-from omnivox.core.runtime.sessions import Limits
+from omnivox.core.runtime.sessions import Limits, SessionEngine
 from omnivox.mqtt import Client, ServiceError
 from omnivox.plugins.mqtt import protocol as wire
 from omnivox.plugins.mqtt.client import read_wav_pcm
@@ -281,6 +281,20 @@ def test_a_vanished_device_is_reaped_and_its_turn_state_freed(broker):
     held, sessions, chunks = asyncio.run(scenario())
     assert held == 1
     assert sessions == {} and chunks == {}
+
+
+def test_a_session_whose_question_is_being_answered_is_not_reaped_however_slow_the_answer():
+    """The CI flake of stop 31: under load a typed question's answer started after session_idle_s and its session
+    was reaped mid-answer. Only the device can be idle: a half-received turn still counts, an asked one not."""
+    engine = SessionEngine(Limits(session_idle_s=3.0))
+    asking, receiving, quiet = (engine.open(f"s/{name}", "s") for name in ("asking", "receiving", "quiet"))
+    asking.text("hello", turn=0)
+    receiving.audio_start(16000, 2, 1, turn=0)
+    later = time.monotonic() + 10.0
+    assert sorted(engine.idle(later)) == ["s/quiet", "s/receiving"]
+    assert asking.end_turn(0)
+    assert sorted(engine.idle(later)) == ["s/asking", "s/quiet", "s/receiving"]
+    assert quiet.open_turns == set()
 
 
 def test_omnivox_ask_command(broker, question, tmp_path):

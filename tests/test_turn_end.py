@@ -108,7 +108,7 @@ def test_the_silence_rule_cuts_a_sentence_at_a_long_inner_pause(paused_question)
 def test_a_pause_judged_unfinished_holds_the_turn_and_the_end_comes_early(paused_question):
     pcm, speech_end = paused_question
     detector = ScriptedDetector([0.1, 0.9])  # the inner pause: unfinished; the real end: complete
-    got = turns(pcm, turn_end=detector, turn_end_silence_ms=160, hold_silence_ms=1000)
+    got = turns(pcm, turn_end=detector, turn_end_silence_ms=160, turn_end_threshold=0.9, hold_silence_ms=1000)
     assert len(got) == 1 and len(detector.asked) == 2
     stopped, ended = got[0]
     assert abs(stopped - speech_end) < 0.15  # VoiceStopped marks the end of speech
@@ -119,8 +119,48 @@ def test_a_pause_judged_unfinished_holds_the_turn_and_the_end_comes_early(paused
 @needs_espeak
 def test_a_pause_judged_complete_ends_the_turn_there(paused_question):
     pcm, _ = paused_question
-    detector = ScriptedDetector([0.9, 0.9])
+    detector = ScriptedDetector([0.99999, 0.99999])
     assert len(turns(pcm, turn_end=detector)) == 2 and len(detector.asked) == 2
+
+
+@needs_espeak
+def test_a_pause_is_asked_about_at_each_silence_of_the_schedule_then_held(paused_question):
+    """Asked at 64 and 160 ms of silence (the defaults) in each pause; not sure enough at either: held to 1000."""
+    pcm, speech_end = paused_question
+    detector = ScriptedDetector([0.5, 0.99, 0.5, 0.99999])  # the inner pause twice, then the end: sure at 160 ms
+    got = turns(pcm, turn_end=detector)
+    assert len(got) == 1 and len(detector.asked) == 4
+    stopped, ended = got[0]
+    assert 0.15 <= ended - stopped <= 0.25  # the end: the second ask (160 ms of silence) was sure
+    assert detector.asked[1] - detector.asked[0] == 3 * 512  # 64 -> 160 ms: three 32 ms frames later
+    with pytest.raises(ConfigError, match="must rise"):
+        SileroVAD(turn_end=detector, turn_end_silence_ms=[160, 64])
+    with pytest.raises(ConfigError, match="one threshold per ask"):
+        SileroVAD(turn_end=detector, turn_end_silence_ms=[64, 160], turn_end_threshold=[0.9, 0.9, 0.9])
+
+
+@needs_espeak
+def test_the_encoder_stage_reuses_the_features_the_detector_computed_for_the_turn(paused_question):
+    """The VAD asks the detector about exactly the samples it sends as the turn (16-bit), so the model's encoder
+    (the same tiny.en weights, trimmed) finds them encoded already: no second encoding after the decision."""
+    from omnivox.core.runtime.events import AudioChunk
+    from omnivox.plugins.fw_encoder import load_fw_encoder
+
+    pcm, _ = paused_question
+    question = pcm[int(1.1 * 16000):]  # 'france' and the silence after: one short, complete utterance
+    vad = SileroVAD(turn_end="default")
+    asyncio.run(vad.setup())
+    fmt, events = audio.AudioFormat(16000, 2, 1), []
+    for start in range(0, len(question), 320):
+        events += vad._push(AudioChunk(audio=audio.to_bytes(question[None, start:start + 320], fmt), rate=16000,
+                                       timestamp=start / 16000))
+    turn = np.concatenate([e.to_float32().T for e in events if isinstance(e, AudioChunk)], axis=1)  # (1, n)
+    assert 0.3 < turn.shape[1] / 16000 < 3.0 and vad._asked  # the detector was asked and ended the turn
+    encoder, calls = load_fw_encoder(threads=1, trim=True), []
+    encode_windows = encoder._encode_windows
+    encoder._encode_windows = lambda mels: calls.append(mels.shape) or encode_windows(mels)
+    features = encoder.encode(turn, 16000)  # what EncoderStage does with the turn's chunks
+    assert calls == [] and features.shape == (encoder.num_frames(turn.shape[1], 16000), 384)
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ class TurnEndDataConfig:
     """What to build; every field can be set with --set key=value."""
 
     pause_ms: list[int] = field(default_factory=lambda: [300, 800])  # inner pause, uniform in this range
-    tail_ms: list[int] = field(default_factory=lambda: [100, 250])  # silence after the speech when asked
+    tail_ms: list[int] = field(default_factory=lambda: [50, 250])  # silence after the speech when asked
     pre_roll_s: float = 0.3
     train_sentences: int = 1500
     test_sentences: int = 300
@@ -58,27 +58,38 @@ class TurnEndDataConfig:
 
 def sentences(config: TurnEndDataConfig) -> dict[str, list[str]]:
     """split -> sentence texts of at least two words: demo_domain's questions and demo_robot's commands (the
-    test split: their held-out phrasings and values)."""
+    test split: their held-out phrasings and values), drawn intent by intent in turn, so that a few greetings
+    weigh as much as thousands of sums."""
     from omnivox.training.demo_domain import questions
     from omnivox.training.demo_robot import COMMANDS, PHRASINGS, command_items
 
-    by_split: dict[str, set[str]] = {"train": set(), "test": set()}
+    by_split: dict[str, dict[str, set[str]]] = {"train": {}, "test": {}}
     for q in questions(config.demo):
-        by_split["test" if q.split == "test" else "train"].add(q.text)
+        by_split["test" if q.split == "test" else "train"].setdefault(q.intent, set()).add(q.text)
     for intent in (*COMMANDS, "battery", "location"):
         templates = PHRASINGS[intent]
         items = command_items(intent) if intent in COMMANDS else [None]
         for p, template in enumerate(templates):
             for item in items:
                 text = template.format(**item.slots) if item else template
-                by_split["test" if p == len(templates) - 1 else "train"].add(text)
-    by_split["train"] -= by_split["test"]
+                by_split["test" if p == len(templates) - 1 else "train"].setdefault(intent, set()).add(text)
+    held = set().union(*by_split["test"].values())
     rng = random.Random(config.seed)
     out = {}
     for split, n in (("train", config.train_sentences), ("test", config.test_sentences)):
-        texts = sorted(t for t in by_split[split] if len(t.split()) >= 2)
-        rng.shuffle(texts)
-        out[split] = texts[:n]
+        pools = []
+        for intent in sorted(by_split[split]):
+            texts = sorted(t for t in by_split[split][intent] if len(t.split()) >= 2 and (split == "test" or
+                                                                                         t not in held))
+            rng.shuffle(texts)
+            pools.append(texts)
+        picked: list[str] = []
+        while len(picked) < n and any(pools):
+            for pool in pools:
+                if pool and len(picked) < n:
+                    picked.append(pool.pop())
+        rng.shuffle(picked)
+        out[split] = picked
     return out
 
 

@@ -207,6 +207,11 @@ class Session:
     open_turns: set[int] = field(default_factory=set)  # turns accepted whose end was not sent to the client yet
     last_seen: float = field(default_factory=time.monotonic)
 
+    def answering(self) -> bool:
+        """A turn of this session was asked in full and has not ended yet (the service owes the next message)."""
+        receiving = None if self.receiving is None else self.receiving.turn
+        return any(turn != receiving for turn in self.open_turns)
+
     def _ids(self, turn: int) -> dict:
         return {"session_id": self.id, "turn_id": turn}
 
@@ -458,6 +463,8 @@ class SessionEngine:
         session.last_seen = time.monotonic() if now is None else now
 
     def idle(self, now: float | None = None) -> list[str]:
-        """Sessions without activity (touch()) for Limits.session_idle_s (close them)."""
+        """Sessions without activity (touch()) for Limits.session_idle_s (close them). A session whose question
+        is being answered is not idle, however long the answer takes to start: only the device can be idle."""
         now = time.monotonic() if now is None else now
-        return [s.id for s in self.sessions.values() if now - s.last_seen > self.limits.session_idle_s]
+        return [s.id for s in self.sessions.values()
+                if now - s.last_seen > self.limits.session_idle_s and not s.answering()]
