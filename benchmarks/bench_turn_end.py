@@ -12,6 +12,10 @@ chunks, as a microphone would feed it (no wall clock: audio time). Per rule it p
                   not cut in (the silence the rule waits for; VAD frames are 32 ms)
   detector        its compute per question asked (Whisper tiny.en encoder on the last 3 s + the network), p50 /
                   p90 wall ms on this machine; it adds to the decision when the detector is on
+With --accuracy, the default model (models/demo) answers the recordings that are demo questions (not the robot's
+commands), as each rule cut them: the last turn's audio (a question cut in two is answered from its second part),
+and the whole recording with no VAD as the reference; text (A1T2) and speech (A1A2, heard by the ASR yardstick)
+scored by training/demo_domain.py's score_answer.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from echo_scenes import stream_turns  # noqa: E402
+from echo_scenes import stream_events, stream_turns  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
 from omnivox.plugins.audio_files import read_audio  # noqa: E402
@@ -69,6 +73,37 @@ def evaluate(make_vad, streams: list[dict], data: Path) -> dict:
     return {"false_cut_ins": cut_ins / len(streams), "n": len(streams), "delays": delays}
 
 
+def accuracy(make_vads: dict, streams: list[dict], data: Path, log=print) -> dict:
+    """{rule: {"text", "spoken", "n"}}: the default model's answers to the demo questions among `streams`, each cut by
+    each rule's VAD (None: the whole recording)."""
+    from omnivox.core.runtime.events import AudioChunk, TurnEnd
+    from omnivox.core.runtime.speech_kit import SpeechKit
+    from omnivox.plugins.fw_transcriber import Transcriber
+    from omnivox.training.demo_domain import DemoConfig, answer_question, questions
+
+    asked = {q.text: {"intent": q.intent, "answer": q.answer, "question": q.text} for q in questions(DemoConfig())}
+    kit, transcriber = SpeechKit.load("demo", say=lambda line: None), Transcriber()
+    figures = {}
+    for name, make in make_vads.items():
+        right = {"A1T2": 0, "A1A2": 0}
+        items = [item for item in streams if item["text"] in asked]
+        for item in items:
+            pcm, rate = read_audio(data / item["audio"])
+            pcm = audio.to_mono(pcm).astype(np.float32)
+            if make is not None:
+                events = stream_events(make(), pcm, rate, CHUNK_S)
+                last = max((e.turn_id for e in events if isinstance(e, TurnEnd)), default=None)
+                chunks = [e.to_float32()[:, 0] for e in events if isinstance(e, AudioChunk) and e.turn_id == last]
+                pcm = np.concatenate(chunks) if chunks else np.zeros(rate // 10, np.float32)
+            features = kit.encoder.encode(pcm, rate)
+            for task in right:
+                right[task] += answer_question(kit.model, task, features, asked[item["text"]], codec=kit.codec,
+                                               transcriber=transcriber)["correct"]
+        figures[name] = {"text": right["A1T2"] / len(items), "spoken": right["A1A2"] / len(items), "n": len(items)}
+        log(f"{name:<48}{figures[name]['text']:>10.1%}{figures[name]['spoken']:>10.1%}   ({len(items)} questions)")
+    return figures
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -83,6 +118,8 @@ def main() -> int:
                         help="P(complete) threshold(s) of the detector rule (one row each)")
     parser.add_argument("--ask-ms", type=int, nargs="+", default=list(TURN_END_SILENCE_MS),
                         help="silence(s) after which the VAD asks the detector (turn_end_silence_ms; one row each)")
+    parser.add_argument("--accuracy", action="store_true", help="also the default model's held-out accuracy on the "
+                        "questions as cut with no VAD, the 600 ms rule and the default detector")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     data = Path(args.data)
@@ -122,6 +159,11 @@ def main() -> int:
     print(f"\ndetector compute per question: p50 {statistics.median(timed.ms):.0f} ms, p90 "
           f"{percentile(timed.ms, 90):.0f} ms over {len(timed.ms)} questions ({args.threads} thread(s))")
     figures["detector_ms"] = {"p50": statistics.median(timed.ms), "p90": percentile(timed.ms, 90)}
+    if args.accuracy:
+        print(f"\n{'the default model answers, as cut by':<48}{'text':>10}{'spoken':>10}")
+        figures["accuracy"] = accuracy({"whole recording (no VAD)": None,
+                                        "silence 600 ms (no detector)": rules["silence 600 ms (no detector)"],
+                                        f"default: {schedule}": rules[f"default: {schedule}"]}, streams, data)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0

@@ -179,14 +179,16 @@ class SileroVAD(Stage):
     async def process(self, event: Event) -> AsyncIterator[Event]:
         if isinstance(event, AudioChunk):
             # the detector's encoder takes tens of ms: off the event loop
-            events = await asyncio.to_thread(self._push, event) if self.detector else self._push(event)
+            events = await asyncio.to_thread(self.push, event) if self.detector else self.push(event)
             for out in events:
                 yield out
         elif isinstance(event, (AudioStop, TurnEnd)) and self.speaking:  # the stream ended mid-utterance
             for out in self._stop(event.session_id, event.timestamp):
                 yield out
 
-    def _push(self, chunk: AudioChunk) -> list[Event]:
+    def push(self, chunk: AudioChunk) -> list[Event]:
+        """Cut `chunk` (of a continuous stream) into turns: the events it yields, in order (also for a caller that
+        runs the VAD outside a pipeline, e.g. plugins/mqtt/device_turns.py)."""
         import torch
 
         if chunk.rate not in FRAME:

@@ -59,18 +59,24 @@ def run_scene(vad: SileroVAD, assistant: np.ndarray, *, echo_db: float = -6.0, d
     for i in range(0, len(mic) - step + 1, step):
         chunk = AudioChunk(audio=audio.to_bytes(mic[None, i:i + step], fmt), rate=MIC_RATE,
                            timestamp=t0 + (i + step) / MIC_RATE)
-        barge_ins += [(i + step) / MIC_RATE for e in vad._push(chunk) if isinstance(e, Interruption)]
+        barge_ins += [(i + step) / MIC_RATE for e in vad.push(chunk) if isinstance(e, Interruption)]
     return {"barge_ins": barge_ins, "echoes": vad.echoes}
 
 
-def stream_turns(vad: SileroVAD, pcm: np.ndarray, rate: int, chunk_s: float) -> list[tuple[float, float]]:
-    """(VoiceStopped time, TurnEnd time) in seconds of the mono `pcm` per turn the VAD cut, the recording streamed
-    in `chunk_s` chunks stamped with their audio time (as a microphone's capture times)."""
+def stream_events(vad: SileroVAD, pcm: np.ndarray, rate: int, chunk_s: float) -> list:
+    """What the VAD emits for the mono `pcm` streamed in `chunk_s` chunks stamped with their audio time (as a
+    microphone's capture times)."""
     fmt, step, events = audio.AudioFormat(rate, 2, 1), int(chunk_s * rate), []
     for start in range(0, len(pcm), step):
         piece = pcm[start:start + step]
-        events += vad._push(AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=rate,
+        events += vad.push(AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=rate,
                                        timestamp=(start + len(piece)) / rate))
+    return events
+
+
+def stream_turns(vad: SileroVAD, pcm: np.ndarray, rate: int, chunk_s: float) -> list[tuple[float, float]]:
+    """(VoiceStopped time, TurnEnd time) in seconds per turn the VAD cut from the streamed `pcm` (stream_events)."""
+    events = stream_events(vad, pcm, rate, chunk_s)
     stops = [e.timestamp for e in events if isinstance(e, VoiceStopped)]
     ends = [e.timestamp for e in events if isinstance(e, TurnEnd)]
     return list(zip(stops, ends, strict=True))

@@ -320,11 +320,12 @@ def test_the_mqtt_pipeline_file_runs_with_its_stages_from_the_plugin_hooks(broke
 
     async def scenario():
         random = {f"{stage}.checkpoint": "random" for stage in ("encoder", "lm", "codec")}  # the tiny random kit
-        pipeline = Pipeline.from_yaml(recipe, overrides={"input.broker": broker.url, "lm.max_steps": 6, **random})
+        pipeline = Pipeline.from_yaml(recipe, overrides={"input.broker": broker.url, "lm.max_steps": 6,
+                                                          "input.worker": "yaml-file", **random})
         runner = asyncio.create_task(pipeline.run())
         try:
             async with Client(broker.url, site="yaml") as client:
-                await client.wait_for_worker(60)
+                await client.wait_for_worker(60, worker="yaml-file")  # not an earlier test's, retained online
                 return await (await client.session()).ask(text="hello", timeout=120), pipeline
         finally:
             runner.cancel()

@@ -152,7 +152,7 @@ def test_the_encoder_stage_reuses_the_features_the_detector_computed_for_the_tur
     asyncio.run(vad.setup())
     fmt, events = audio.AudioFormat(16000, 2, 1), []
     for start in range(0, len(question), 320):
-        events += vad._push(AudioChunk(audio=audio.to_bytes(question[None, start:start + 320], fmt), rate=16000,
+        events += vad.push(AudioChunk(audio=audio.to_bytes(question[None, start:start + 320], fmt), rate=16000,
                                        timestamp=start / 16000))
     turn = np.concatenate([e.to_float32().T for e in events if isinstance(e, AudioChunk)], axis=1)  # (1, n)
     assert 0.3 < turn.shape[1] / 16000 < 3.0 and vad._asked  # the detector was asked and ended the turn

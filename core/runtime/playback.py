@@ -54,6 +54,11 @@ class PlaybackState:
             return bool(self._open) or time.monotonic() < self._audible_until
 
     # ---- sink side ----
+    def speaking_until(self, until: float) -> None:
+        """A remote sink's estimate: its answer audio plays until monotonic time `until` (then the tail echoes)."""
+        with self._lock:
+            self._audible_until = max(self._audible_until, until + self.tail_s)
+
     def close_turn(self, turn: Turn) -> None:
         with self._lock:
             self._open.pop(turn, None)

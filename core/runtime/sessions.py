@@ -19,6 +19,7 @@ at a time (audio-start .. audio-stop); the answer of a turn may still be streami
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +45,23 @@ from omnivox.core.runtime.events import (
 MIN_RATE, MAX_RATE = 8_000, 48_000  # Hz; widths: events.SAMPLE_WIDTHS (2 = s16le, 4 = float32)
 MAX_CHANNELS = 2
 MAX_TURN_ID = 2**32 - 1  # turn ids travel in the audio header as unsigned 32-bit integers
+# the binary audio frame of the MQTT and live protocols: magic b"OVA" + protocol version 1, uint32 turn, uint32 seq
+AUDIO_MAGIC = b"OVA\x01"
+AUDIO_HEADER = struct.Struct(">4sII")
+
+
+def encode_audio(turn: int, seq: int, pcm: bytes) -> bytes:
+    return AUDIO_HEADER.pack(AUDIO_MAGIC, turn & 0xFFFFFFFF, seq & 0xFFFFFFFF) + pcm
+
+
+def decode_audio(payload: bytes) -> tuple[int, int, bytes]:
+    """(turn, seq, pcm) of a binary audio frame; ProtocolError "bad-audio-header" for another payload."""
+    if len(payload) < AUDIO_HEADER.size or payload[:4] != AUDIO_MAGIC:
+        raise ProtocolError("bad-audio-header", f"audio payload does not start with the {AUDIO_HEADER.size}-byte "
+                            f"header {AUDIO_MAGIC!r} + turn + seq", "prefix each chunk with b'OVA\\x01' and "
+                            "big-endian uint32 turn and sequence numbers")
+    _, turn, seq = AUDIO_HEADER.unpack_from(payload)
+    return turn, seq, payload[AUDIO_HEADER.size:]
 
 
 class ProtocolError(InputError):

@@ -7,6 +7,8 @@ pipeline, through the transport-neutral session engine (omnivox.core.runtime.ses
 - `POST /v1/chat`: the same request (or `{"text": ...}`), answered by newline-delimited JSON events: turn-start,
   text (per token), audio (base64 s16le per chunk), error, metrics, turn-end. docs: docs/http_api.md. A spoken
   question's metrics count from the end of its speech: when the whole request body had arrived (VoiceStopped).
+- `GET /v1/live`: a full-duplex voice session over a WebSocket: the server cuts the client's continuous
+  microphone stream into turns (VAD, end-of-turn detector, barge-in). plugins/http/live.py, docs/live_api.md.
 - `GET /`: the browser page (page/index.html, page/app.js).
 - HTTPS with a certificate and key (`HttpConfig.tls`); a bearer token (`HttpConfig.token`) then required on every
   request but the page's two files (the page asks for it).
@@ -102,6 +104,7 @@ class HttpConfig:
     tls: ssl.SSLContext | None = None  # HTTPS when set (tls_context)
     max_conversations: int = 256  # conversations kept (the least recently used idle one goes beyond it)
     conversation_idle_s: float = 600.0  # a conversation without a request for this long is dropped
+    live_turn_end: str | None = "default"  # /v1/live's end-of-turn detector (plugins/turn_end.py); None: silence rule
 
 
 @dataclass
@@ -171,12 +174,15 @@ class HttpService:
         self.turns_cancelled = 0  # turns whose client went away before the end
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self._detector = None  # /v1/live's end-of-turn detector, loaded on first use and shared by its sessions
+        self._detector_lock = asyncio.Lock()
 
     # ---- running --------------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self.guard])
         app.router.add_post("/chat", self.chat)
         app.router.add_post("/v1/chat", self.chat_events)
+        app.router.add_get("/v1/live", self.live)
         for path in PAGE_FILES:
             app.router.add_get(path, self.page)
         return app
@@ -217,7 +223,10 @@ class HttpService:
     async def guard(self, request: web.Request, handler) -> web.StreamResponse:
         """The token (all but the page's files need it when set); unknown paths and methods as JSON errors."""
         if self.config.token is not None and not (request.method in ("GET", "HEAD") and request.path in PAGE_FILES):
-            refusal = self._refuse_token(request.headers.get("Authorization"))
+            header = request.headers.get("Authorization")
+            if header is None and request.path == "/v1/live" and "token" in request.query:  # browsers' WebSocket
+                header = f"Bearer {request.query['token']}"  # API sends no headers: the token comes in the URL
+            refusal = self._refuse_token(header)
             if refusal is not None:
                 response = error_response(refusal)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="omnivox"'
@@ -249,6 +258,30 @@ class HttpService:
         name, content_type = PAGE_FILES[request.path]
         text = resources.files("omnivox.plugins.http").joinpath("page", name).read_text(encoding="utf-8")
         return web.Response(text=text, content_type=content_type)
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        """/v1/live: a full-duplex voice session over a WebSocket (plugins/http/live.py)."""
+        from omnivox.plugins.http.live import live
+
+        return await live(self, request)
+
+    async def live_vad(self):
+        """A /v1/live session's own SileroVAD (full duplex, barge-in; no echo gate: the client cancels echo) with
+        the shared end-of-turn detector, and its own PlaybackState (the client's speaker as the server knows it)."""
+        from omnivox.core.runtime.playback import PlaybackState
+        from omnivox.plugins.silero_vad import SileroVAD, load_silero
+
+        if self.config.live_turn_end is not None and self._detector is None:
+            async with self._detector_lock:
+                if self._detector is None:
+                    from omnivox.plugins.turn_end import TurnEndDetector
+
+                    self._detector = await asyncio.to_thread(TurnEndDetector, self.config.live_turn_end)
+        vad = SileroVAD(duplex="full", echo_gate=False, turn_end=self._detector)
+        vad.model, vad.detector = await asyncio.to_thread(load_silero), self._detector
+        vad.playback = PlaybackState()
+        vad.playback.has_sink = True  # its turns stay open until their answer played out or was interrupted
+        return vad
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """Upstream's /chat: the answer as one streamed WAV."""

@@ -39,14 +39,16 @@ class HttpAudioInput(TransportInput):
     `tls_cert` + `tls_key` (PEM files): HTTPS; `token`: required as `Authorization: Bearer <token>`;
     `request_timeout_s`: how long a body may take to arrive (and a stalled client to resume reading);
     `max_conversations`, `conversation_idle_s`: how many `/v1/chat` conversations are kept, and for how long
-    without a request."""
+    without a request; `live_turn_end`: the end-of-turn detector of `/v1/live` sessions (a folder, "default", or
+    "off" for the silence rule)."""
 
     transport = "http"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 60808, max_body_bytes: int = 8 * 1024 * 1024,
                  limits: dict | None = None, request_timeout_s: float = 120.0, token: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, max_conversations: int = 256,
-                 conversation_idle_s: float = 600.0, service: str = "http", name: str | None = None):
+                 conversation_idle_s: float = 600.0, live_turn_end: str | None = "default", service: str = "http",
+                 name: str | None = None):
         super().__init__(service, name)
         if max_body_bytes < 1:
             raise ConfigError(f"max_body_bytes must be >= 1, got {max_body_bytes}", "use e.g. 8388608 (8 MiB)")
@@ -62,7 +64,8 @@ class HttpAudioInput(TransportInput):
         self.config = HttpConfig(host=host, port=port, limits=Limits.from_mapping(limits or {}),
                                  max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s, token=token,
                                  tls=tls_context(tls_cert, tls_key), max_conversations=max_conversations,
-                                 conversation_idle_s=conversation_idle_s)
+                                 conversation_idle_s=conversation_idle_s,
+                                 live_turn_end=None if live_turn_end in (None, "off") else live_turn_end)
 
     async def open_service(self, feed) -> HttpService:
         service = HttpService(self.config, feed=feed)
@@ -74,7 +77,7 @@ class HttpAudioInput(TransportInput):
 
     def announcement(self) -> str:
         token = "; bearer token required" if self.config.token else ""
-        return f"HTTP on {self.service.url} (POST /chat, POST /v1/chat, page at /{token})"
+        return f"HTTP on {self.service.url} (POST /chat, POST /v1/chat, GET /v1/live, page at /{token})"
 
 
 class HttpAudioOutput(TransportOutput):

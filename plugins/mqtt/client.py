@@ -423,12 +423,15 @@ class Client:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
 
-    async def wait_for_worker(self, timeout: float = 30.0) -> dict:
-        """Wait until some worker announces itself online (retained status); returns its status."""
+    async def wait_for_worker(self, timeout: float = 30.0, worker: str | None = None) -> dict:
+        """Wait until some worker (or the one named `worker`) announces itself online (retained status); returns
+        its status. A worker that died without saying goodbye may still be retained online: name the one you
+        started when it matters."""
         await self._subscribe(wire.status_topic("+", self.prefix))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            online = [s for s in self._statuses.values() if s.get("state") == "online"]
+            online = [s for s in self._statuses.values()
+                      if s.get("state") == "online" and worker in (None, s.get("worker"))]
             if online:
                 return online[0]
             await asyncio.sleep(0.05)

@@ -24,22 +24,23 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from typing import Any
 
+from omnivox.core.runtime.sessions import AUDIO_HEADER as HEADER  # noqa: F401 (the audio frame, as the live API's)
 from omnivox.core.runtime.sessions import (
+    AUDIO_MAGIC,  # noqa: F401
     ProtocolError,
     check_action_result,
     check_context,
+    decode_audio,  # noqa: F401
+    encode_audio,  # noqa: F401
     json_object,
     shown,
 )
 
 VERSION = 1
 PREFIX = "omnivox"
-AUDIO_MAGIC = b"OVA" + bytes([VERSION])
-HEADER = struct.Struct(">4sII")  # magic, turn, seq
 
 # device -> service
 IN_EVENTS = ("session-start", "audio-start", "audio-chunk", "audio-stop", "text", "interrupt", "session-end",
@@ -183,15 +184,3 @@ def action_result_of(data: dict[str, Any], event: str, next_turn: int) -> tuple[
     return check_action_result(data, event, next_turn)
 
 
-def encode_audio(turn: int, seq: int, pcm: bytes) -> bytes:
-    return HEADER.pack(AUDIO_MAGIC, turn & 0xFFFFFFFF, seq & 0xFFFFFFFF) + pcm
-
-
-def decode_audio(payload: bytes) -> tuple[int, int, bytes]:
-    """(turn, seq, pcm) of a binary audio message."""
-    if len(payload) < HEADER.size or payload[:4] != AUDIO_MAGIC:
-        raise ProtocolError("bad-audio-header", f"audio payload does not start with the {HEADER.size}-byte header "
-                            f"{AUDIO_MAGIC!r} + turn + seq", "prefix each chunk with b'OVA\\x01' and big-endian "
-                            "uint32 turn and sequence numbers")
-    _, turn, seq = HEADER.unpack_from(payload)
-    return turn, seq, payload[HEADER.size:]

@@ -1,0 +1,113 @@
+"""An MQTT device that hears all the time, end of speech -> first answer audio at the device, the end-of-turn
+decision included (issue 24): `omnivox serve --checkpoint demo` (the default model) behind a real mosquitto, and a
+device (omnivox.mqtt.DeviceTurns: the VAD and end-of-turn detector of `omnivox listen`, on the device) streaming
+espeak-ng questions of the model's domain in held-out phrasings (bench_listen.DEMO_QUESTIONS) at real time, in
+20 ms blocks stamped with their capture time.
+
+    python benchmarks/bench_mqtt_turns.py [--turns 16] [--gap 3] [--turn-end default|off]
+
+Per turn, on the device's clock (the worker runs on the same machine):
+  decide    end of speech (the device VAD's) -> audio-stop sent (the detector's wait and compute; --turn-end off:
+            the 600 ms silence rule)
+  answer    audio-stop sent -> first audio-out received (of which the worker's own `first_audio_ms` metric is
+            its part: audio-stop received -> first audio sent)
+  total     end of speech -> first audio-out received
+Needs mosquitto and espeak-ng (make install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_listen import DEMO_QUESTIONS  # noqa: E402
+from mqtt_support import Mosquitto, ServeProcess  # noqa: E402
+
+from omnivox.core import audio  # noqa: E402
+from omnivox.plugins.audio_files import read_audio  # noqa: E402
+
+RATE, BLOCK = 16000, 320  # 20 ms blocks
+
+
+def questions_stream(turns: int, gap_s: float, folder: Path) -> np.ndarray:
+    """16 kHz mono: 0.5 s of silence, then each question followed by `gap_s` of silence."""
+    parts = [np.zeros(RATE // 2, np.float32)]
+    for i in range(turns):
+        wav = folder / f"q{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(wav), DEMO_QUESTIONS[i % len(DEMO_QUESTIONS)]], check=True)
+        pcm, rate = read_audio(wav)
+        parts += [audio.resample(audio.to_mono(pcm), rate, RATE), np.zeros(int(gap_s * RATE), np.float32)]
+    return np.concatenate(parts)
+
+
+async def device(broker_url: str, stream: np.ndarray, turn_end: str) -> list[dict]:
+    from omnivox.mqtt import Client, DeviceTurns
+    from omnivox.plugins.silero_vad import SileroVAD
+
+    async with Client(broker_url, site="bench") as client:
+        await client.wait_for_worker()
+        vad = SileroVAD(turn_end=None if turn_end == "off" else turn_end)
+        turns = await DeviceTurns.start(await client.session(), vad)
+        asked, start = [], time.monotonic()
+        for i in range(0, len(stream) - BLOCK + 1, BLOCK):
+            captured = start + (i + BLOCK) / RATE  # the block's capture time: pushed when it would have arrived
+            await asyncio.sleep(max(0.0, captured - time.monotonic()))
+            for turn in await turns.push(stream[i:i + BLOCK], at=captured):
+                asked.append((turn, time.monotonic()))
+        rows = []
+        for turn, stopped in asked:
+            answer = await turn.result(60)
+            end = turns.speech_end[turn.id]
+            if answer.first_audio_at is None:
+                rows.append({"turn": turn.id, "answered": False})
+                continue
+            rows.append({"turn": turn.id, "answered": True, "decide": (stopped - end) * 1000,
+                         "answer": (answer.first_audio_at - stopped) * 1000,
+                         "worker": (answer.metrics or {}).get("first_audio_ms"),
+                         "total": (answer.first_audio_at - end) * 1000})
+        return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=16)
+    parser.add_argument("--gap", type=float, default=3.0, help="seconds of silence after each question")
+    parser.add_argument("--turn-end", default="default", help="the device VAD's end-of-turn detector, or off")
+    parser.add_argument("--max-steps", type=int, default=40)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        stream = questions_stream(args.turns, args.gap, folder)
+        broker = Mosquitto(folder).start()
+        server = ServeProcess(folder, broker.url, worker="bench", http=False, max_steps=args.max_steps,
+                              args=("--checkpoint", "demo"))
+        try:
+            server.start()
+            rows = asyncio.run(device(broker.url, stream, args.turn_end))
+        finally:
+            server.stop()
+            broker.kill()
+    answered = [r for r in rows if r["answered"]]
+    print(f"{len(answered)} answered turns of {len(rows)} asked ({args.turns} questions; default model; device "
+          f"end-of-turn detector {args.turn_end})")
+    print(f"{'part':<10}{'p50 ms':>8}{'p90 ms':>8}")
+    for part in ("total", "decide", "answer", "worker"):
+        values = [r[part] for r in answered if r[part] is not None]
+        print(f"{part:<10}{statistics.median(values):8.0f}{float(np.percentile(values, 90)):8.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""`/v1/live` (plugins/http/live.py, docs/live_api.md) with the reference client (plugins/http/live_client.py),
+on the tiny random model: a continuous microphone stream is cut into turns by the server (VAD + end-of-turn
+detector), each answered; speech over an answer barges in; bad frames and messages get named errors and the
+session goes on; a client gone mid-answer frees its session; four sessions at once get nothing crossed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from http_support import serving, wait_until
+
+from omnivox.core import audio
+from omnivox.plugins.audio_files import read_audio
+from omnivox.plugins.http.live_client import LiveClient
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def questions(tmp_path_factory) -> list[np.ndarray]:
+    folder = tmp_path_factory.mktemp("live")
+    out = []
+    for i, text in enumerate(["what is the capital of france", "what day comes after monday"]):
+        subprocess.run(["espeak-ng", "-w", str(folder / f"{i}.wav"), text], check=True)
+        pcm, rate = read_audio(folder / f"{i}.wav")
+        out.append(audio.resample(audio.to_mono(pcm), rate, RATE))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serving(max_steps=24) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def long_server():
+    """Answers of 1000 steps: the tiny model's audio then lasts ~2 s (24 steps: 34 ms)."""
+    with serving(max_steps=1000) as served:
+        yield served
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_two_questions_in_one_stream_are_two_answered_turns(server, questions):
+    async def scenario():
+        async with LiveClient(server.url) as live:
+            await live.stream(np.concatenate([silence(0.3), questions[0], silence(3.0), questions[1], silence(0.5)]))
+            await live.until(lambda e: e["event"] == "turn-end" and e["turn"] == 2)
+            await live.until(lambda e: e["event"] == "metrics" and e["turn"] == 2)
+            return live
+
+    live = run(scenario())
+    assert [e["turn"] for e in live.of("turn-start")] == [1, 2]
+    assert [(e["turn"], e["reason"]) for e in live.of("turn-end")] == [(1, "done"), (2, "done")]
+    assert [e["turn"] for e in live.of("audio-start")] == [1, 2] and live.of("audio-start")[0]["rate"] > 0
+    answers = live.answers()
+    assert set(answers) == {1, 2} and all(len(pcm) > 0 for pcm in answers.values())
+    first_audio = min(at for turn, _, _, at in live.audio if turn == 1)
+    assert live.of("turn-start")[0]["at"] < first_audio < live.of("turn-end")[0]["at"]
+    assert [m["turn"] for m in live.of("metrics")] == [1, 2] and live.of("metrics")[0]["first_audio_ms"] > 0
+    assert not live.of("error") and not live.of("interrupted")
+
+
+def test_speech_over_an_answer_barges_in_and_becomes_the_next_turn(long_server, questions):
+    async def scenario():
+        async with LiveClient(long_server.url) as live:
+            await live.stream(np.concatenate([silence(0.3), questions[0], silence(0.4)]))
+            await live.until(lambda e: e["event"] == "audio-start" and e["turn"] == 1)
+            await live.stream(np.concatenate([questions[1], silence(0.8)]))  # while the answer plays
+            await live.until(lambda e: e["event"] == "turn-end" and e["turn"] == 2)
+            return live
+
+    live = run(scenario())
+    assert [e["turn"] for e in live.of("interrupted")] == [1]
+    interrupted = live.of("interrupted")[0]["at"]
+    assert interrupted < live.of("turn-start")[1]["at"]  # the barge-in comes first, then the new question
+    assert [(e["turn"], e["reason"]) for e in live.of("turn-end")] == [(1, "interrupted"), (2, "done")]
+    assert not [at for turn, _, _, at in live.audio if turn == 1 and at > interrupted + 0.05]  # turn 1 stopped
+
+
+def test_bad_frames_and_messages_get_named_errors_and_the_session_goes_on(server, questions):
+    async def scenario():
+        async with LiveClient(server.url) as live:
+            await live._ws.send_bytes(b"no header here")
+            await live._ws.send_bytes(b"OVA\x01" + bytes(8) + b"\x01\x02\x03")  # an odd byte count
+            await live._ws.send_str("hello")
+            await live._ws.send_str(json.dumps({"event": "dance"}))
+            await live._ws.send_str(json.dumps({"event": "context", "text": 5}))
+            await live.until(lambda e: len([x for x in live.events if x["event"] == "error"]) >= 5)
+            await live.stream(np.concatenate([silence(0.3), questions[0], silence(0.8)]))
+            await live.until(lambda e: e["event"] == "turn-end")
+            return live
+
+    live = run(scenario())
+    assert [e["code"] for e in live.of("error")][:5] == ["bad-audio-header", "bad-chunk", "not-json", "unknown-event",
+                                                         "bad-field"]
+    assert all(e["fix"] for e in live.of("error"))
+    assert live.of("turn-end")[0]["reason"] == "done"
+
+
+def test_a_question_longer_than_max_turn_s_is_dropped_with_turn_too_long(questions):
+    speech = np.concatenate([questions[0], questions[1]])
+    with serving(max_steps=24, limits={"max_turn_s": 1.5}) as short:
+        async def scenario():
+            async with LiveClient(short.url) as live:
+                await live.stream(np.concatenate([silence(0.3), speech, silence(0.8)]), realtime=False)
+                await live.until(lambda e: e["event"] == "turn-end")
+                await asyncio.sleep(0.5)
+                return live
+
+        live = run(scenario())
+    errors, ends = live.of("error"), live.of("turn-end")
+    assert errors and {e["code"] for e in errors} == {"turn-too-long"}  # each question here is > 1.5 s
+    assert [e["turn"] for e in errors] == [e["turn"] for e in ends] and {e["reason"] for e in ends} == {"error"}
+    assert not live.audio
+
+
+@pytest.mark.parametrize("start, code", [
+    (b"\x00", "bad-start"), ('{"event": "start", "version": 2}', "bad-version"),
+    ('{"event": "start", "version": 1, "rate": 44100}', "bad-rate"), ('{"event": "hello"}', "bad-start")])
+def test_a_bad_start_is_refused_with_its_named_error(server, start, code):
+    import aiohttp
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "/v1/live") as ws:
+            await (ws.send_bytes(start) if isinstance(start, bytes) else ws.send_str(start))
+            message = await ws.receive(timeout=10)
+            closed = await ws.receive(timeout=10)
+            return json.loads(message.data), closed.type
+
+    error, closed = run(scenario())
+    assert error["event"] == "error" and error["code"] == code and error["fix"]
+    assert closed in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+
+
+def test_a_client_gone_mid_answer_frees_its_session(server, questions):
+    async def scenario():
+        live = LiveClient(server.url)
+        await live.__aenter__()
+        await live.stream(np.concatenate([silence(0.3), questions[0], silence(0.4)]))
+        await live.until(lambda e: e["event"] == "audio-start")
+        await live.close()  # mid-answer
+
+    run(scenario())
+    service = server.service
+    assert wait_until(lambda: server.call(lambda: not service.answers and not service.engine.sessions))
+    assert wait_until(lambda: server.call(lambda: not server.lm.generating))
+
+
+def test_four_sessions_at_once_each_get_their_own_answers(server, questions):
+    async def one(index: int):
+        async with LiveClient(server.url) as live:
+            await live.stream(np.concatenate([silence(0.2 * index), questions[index % 2], silence(0.8)]))
+            await live.until(lambda e: e["event"] == "turn-end")
+            return live
+
+    async def scenario():
+        return await asyncio.gather(*(one(i) for i in range(4)))
+
+    lives = run(scenario())
+    sessions = {live.of("started")[0]["session"] for live in lives}
+    assert len(sessions) == 4
+    for live in lives:
+        assert [(e["turn"], e["reason"]) for e in live.of("turn-end")] == [(1, "done")]
+        assert {turn for turn, *_ in live.audio} == {1} and len(live.answers()[1]) > 0

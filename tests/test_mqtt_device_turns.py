@@ -1,0 +1,57 @@
+"""Turn taking on an MQTT device (plugins/mqtt/device_turns.py), against a REAL mosquitto and the tiny service: a
+device that streams its microphone all the time gets one turn per question, asked as soon as its end is decided,
+each answered; a question with a pause inside stays one turn."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from mqtt_support import Mosquitto, running_service
+
+from omnivox.core import audio
+from omnivox.mqtt import Client, DeviceTurns
+from omnivox.plugins.audio_files import read_audio
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("mosquitto") is None,
+                                reason="needs espeak-ng and mosquitto")
+RATE = 16000
+
+
+def spoken(text: str, folder) -> np.ndarray:
+    path = folder / "q.wav"
+    subprocess.run(["espeak-ng", "-m", "-w", str(path), text], check=True)
+    pcm, rate = read_audio(path)
+    return audio.resample(audio.to_mono(pcm), rate, RATE)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    server = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield server
+    server.kill()
+
+
+def test_a_streaming_device_gets_one_turn_per_question_asked_at_the_decision(broker, tmp_path):
+    silence = np.zeros(int(1.2 * RATE), np.float32)
+    first = spoken('<speak>what is the capital of <break time="700ms"/> france</speak>', tmp_path)
+    second = spoken("what day comes after monday", tmp_path)
+    stream = np.concatenate([silence[:RATE // 2], first, silence, second, silence])
+
+    async def scenario():
+        async with running_service(broker.url), Client(broker.url, site="robot") as client:
+            turns = await DeviceTurns.start(await client.session())  # SileroVAD with the shipped detector
+            asked, step = [], RATE // 50  # 20 ms blocks stamped with their audio time
+            for start in range(0, len(stream), step):
+                asked += await turns.push(stream[start:start + step], at=(start + step) / RATE)
+            answers = [await turn.result(30) for turn in asked]
+            return asked, answers, turns.speech_end
+
+    asked, answers, speech_end = asyncio.run(scenario())
+    assert [turn.id for turn in asked] == [0, 1]  # the inner pause did not cut the first question
+    assert all(answer.ok and answer.audio for answer in answers), [(a.reason, a.errors) for a in answers]
+    first_end = (RATE // 2 + len(first)) / RATE
+    assert abs(speech_end[0] - first_end) < 0.3 and speech_end[1] > first_end + 1.0
