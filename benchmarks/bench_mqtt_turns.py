@@ -1,8 +1,8 @@
 """An MQTT device that hears all the time, end of speech -> first answer audio at the device, the end-of-turn
 decision included (issue 24): `omnivox serve --checkpoint demo` (the default model) behind a real mosquitto, and a
 device (omnivox.mqtt.DeviceTurns: the VAD and end-of-turn detector of `omnivox listen`, on the device) streaming
-espeak-ng questions of the model's domain in held-out phrasings (bench_listen.DEMO_QUESTIONS) at real time, in
-20 ms blocks stamped with their capture time.
+espeak-ng questions of the model's domain in held-out phrasings (bench_listen.DEMO_QUESTIONS, as bench_live.py
+streams them) at real time, in 20 ms blocks stamped with their capture time.
 
     python benchmarks/bench_mqtt_turns.py [--turns 16] [--gap 3] [--turn-end default|off]
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,24 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_listen import DEMO_QUESTIONS  # noqa: E402
+from bench_live import questions  # noqa: E402
 from mqtt_support import Mosquitto, ServeProcess  # noqa: E402
 
-from omnivox.core import audio  # noqa: E402
-from omnivox.plugins.audio_files import read_audio  # noqa: E402
-
 RATE, BLOCK = 16000, 320  # 20 ms blocks
-
-
-def questions_stream(turns: int, gap_s: float, folder: Path) -> np.ndarray:
-    """16 kHz mono: 0.5 s of silence, then each question followed by `gap_s` of silence."""
-    parts = [np.zeros(RATE // 2, np.float32)]
-    for i in range(turns):
-        wav = folder / f"q{i}.wav"
-        subprocess.run(["espeak-ng", "-w", str(wav), DEMO_QUESTIONS[i % len(DEMO_QUESTIONS)]], check=True)
-        pcm, rate = read_audio(wav)
-        parts += [audio.resample(audio.to_mono(pcm), rate, RATE), np.zeros(int(gap_s * RATE), np.float32)]
-    return np.concatenate(parts)
 
 
 async def device(broker_url: str, stream: np.ndarray, turn_end: str) -> list[dict]:
@@ -89,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        stream = questions_stream(args.turns, args.gap, folder)
+        stream, _ = questions(args.turns, args.gap, folder)  # the questions of bench_live, streamed the same way
         broker = Mosquitto(folder).start()
         server = ServeProcess(folder, broker.url, worker="bench", http=False, max_steps=args.max_steps,
                               args=("--checkpoint", "demo"))

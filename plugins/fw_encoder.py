@@ -43,10 +43,10 @@ from omnivox.core.errors import CheckpointError, ConfigError
 from omnivox.plugins.whisper_encoder import (
     LONG_INPUT,
     SAMPLE_RATE,
-    TRIM_PAD_S,
     WINDOW_FRAMES,
     WINDOW_SAMPLES,
     WhisperEncoder,
+    trimmed_window_samples,
 )
 
 if TYPE_CHECKING:
@@ -240,8 +240,7 @@ class FasterWhisperEncoder:
         feats = []
         for k, start in enumerate(range(0, max(len(x), 1), WINDOW_SAMPLES)):
             n = min(WINDOW_FRAMES, frames - k * WINDOW_FRAMES)
-            samples = min(WINDOW_SAMPLES, round((n / 50 + TRIM_PAD_S) * SAMPLE_RATE))
-            mel = self._window_mel(x[start : start + WINDOW_SAMPLES], samples)[None, :, : 2 * n]  # (1, n_mels, 2n)
+            mel = self._window_mel(x[start : start + WINDOW_SAMPLES], trimmed_window_samples(n))[None, :, : 2 * n]
             feats.append(self._encode_windows(mel)[0, :n])
         return np.concatenate(feats)
 

@@ -168,7 +168,7 @@ class SileroVAD(Stage):
         return sub
 
     async def setup(self) -> None:
-        self.model = load_silero()
+        self.model = await asyncio.to_thread(load_silero)  # (a TorchScript load: not on the event loop)
         if isinstance(self.turn_end, (str, os.PathLike)):
             from omnivox.plugins.turn_end import TurnEndDetector
 
@@ -286,7 +286,8 @@ class SileroVAD(Stage):
         fmt = audio.AudioFormat(rate=self._rate, width=2, channels=1)
         chunk = AudioChunk(audio=audio.to_bytes(samples[None, :], fmt), rate=self._rate, session_id=session,
                            turn_id=self.turn_id, timestamp=at)
-        self._recent.append(chunk.to_float32()[:, 0])
+        if self.detector is not None:
+            self._recent.append(chunk.to_float32()[:, 0])
         return chunk
 
     def _silence_rule_ms(self) -> int:

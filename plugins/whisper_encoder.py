@@ -37,6 +37,11 @@ SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # whisper's N_SAMPLES: one 30 s input window
 WINDOW_FRAMES = 1500  # encoder frames per window (3000 mel frames, conv stride 2)
 TRIM_PAD_S = 1.0  # zeros after the audio when only the kept mel frames are needed (trim): >> one STFT window
+
+
+def trimmed_window_samples(kept: int) -> int:
+    """The samples a trimmed window's log-mel is computed over: its `kept` frames' audio + TRIM_PAD_S (<= 30 s)."""
+    return min(WINDOW_SAMPLES, round((kept / 50 + TRIM_PAD_S) * SAMPLE_RATE))
 _AUDIO_DIMS = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")
 LONG_INPUT = ("split", "error")
 
@@ -106,7 +111,7 @@ class WhisperEncoder:
 
     def _mel_samples(self, kept: int) -> int:
         """The samples a window's log-mel is computed over: 30 s, or (trim) its `kept` frames' audio + TRIM_PAD_S."""
-        return min(WINDOW_SAMPLES, round((kept / 50 + TRIM_PAD_S) * SAMPLE_RATE)) if self.trim else WINDOW_SAMPLES
+        return trimmed_window_samples(kept) if self.trim else WINDOW_SAMPLES
 
     def _encode_prefix(self, mel: torch.Tensor) -> torch.Tensor:
         """whisper's AudioEncoder.forward on (1, n_mels, 2n) mel frames -> (1, n, feature_dim): the same

@@ -269,7 +269,7 @@ class HttpService:
         """A /v1/live session's own SileroVAD (full duplex, barge-in; no echo gate: the client cancels echo) with
         the shared end-of-turn detector, and its own PlaybackState (the client's speaker as the server knows it)."""
         from omnivox.core.runtime.playback import PlaybackState
-        from omnivox.plugins.silero_vad import SileroVAD, load_silero
+        from omnivox.plugins.silero_vad import SileroVAD
 
         if self.config.live_turn_end is not None and self._detector is None:
             async with self._detector_lock:
@@ -278,7 +278,7 @@ class HttpService:
 
                     self._detector = await asyncio.to_thread(TurnEndDetector, self.config.live_turn_end)
         vad = SileroVAD(duplex="full", echo_gate=False, turn_end=self._detector)
-        vad.model, vad.detector = await asyncio.to_thread(load_silero), self._detector
+        await vad.setup()
         vad.playback = PlaybackState()
         vad.playback.has_sink = True  # its turns stay open until their answer played out or was interrupted
         return vad
