@@ -71,6 +71,36 @@ def echo_gate_figures() -> None:
               f"over it from 1 s, the first barge-in was the user's voice in {right}/{len(scenes)}")
 
 
+def listen_turns(checkpoint: str, turns: int, gap: float, max_steps: int, turn_end: str = "default",
+                 jitter_ms: int | None = None) -> tuple[list[dict], dict]:
+    """`omnivox listen --trace` through the virtual devices, asked `turns` questions each followed by `gap` s of
+    silence: its answered turns (latency_ms and PARTS) and its summary."""
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        speech = []
+        for i in range(turns):
+            wav = folder / f"q{i}.wav"
+            asked = DEMO_QUESTIONS if checkpoint == "demo" else QUESTIONS
+            subprocess.run(["espeak-ng", "-w", str(wav), asked[i % len(asked)]], check=True)
+            pcm, rate = read_audio(wav)
+            speech += [audio.resample(pcm[0], rate, DEVICE_RATE), np.zeros(int(gap * DEVICE_RATE), np.float32)]
+        mono = np.concatenate([np.zeros(DEVICE_RATE // 2, np.float32), *speech])
+        trace = folder / "trace.jsonl"
+        with VirtualAudio(folder / "va") as va:
+            va.set_microphone(np.stack([mono, mono]))
+            run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", checkpoint,
+                                  "--max-turns", str(turns), "--max-steps", str(max_steps),
+                                  "--turn-end", turn_end, "--trace", str(trace),
+                                  *(["--jitter-ms", str(jitter_ms)] if jitter_ms is not None else [])],
+                                 env=va.env, capture_output=True, text=True,
+                                 timeout=60 + len(mono) / DEVICE_RATE * 3)
+        if run.returncode != 0:
+            raise RuntimeError(f"omnivox listen failed:\n{run.stderr}")
+        lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    answered = [t for t in lines if "turn" in t and t["latency_ms"] is not None]
+    return answered, next(t["summary"] for t in lines if "summary" in t)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=10)
@@ -89,31 +119,12 @@ def main() -> int:
     if available() is not None:
         print(f"bench_listen: {available()}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        speech = []
-        for i in range(args.turns):
-            wav = folder / f"q{i}.wav"
-            asked = DEMO_QUESTIONS if args.checkpoint == "demo" else QUESTIONS
-            subprocess.run(["espeak-ng", "-w", str(wav), asked[i % len(asked)]], check=True)
-            pcm, rate = read_audio(wav)
-            speech += [audio.resample(pcm[0], rate, DEVICE_RATE), np.zeros(int(args.gap * DEVICE_RATE), np.float32)]
-        mono = np.concatenate([np.zeros(DEVICE_RATE // 2, np.float32), *speech])
-        trace = folder / "trace.jsonl"
-        with VirtualAudio(folder / "va") as va:
-            va.set_microphone(np.stack([mono, mono]))
-            run = subprocess.run([sys.executable, "-m", "omnivox.cli.main", "listen", "--checkpoint", args.checkpoint,
-                                  "--max-turns", str(args.turns), "--max-steps", str(args.max_steps),
-                                  "--turn-end", args.turn_end, "--trace", str(trace),
-                                  *(["--jitter-ms", str(args.jitter_ms)] if args.jitter_ms is not None else [])],
-                                 env=va.env, capture_output=True, text=True,
-                                 timeout=60 + len(mono) / DEVICE_RATE * 3)
-        if run.returncode != 0:
-            print(run.stderr, file=sys.stderr)
-            return 1
-        lines = [json.loads(line) for line in trace.read_text().splitlines()]
-    turns = [t for t in lines if "turn" in t and t["latency_ms"] is not None]
-    summary = next(t["summary"] for t in lines if "summary" in t)
+    try:
+        turns, summary = listen_turns(args.checkpoint, args.turns, args.gap, args.max_steps, args.turn_end,
+                                      args.jitter_ms)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(f"{len(turns)} answered turns of {args.turns} (half duplex, model {args.checkpoint}, max {args.max_steps} "
           f"steps, end-of-turn detector {args.turn_end})"
           f"; speaker underruns {summary['speaker_underruns']}, mic blocks dropped {summary['mic_blocks_dropped']}")

@@ -3,7 +3,7 @@ mid-sentence (training/turn_end.py's test streams: held-out phrasings, values an
 
     python -m omnivox.training.turn_end build runs/turn_end/data && omnivox train recipes/turn_end.yaml
     python benchmarks/bench_turn_end.py [--data runs/turn_end/data] [--detector runs/turn_end/export]
-        [--threshold 0.5 0.9] [--ask-ms 96 128 160]
+        [--threshold 0.5 0.9] [--ask-ms 96 128 160] [--schedule 64:0.9999,160:0.999] [--accuracy]
 
 Each recording (pre-roll, the sentence with its inner pause, 1 s of silence) streams through SileroVAD in 32 ms
 chunks, as a microphone would feed it (no wall clock: audio time). Per rule it prints:
@@ -118,6 +118,9 @@ def main() -> int:
                         help="P(complete) threshold(s) of the detector rule (one row each)")
     parser.add_argument("--ask-ms", type=int, nargs="+", default=list(TURN_END_SILENCE_MS),
                         help="silence(s) after which the VAD asks the detector (turn_end_silence_ms; one row each)")
+    parser.add_argument("--schedule", nargs="+", default=[], metavar="MS:P,MS:P",
+                        help="also these ask schedules, one row each (e.g. 64:0.9999,160:0.999: asks at 64 and 160 ms "
+                        "of silence with their thresholds)")
     parser.add_argument("--accuracy", action="store_true", help="also the default model's held-out accuracy on the "
                         "questions as cut with no VAD, the 600 ms rule and the default detector")
     parser.add_argument("--json", help="also write the figures here")
@@ -145,6 +148,10 @@ def main() -> int:
         for threshold in args.threshold:
             rules[f"detector >= {threshold:g} at {ask} ms, hold 1000"] = vad(
                 turn_end=args.detector, turn_end_silence_ms=ask, turn_end_threshold=threshold)
+    for schedule in args.schedule:
+        asks = [ask.split(":") for ask in schedule.split(",")]
+        rules[f"detector {schedule}, hold 1000"] = vad(turn_end=args.detector, turn_end_silence_ms=[
+            int(ms) for ms, _ in asks], turn_end_threshold=[float(p) for _, p in asks])
     schedule = ", ".join(f">= {bar:g} at {ms}" for ms, bar in turn_end_asks(TURN_END_SILENCE_MS))
     rules[f"default: {schedule}"] = vad(turn_end=args.detector)
     print(f"{len(streams)} held-out recordings, inner pauses 300-800 ms\n")

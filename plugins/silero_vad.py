@@ -12,7 +12,8 @@ object with `probability(pcm16k) -> float`, e.g. one shared by many sessions; se
 asks it in each pause, after each of the `turn_end_silence_ms` of silence (64 and 160 ms), whether the utterance
 so far is complete: P(complete) >= `turn_end_threshold` (0.9999; or one per ask) ends the turn there; when no
 ask did, the turn ends only after `hold_silence_ms` of silence (the speaker paused mid-sentence: wait longer than
-the plain rule would).
+the plain rule would); the silence past the last ask is sent only if the speaker goes on (a turn ended at the hold
+carries the last ask's 160 ms of silence, not 1000).
 Without a detector, `end_silence_ms` is the rule.
 
 Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd/VoiceStarted/VoiceStopped of the raw stream, e.g.
@@ -161,6 +162,7 @@ class SileroVAD(Stage):
         self._speech_end = 0.0
         self._recent: collections.deque = collections.deque()  # the utterance's latest frames (for the detector)
         self._asked = 0  # the detector's asks in this pause
+        self._held: list[AudioChunk] = []  # silence past the last ask (see _holds_back)
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
@@ -214,10 +216,14 @@ class SileroVAD(Stage):
 
     def _step(self, frame: np.ndarray, p: float, session: str, at: float) -> list[Event]:
         if self.speaking:
-            out = [self._chunk(frame, session, at)]
+            chunk = self._chunk(frame, session, at)
             if p >= self.off_threshold:
-                self._silence, self._speech_end, self._asked = 0, at, 0
+                out = [*self._held, chunk]  # the speaker went on: the pause is part of the turn
+                self._silence, self._speech_end, self._asked, self._held = 0, at, 0, []
             else:
+                out = [chunk]
+                if self._holds_back():
+                    self._held.append(out.pop())
                 self._silence += 1
                 if self._silence >= self._ms_to_frames(self._silence_rule_ms()):
                     out += self._stop(session, at)
@@ -276,7 +282,7 @@ class SileroVAD(Stage):
 
     def _stop(self, session: str, at: float) -> list[Event]:
         turn = {"session_id": session, "turn_id": self.turn_id}
-        self.speaking = False
+        self.speaking, self._held = False, []
         return [VoiceStopped(**turn, timestamp=self._speech_end), AudioStop(**turn, timestamp=at),
                 TurnEnd(reason="done", **turn, timestamp=at)]
 
@@ -289,6 +295,13 @@ class SileroVAD(Stage):
         if self.detector is not None:
             self._recent.append(chunk.to_float32()[:, 0])
         return chunk
+
+    def _holds_back(self) -> bool:
+        """Is this pause past the detector's last ask? Its silence is then held back, and sent only if the speaker
+        goes on: a turn that ends at the hold carries the silence of the last ask (what the detector heard, so the
+        encoder reuses its features), not `hold_silence_ms` of it (answers went wrong with 1 s of silence)."""
+        return self.detector is not None and self._asked == len(self.asks) and \
+            self._silence >= self._ms_to_frames(self.asks[-1][0])
 
     def _silence_rule_ms(self) -> int:
         """The silence that ends a turn whatever the detector says: `hold_silence_ms` once it was asked in this

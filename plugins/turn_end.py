@@ -117,6 +117,7 @@ class TurnEndDetector:
 
             encoder = load_fw_encoder(self.net.config.encoder, threads=threads, trim=True)
         self.encoder = encoder
+        self.probability(np.zeros(16000, np.float32))  # the first run costs ~50 ms more: not on a user's question
 
     def probability(self, pcm: np.ndarray) -> float:
         """P(complete) for 16 kHz mono `pcm`, the utterance so far with its trailing silence."""

@@ -9,6 +9,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -72,6 +73,14 @@ def test_two_questions_in_one_stream_are_two_answered_turns(server, questions):
     assert live.of("turn-start")[0]["at"] < first_audio < live.of("turn-end")[0]["at"]
     assert [m["turn"] for m in live.of("metrics")] == [1, 2] and live.of("metrics")[0]["first_audio_ms"] > 0
     assert not live.of("error") and not live.of("interrupted")
+    # voice-stopped places the end of speech in the stream sent (Silero ends speech a little after the last
+    # loud sample): a client times the answer from it
+    ends = [(0.3 * RATE + np.flatnonzero(np.abs(questions[0]) > 0.02)[-1]) / RATE]
+    ends.append((3.3 * RATE + len(questions[0]) + np.flatnonzero(np.abs(questions[1]) > 0.02)[-1]) / RATE)
+    stops = live.of("voice-stopped")
+    assert [e["turn"] for e in stops] == [1, 2]
+    assert all(0.0 <= e["stream_s"] - end <= 0.2 for e, end in zip(stops, ends, strict=True)), (stops, ends)
+    assert all(abs(e["server_time"] - time.time()) < 60 for e in live.of("voice-started"))
 
 
 def test_speech_over_an_answer_barges_in_and_becomes_the_next_turn(long_server, questions):
@@ -176,3 +185,45 @@ def test_four_sessions_at_once_each_get_their_own_answers(server, questions):
     for live in lives:
         assert [(e["turn"], e["reason"]) for e in live.of("turn-end")] == [(1, "done")]
         assert {turn for turn, *_ in live.audio} == {1} and len(live.answers()[1]) > 0
+
+
+def test_the_reference_client_streams_a_file_and_writes_the_answers_from_a_shell(server, questions, tmp_path,
+                                                                               capsys):
+    from omnivox.plugins.audio_files import write_audio
+    from omnivox.plugins.http.live_client import main
+
+    question = write_audio(tmp_path / "question.wav", np.concatenate([silence(0.3), questions[0]]), RATE)
+    assert main([server.url, "--input", str(question), "--output", str(tmp_path / "answers.wav")]) == 0
+    answers, _ = read_audio(tmp_path / "answers.wav")
+    printed = capsys.readouterr()
+    assert answers.shape[-1] > 0 and printed.out.startswith("1: ")  # the turn's text, then its audio kept
+    assert "[turn 1] done" in printed.err and "first audio" in printed.err
+    refused = main([server.url.replace("http://", "http://no-such-host.invalid:1/x") + "/", "--input", str(question)])
+    assert refused == 1 and "live_client:" in capsys.readouterr().err  # named, not a traceback
+
+
+@pytest.mark.slow
+def test_the_reference_client_talks_from_the_microphone_and_plays_on_the_speaker(server, questions, tmp_path):
+    """Real PortAudio devices (tests/virtual_audio.py): the microphone's question is answered on the speaker."""
+    import signal
+    import sys
+
+    from virtual_audio import DEVICE_RATE, VirtualAudio, available
+
+    if available() is not None:
+        pytest.skip(available())
+    spoken = audio.resample(np.concatenate([silence(0.5), questions[0], silence(6.0)]), RATE, DEVICE_RATE)
+    with VirtualAudio(tmp_path / "va") as va:
+        va.set_microphone(np.stack([spoken, spoken]))
+        client = subprocess.Popen([sys.executable, "-m", "omnivox.plugins.http.live_client", server.url, "--input",
+                                   "mic", "--output", "speaker"], env=va.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = client.communicate(timeout=len(spoken) / DEVICE_RATE + 4)
+        except subprocess.TimeoutExpired:
+            client.send_signal(signal.SIGINT)
+            out, err = client.communicate(timeout=30)
+        played = va.speaker_output()
+    assert client.returncode == 0, err
+    assert out.startswith("1: ") and "[turn 1] done" in err, (out, err)
+    assert np.abs(played).max() > 0.01  # the answer came out of the speaker

@@ -21,7 +21,7 @@ from omnivox.plugins.silero_vad import SileroVAD
 from omnivox.plugins.turn_end import TurnEndConfig, TurnEndNet, last_frames, load_net, save_detector
 
 sys.path.insert(0, str(Path(__file__).parent))
-from echo_scenes import stream_turns  # noqa: E402
+from echo_scenes import stream_events, stream_turns  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -137,6 +137,29 @@ def test_a_pause_is_asked_about_at_each_silence_of_the_schedule_then_held(paused
         SileroVAD(turn_end=detector, turn_end_silence_ms=[160, 64])
     with pytest.raises(ConfigError, match="one threshold per ask"):
         SileroVAD(turn_end=detector, turn_end_silence_ms=[64, 160], turn_end_threshold=[0.9, 0.9, 0.9])
+
+
+@needs_espeak
+def test_a_turn_held_to_the_end_carries_every_inner_pause_and_only_the_last_asks_silence(paused_question):
+    """The silence past the last ask is held back: sent when the speaker goes on (the 700 ms inner pause arrives
+    whole), dropped when the hold ends the turn (its audio ends 160 ms after speech, not 1000 ms)."""
+    from omnivox.core.runtime.events import AudioChunk, TurnEnd, VoiceStopped
+
+    pcm, speech_end = paused_question
+    vad = SileroVAD(turn_end=ScriptedDetector([0.5] * 4))  # never sure: both pauses wait for the hold
+    asyncio.run(vad.setup())
+    events = stream_events(vad, pcm, 16000, 0.02)
+    sent = np.concatenate([e.to_float32()[:, 0] for e in events if isinstance(e, AudioChunk)])
+    stopped = next(e.timestamp for e in events if isinstance(e, VoiceStopped))
+    ended = next(e.timestamp for e in events if isinstance(e, TurnEnd))
+    as_sent = AudioChunk(audio=audio.to_bytes(pcm[None, :], audio.AudioFormat(16000, 2, 1)),
+                         rate=16000).to_float32()[:, 0]  # the stream as 16-bit samples
+    voiced = int(np.flatnonzero(sent)[0])  # (the pre-roll's leading zeros match anywhere)
+    start = next(i for i in range(len(pcm)) if np.array_equal(as_sent[i:i + 2048], sent[voiced:voiced + 2048]))
+    start -= voiced
+    assert np.array_equal(as_sent[start:start + len(sent)], sent)  # one piece of the stream: no gap in the pause
+    assert 0.95 <= ended - stopped <= 1.05  # held to 1000 ms of silence
+    assert 0.15 <= (start + len(sent)) / 16000 - stopped <= 0.2  # but it carries the last ask's 160 ms only
 
 
 @needs_espeak

@@ -11,9 +11,9 @@ The connection is one session and one conversation (with the model's memory, whe
     {"event": "start", "version": 1, "rate": 16000} ->
                                                    <- {"event": "started", "version": 1, "session", "limits"}
     binary: b"OVA\\x01" + uint32 0 + uint32 seq + s16le mono PCM (microphone, continuously) ->
-                                                   <- voice-started, turn-start, text, action, audio-start (rate),
-                                                      binary answer audio (header turn + seq), interrupted,
-                                                      turn-end, metrics, error
+                                                   <- voice-started, turn-start, voice-stopped, text, action,
+                                                      audio-start (rate), binary answer audio (header turn +
+                                                      seq), interrupted, turn-end, metrics, error
     {"event": "context", "text": ...} / {"event": "reset"} / {"event": "stop"} ->
 
 Limits, token and TLS are the HTTP server's (a browser sends the token as `?token=`); a session takes one of its
@@ -50,6 +50,7 @@ from omnivox.core.runtime.events import (
     TurnEnd,
     TurnStart,
     VoiceStarted,
+    VoiceStopped,
 )
 from omnivox.core.runtime.sessions import ProtocolError, check_context, decode_audio, encode_audio, json_object
 
@@ -80,6 +81,8 @@ class LiveSession:
         self.spoken: dict[int, float] = {}  # turn -> seconds of its question so far
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.next_seq = 0  # of the client's audio frames
+        self.received = 0  # samples of the client's stream so far
+        self.origin: float | None = None  # time.monotonic() of the stream's first sample (see _capture_time)
 
     # ---- client -> server --------------------------------------------------------------------------
     async def read(self) -> None:
@@ -106,10 +109,20 @@ class LiveSession:
             await self.error(ProtocolError("audio-gap", f"audio frame {seq} came after {self.next_seq - 1}",
                                            "number frames 0, 1, 2, ...; the audio goes on from this one"))
         self.next_seq = seq + 1
+        self.received += len(pcm) // 2
         chunk = AudioChunk(audio=pcm, rate=self.rate, session_id=self.session_id, turn_id=0,
-                           timestamp=time.monotonic())
+                           timestamp=self._capture_time())
         for event in await asyncio.to_thread(self.vad.push, chunk):  # Silero + the detector: off the loop
             await self._from_vad(event)
+
+    def _capture_time(self) -> float:
+        """When the last sample received was captured (time.monotonic): the stream's own clock, which starts at the
+        first frame's arrival and runs with the samples, so that a VAD time maps back to a place in the client's
+        stream (`voice-stopped`'s `stream_s`); never later than the arrival (a client catching up after a stall)."""
+        now = time.monotonic()
+        if self.origin is None:
+            self.origin = now - self.received / self.rate
+        return min(now, self.origin + self.received / self.rate)
 
     async def _from_vad(self, event: Event) -> None:
         turn = event.turn_id
@@ -132,7 +145,7 @@ class LiveSession:
             if sent is None:
                 return
             self.playback.close_turn((self.session_id, turn))
-            await self.send(event_json("interrupted", turn=turn, reason="barge-in"))
+            await self.send(event_json("interrupted", turn=turn, reason="barge-in", server_time=time.time()))
             if not sent["ended"]:
                 self.interrupted.add(turn)
                 self.service.feed(event)
@@ -140,7 +153,9 @@ class LiveSession:
                 await self.send(event_json("turn-end", turn=turn, reason="interrupted"))
             return
         if isinstance(event, VoiceStarted):
-            await self.send(event_json("voice-started", turn=turn))
+            await self.send(event_json("voice-started", turn=turn, server_time=time.time()))
+        elif isinstance(event, VoiceStopped):
+            await self.send(event_json("voice-stopped", turn=turn, stream_s=round(event.timestamp - self.origin, 4)))
         elif isinstance(event, TurnStart):
             await self.send(event_json("turn-start", turn=turn))
         elif isinstance(event, AudioStart):

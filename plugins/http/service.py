@@ -9,9 +9,10 @@ pipeline, through the transport-neutral session engine (omnivox.core.runtime.ses
   question's metrics count from the end of its speech: when the whole request body had arrived (VoiceStopped).
 - `GET /v1/live`: a full-duplex voice session over a WebSocket: the server cuts the client's continuous
   microphone stream into turns (VAD, end-of-turn detector, barge-in). plugins/http/live.py, docs/live_api.md.
-- `GET /`: the browser page (page/index.html, page/app.js).
+- `GET /`: the browser page (page/index.html; page/app.js: record and send, type; page/live.js and
+  page/mic-worklet.js: the live mode over /v1/live).
 - HTTPS with a certificate and key (`HttpConfig.tls`); a bearer token (`HttpConfig.token`) then required on every
-  request but the page's two files (the page asks for it).
+  request but the page's files (the page asks for it).
 - A request holds a session slot from the end of its headers to its answer's end; its body must arrive within
   `request_timeout_s` (else 408), and an answer waits that long at most for a client that stopped reading.
 - Errors: a refused request gets a 4xx (503 when the server is full) with `{"error": {code, message, fix}}`;
@@ -84,7 +85,8 @@ STATUS = {"token-required": 401, "bad-token": 401, "not-found": 404, "method-not
           "body-too-large": 413, "turn-too-long": 413, "text-too-long": 413,
           "unsupported-media-type": 415, "too-many-site-sessions": 429, "too-many-sessions": 503}
 METRICS_WAIT_S = 1.0  # how long a finished turn waits for its Metrics note
-PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript")}
+PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
+              "/live.js": ("live.js", "text/javascript"), "/mic-worklet.js": ("mic-worklet.js", "text/javascript")}
 # Content-Types a JSON body may come with: JSON, none, and what `curl -d` and text editors send
 JSON_TYPES = {"application/json", "text/plain", "application/x-www-form-urlencoded"}
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

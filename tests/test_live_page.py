@@ -1,0 +1,71 @@
+"""The page's live mode (plugins/http/page/live.js) in Debian's chromium, driven by Playwright, over HTTPS with a
+self-signed certificate and a token, against the default model: a fake microphone plays a WAV of spoken
+questions, the page streams it to /v1/live from its AudioWorklet, the server cuts it into turns, and the ASR
+yardstick hears the right answers in the audio the page received. Barge-in: a question spoken over the first
+answer stops that answer's playback on the page, and is answered itself."""
+
+from __future__ import annotations
+
+import pytest
+from browser_live import answer_audio, browser_page, demo_server, microphone_wav, wait_for_turns
+
+pytestmark = [pytest.mark.slow, pytest.mark.weights]
+
+TOKEN = "live-3b9d21"
+QUESTIONS = [("What is the capital of France?", "capital", "the capital of france is paris"),
+             ("What is the day after friday?", "day_after", "saturday comes after friday")]
+
+
+def heard_right(page, turns: list[int]) -> list[tuple[str, bool]]:
+    """Per turn, what the yardstick heard in the answer the page received and whether it is the right answer."""
+    from omnivox.plugins.fw_transcriber import Transcriber
+    from omnivox.training.demo_domain import score_answer
+
+    asr, out = Transcriber(), []
+    for turn, (_, intent, expected) in zip(turns, QUESTIONS, strict=True):
+        got = answer_audio(page, turn)
+        heard = asr.transcribe(*got) if got is not None else ""
+        out.append((heard, score_answer(intent, expected, heard)))
+    return out
+
+
+def test_one_live_session_in_the_browser_answers_two_spoken_questions_aloud(tmp_path):
+    microphone, _ = microphone_wav(tmp_path, [q for q, _, _ in QUESTIONS], [4.0, 4.0])
+    with demo_server(tmp_path, token=TOKEN) as server, browser_page(microphone, server) as page:
+        page.goto(server.url + "/")
+        page.click("#live")  # the server wants a token: the page finds out and asks for it
+        page.wait_for_function("!document.querySelector('#auth').hidden", timeout=30_000)
+        refused = page.text_content("#live-status")
+        page.fill("#token", TOKEN)
+        page.click("#use-token")
+        page.click("#live")
+        live = wait_for_turns(page, 2)
+        heard = heard_right(page, [1, 2])
+        shown = page.eval_on_selector_all("#live-transcript li", "rows => rows.map((row) => row.textContent)")
+        secure = page.evaluate("window.isSecureContext")
+        page.screenshot(path=str(tmp_path / "live_page.png"), full_page=True)
+    print(f"screenshot: {tmp_path / 'live_page.png'}")
+    assert "token" in refused and secure
+    assert live["errors"] == [] and live["state"] == "listening", (live, page.console)
+    assert [t["reason"] for t in live["turns"].values()] == ["done", "done"], live["turns"]
+    print(heard, [t["text"] for t in live["turns"].values()])
+    assert all(right for _, right in heard), heard  # the yardstick hears both right answers
+    for turn, row in zip(live["turns"].values(), shown, strict=True):
+        assert turn["text"] in row and f"{turn['latencyMs']:.0f} ms" in row  # transcript and latency shown
+        assert turn["latencyMs"] > 0 and turn["underruns"] == 0
+        assert turn["split"]["bufferMs"] >= 0 and turn["serverFirstAudioMs"] > 0
+
+
+def test_a_question_over_the_answer_stops_its_playback_in_the_browser_and_is_answered(tmp_path):
+    # the second question starts 1 s after the first ends: while the first answer (about 3 s) plays
+    microphone, _ = microphone_wav(tmp_path, [q for q, _, _ in QUESTIONS], [1.0, 4.0])
+    with demo_server(tmp_path) as server, browser_page(microphone, server) as page:
+        page.goto(server.url + "/")
+        page.click("#live")
+        live = wait_for_turns(page, 2)
+        _, (heard, right) = heard_right(page, [1, 2])
+    first, second = live["turns"]["1"], live["turns"]["2"]
+    assert live["errors"] == [], (live, page.console)
+    assert first["interrupted"] and [b["turn"] for b in live["bargeIns"]] == [1], live
+    assert 0 < first["playedSeconds"] < first["audioSeconds"] - 0.5  # its playback stopped early
+    assert not second["interrupted"] and second["reason"] == "done" and right, (second, heard)
