@@ -3,7 +3,7 @@ mode (plugins/http/page/live.js) in Debian's chromium (Playwright), over HTTPS, 
 --checkpoint demo`; its fake microphone plays espeak-ng questions of the default model's domain in held-out
 phrasings (bench_listen.DEMO_QUESTIONS), each followed by `--gap` s of silence (tests/browser_live.py).
 
-    python benchmarks/bench_browser.py [--turns 16] [--gap 5] [--barge-ins 6] [--listen]
+    python benchmarks/bench_browser.py [--turns 16] [--gap 5] [--barge-ins 6] [--browser-nice 19] [--listen]
 
 Per turn, on the page's audio clock: end of speech -> the answer's first sample played, from the end of speech
 the server's VAD heard (`voice-stopped`'s place in the stream; as `omnivox listen` counts) and from the last loud
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_listen import DEMO_QUESTIONS, listen_turns  # noqa: E402
-from browser_live import browser_page, demo_server, microphone_wav, wait_for_turns  # noqa: E402
+from browser_live import browser_page, demo_server, microphone_wav, renice_browser, wait_for_turns  # noqa: E402
 
 
 def p50_p90(values: list[float]) -> str:
@@ -39,11 +39,14 @@ def p50_p90(values: list[float]) -> str:
     return f"{statistics.median(values):8.0f}{float(np.percentile(values, 90)):8.0f}"
 
 
-def live_session(server, folder: Path, questions: list[str], gaps: list[float]) -> dict:
+def live_session(server, folder: Path, questions: list[str], gaps: list[float], nice: int | None) -> dict:
     microphone, _ = microphone_wav(folder, questions, gaps, tail_s=10.0)
     with browser_page(microphone, server) as page:
         page.goto(server.url + "/")
         page.click("#live")
+        if nice is not None:  # once the session runs: its audio threads exist
+            page.wait_for_function("window.omnivox.live.state === 'listening'")
+            renice_browser(microphone, nice)
         return wait_for_turns(page, len(questions), timeout_s=sum(gaps) + 3 * len(questions) + 60)
 
 
@@ -54,20 +57,24 @@ def main() -> int:
                         "answer lasts, or the next question barges in")
     parser.add_argument("--barge-ins", type=int, default=6)
     parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--browser-nice", type=int, default=None, help="run chromium's threads at this niceness "
+                        "(e.g. 19): the browser then hardly takes the server's cores, as on a phone")
     parser.add_argument("--listen", action="store_true", help="also omnivox listen, the baseline (virtual devices)")
     args = parser.parse_args()
     asked = [DEMO_QUESTIONS[i % len(DEMO_QUESTIONS)] for i in range(args.turns)]
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         with demo_server(folder, max_steps=args.max_steps) as server:
-            live = live_session(server, folder, asked, [args.gap] * args.turns)
+            live = live_session(server, folder, asked, [args.gap] * args.turns, args.browser_nice)
             # questions the detector ends at once (a held one would take the next question as its own second half)
             pairs = [DEMO_QUESTIONS[i % 4] for i in range(2 * args.barge_ins)]
-            barged = live_session(server, folder, pairs, [0.8, args.gap] * args.barge_ins)
+            barged = live_session(server, folder, pairs, [0.8, args.gap] * args.barge_ins, args.browser_nice)
         listen = listen_turns("demo", args.turns, 6.0, args.max_steps)[0] if args.listen else []
     turns = [t for t in live["turns"].values() if t["latencyMs"] is not None]
     print(f"{len(turns)} of {args.turns} questions answered aloud in the browser (default model, /v1/live over "
-          f"HTTPS, max {args.max_steps} steps); underruns {sum(t['underruns'] for t in turns)}")
+          f"HTTPS, max {args.max_steps} steps, chromium's niceness "
+          f"{'unchanged' if args.browser_nice is None else args.browser_nice}); underruns "
+          f"{sum(t['underruns'] for t in turns)}")
     print(f"{'end of speech -> first audio':<44}{'p50 ms':>8}{'p90 ms':>8}")
     rows = [("browser, from the VAD's end of speech", [t["latencyMs"] for t in turns]),
             ("browser, from the last loud frame", [t["fromLastLoudMs"] for t in turns]),

@@ -4,14 +4,17 @@ device (omnivox.mqtt.DeviceTurns: the VAD and end-of-turn detector of `omnivox l
 espeak-ng questions of the model's domain in held-out phrasings (bench_listen.DEMO_QUESTIONS, as bench_live.py
 streams them) at real time, in 20 ms blocks stamped with their capture time.
 
-    python benchmarks/bench_mqtt_turns.py [--turns 16] [--gap 3] [--turn-end default|off]
+    python benchmarks/bench_mqtt_turns.py [--turns 16] [--gap 3] [--turn-end default|off] [--speculate P]
+        [--schedule MS:P,MS:P]
 
 Per turn, on the device's clock (the worker runs on the same machine):
-  decide    end of speech (the device VAD's) -> audio-stop sent (the detector's wait and compute; --turn-end off:
-            the 600 ms silence rule)
-  answer    audio-stop sent -> first audio-out received (of which the worker's own `first_audio_ms` metric is
-            its part: audio-stop received -> first audio sent)
-  total     end of speech -> first audio-out received
+  decide    end of speech (the device VAD's) -> the turn's end decided (the detector's wait and compute;
+            --turn-end off: the 600 ms silence rule); without --speculate, audio-stop is sent then
+  answer    decided -> first audio-out received (or already there: 0, when a guess's answer came first)
+  worker    the worker's own `first_audio_ms` metric: audio-stop received -> first audio sent
+  total     end of speech -> first audio-out received and playable (not before the decision)
+--speculate P: DeviceTurns(speculate=P) asks a pause the detector finds complete with P(complete) >= P at once (a
+guess: audio-stop goes out before the decision) and takes it back if the speaker goes on.
 Needs mosquitto and espeak-ng (make install).
 """
 
@@ -37,13 +40,22 @@ from mqtt_support import Mosquitto, ServeProcess  # noqa: E402
 RATE, BLOCK = 16000, 320  # 20 ms blocks
 
 
-async def device(broker_url: str, stream: np.ndarray, turn_end: str) -> list[dict]:
+def asks_of(schedule: str | None) -> dict:
+    """SileroVAD's ask parameters from "MS:P,MS:P" (None: its defaults)."""
+    if schedule is None:
+        return {}
+    asks = [ask.split(":") for ask in schedule.split(",")]
+    return {"turn_end_silence_ms": [int(ms) for ms, _ in asks], "turn_end_threshold": [float(p) for _, p in asks]}
+
+
+async def device(broker_url: str, stream: np.ndarray, turn_end: str, speculate: float | None,
+                 schedule: str | None) -> tuple[list, str]:
     from omnivox.mqtt import Client, DeviceTurns
     from omnivox.plugins.silero_vad import SileroVAD
 
     async with Client(broker_url, site="bench") as client:
         await client.wait_for_worker()
-        vad = SileroVAD(turn_end=None if turn_end == "off" else turn_end)
+        vad = SileroVAD(turn_end=None if turn_end == "off" else turn_end, speculate=speculate, **asks_of(schedule))
         turns = await DeviceTurns.start(await client.session(), vad)
         asked, start = [], time.monotonic()
         for i in range(0, len(stream) - BLOCK + 1, BLOCK):
@@ -52,17 +64,17 @@ async def device(broker_url: str, stream: np.ndarray, turn_end: str) -> list[dic
             for turn in await turns.push(stream[i:i + BLOCK], at=captured):
                 asked.append((turn, time.monotonic()))
         rows = []
-        for turn, stopped in asked:
+        for turn, decided in asked:
             answer = await turn.result(60)
             end = turns.speech_end[turn.id]
             if answer.first_audio_at is None:
-                rows.append({"turn": turn.id, "answered": False})
+                rows.append({"turn": turn.id, "answered": False, "why": (answer.reason, answer.errors)})
                 continue
-            rows.append({"turn": turn.id, "answered": True, "decide": (stopped - end) * 1000,
-                         "answer": (answer.first_audio_at - stopped) * 1000,
-                         "worker": (answer.metrics or {}).get("first_audio_ms"),
-                         "total": (answer.first_audio_at - end) * 1000})
-        return rows
+            playable = max(answer.first_audio_at, decided)  # a guess's answer waits for the decision
+            rows.append({"turn": turn.id, "answered": True, "decide": (decided - end) * 1000,
+                         "answer": (playable - decided) * 1000,
+                         "worker": (answer.metrics or {}).get("first_audio_ms"), "total": (playable - end) * 1000})
+        return rows, f"{turns.guesses} asked on a guess, {turns.withdrawn} of them taken back"
 
 
 def main() -> int:
@@ -71,6 +83,9 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=3.0, help="seconds of silence after each question")
     parser.add_argument("--turn-end", default="default", help="the device VAD's end-of-turn detector, or off")
     parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--speculate", type=float, default=None, help="ask on a guess at P(complete) >= this")
+    parser.add_argument("--schedule", default=None, metavar="MS:P,MS:P", help="the detector's asks (ms of silence) "
+                        "and the P(complete) that ends the turn at each (default 64:0.9999,160:0.9999)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -80,13 +95,17 @@ def main() -> int:
                               args=("--checkpoint", "demo"))
         try:
             server.start()
-            rows = asyncio.run(device(broker.url, stream, args.turn_end))
+            rows, guesses = asyncio.run(device(broker.url, stream, args.turn_end, args.speculate, args.schedule))
         finally:
             server.stop()
             broker.kill()
     answered = [r for r in rows if r["answered"]]
     print(f"{len(answered)} answered turns of {len(rows)} asked ({args.turns} questions; default model; device "
-          f"end-of-turn detector {args.turn_end})")
+          f"end-of-turn detector {args.turn_end}, asks {args.schedule or 'default'}; speculate {args.speculate}: "
+          f"{guesses})")
+    for row in rows:
+        if not row["answered"]:
+            print(f"  turn {row['turn']}: no audio (turn-end {row['why'][0]}, errors {row['why'][1]})")
     print(f"{'part':<10}{'p50 ms':>8}{'p90 ms':>8}")
     for part in ("total", "decide", "answer", "worker"):
         values = [r[part] for r in answered if r[part] is not None]

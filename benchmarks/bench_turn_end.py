@@ -3,7 +3,7 @@ mid-sentence (training/turn_end.py's test streams: held-out phrasings, values an
 
     python -m omnivox.training.turn_end build runs/turn_end/data && omnivox train recipes/turn_end.yaml
     python benchmarks/bench_turn_end.py [--data runs/turn_end/data] [--detector runs/turn_end/export]
-        [--threshold 0.5 0.9] [--ask-ms 96 128 160] [--schedule 64:0.9999,160:0.999] [--accuracy]
+        [--threshold 0.5 0.9] [--ask-ms 96 128 160] [--schedule 64:0.9999,160:0.999] [--accuracy [--speculate P]]
 
 Each recording (pre-roll, the sentence with its inner pause, 1 s of silence) streams through SileroVAD in 32 ms
 chunks, as a microphone would feed it (no wall clock: audio time). Per rule it prints:
@@ -15,7 +15,9 @@ chunks, as a microphone would feed it (no wall clock: audio time). Per rule it p
 With --accuracy, the default model (models/demo) answers the recordings that are demo questions (not the robot's
 commands), as each rule cut them: the last turn's audio (a question cut in two is answered from its second part),
 and the whole recording with no VAD as the reference; text (A1T2) and speech (A1A2, heard by the ASR yardstick)
-scored by training/demo_domain.py's score_answer.
+scored by training/demo_domain.py's score_answer. --speculate P adds the default detector asked on a guess (the
+VAD's EndLikely at P(complete) >= P, as DeviceTurns asks it): a guess that stands is answered from the audio up to
+the guess (its turn ends later; the decisions and cut-ins are the default's).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def evaluate(make_vad, streams: list[dict], data: Path) -> dict:
 def accuracy(make_vads: dict, streams: list[dict], data: Path, log=print) -> dict:
     """{rule: {"text", "spoken", "n"}}: the default model's answers to the demo questions among `streams`, each cut by
     each rule's VAD (None: the whole recording)."""
-    from omnivox.core.runtime.events import AudioChunk, TurnEnd
+    from omnivox.core.runtime.events import AudioChunk, EndLikely, TurnEnd, VoiceResumed
     from omnivox.core.runtime.speech_kit import SpeechKit
     from omnivox.plugins.fw_transcriber import Transcriber
     from omnivox.training.demo_domain import DemoConfig, answer_question, questions
@@ -93,7 +95,11 @@ def accuracy(make_vads: dict, streams: list[dict], data: Path, log=print) -> dic
             if make is not None:
                 events = stream_events(make(), pcm, rate, CHUNK_S)
                 last = max((e.turn_id for e in events if isinstance(e, TurnEnd)), default=None)
-                chunks = [e.to_float32()[:, 0] for e in events if isinstance(e, AudioChunk) and e.turn_id == last]
+                turn = [e for e in events if e.turn_id == last]
+                kinds = [type(e) for e in turn]
+                if EndLikely in kinds and VoiceResumed not in kinds[len(kinds) - kinds[::-1].index(EndLikely):]:
+                    turn = turn[:len(kinds) - kinds[::-1].index(EndLikely)]  # the guess stood: asked up to it
+                chunks = [e.to_float32()[:, 0] for e in turn if isinstance(e, AudioChunk)]
                 pcm = np.concatenate(chunks) if chunks else np.zeros(rate // 10, np.float32)
             features = kit.encoder.encode(pcm, rate)
             for task in right:
@@ -123,6 +129,8 @@ def main() -> int:
                         "of silence with their thresholds)")
     parser.add_argument("--accuracy", action="store_true", help="also the default model's held-out accuracy on the "
                         "questions as cut with no VAD, the 600 ms rule and the default detector")
+    parser.add_argument("--speculate", type=float, default=None, help="with --accuracy: also the default detector "
+                        "asked on a guess at P(complete) >= this")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     data = Path(args.data)
@@ -168,9 +176,12 @@ def main() -> int:
     figures["detector_ms"] = {"p50": statistics.median(timed.ms), "p90": percentile(timed.ms, 90)}
     if args.accuracy:
         print(f"\n{'the default model answers, as cut by':<48}{'text':>10}{'spoken':>10}")
-        figures["accuracy"] = accuracy({"whole recording (no VAD)": None,
-                                        "silence 600 ms (no detector)": rules["silence 600 ms (no detector)"],
-                                        f"default: {schedule}": rules[f"default: {schedule}"]}, streams, data)
+        rows = {"whole recording (no VAD)": None, "silence 600 ms (no detector)": rules["silence 600 ms (no detector)"],
+                f"default: {schedule}": rules[f"default: {schedule}"]}
+        if args.speculate is not None:
+            rows[f"default, asked on a guess at >= {args.speculate:g}"] = vad(turn_end=args.detector,
+                                                                          speculate=args.speculate)
+        figures["accuracy"] = accuracy(rows, streams, data)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0

@@ -14,6 +14,10 @@ so far is complete: P(complete) >= `turn_end_threshold` (0.9999; or one per ask)
 ask did, the turn ends only after `hold_silence_ms` of silence (the speaker paused mid-sentence: wait longer than
 the plain rule would); the silence past the last ask is sent only if the speaker goes on (a turn ended at the hold
 carries the last ask's 160 ms of silence, not 1000).
+With `speculate` (a P(complete) bar below the asks'), an ask that does not end the turn but reaches it emits
+EndLikely (once per pause): a client may ask the utterance so far on that guess and keep the answer unplayed; if
+the speaker goes on, VoiceResumed follows (the guess is wrong: take it back), else the turn's AudioStop (the guess
+stands). plugins/mqtt/device_turns.py does this over MQTT.
 Without a detector, `end_silence_ms` is the rule.
 
 Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd/VoiceStarted/VoiceStopped of the raw stream, e.g.
@@ -44,10 +48,12 @@ from omnivox.core.runtime.events import (
     AudioChunk,
     AudioStart,
     AudioStop,
+    EndLikely,
     Event,
     Interruption,
     TurnEnd,
     TurnStart,
+    VoiceResumed,
     VoiceStarted,
     VoiceStopped,
 )
@@ -123,7 +129,7 @@ class SileroVAD(Stage):
                  playback: str = "default", turn_end=None,
                  turn_end_silence_ms: int | Sequence[int] = TURN_END_SILENCE_MS,
                  turn_end_threshold: float | Sequence[float] = TURN_END_THRESHOLD, hold_silence_ms: int = 1000,
-                 name: str | None = None):
+                 speculate: float | None = None, name: str | None = None):
         super().__init__(name or "vad")
         self.asks = turn_end_asks(turn_end_silence_ms, turn_end_threshold)  # ((silence ms, threshold), ...)
         if not 0.0 < threshold < 1.0:
@@ -135,6 +141,10 @@ class SileroVAD(Stage):
         if turn_end is not None and not self.asks[-1][0] < hold_silence_ms:
             raise ConfigError(f"vad turn_end_silence_ms={self.asks[-1][0]} must be below hold_silence_ms="
                               f"{hold_silence_ms}", "ask the detector early, e.g. 64 and 160 ms, and hold 1000")
+        if speculate is not None and (isinstance(speculate, bool) or not isinstance(speculate, (int, float))
+                                      or not 0.0 < speculate <= min(bar for _, bar in self.asks)):
+            raise ConfigError(f"vad speculate={speculate!r} must be above 0 and at most the turn-end threshold "
+                              f"({min(bar for _, bar in self.asks)})", "use e.g. 0.5, or leave it out (no guesses)")
         if duplex not in DUPLEX:
             raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
         self.threshold, self.duplex = threshold, duplex
@@ -142,7 +152,7 @@ class SileroVAD(Stage):
         self.off_threshold = max(0.01, threshold - 0.15)  # hysteresis: speech goes on until below this
         self.min_speech_ms, self.end_silence_ms, self.pre_roll_ms = min_speech_ms, end_silence_ms, pre_roll_ms
         self.playback_name = playback
-        self.turn_end, self.hold_silence_ms = turn_end, hold_silence_ms
+        self.turn_end, self.hold_silence_ms, self.speculate = turn_end, hold_silence_ms, speculate
         self.detector = None  # the TurnEndDetector, loaded in setup
         self.playback: PlaybackState = shared_playback(self.shared, playback)  # the pipeline's, once attached
         self.model = None
@@ -163,6 +173,7 @@ class SileroVAD(Stage):
         self._recent: collections.deque = collections.deque()  # the utterance's latest frames (for the detector)
         self._asked = 0  # the detector's asks in this pause
         self._held: list[AudioChunk] = []  # silence past the last ask (see _holds_back)
+        self._guessed = False  # an EndLikely went out in this pause
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
@@ -219,7 +230,9 @@ class SileroVAD(Stage):
             chunk = self._chunk(frame, session, at)
             if p >= self.off_threshold:
                 out = [*self._held, chunk]  # the speaker went on: the pause is part of the turn
-                self._silence, self._speech_end, self._asked, self._held = 0, at, 0, []
+                if self._guessed:
+                    out.insert(0, VoiceResumed(session_id=session, turn_id=self.turn_id, timestamp=at))
+                self._silence, self._speech_end, self._asked, self._held, self._guessed = 0, at, 0, [], False
             else:
                 out = [chunk]
                 if self._holds_back():
@@ -231,8 +244,13 @@ class SileroVAD(Stage):
                         self._silence >= self._ms_to_frames(self.asks[self._asked][0]):
                     bar = self.asks[self._asked][1]
                     self._asked += 1
-                    if self.detector.probability(np.concatenate(self._recent)) >= bar:
+                    complete = self.detector.probability(np.concatenate(self._recent))
+                    if complete >= bar:
                         out += self._stop(session, at)
+                    elif self.speculate is not None and complete >= self.speculate and not self._guessed:
+                        self._guessed = True
+                        out.append(EndLikely(probability=complete, session_id=session, turn_id=self.turn_id,
+                                             timestamp=self._speech_end))
             return out
         if p >= self.threshold or (self._onset and p >= self.off_threshold):
             if not self._onset:
@@ -282,7 +300,7 @@ class SileroVAD(Stage):
 
     def _stop(self, session: str, at: float) -> list[Event]:
         turn = {"session_id": session, "turn_id": self.turn_id}
-        self.speaking, self._held = False, []
+        self.speaking, self._held, self._guessed = False, [], False
         return [VoiceStopped(**turn, timestamp=self._speech_end), AudioStop(**turn, timestamp=at),
                 TurnEnd(reason="done", **turn, timestamp=at)]
 

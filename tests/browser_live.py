@@ -98,6 +98,35 @@ def browser_page(microphone: Path, server: Server):
             browser.close()
 
 
+def renice_browser(microphone: Path, nice: int) -> int:
+    """Set the niceness of every thread of the chromium that plays `microphone` (the process whose command line
+    names it, and all its descendants); returns how many threads. On a machine shared with the server, a browser
+    that does not compete for the server's cores stands for a phone or a second computer."""
+    parents, roots = {}, set()
+    for proc in Path("/proc").iterdir():
+        try:
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if str(microphone) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                roots.add(int(proc.name))
+        except (OSError, ValueError, IndexError):  # not a process folder, or gone meanwhile
+            continue
+
+    def in_browser(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    threads = 0
+    for pid in filter(in_browser, parents):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+                threads += 1
+    return threads
+
+
 def wait_for_turns(page, turns: int, timeout_s: float = 90.0) -> dict:
     """window.omnivox.live once `turns` turns have ended and their answers have played out."""
     page.wait_for_function(f"""() => {{

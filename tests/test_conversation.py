@@ -21,7 +21,7 @@ from omnivox.core.kernel.conversation_format import ConversationFormat
 from omnivox.core.kernel.generation import Done, TextPiece, TurnDecoder, generate, prepare
 from omnivox.core.kernel.strategies import get_strategy
 from omnivox.core.kernel.tokens import Prompt
-from omnivox.core.runtime.events import Cancel, Features, TextIn
+from omnivox.core.runtime.events import Cancel, Features, TextIn, Withdrawn
 from omnivox.core.runtime.model_stages import LMStage
 from omnivox.plugins.random_models import never_emit_audio_specials, tiny_model
 
@@ -304,6 +304,36 @@ def test_after_an_interruption_the_history_holds_only_the_delivered_columns():
     assert not torch.equal(untruncated.tokens, third.result.tokens)  # the cut columns would have mattered
 
 
+@pytest.mark.parametrize("while_decoding", [False, True])
+def test_a_withdrawn_turn_leaves_the_history_and_the_next_turn_continues_as_if_never_asked(while_decoding):
+    """A question taken back (asked on a guess, the speaker went on): forgotten after it ended, or while it decoded
+    (applied at its end); the next turn continues the cache and equals a fresh prefill without it."""
+    model = tiny_model()
+    conversation = Conversation(model, strategy="text-delay", context=CONTEXT)
+    (t1, q1), (t2, q2), (t3, q3) = TURNS["text-delay"]
+    *_, first = conversation.turn(**kwargs(t1, q1), turn_id=1).run()
+    length = conversation.length
+    guess = conversation.turn(**kwargs(t2, q2), turn_id=2)
+    if while_decoding:
+        pieces = guess.run()
+        next(pieces)
+        assert conversation.forget(2) and not conversation.forget(1)  # only the last turn can go
+        for _ in pieces:
+            pass
+    else:
+        for _ in guess.run():
+            pass
+        assert not conversation.forget(1) and conversation.forget(2)
+    assert [t.turn_id for t in conversation.history] == [1]
+    assert conversation.state.length == conversation.length == length == conversation.state.cache.length
+    decoder = conversation.turn(**kwargs(t3, q3), turn_id=3)
+    assert decoder.setup.prompt.length == prepare(model, **kwargs(t3, q3)).prompt.length  # continued
+    *_, third = decoder.run()
+    expected, _ = fresh(model, "text-delay", context_ids(model),
+                        [(t1, q1, fed_columns(model.layout, "text-delay", first.result))], t3, q3)
+    assert torch.equal(third.result.tokens, expected.tokens)
+
+
 def test_a_context_update_changes_the_next_turn_prompt_and_only_then():
     model = tiny_model()
     conversation = Conversation(model, strategy="parallel", context="battery forty percent")
@@ -478,6 +508,31 @@ def test_the_lm_stage_truncates_a_cut_turn_frees_on_cancel_and_offers_reset_and_
     assert torch.equal(stage.results[("s", 3)].tokens, third.result.tokens)
     assert after_reset == [] and ctx_after_reset == context_ids(model, "in the kitchen")
     assert "s" not in stage.conversations.sessions  # the session ended: its conversation is freed
+
+
+def test_the_lm_stage_forgets_a_withdrawn_turn():
+    """Withdrawn (a transport's `interrupt` with `withdraw`) after the guess was cut: the next turn continues the
+    history without it."""
+    model = tiny_model()
+    questions = ["turn on the light", "what is", "what is the time"]
+
+    async def main():
+        stage = LMStage("text-delay", model=model, max_steps=12, memory=True)
+        await stage.setup()
+        await _turn(stage, _event("s", 1, questions[0]))
+        await _turn(stage, _event("s", 2, questions[1]), stop_after=3)  # the guess, interrupted
+        assert await _turn(stage, Withdrawn(session_id="s", turn_id=2)) == []  # consumed, nothing produced
+        await _turn(stage, _event("s", 3, questions[2]))
+        history = [t.turn_id for t in stage.conversations.sessions["s"].history]
+        await stage.teardown()
+        return stage, history
+
+    stage, history = asyncio.run(main())
+    assert history == [1, 3]
+    alone = Conversation(model, strategy="text-delay")
+    [*alone.turn(**kwargs("T1A2", questions[0], 12)).run()]
+    *_, third = alone.turn(**kwargs("T1A2", questions[2], 12)).run()
+    assert torch.equal(stage.results[("s", 3)].tokens, third.result.tokens)
 
 
 def test_the_lm_stage_without_memory_keeps_no_conversation():

@@ -1,6 +1,7 @@
 """Turn taking on an MQTT device (plugins/mqtt/device_turns.py), against a REAL mosquitto and the tiny service: a
 device that streams its microphone all the time gets one turn per question, asked as soon as its end is decided,
-each answered; a question with a pause inside stays one turn."""
+each answered; a question with a pause inside stays one turn; asked on a guess, a question is taken back when the
+speaker goes on and asked again whole."""
 
 from __future__ import annotations
 
@@ -55,3 +56,47 @@ def test_a_streaming_device_gets_one_turn_per_question_asked_at_the_decision(bro
     assert all(answer.ok and answer.audio for answer in answers), [(a.reason, a.errors) for a in answers]
     first_end = (RATE // 2 + len(first)) / RATE
     assert abs(speech_end[0] - first_end) < 0.3 and speech_end[1] > first_end + 1.0
+
+
+class ScriptedDetector:
+    """P(complete) from a list, one per ask."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def probability(self, pcm):
+        return self.answers.pop(0)
+
+
+def test_a_guess_is_asked_at_once_taken_back_when_the_speaker_goes_on_and_returned_only_when_it_stands(
+        broker, tmp_path):
+    """speculate: the inner pause looks complete (0.7) -> asked as turn 0; the speaker goes on -> turn 0 is
+    withdrawn (its answer stops: turn-end interrupted) and the whole utterance is asked again as turn 1; its end
+    looks complete (0.7) -> turn 1 asked at the first ask, and returned by push only once the detector is sure
+    (0.99999 at the second ask); the second question is sure at once (turn 2)."""
+    from omnivox.plugins.silero_vad import SileroVAD
+
+    silence = np.zeros(int(1.2 * RATE), np.float32)
+    first = spoken('<speak>what is the capital of <break time="700ms"/> france</speak>', tmp_path)
+    second = spoken("what day comes after monday", tmp_path)
+    stream = np.concatenate([silence[:RATE // 2], first, silence, second, silence])
+    vad = SileroVAD(turn_end=ScriptedDetector([0.7, 0.2, 0.7, 0.99999, 0.99999]), speculate=0.6)
+
+    async def scenario():
+        async with running_service(broker.url), Client(broker.url, site="robot") as client:
+            session = await client.session()
+            turns = await DeviceTurns.start(session, vad)
+            asked, returned_at, guess, step = [], {}, None, RATE // 50
+            for start in range(0, len(stream), step):
+                for turn in await turns.push(stream[start:start + step], at=(start + step) / RATE):
+                    asked.append(turn)
+                    returned_at[turn.id] = (start + step) / RATE
+                guess = guess or session.turns.get(0)
+            answers = [await turn.result(30) for turn in asked]
+            return asked, answers, turns, returned_at, await guess.result(30)
+
+    asked, answers, turns, returned_at, withdrawn = asyncio.run(scenario())
+    assert [turn.id for turn in asked] == [1, 2] and turns.withdrawn == 1
+    assert all(answer.ok and answer.audio for answer in answers), [(a.reason, a.errors) for a in answers]
+    assert 0.15 <= returned_at[1] - turns.speech_end[1] <= 0.25  # returned at the sure ask (160 ms), not the guess
+    assert withdrawn.reason == "interrupted"  # the guess's answer was stopped

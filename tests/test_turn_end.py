@@ -163,6 +163,30 @@ def test_a_turn_held_to_the_end_carries_every_inner_pause_and_only_the_last_asks
 
 
 @needs_espeak
+def test_a_probable_end_is_announced_once_per_pause_and_taken_back_when_the_speaker_goes_on(paused_question):
+    """speculate=0.6: the inner pause looks complete (0.7 at 64 ms) -> EndLikely, then the speaker goes on ->
+    VoiceResumed before the speech; the end looks complete (0.7) -> EndLikely, then the turn ends at 160 ms."""
+    from omnivox.core.runtime.events import AudioChunk, AudioStop, EndLikely, VoiceResumed
+
+    pcm, speech_end = paused_question
+    vad = SileroVAD(turn_end=ScriptedDetector([0.7, 0.8, 0.7, 0.99999]), speculate=0.6)
+    asyncio.run(vad.setup())
+    events = stream_events(vad, pcm, 16000, 0.02)
+    kinds = [type(e).__name__ for e in events if not isinstance(e, AudioChunk)]
+    assert kinds.count("AudioStop") == 1 and kinds.index("EndLikely") < kinds.index("VoiceResumed")
+    guesses = [e for e in events if isinstance(e, EndLikely)]
+    assert len(guesses) == 2 and [g.probability for g in guesses] == [0.7, 0.7]  # once per pause (not at 0.8)
+    assert abs(guesses[1].timestamp - speech_end) < 0.15  # it carries the end of speech
+    resumed = next(i for i, e in enumerate(events) if isinstance(e, VoiceResumed))
+    assert isinstance(events[resumed + 1], AudioChunk)  # the pause and the speech follow it
+    last_guess = events.index(guesses[1])
+    assert not any(isinstance(e, VoiceResumed) for e in events[last_guess:])  # the end guess stood
+    assert any(isinstance(e, AudioStop) for e in events[last_guess:])  # ... and the turn ended after it
+    with pytest.raises(ConfigError, match="speculate=0.99999 must be above 0 and at most"):
+        SileroVAD(turn_end="default", speculate=0.99999, turn_end_threshold=0.999)
+
+
+@needs_espeak
 def test_the_encoder_stage_reuses_the_features_the_detector_computed_for_the_turn(paused_question):
     """The VAD asks the detector about exactly the samples it sends as the turn (16-bit), so the model's encoder
     (the same tiny.en weights, trimmed) finds them encoded already: no second encoding after the decision."""

@@ -48,6 +48,7 @@ class _OpenTurn:
     turn_id: object
     start: int  # the state's positions before the turn's prefill
     cut: int | None = None  # answer columns to keep (truncate called while the turn was open)
+    forget: bool = False  # leaves the history when it ends (forget called while the turn was open)
 
 
 class Conversation:
@@ -183,6 +184,25 @@ class Conversation:
         else:
             self._cut_last(columns)
 
+    def forget(self, turn_id: object) -> bool:
+        """Turn `turn_id` leaves the history and the cache as if it had never been asked (its question was taken
+        back); while it decodes, this applies when it ends. False when it is not the last turn: nothing changes."""
+        self._settle(strict=False)
+        if self._open is not None:
+            if self._open.turn_id != turn_id:
+                return False
+            self._open.forget = True
+            return True
+        if not self.turns or self.turns[-1].turn_id != turn_id:
+            return False
+        before = self.length
+        self.turns.pop()
+        if self.state is not None and self.state.length == before:
+            self._crop(self.length)
+        else:
+            self.state = None  # the cache does not match the history: the next turn re-prefills
+        return True
+
     # ---- turns ------------------------------------------------------------------------------------
     def turn(self, *, task: str, audio_features=None, text_ids=None, strategy=None, sampling=None,
              max_steps: int | None = None, force_layout: bool = False, cancel=None,
@@ -246,6 +266,9 @@ class Conversation:
         self._open = None
         if decoder.error is not None:  # the cache may hold part of the turn, or nothing (a failed batched step)
             self.state = None
+            return
+        if open_turn.forget:  # taken back: the cache returns to where the turn began
+            self._crop(open_turn.start)
             return
         prefilled = self.state.length - open_turn.start
         if prefilled <= 0:  # ended before its prefill: nothing entered the cache

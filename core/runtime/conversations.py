@@ -5,7 +5,8 @@ turn after turn through the stage's BatchEngine.
                           (made on demand: memory on, or s has context) ──► engine.submit(conversation=...)
     turn cut (its consumer left before Done) ──► `cut`: the history keeps the answer columns the stage produced
     Cancel(s) (the session ended) ──► `free`
-    what a transport calls (through LMStage): reset(s), set_context(s, text), played(s, turn, columns)
+    what a transport calls (through LMStage): reset(s), set_context(s, text), played(s, turn, columns),
+    withdrawn(s, turn)
 
 Opt-in: `memory=True` keeps every session's history; `memory=None` follows the model's declared format
 (ConversationFormat.memory, off for Mini-Omni checkpoints); without memory a session with context text still gets a
@@ -72,6 +73,12 @@ class SessionConversations:
         conversation = self.sessions.get(session_id)
         if conversation is not None and conversation.last_turn_id == turn_id:
             conversation.truncate(columns)
+
+    def forget(self, session_id: str, turn_id) -> None:
+        """The session's turn `turn_id` was taken back: it leaves the history (when it is the last turn)."""
+        conversation = self.sessions.get(session_id)
+        if conversation is not None:
+            conversation.forget(turn_id)
 
     def free(self, session_id: str) -> None:
         self.sessions.pop(session_id, None)

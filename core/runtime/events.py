@@ -4,8 +4,9 @@
 - DataEvent: ordered, dropped when its turn is interrupted (AudioChunk, Features, TextIn, TextToken,
   CodecFrame, AudioOut, Action).
 - ControlEvent: ordered, never dropped by an interruption (AudioStart/AudioStop, VoiceStarted/VoiceStopped,
-  TurnStart/TurnEnd, Metrics, ActionWarning, ActionResult, and the conversation controls SetContext,
-  ResetConversation, Played that a transport feeds and the LM stage consumes: docs/conversations.md).
+  EndLikely/VoiceResumed, TurnStart/TurnEnd, Metrics, ActionWarning, ActionResult, and the conversation controls
+  SetContext, ResetConversation, Played, Withdrawn that a transport feeds and the LM stage consumes:
+  docs/conversations.md).
 
 Every event carries `session_id`, `turn_id`, a monotonic `timestamp` (time.monotonic() at creation) and
 `source`, the stage that produced it (filled in by the stage runtime when left empty). Events are shared
@@ -211,6 +212,21 @@ class VoiceStopped(ControlEvent):
 
 
 @dataclass(slots=True)
+class EndLikely(ControlEvent):
+    """A VAD's end-of-turn detector, asked in a pause, found the utterance probably complete (P(complete) =
+    `probability`, at least the VAD's `speculate` bar) but not surely enough to end the turn: a client may ask the
+    utterance so far on this guess, keep the answer unplayed, and take the question back if VoiceResumed follows
+    (plugins/mqtt/device_turns.py). `timestamp`: the end of speech."""
+
+    probability: float = 0.0
+
+
+@dataclass(slots=True)
+class VoiceResumed(ControlEvent):
+    """The speaker went on after an EndLikely: the utterance, and its turn, continue."""
+
+
+@dataclass(slots=True)
 class TurnStart(ControlEvent):
     pass
 
@@ -276,6 +292,13 @@ class SetContext(ControlEvent):
 @dataclass(slots=True)
 class ResetConversation(ControlEvent):
     """Drop the session's conversation history (its context stays); the next turn starts afresh."""
+
+
+@dataclass(slots=True)
+class Withdrawn(ControlEvent):
+    """The client took turn (session_id, turn_id) back: it asked an utterance on a guess that the speaker had
+    finished (EndLikely), the speaker went on, and the whole utterance comes again as a later turn. The turn leaves
+    the session's history (the LM stage)."""
 
 
 @dataclass(slots=True)

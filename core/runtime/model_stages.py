@@ -54,6 +54,7 @@ from omnivox.core.runtime.events import (
     TextIn,
     TextToken,
     TurnEnd,
+    Withdrawn,
     same_turn,
 )
 from omnivox.core.runtime.speech_kit import SpeechKit
@@ -188,11 +189,12 @@ class LMStage(Stage):
     ActionWarnings, and the turn goes on.
     All sessions' turns decode together in one BatchEngine (`max_rows` batch rows at once; a batch-parallel
     turn takes 2), in a thread with `threads` torch threads (default: every core but one).
-    It also consumes a transport's conversation controls (SetContext, ResetConversation, Played, ActionResult:
+    It also consumes a transport's conversation controls (SetContext, ResetConversation, Played, Withdrawn,
+    ActionResult:
     docs/conversations.md), in the session's order, so they act between turns; they go no further."""
 
-    consumes = (Features, TextIn, SetContext, ResetConversation, Played, ActionResult)
-    replaces = (SetContext, ResetConversation, Played, ActionResult)
+    consumes = (Features, TextIn, SetContext, ResetConversation, Played, Withdrawn, ActionResult)
+    replaces = (SetContext, ResetConversation, Played, Withdrawn, ActionResult)
     queue_size = 8
 
     def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
@@ -247,7 +249,7 @@ class LMStage(Stage):
     async def process(self, event: Event) -> AsyncIterator[Event]:
         from omnivox.core.kernel.generation import Done, FramePiece, TextPiece
 
-        if isinstance(event, SetContext | ResetConversation | Played | ActionResult):
+        if isinstance(event, SetContext | ResetConversation | Played | Withdrawn | ActionResult):
             self._control(event)
             return
         key, loop = event.turn, asyncio.get_running_loop()
@@ -308,7 +310,7 @@ class LMStage(Stage):
         if isinstance(event, Cancel):  # the session ended: its conversation goes
             self.conversations.free(event.session_id)
 
-    def _control(self, event: SetContext | ResetConversation | Played | ActionResult) -> None:
+    def _control(self, event: SetContext | ResetConversation | Played | Withdrawn | ActionResult) -> None:
         """A transport's conversation control (a bad one is logged: it belongs to no turn that could fail)."""
         sid = event.session_id
         try:
@@ -318,6 +320,8 @@ class LMStage(Stage):
                 self.reset_conversation(sid)
             elif isinstance(event, Played):
                 self.played(sid, event.turn_id, event.columns)
+            elif isinstance(event, Withdrawn):
+                self.withdrawn(sid, event.turn_id)
             else:
                 self.add_result(sid, event.name, event.result, event.turn_id)
         except InputError as exc:
@@ -346,6 +350,10 @@ class LMStage(Stage):
     def played(self, session_id: str, turn_id: int, columns: int) -> None:
         """Turn `turn_id` was cut after `columns` answer columns were played: the history keeps only those."""
         self.conversations.cut(session_id, turn_id, columns)
+
+    def withdrawn(self, session_id: str, turn_id: int) -> None:
+        """Turn `turn_id` was taken back (asked on a guess; the speaker went on): it leaves the history."""
+        self.conversations.forget(session_id, turn_id)
 
 
 @dataclass

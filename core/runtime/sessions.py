@@ -39,6 +39,7 @@ from omnivox.core.runtime.events import (
     TurnEnd,
     TurnStart,
     VoiceStopped,
+    Withdrawn,
 )
 
 # What a client may declare for its audio (docs/mqtt_protocol.md "Audio"): bounds a turn's work before any is done
@@ -342,14 +343,24 @@ class Session:
         ids = self._ids(turn)
         return [TurnStart(**ids), TextIn(text, **ids), TurnEnd(reason="done", **ids)]
 
-    def interrupt(self) -> list[Event]:
-        """Interrupt every unfinished turn: its work stops within one LM step, its TurnEnd says interrupted.
-        A turn still receiving audio is closed here."""
-        events: list[Event] = [Interruption(**self._ids(turn)) for turn in sorted(self.open_turns)]
-        if self.receiving is not None:
+    def interrupt(self, turn: int | None = None, withdraw: bool = False) -> list[Event]:
+        """Interrupt every unfinished turn (only `turn`, when given): its work stops within one LM step, its TurnEnd
+        says interrupted. A turn still receiving audio is closed here. `withdraw`: `turn` (required) is taken back
+        as well, ended or not: it leaves the conversation's history (a question asked on a guess that the speaker
+        had finished, asked again whole as a later turn)."""
+        if turn is not None and (not _is_int(turn) or not 0 <= turn < self.next_turn):
+            raise ProtocolError("bad-turn", f"interrupt: turn {shown(turn)} is not a turn of this session "
+                                f"(0..{self.next_turn - 1})", "name a turn the session asked, or leave turn out")
+        if withdraw and turn is None:
+            raise ProtocolError("bad-field", "interrupt: withdraw needs the turn to take back",
+                                'send {"turn": N, "withdraw": true}')
+        events: list[Event] = [Interruption(**self._ids(t)) for t in sorted(self.open_turns) if turn in (None, t)]
+        if self.receiving is not None and turn in (None, self.receiving.turn):
             ids = self._ids(self.receiving.turn)
             events += [AudioStop(**ids), TurnEnd(reason="interrupted", **ids)]
             self.receiving = None
+        if withdraw:
+            events.append(Withdrawn(**self._ids(turn)))
         return events
 
     def use_up(self, turn) -> bool:

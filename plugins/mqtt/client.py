@@ -133,6 +133,11 @@ class Turn:
         if not self.done.is_set():
             await self.session._send("audio-stop", turn=self.id)
 
+    async def withdraw(self) -> None:
+        """Take the question back (asked on a guess that the speaker had finished, and they went on): its answer
+        stops, and the turn leaves the conversation's history."""
+        await self.session.interrupt(self.id, withdraw=True)
+
     async def result(self, timeout: float = 60.0) -> Answer:
         """Wait for turn-end; the Answer (an `error` reply does not raise: see Answer.errors/reason)."""
         try:
@@ -267,9 +272,11 @@ class Session:
             await turn.stop()
         return await turn.result(timeout)
 
-    async def interrupt(self) -> None:
-        """Cancel the running turn(s): their turn-end comes with reason "interrupted"."""
-        await self._send("interrupt")
+    async def interrupt(self, turn: int | None = None, withdraw: bool = False) -> None:
+        """Cancel the running turn(s) (only `turn`, when given): their turn-end comes with reason "interrupted".
+        `withdraw`: `turn` is also taken back: it leaves the conversation's history."""
+        fields = {} if turn is None else {"turn": turn}
+        await self._send("interrupt", **fields, **({"withdraw": True} if withdraw else {}))
 
     async def set_context(self, text: str | None, timeout: float = 10.0) -> None:
         """The conversation's context text from the next turn on (None or "": none)."""

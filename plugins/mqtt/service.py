@@ -443,8 +443,12 @@ class MqttService:
             return self._question(session, event, data)
         if event == "audio-stop":  # audio-stop, interrupt, session-end are never rate-limited
             return session.audio_stop(data.get("turn"))  # VoiceStopped now: the end of speech metrics count from
-        if event == "interrupt":
-            return session.interrupt()
+        if event == "interrupt":  # optional: the turn to interrupt (else all), and whether it is taken back
+            withdraw = data.get("withdraw", False)
+            if not isinstance(withdraw, bool):
+                raise ProtocolError("bad-field", f"interrupt: withdraw {shown(withdraw)} is not true or false",
+                                    'send "withdraw": true, or leave it out')
+            return session.interrupt(data.get("turn"), withdraw)
         if event in ("context", "reset", "action-result"):
             return self._conversation(session, event, data)
         reason = data.get("reason", "client")  # session-end
