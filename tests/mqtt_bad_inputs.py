@@ -406,7 +406,7 @@ BAD_INPUTS: dict[str, Callable[[Probe], Expect]] = {
     "mqtt-too-many-sessions": _too_many_sessions,
     "mqtt-rate-limited": _rate_limited,
     "mqtt-json-null": _payload_on("interrupt", b"null"),
-    "mqtt-interrupt-unknown-turn": lambda p: (p.send("interrupt", turn=7), Expect())[1],
+    "mqtt-interrupt-unknown-turn": lambda p: (p.send("interrupt", turn=4_000_000_000), Expect())[1],
     "mqtt-withdraw-without-turn": lambda p: (p.send("interrupt", withdraw=True), Expect())[1],
     "mqtt-withdraw-not-bool": lambda p: (p.send("interrupt", turn=0, withdraw="yes"), Expect())[1],
     "mqtt-version-string": _text_payload(b'{"version": "1", "text": "hi"}'),
