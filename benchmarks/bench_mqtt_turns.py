@@ -35,17 +35,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_live import questions  # noqa: E402
+from bench_turn_end import asks_of  # noqa: E402
 from mqtt_support import Mosquitto, ServeProcess  # noqa: E402
 
 RATE, BLOCK = 16000, 320  # 20 ms blocks
-
-
-def asks_of(schedule: str | None) -> dict:
-    """SileroVAD's ask parameters from "MS:P,MS:P" (None: its defaults)."""
-    if schedule is None:
-        return {}
-    asks = [ask.split(":") for ask in schedule.split(",")]
-    return {"turn_end_silence_ms": [int(ms) for ms, _ in asks], "turn_end_threshold": [float(p) for _, p in asks]}
 
 
 async def device(broker_url: str, stream: np.ndarray, turn_end: str, speculate: float | None,

@@ -110,6 +110,14 @@ def accuracy(make_vads: dict, streams: list[dict], data: Path, log=print) -> dic
     return figures
 
 
+def asks_of(schedule: str | None) -> dict:
+    """SileroVAD's ask parameters from "MS:P,MS:P" (None: its defaults)."""
+    if schedule is None:
+        return {}
+    asks = [ask.split(":") for ask in schedule.split(",")]
+    return {"turn_end_silence_ms": [int(ms) for ms, _ in asks], "turn_end_threshold": [float(p) for _, p in asks]}
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -157,9 +165,7 @@ def main() -> int:
             rules[f"detector >= {threshold:g} at {ask} ms, hold 1000"] = vad(
                 turn_end=args.detector, turn_end_silence_ms=ask, turn_end_threshold=threshold)
     for schedule in args.schedule:
-        asks = [ask.split(":") for ask in schedule.split(",")]
-        rules[f"detector {schedule}, hold 1000"] = vad(turn_end=args.detector, turn_end_silence_ms=[
-            int(ms) for ms, _ in asks], turn_end_threshold=[float(p) for _, p in asks])
+        rules[f"detector {schedule}, hold 1000"] = vad(turn_end=args.detector, **asks_of(schedule))
     schedule = ", ".join(f">= {bar:g} at {ms}" for ms, bar in turn_end_asks(TURN_END_SILENCE_MS))
     rules[f"default: {schedule}"] = vad(turn_end=args.detector)
     print(f"{len(streams)} held-out recordings, inner pauses 300-800 ms\n")
