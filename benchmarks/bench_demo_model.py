@@ -13,6 +13,7 @@ components its export recorded (the encoder that hears the question audio, the c
 
     python benchmarks/bench_demo_model.py                                   # shipped `demo`, runs/demo/data
     python benchmarks/bench_demo_model.py --checkpoint runs/demo/stage3/export --data runs/demo/data --limit 5
+    python benchmarks/bench_demo_model.py --limit 10 --stream-input 500:1500    # heard through chunked features
 
 Greedy decoding; torch uses `--threads` (default 2) cores."""
 
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--robot-limit", type=int, default=12,
                         help="robot table: at most this many lines per group, task and intent (0: skip the table)")
+    parser.add_argument("--stream-input", metavar="CHUNK_MS[:CONTEXT_MS]",
+                        help="hear through streaming input's chunked features (docs/streaming_input.md)")
     parser.add_argument("--json", metavar="FILE", help="also write every per-question result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -169,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
     kit = SpeechKit.load(args.checkpoint, say=lambda line: None)  # as `omnivox chat` chooses
     model, encoder, codec = kit.model, kit.encoder, kit.codec
+    if args.stream_input:
+        from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input
+
+        chunk_ms, context_ms = parse_stream_input(args.stream_input)
+        encoder = ChunkedEncoder(encoder, chunk_ms=chunk_ms, context_ms=context_ms)
     questions = test_questions(data, args.limit)
     print(f"{args.checkpoint}: {model.source}; {len(questions)} held-out questions; torch threads {args.threads}")
     start = time.perf_counter()

@@ -1,16 +1,18 @@
 """The command line's model options, shared by chat, listen and serve: `--checkpoint` (default: the shipped `demo`
 model; `random`: the tiny random kit) and the `--encoder` / `--codec` overrides of the components the model's
-export recorded, turned into a speech kit (core/runtime/speech_kit.py)."""
+export recorded, turned into a speech kit (core/runtime/speech_kit.py); `--stream-input` makes its encoder a
+streaming one (core/chunked_encoder.py)."""
 
 from __future__ import annotations
 
 import argparse
 
+from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input
 from omnivox.core.runtime.speech_kit import DEFAULT_MODEL, SpeechKit
 
 
 def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--checkpoint, --encoder, --whisper, --codec."""
+    """--checkpoint, --encoder, --whisper, --stream-input, --codec."""
     p.add_argument("--checkpoint", metavar="DIR|NAME",
                    help=f"a trained export or Mini-Omni checkpoint dir, or a registered model (default: "
                         f"{DEFAULT_MODEL}, the shipped demo model; random: a tiny random model)")
@@ -18,6 +20,10 @@ def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
                    help="encoder plugin (and its model), e.g. faster_whisper:tiny.en (default: the one the "
                         "checkpoint recorded; Mini-Omni: whisper CHECKPOINT/small.pt)")
     p.add_argument("--whisper", metavar="PT", help="same as --encoder whisper:PT")
+    p.add_argument("--stream-input", metavar="CHUNK_MS[:CONTEXT_MS]",
+                   help="encode the question in chunks while it is spoken and prefill them (turns without session "
+                        "memory): features of CHUNK_MS chunks, each with CONTEXT_MS of audio before it (default 2 "
+                        "chunks); a model hears these features less well than whole ones (docs/streaming_input.md)")
     p.add_argument("--codec", metavar="NAME[:MODEL]|DIR",
                    help="codec plugin (and its model), e.g. mel:DIR, or a SNAC dir / hub id (default: the one the "
                         "checkpoint recorded; Mini-Omni: hubertsiuzdak/snac_24khz)")
@@ -31,5 +37,9 @@ def load_kit(args: argparse.Namespace, *, checkpoint: str | None = None, hear: b
     encoder = args.encoder
     if args.whisper is not None and encoder is None:
         encoder = f"whisper:{args.whisper}"
-    return SpeechKit.load(args.checkpoint if checkpoint is None else checkpoint, encoder=encoder, codec=args.codec,
-                          hear=hear, speak=speak, seed=getattr(args, "seed", None) or 0, say=say)
+    kit = SpeechKit.load(args.checkpoint if checkpoint is None else checkpoint, encoder=encoder, codec=args.codec,
+                         hear=hear, speak=speak, seed=getattr(args, "seed", None) or 0, say=say)
+    if getattr(args, "stream_input", None) and kit.encoder is not None:
+        chunk_ms, context_ms = parse_stream_input(args.stream_input)
+        kit.encoder = ChunkedEncoder(kit.encoder, chunk_ms=chunk_ms, context_ms=context_ms)
+    return kit

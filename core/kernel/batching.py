@@ -1,6 +1,7 @@
 """Continuous batching: the active turns of many sessions decode in ONE forward per step.
 
     turn joins ──► TurnDecoder.prefill alone (own cache) ──► its rows appended to the batch cache (left-padded)
+                   (prefill_early: an EarlyPrefill's parts, run in this thread before the turn that uses them joins)
     every step:   ids (B, S, 1) of all active rows ──► OmniLM.step: one forward with per-row positions and a
                   padding mask ──► each turn's decoder advances on its own rows ──► TextPiece / FramePiece to `emit`
     turn ends (stop, max_steps, context, cancel) ──► its rows leave the batch cache back to its DecodeState,
@@ -28,7 +29,7 @@ from transformers.cache_utils import DynamicCache
 
 from omnivox.core.errors import InputError
 from omnivox.core.kernel.conversation import Conversation
-from omnivox.core.kernel.generation import Event, Piece, TurnDecoder, prepare
+from omnivox.core.kernel.generation import EarlyPrefill, Event, Piece, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
 from omnivox.core.kernel.threads import set_threads, using_threads
 
@@ -120,6 +121,7 @@ class BatchEngine:
         self.max_rows = max_rows
         self.active: list[BatchTurn] = []  # in batch-row order
         self.waiting: list[BatchTurn] = []
+        self.early: list[tuple[EarlyPrefill, torch.Tensor]] = []  # early prefills to run, in order
         self.batch = BatchCache(self.lm)
         self.steps = 0  # batched forwards run
         self._wake = threading.Condition()
@@ -128,12 +130,16 @@ class BatchEngine:
 
     # ---- turns ---------------------------------------------------------------------------------------
     def submit(self, emit: Callable[[Event], None], conversation: Conversation | None = None,
-               **stream_kwargs) -> TurnDecoder:
+               early: EarlyPrefill | None = None, **stream_kwargs) -> TurnDecoder:
         """Queues a turn; returns its decoder, whose `state` holds the turn's cache and positions after Done.
         With a `conversation` (of this engine's model) the turn is that conversation's next turn
-        (`Conversation.turn`: it continues the conversation's cache)."""
+        (`Conversation.turn`: it continues the conversation's cache). With an `early` prefill (its `extend`s
+        queued by `prefill_early` before this call), only the rest of the prompt is prefilled."""
+        if early is not None and conversation is not None:
+            raise InputError("a conversation's turn continues its cache: it cannot start from an early prefill",
+                             "prefill early only turns without a conversation")
         if conversation is None:
-            decoder = TurnDecoder(prepare(self.model, **stream_kwargs))
+            decoder = TurnDecoder(prepare(self.model, **stream_kwargs), early=early)
         elif conversation.lm is not self.lm:
             raise InputError("the conversation decodes with another model than this BatchEngine",
                              "make the Conversation with the engine's model")
@@ -145,21 +151,33 @@ class BatchEngine:
             self._wake.notify()
         return turn.decoder
 
+    def prefill_early(self, early: EarlyPrefill, features: torch.Tensor) -> None:
+        """Queues `early.extend(features)` (frames of a turn whose audio still arrives); it runs in the engine's
+        thread before the next step's forward, and before the turn joins."""
+        with self._wake:
+            self.early.append((early, features))
+            self._wake.notify()
+
     @property
     def idle(self) -> bool:
-        return not self.active and not self.waiting
+        return not self.active and not self.waiting and not self.early
 
     def step(self) -> None:
         """Cancelled turns leave, waiting turns join (prefill alone) while rows are free, then one batched
         forward advances every active turn by one column."""
         for turn in [t for t in self.active if t.decoder.cancelled()]:
             self._leave(turn, "cancelled")
-        with self._wake:
+        with self._wake:  # early prefills queued before a turn's submit run before it joins
+            early, self.early = self.early, []
             joining = []
             rows = sum(t.decoder.rows for t in self.active)
             while self.waiting and (not rows or rows + self.waiting[0].decoder.rows <= self.max_rows):
                 rows += self.waiting[0].decoder.rows
                 joining.append(self.waiting.pop(0))
+        if early:  # alone, they take every core, as a joining turn's prefill does
+            with using_threads(self.prefill_threads) if not self.active else nullcontext():
+                for prefill, features in early:
+                    prefill.extend(features)
         for turn in joining:
             self._join(turn)
         if self.active:

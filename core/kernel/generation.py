@@ -293,12 +293,19 @@ class TurnDecoder:
     `fill_post_cache`: a post-adapter runs at every forward even when the turn samples no audio, so that the
     state's `cache.post` holds every position (a conversation continues it)."""
 
-    def __init__(self, setup: TurnSetup, state: DecodeState | None = None, fill_post_cache: bool = False):
+    def __init__(self, setup: TurnSetup, state: DecodeState | None = None, fill_post_cache: bool = False,
+                 early: EarlyPrefill | None = None):
         self.setup = setup
         self.lm, self.rule, self.sampling = setup.lm, setup.rule, setup.sampling
+        if state is not None and early is not None:
+            raise InputError("a turn either continues a decode state or starts from an early prefill, not both",
+                             "prefill early only turns that start a fresh state")
         if state is not None:
             _check_continues(state, setup)
-        self.state = state if state is not None else DecodeState(setup.lm.new_cache())
+        self.early = early  # the prompt's first positions, prefilled while the audio arrived (or nothing)
+        self.skipped = 0  # positions of the prompt the early prefill had done (set by `prefill`)
+        self.state = state if state is not None else early.state if early is not None else DecodeState(
+            setup.lm.new_cache())
         self.fill_post_cache = fill_post_cache
         self.done: Done | None = None
         self.error: BaseException | None = None
@@ -348,9 +355,17 @@ class TurnDecoder:
         text_rows, audio_rows = self.head_rows()
         if fill_post_cache and lm.config.post_adapter:
             audio_rows = (self.rule.audio_row,)
+        ids, features, lengths, spans = prompt.ids, self.setup.features, prompt.audio_lengths, prompt.audio_spans
+        frames = self.early.usable(self.setup) if self.early is not None else 0
+        if frames:  # the early prefill holds positions 0..frames: the rest of the prompt follows them
+            self.skipped = 1 + frames
+            ids, features, lengths = ids[..., self.skipped:], features[:, frames:], None
+            spans = tuple(((0, features.shape[1]),) for _ in range(ids.shape[0]))
+        elif self.early is not None:  # nothing usable: a fresh state
+            self.state = DecodeState(lm.new_cache())
         with torch.inference_mode():
-            out = lm(prompt.ids.to(lm.device), self.setup.features, prompt.audio_lengths, cache=self.state.cache,
-                     last_only=True, text_rows=text_rows, audio_rows=audio_rows, audio_spans=prompt.audio_spans)
+            out = lm(ids.to(lm.device), features, lengths, cache=self.state.cache, last_only=True,
+                     text_rows=text_rows, audio_rows=audio_rows, audio_spans=spans)
             return self.advance(out)
 
     def step(self) -> list[Piece]:
@@ -366,7 +381,8 @@ class TurnDecoder:
     def advance(self, out: OmniOutput) -> list[Piece]:
         """Samples `out` (the logits of `head_rows` at the last position of the forward that fed this turn), appends
         the column and returns its pieces; sets `reason` when the turn stops, else `next_ids`."""
-        self.state.length += 1 if self.columns else self.setup.prompt.length  # one column fed, or the prompt
+        # one column fed, or the prompt (less what an early prefill had put there)
+        self.state.length += 1 if self.columns else self.setup.prompt.length - self.skipped
         audio, text = self._sample(out)
         column = self.rule.apply(len(self.columns), audio, text)
         if column is None:
@@ -417,3 +433,65 @@ class TurnDecoder:
             parts.append(sample(out.text_logits[0, -1:], sampling, generator))  # (1,) from (1, Vt)
         ids = torch.cat(parts).tolist()
         return ids[: rule.layout.audio_streams], ids[-1] if out.text_logits is not None else rule.layout.pad_t
+
+
+class EarlyPrefill:
+    """An audio-in turn's prompt prefilled while its audio still arrives (streaming input, core/chunked_encoder.py).
+
+        EarlyPrefill(model, task=, strategy=) ──► extend(features (n, F)) per FeaturesPart: the prompt's next
+        positions (the input marker first, then one per frame) into a fresh DecodeState
+        TurnDecoder(setup, early=it) ──► its prefill checks the frames are the first ones of the turn's features
+        and feeds only the rest of the prompt (the last frames, eoa, the answer markers)
+
+    An audio prompt's first 1 + f positions do not depend on its length T (core/kernel/tokens.py audio_prompt), and
+    the LM is causal, so prefilling them early gives the keys and values of one whole prefill (the same greedy
+    tokens, tests/test_stream_input.py). A failed extend leaves it unusable: the turn prefills whole."""
+
+    def __init__(self, model, *, task: str, strategy: str | DecodingStrategy):
+        self.lm: OmniLM = model.lm if hasattr(model, "lm") else model
+        self.strategy = get_strategy(strategy)
+        self.strategy.check_task(task)
+        if task not in AUDIO_IN_TASKS:
+            raise InputError(f"task {task} takes text: nothing to prefill while audio arrives",
+                             "prefill early only audio-in turns (A1A2, A1T2, A1T1)")
+        self.task = task
+        self.state = DecodeState(self.lm.new_cache())
+        self.parts: list[torch.Tensor] = []  # (n, F) each, in order
+        self.frames = 0
+        self.failed: BaseException | None = None
+        rule = self.strategy.step_rule(self.lm.layout, task, False)
+        # the post-adapter's cache must hold every position too (TurnDecoder's fill_post_cache)
+        self._audio_rows = (rule.audio_row,) if self.lm.config.post_adapter else ()
+
+    def extend(self, features: torch.Tensor) -> None:
+        """Prefills the next `features` (n, F) frames (runs the LM: call it where the model's forwards run)."""
+        if self.failed is not None:
+            return
+        try:
+            features = _check_features(self.lm, features, self.task)  # (1, n, F)
+            n, done = features.shape[1], self.state.length
+            prompt = self.strategy.prompt(self.lm.layout, self.task, n_frames=self.frames + n)
+            ids = prompt.ids[..., done:1 + self.frames + n]  # (rows, S, positions): the marker first, then frames
+            if self.state.length + ids.shape[-1] + 3 > self.lm.config.block_size:
+                raise InputError("the audio so far fills the model's context", "ask a shorter question")
+            rows = ids.shape[0]
+            spans = tuple(((1 if done == 0 else 0, n),) for _ in range(rows))
+            with torch.inference_mode():
+                self.lm(ids.to(self.lm.device), features.expand(rows, -1, -1), cache=self.state.cache,
+                        last_only=True, text_rows=(), audio_rows=self._audio_rows, audio_spans=spans)
+            self.state.length += ids.shape[-1]
+            self.frames += n
+            self.parts.append(features[0].detach())
+        except Exception as error:  # noqa: BLE001 - the turn then prefills whole
+            self.failed = error
+
+    def usable(self, setup: TurnSetup) -> int:
+        """Frames prefilled that `setup` (the turn as finally asked) starts with: 0 when none, or when the task,
+        the strategy or the frames differ (the turn then prefills whole, on a fresh state)."""
+        if self.failed is not None or not self.frames or setup.task != self.task or (
+                setup.strategy.name != self.strategy.name) or setup.features is None:
+            return 0
+        if setup.features.shape[1] <= self.frames:
+            return 0
+        early = torch.cat(self.parts).to(setup.features)
+        return self.frames if torch.equal(early, setup.features[0, :self.frames]) else 0

@@ -145,6 +145,15 @@ class Features(DataEvent):
 
 
 @dataclass(slots=True)
+class FeaturesPart(DataEvent):
+    """Features of a turn whose audio still arrives (streaming input, core/chunked_encoder.py): frames
+    `start`..`start + len(features)` of the Features the turn will end with, final already; the LM may prefill them."""
+
+    features: Any
+    start: int = 0
+
+
+@dataclass(slots=True)
 class TextToken(DataEvent):
     """One generated text token; `step` is the LM decode step (0 = first step after the prompt)."""
 

@@ -1,6 +1,7 @@
 """Stages that wrap the model components for the event bus: encoder, LM + decoding strategy, codec.
 
     AudioStart/AudioChunk.../AudioStop ──► EncoderStage ──► Features ──► LMStage ──► TextToken, CodecFrame
+                     (a streaming encoder: FeaturesPart per chunk ──► prefilled early, during speech)
     TextIn ─────────────────────────────────────────────────────────────┘                     │
     CodecFrame ──► CodecStage (streaming decode, flush at TurnEnd) ──► AudioOut ◄─────────────┘
 
@@ -47,6 +48,7 @@ from omnivox.core.runtime.events import (
     CodecFrame,
     Event,
     Features,
+    FeaturesPart,
     Interruption,
     Played,
     ResetConversation,
@@ -62,6 +64,7 @@ from omnivox.core.runtime.stage import Stage
 
 log = logging.getLogger(__name__)
 KEEP_RESULTS = 64  # LMStage.results keeps the GenerationResult of this many recent turns
+KEEP_EARLY = 16  # LMStage keeps the early prefills of at most this many turns still being spoken
 
 
 def default_lm_threads() -> int:
@@ -86,7 +89,10 @@ def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
 
 
 class EncoderStage(Stage):
-    """Collects a turn's audio between AudioStart and AudioStop, then emits its Features (T, F)."""
+    """Collects a turn's audio between AudioStart and AudioStop, then emits its Features (T, F).
+    With a streaming encoder (core/chunked_encoder.py ChunkedEncoder) and mono audio at its rate, each chunk is
+    encoded as soon as its audio has arrived and sent on as a FeaturesPart (the LM prefills it during speech); the
+    Features at AudioStop are the same frames, the last chunk's added."""
 
     consumes = (AudioStart, AudioChunk, AudioStop)
 
@@ -97,31 +103,75 @@ class EncoderStage(Stage):
         self._executor: ThreadPoolExecutor | None = None
         self._chunks: dict[tuple[str, int], list[np.ndarray]] = {}
         self._rate: dict[tuple[str, int], int] = {}
+        self._parts: dict[tuple[str, int], list[torch.Tensor]] = {}  # streaming: the chunks' features so far
+        self._received: dict[tuple[str, int], int] = {}  # streaming: samples so far
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         key = event.turn
         if isinstance(event, AudioStart):
             self._chunks[key], self._rate[key] = [], event.rate
+            self._parts[key], self._received[key] = [], 0
         elif isinstance(event, AudioChunk):
             if self._rate.setdefault(key, event.rate) != event.rate:
                 raise InputError(f"audio rate changed within a turn ({self._rate[key]} -> {event.rate} Hz)",
                                  "send one AudioStart per rate change")
-            self._chunks.setdefault(key, []).append(event.to_float32().T)  # (channels, frames)
+            chunk = event.to_float32().T  # (channels, frames)
+            self._chunks.setdefault(key, []).append(chunk)
+            if self._streams(key, chunk):
+                self._received[key] += chunk.shape[1]
+                async for part in self._ready_parts(key):
+                    yield part
         else:  # AudioStop
             chunks, rate = self._chunks.pop(key, []), self._rate.pop(key, None)
+            parts, _ = self._parts.pop(key, None), self._received.pop(key, None)
             if not chunks:
                 raise InputError("the turn ended without audio",
                                  "send at least one chunk of audio before ending the turn")
             pcm = np.concatenate(chunks, axis=1)
-            if self._executor is None:
-                self._executor = torch_executor("omnivox-encoder", self.threads)
-            features = await _off_loop(self._executor, self.encoder.encode, pcm, rate)  # (T, F)
+            if parts:  # the chunks not encoded yet, the last one ending with the audio
+                features = await self._off_loop(self._rest, pcm[0], parts)
+            else:
+                features = await self._off_loop(self.encoder.encode, pcm, rate)  # (T, F)
             yield Features(features=features, frames_per_second=self.encoder.frame_rate, **same_turn(event))
+
+    def _streams(self, key: tuple[str, int], chunk: np.ndarray) -> bool:
+        """Encode this turn's chunks as they arrive? A streaming encoder, mono audio at its rate."""
+        if not hasattr(self.encoder, "chunk_ready") or key not in self._parts:
+            return False
+        if chunk.shape[0] != 1 or self._rate[key] != self.encoder.sample_rate:
+            self._parts.pop(key)  # not streamable: encoded whole at AudioStop
+            return False
+        return True
+
+    async def _ready_parts(self, key: tuple[str, int]) -> AsyncIterator[Event]:
+        parts, encoder = self._parts[key], self.encoder
+        while encoder.chunk_ready(len(parts), self._received[key]):
+            x = np.concatenate(self._chunks[key], axis=1)[0]  # (samples,) mono at the encoder's rate
+            features = await self._off_loop(encoder.encode_chunk, x, len(parts))  # (F, feature_dim)
+            if self._parts.get(key) is not parts:  # interrupted meanwhile
+                return
+            parts.append(features)
+            yield FeaturesPart(features=features, start=(len(parts) - 1) * encoder.chunk_frames, session_id=key[0],
+                               turn_id=key[1])
+
+    def _rest(self, x: np.ndarray, parts: list[torch.Tensor]) -> torch.Tensor:
+        """(T, F): `parts` (the chunks encoded during the turn) and the chunks after them; in the encoder's thread."""
+        encoder = self.encoder
+        chunks = -(-encoder.num_frames(len(x), encoder.sample_rate) // encoder.chunk_frames)
+        rest = [encoder.encode_chunk(x, k, last=k == chunks - 1) for k in range(len(parts), chunks)]
+        return torch.cat([*parts, *rest])
+
+    async def _off_loop(self, fn, *args):
+        if self._executor is None:
+            self._executor = torch_executor("omnivox-encoder", self.threads)
+        return await _off_loop(self._executor, fn, *args)
 
     async def on_interrupt(self, event: Interruption) -> None:
         for key in _turn_keys(self._chunks, event):
             self._chunks.pop(key, None)
             self._rate.pop(key, None)
+            self._parts.pop(key, None)
+            self._received.pop(key, None)
 
     async def teardown(self) -> None:
         if self._executor is not None:
@@ -193,8 +243,8 @@ class LMStage(Stage):
     ActionResult:
     docs/conversations.md), in the session's order, so they act between turns; they go no further."""
 
-    consumes = (Features, TextIn, SetContext, ResetConversation, Played, Withdrawn, ActionResult)
-    replaces = (SetContext, ResetConversation, Played, Withdrawn, ActionResult)
+    consumes = (Features, FeaturesPart, TextIn, SetContext, ResetConversation, Played, Withdrawn, ActionResult)
+    replaces = (FeaturesPart, SetContext, ResetConversation, Played, Withdrawn, ActionResult)
     queue_size = 8
 
     def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
@@ -219,6 +269,7 @@ class LMStage(Stage):
         # conversation (None: as the model declares; default off), `context` is each new session's context text
         self.conversations = SessionConversations(memory, context)
         self.generating: set[tuple[str, int]] = set()  # turns whose generation is running now
+        self.early: dict[tuple[str, int], list] = {}  # [EarlyPrefill, frames] of turns still being spoken
         # GenerationResult of the most recent turns (bounded: a service runs turns without end)
         self.results: OrderedDict[tuple[str, int], object] = OrderedDict()
 
@@ -252,6 +303,9 @@ class LMStage(Stage):
         if isinstance(event, SetContext | ResetConversation | Played | Withdrawn | ActionResult):
             self._control(event)
             return
+        if isinstance(event, FeaturesPart):
+            self._prefill_early(event)
+            return
         key, loop = event.turn, asyncio.get_running_loop()
         self._start_engine()  # started at setup; again after a teardown
         pieces: asyncio.Queue = asyncio.Queue()
@@ -269,9 +323,13 @@ class LMStage(Stage):
         if conversation is not None:  # the turn continues the session's conversation
             options.update(conversation=conversation, turn_id=event.turn_id)
             deliver = self.conversations.watch(event.session_id, deliver, loop)
+        held = self.early.pop(key, None)
+        early = held[0] if held is not None else None
         if isinstance(event, Features):
             features = torch.as_tensor(event.features, dtype=torch.float32)
-            self.engine.submit(deliver, task=self.task or "A1A2", audio_features=features, **options)
+            if conversation is not None:
+                early = None  # a conversation's turn continues its cache
+            self.engine.submit(deliver, task=self.task or "A1A2", audio_features=features, early=early, **options)
         else:
             task = self.task if self.task in ("T1A2", "T1T2") else "T1A2"
             self.engine.submit(deliver, task=task, text_ids=event.text, **options)
@@ -306,7 +364,33 @@ class LMStage(Stage):
             if not isinstance(piece, Done):  # cut: the session's history keeps what this turn produced
                 self.conversations.cut(event.session_id, event.turn_id, delivered)
 
+    def _prefill_early(self, event: FeaturesPart) -> None:
+        """Frames of a turn still being spoken: prefilled in the engine's thread (streaming input), unless the
+        session keeps a conversation (its turns continue the conversation's cache: they prefill at the end)."""
+        from omnivox.core.kernel.generation import EarlyPrefill
+
+        task = self.task or "A1A2"
+        if self.conversations.get(event.session_id, self.model, self.strategy) is not None or task in (
+                "T1A2", "T1T2"):
+            return
+        key = event.turn
+        held = self.early.get(key)  # [its EarlyPrefill, frames queued]
+        if held is None:
+            if event.start != 0:  # its first frames went by (e.g. the session kept a conversation then)
+                return
+            held = self.early[key] = [EarlyPrefill(self.model, task=task, strategy=self.strategy), 0]
+            while len(self.early) > KEEP_EARLY:  # turns that never ended (their audio was dropped)
+                self.early.pop(next(iter(self.early)))
+        if event.start != held[1]:  # a part is missing: the turn prefills whole
+            self.early.pop(key)
+            return
+        held[1] += len(event.features)
+        self._start_engine()
+        self.engine.prefill_early(held[0], torch.as_tensor(event.features, dtype=torch.float32))
+
     async def on_interrupt(self, event: Interruption | Cancel) -> None:
+        for key in _turn_keys(self.early, event):
+            self.early.pop(key, None)
         if isinstance(event, Cancel):  # the session ended: its conversation goes
             self.conversations.free(event.session_id)
 

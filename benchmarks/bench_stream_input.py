@@ -1,0 +1,159 @@
+"""End of speech -> first audio with streaming input off and on (docs/streaming_input.md), in the same process:
+`listen`'s pipeline without devices (SileroVAD with the end-of-turn detector -> EncoderStage -> LMStage ->
+CodecStage), fed espeak-ng questions (bench_listen.DEMO_QUESTIONS) at real time in 20 ms frames.
+
+    python benchmarks/bench_stream_input.py [--shape mini-omni|demo] [--turns 12] [--stream-input 500:1500]
+
+--shape mini-omni: random weights of Mini-Omni's shape (Whisper small trimmed, the int8 LM, batch-parallel, SNAC
+24 kHz; answers of --max-steps steps); demo: the shipped demo model (faster-whisper tiny.en trimmed, text-delay,
+its mel codec; no session memory, which streaming prefill needs). End of speech: the question's last sample above
+-34 dBFS, at the time its 20 ms frame was sent; first audio: the turn's first AudioOut. Split per turn (p50):
+decision (end of speech -> the VAD's AudioStop), features (-> the encoder's Features), answer (-> first audio).
+Each round runs the stream once per setting, their order swapped every round."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bench_live import questions  # noqa: E402
+
+from omnivox.core import audio  # noqa: E402
+from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input  # noqa: E402
+from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStop, Features  # noqa: E402
+from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage  # noqa: E402
+from omnivox.core.runtime.pipeline import Pipeline  # noqa: E402
+from omnivox.core.runtime.stage import Stage  # noqa: E402
+from omnivox.plugins.silero_vad import SileroVAD  # noqa: E402
+
+RATE, FRAME = 16000, 320  # 20 ms frames
+
+
+class PacedStream(Stage):
+    """Source: the stream at real time in 20 ms AudioChunks (session `session`); the time each frame was sent."""
+
+    def __init__(self, stream: np.ndarray, session: str):
+        super().__init__(f"mic_{session}")
+        self.stream, self.session, self.sent = stream, session, []
+
+    async def produce(self):
+        fmt, start = audio.AudioFormat(rate=RATE), time.monotonic()
+        for i in range(0, len(self.stream) - FRAME + 1, FRAME):
+            await asyncio.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            self.sent.append(time.monotonic())
+            yield AudioChunk(audio=audio.to_bytes(self.stream[None, i:i + FRAME], fmt), rate=RATE,
+                             session_id=self.session)
+
+
+class Tap(Stage):
+    """Records when each turn's events of `kinds` pass (then passes them on)."""
+
+    def __init__(self, name: str, kinds: tuple):
+        super().__init__(name)
+        self.consumes, self.replaces, self.seen = kinds, kinds, {}  # passed on once, by `process`
+
+    async def process(self, event):
+        self.seen.setdefault((type(event).__name__, event.turn_id), time.monotonic())
+        yield event
+
+
+def build(shape: str):
+    """(encoder, model, codec, LMStage params) of the shape."""
+    if shape == "demo":
+        from omnivox.core.runtime.speech_kit import SpeechKit
+
+        kit = SpeechKit.load("demo", say=lambda *_: None)
+        return kit.encoder, kit.model, kit.codec, dict(strategy="text-delay", task="A1A2", memory=False)
+    from bench_whisper_trim import SMALL
+
+    from omnivox import OmniModel
+    from omnivox.core.kernel.config import OmniConfig
+    from omnivox.core.kernel.quantize import DEFAULT_SCHEME, quantize
+    from omnivox.plugins.random_models import never_emit_audio_specials
+    from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
+    from omnivox.plugins.whisper_encoder import load_whisper_encoder
+
+    fp32 = OmniModel.random(OmniConfig.mini_omni(), seed=0)
+    never_emit_audio_specials(fp32)
+    model = OmniModel(quantize(copy.deepcopy(fp32.lm), DEFAULT_SCHEME), None)
+    encoder = load_whisper_encoder(dims=SMALL, seed=0, trim=True)
+    return encoder, model, SnacCodec.load(config=SNAC_24KHZ_CONFIG, seed=0), dict(strategy="batch-parallel",
+                                                                                    task="A1A2")
+
+
+async def run_session(encoder, model, codec, lm_params, stream, ends, session, max_steps):
+    """One stream through the pipeline: per question, (end of speech, AudioStop, Features, first audio) times."""
+    source = PacedStream(stream, session)
+    before, after = Tap("tap_vad", (AudioStop,)), Tap("tap_encoder", (Features,))
+    first = Tap("tap_out", (AudioOut,))
+    stages = [source, SileroVAD(turn_end="default"), before, EncoderStage(encoder), after,
+              LMStage(model=model, max_steps=max_steps, **lm_params), CodecStage(codec), first]
+    await Pipeline(stages).run()
+    stops = sorted((t, turn) for (kind, turn), t in before.seen.items())  # the VAD's turns, in time order
+    rows = []
+    for end in ends:
+        sent = source.sent[min(int(end * RATE) // FRAME, len(source.sent) - 1)]
+        turn = next((turn for t, turn in stops if t >= sent), None)  # the turn its end of speech ended
+        times = [before.seen.get(("AudioStop", turn)), after.seen.get(("Features", turn)),
+                 first.seen.get(("AudioOut", turn))]
+        rows.append(None if None in times else [sent, *times])
+    return rows
+
+
+def summary(name: str, rows: list) -> None:
+    got = np.array([[r[1] - r[0], r[2] - r[1], r[3] - r[2], r[3] - r[0]] for r in rows if r]) * 1000
+    if not len(got):
+        print(f"{name:<24} no turn answered")
+        return
+    p50, p90 = np.percentile(got[:, 3], 50), np.percentile(got[:, 3], 90)
+    split = " / ".join(f"{v:.0f}" for v in np.median(got[:, :3], axis=0))
+    print(f"{name:<24} {len(got):>3}/{len(rows):<3} p50 {p50:6.0f} ms  p90 {p90:6.0f} ms   split p50 (decision / "
+          f"features / answer): {split} ms", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=["mini-omni", "demo"], default="mini-omni")
+    parser.add_argument("--turns", type=int, default=12, help="questions in the stream")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of the stream per setting (orders alternate)")
+    parser.add_argument("--gap", type=float, default=3.0, help="seconds of silence after each question")
+    parser.add_argument("--max-steps", type=int, default=24, help="answer length in LM steps")
+    parser.add_argument("--stream-input", default="500:1500", metavar="CHUNK_MS[:CONTEXT_MS]")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    encoder, model, codec, lm_params = build(args.shape)
+    chunk_ms, context_ms = parse_stream_input(args.stream_input)
+    settings = {"whole (off)": encoder,
+                f"streaming {chunk_ms}:{context_ms}": ChunkedEncoder(encoder, chunk_ms=chunk_ms, context_ms=context_ms)}
+    print(f"{args.shape}: {args.turns} questions per setting, gap {args.gap} s, answers of {args.max_steps} steps, "
+          f"{args.threads} cores; end of speech -> first audio, the end-of-turn decision included")
+    with tempfile.TemporaryDirectory() as tmp:
+        stream, ends = questions(2, args.gap, Path(tmp))  # warm both settings on two questions
+        for i, enc in enumerate(settings.values()):
+            asyncio.run(run_session(enc, model, codec, lm_params, stream, ends, f"warm{i}", args.max_steps))
+        stream, ends = questions(args.turns, args.gap, Path(tmp))
+        results = {name: [] for name in settings}
+        for r in range(args.rounds):  # the settings' order swapped every round
+            for name in (list(settings) if r % 2 == 0 else list(settings)[::-1]):
+                results[name] += asyncio.run(run_session(settings[name], model, codec, lm_params, stream, ends,
+                                                         f"s{r}{len(results[name])}", args.max_steps))
+    for name, rows in results.items():
+        summary(name, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
