@@ -12,6 +12,7 @@ Per turn, on the device's clock (the worker runs on the same machine):
             --turn-end off: the 600 ms silence rule); without --speculate, audio-stop is sent then
   answer    decided -> first audio-out received (or already there: 0, when a guess's answer came first)
   worker    the worker's own `first_audio_ms` metric: audio-stop received -> first audio sent
+  encoder   the worker's encoder stage busy on the turn (its metrics' stage_busy_ms)
   total     end of speech -> first audio-out received and playable (not before the decision)
 --speculate P: DeviceTurns(speculate=P) asks a pause the detector finds complete with P(complete) >= P at once (a
 guess: audio-stop goes out before the decision) and takes it back if the speaker goes on.
@@ -66,7 +67,8 @@ async def device(broker_url: str, stream: np.ndarray, turn_end: str, speculate: 
             playable = max(answer.first_audio_at, decided)  # a guess's answer waits for the decision
             rows.append({"turn": turn.id, "answered": True, "decide": (decided - end) * 1000,
                          "answer": (playable - decided) * 1000,
-                         "worker": (answer.metrics or {}).get("first_audio_ms"), "total": (playable - end) * 1000})
+                         "worker": (answer.metrics or {}).get("first_audio_ms"), "total": (playable - end) * 1000,
+                         "encoder": ((answer.metrics or {}).get("stage_busy_ms") or {}).get("encoder")})
         return rows, f"{turns.guesses} asked on a guess, {turns.withdrawn} of them taken back"
 
 
@@ -100,7 +102,7 @@ def main() -> int:
         if not row["answered"]:
             print(f"  turn {row['turn']}: no audio (turn-end {row['why'][0]}, errors {row['why'][1]})")
     print(f"{'part':<10}{'p50 ms':>8}{'p90 ms':>8}")
-    for part in ("total", "decide", "answer", "worker"):
+    for part in ("total", "decide", "answer", "worker", "encoder"):
         values = [r[part] for r in answered if r[part] is not None]
         print(f"{part:<10}{statistics.median(values):8.0f}{float(np.percentile(values, 90)):8.0f}")
     return 0

@@ -6,9 +6,11 @@ CodecStage), fed espeak-ng questions (bench_listen.DEMO_QUESTIONS) at real time 
 
 --shape mini-omni: random weights of Mini-Omni's shape (Whisper small trimmed, the int8 LM, batch-parallel, SNAC
 24 kHz; answers of --max-steps steps); demo: the shipped demo model (faster-whisper tiny.en trimmed, text-delay,
-its mel codec; no session memory, which streaming prefill needs). End of speech: the question's last sample above
+its mel codec, session memory as it declares), or --checkpoint DIR; a model trained on chunked features is
+compared with its own features computed at the end of speech. End of speech: the question's last sample above
 -34 dBFS, at the time its 20 ms frame was sent; first audio: the turn's first AudioOut. Split per turn (p50):
-decision (end of speech -> the VAD's AudioStop), features (-> the encoder's Features), answer (-> first audio).
+decision (end of speech -> the VAD's AudioStop), features (-> the encoder's Features), prefill (-> the first text
+token: the prompt's rest prefilled), first frame (-> the first codec frame), codec (-> the first audio).
 Each round runs the stream once per setting, their order swapped every round."""
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from bench_live import questions  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
 from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input  # noqa: E402
-from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStop, Features  # noqa: E402
+from omnivox.core.runtime.events import (  # noqa: E402
+    AudioChunk,
+    AudioOut,
+    AudioStop,
+    CodecFrame,
+    Features,
+    TextToken,
+)
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage  # noqa: E402
 from omnivox.core.runtime.pipeline import Pipeline  # noqa: E402
 from omnivox.core.runtime.stage import Stage  # noqa: E402
@@ -69,13 +78,27 @@ class Tap(Stage):
         yield event
 
 
-def build(shape: str):
+class AtTheEnd:
+    """A streaming encoder's features, computed only at the end of the turn (EncoderStage streams nothing)."""
+
+    def __init__(self, encoder: ChunkedEncoder):
+        self.encoder, self.feature_dim = encoder, encoder.feature_dim
+        self.sample_rate, self.frame_rate = encoder.sample_rate, encoder.frame_rate
+
+    def num_frames(self, num_samples: int, sample_rate: int) -> int:
+        return self.encoder.num_frames(num_samples, sample_rate)
+
+    def encode(self, pcm, sample_rate: int):
+        return self.encoder.encode(pcm, sample_rate)
+
+
+def build(shape: str, checkpoint: str):
     """(encoder, model, codec, LMStage params) of the shape."""
     if shape == "demo":
         from omnivox.core.runtime.speech_kit import SpeechKit
 
-        kit = SpeechKit.load("demo", say=lambda *_: None)
-        return kit.encoder, kit.model, kit.codec, dict(strategy="text-delay", task="A1A2", memory=False)
+        kit = SpeechKit.load(checkpoint, say=lambda *_: None)  # session memory as the model declares
+        return kit.encoder, kit.model, kit.codec, dict(strategy="text-delay", task="A1A2", memory=None)
     from bench_whisper_trim import SMALL
 
     from omnivox import OmniModel
@@ -97,9 +120,9 @@ async def run_session(encoder, model, codec, lm_params, stream, ends, session, m
     """One stream through the pipeline: per question, (end of speech, AudioStop, Features, first audio) times."""
     source = PacedStream(stream, session)
     before, after = Tap("tap_vad", (AudioStop,)), Tap("tap_encoder", (Features,))
-    first = Tap("tap_out", (AudioOut,))
+    lm, first = Tap("tap_lm", (TextToken, CodecFrame)), Tap("tap_out", (AudioOut,))
     stages = [source, SileroVAD(turn_end="default"), before, EncoderStage(encoder), after,
-              LMStage(model=model, max_steps=max_steps, **lm_params), CodecStage(codec), first]
+              LMStage(model=model, max_steps=max_steps, **lm_params), lm, CodecStage(codec), first]
     await Pipeline(stages).run()
     stops = sorted((t, turn) for (kind, turn), t in before.seen.items())  # the VAD's turns, in time order
     rows = []
@@ -107,20 +130,21 @@ async def run_session(encoder, model, codec, lm_params, stream, ends, session, m
         sent = source.sent[min(int(end * RATE) // FRAME, len(source.sent) - 1)]
         turn = next((turn for t, turn in stops if t >= sent), None)  # the turn its end of speech ended
         times = [before.seen.get(("AudioStop", turn)), after.seen.get(("Features", turn)),
+                 lm.seen.get(("TextToken", turn)), lm.seen.get(("CodecFrame", turn)),
                  first.seen.get(("AudioOut", turn))]
         rows.append(None if None in times else [sent, *times])
     return rows
 
 
 def summary(name: str, rows: list) -> None:
-    got = np.array([[r[1] - r[0], r[2] - r[1], r[3] - r[2], r[3] - r[0]] for r in rows if r]) * 1000
+    got = np.array([[*np.diff(r), r[-1] - r[0]] for r in rows if r]) * 1000  # the parts, then the whole
     if not len(got):
         print(f"{name:<24} no turn answered")
         return
-    p50, p90 = np.percentile(got[:, 3], 50), np.percentile(got[:, 3], 90)
-    split = " / ".join(f"{v:.0f}" for v in np.median(got[:, :3], axis=0))
+    p50, p90 = np.percentile(got[:, -1], 50), np.percentile(got[:, -1], 90)
+    split = " / ".join(f"{v:.0f}" for v in np.median(got[:, :-1], axis=0))
     print(f"{name:<24} {len(got):>3}/{len(rows):<3} p50 {p50:6.0f} ms  p90 {p90:6.0f} ms   split p50 (decision / "
-          f"features / answer): {split} ms", flush=True)
+          f"features / prefill / first frame / codec): {split} ms", flush=True)
 
 
 def main() -> int:
@@ -131,13 +155,19 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=3.0, help="seconds of silence after each question")
     parser.add_argument("--max-steps", type=int, default=24, help="answer length in LM steps")
     parser.add_argument("--stream-input", default="500:1500", metavar="CHUNK_MS[:CONTEXT_MS]")
+    parser.add_argument("--checkpoint", default="demo", help="--shape demo: the model (a streaming-trained export: "
+                        "its chunked features at the end of speech against the same streamed)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    encoder, model, codec, lm_params = build(args.shape)
-    chunk_ms, context_ms = parse_stream_input(args.stream_input)
-    settings = {"whole (off)": encoder,
-                f"streaming {chunk_ms}:{context_ms}": ChunkedEncoder(encoder, chunk_ms=chunk_ms, context_ms=context_ms)}
+    encoder, model, codec, lm_params = build(args.shape, args.checkpoint)
+    if isinstance(encoder, ChunkedEncoder):  # the model was trained on chunked features: they are its only ones
+        settings = {f"chunked {encoder.setting}, at the end": AtTheEnd(encoder),
+                    f"streaming {encoder.setting}": encoder}
+    else:
+        chunk_ms, context_ms = parse_stream_input(args.stream_input)
+        settings = {"whole (off)": encoder, f"streaming {chunk_ms}:{context_ms}": ChunkedEncoder(
+            encoder, chunk_ms=chunk_ms, context_ms=context_ms)}
     print(f"{args.shape}: {args.turns} questions per setting, gap {args.gap} s, answers of {args.max_steps} steps, "
           f"{args.threads} cores; end of speech -> first audio, the end-of-turn decision included")
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input
+from omnivox.core.chunked_encoder import ChunkedEncoder, chunked
+from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.speech_kit import DEFAULT_MODEL, SpeechKit
 
 
@@ -21,9 +22,9 @@ def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
                         "checkpoint recorded; Mini-Omni: whisper CHECKPOINT/small.pt)")
     p.add_argument("--whisper", metavar="PT", help="same as --encoder whisper:PT")
     p.add_argument("--stream-input", metavar="CHUNK_MS[:CONTEXT_MS]",
-                   help="encode the question in chunks while it is spoken and prefill them (turns without session "
-                        "memory): features of CHUNK_MS chunks, each with CONTEXT_MS of audio before it (default 2 "
-                        "chunks); a model hears these features less well than whole ones (docs/streaming_input.md)")
+                   help="encode the question in chunks while it is spoken and prefill them: features of CHUNK_MS "
+                        "chunks, each with CONTEXT_MS of audio before it (default 2 chunks); a model not trained on "
+                        "these features hears them less well than whole ones (docs/streaming_input.md)")
     p.add_argument("--codec", metavar="NAME[:MODEL]|DIR",
                    help="codec plugin (and its model), e.g. mel:DIR, or a SNAC dir / hub id (default: the one the "
                         "checkpoint recorded; Mini-Omni: hubertsiuzdak/snac_24khz)")
@@ -40,6 +41,12 @@ def load_kit(args: argparse.Namespace, *, checkpoint: str | None = None, hear: b
     kit = SpeechKit.load(args.checkpoint if checkpoint is None else checkpoint, encoder=encoder, codec=args.codec,
                          hear=hear, speak=speak, seed=getattr(args, "seed", None) or 0, say=say)
     if getattr(args, "stream_input", None) and kit.encoder is not None:
-        chunk_ms, context_ms = parse_stream_input(args.stream_input)
-        kit.encoder = ChunkedEncoder(kit.encoder, chunk_ms=chunk_ms, context_ms=context_ms)
+        asked = chunked(kit.encoder, args.stream_input)
+        if isinstance(kit.encoder, ChunkedEncoder):  # trained on chunked features: it hears only those
+            if kit.encoder.setting != asked.setting:
+                raise ConfigError(f"--stream-input {args.stream_input}: the model was trained on chunked features "
+                                  f"({kit.encoder.setting}, recorded with its encoder) and hears only those",
+                                  "drop --stream-input: the model streams its input already")
+        else:
+            kit.encoder = asked
     return kit

@@ -13,6 +13,10 @@ answers from these features as well as it was trained for them (the accuracy stu
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,6 +36,35 @@ def parse_stream_input(spec: str) -> tuple[int, int]:
         raise ConfigError(f"--stream-input {spec!r} is not CHUNK_MS[:CONTEXT_MS]",
                           "give milliseconds, e.g. --stream-input 500:1500")
     return parts[0], parts[1] if len(parts) == 2 else 2 * parts[0]
+
+
+def chunked(encoder, stream_input: str | int) -> ChunkedEncoder:
+    """`encoder` made streaming by a `stream_input` setting ('CHUNK_MS[:CONTEXT_MS]', or the chunk in ms)."""
+    chunk_ms, context_ms = parse_stream_input(str(stream_input))
+    return ChunkedEncoder(encoder, chunk_ms=chunk_ms, context_ms=context_ms)
+
+
+def streamable(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """An encoder plugin's `factory` that also takes `stream_input` (None: the plugin's own features), shown in its
+    signature so that recipe and pipeline checks accept it."""
+    if "stream_input" in inspect.signature(factory).parameters:
+        return factory
+
+    @functools.wraps(factory)
+    def build(*args, stream_input: str | int | None = None, **kwargs):
+        encoder = factory(*args, **kwargs)
+        return encoder if stream_input is None else chunked(encoder, stream_input)
+
+    params = list(inspect.signature(factory).parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    params.insert(at, inspect.Parameter("stream_input", inspect.Parameter.KEYWORD_ONLY, default=None))
+    build.__signature__ = inspect.signature(factory).replace(parameters=params)
+    try:  # the factory's own parameter types, which config checks read (a class's are those of its __init__)
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the checks then look at names only
+        hints = {}
+    build.__annotations__ = {**hints, "stream_input": str | int | None}
+    return build
 
 
 class ChunkedEncoder:
@@ -66,6 +99,11 @@ class ChunkedEncoder:
 
     def num_frames(self, num_samples: int, sample_rate: int) -> int:
         return self.inner.num_frames(num_samples, sample_rate)
+
+    @property
+    def setting(self) -> str:
+        """'CHUNK_MS:CONTEXT_MS', as `stream_input` takes it."""
+        return f"{self.chunk_ms}:{self.context_ms}"
 
     def encode(self, pcm: Any, sample_rate: int) -> torch.Tensor:
         """PCM -> (T, F): every chunk (the last one ending with the audio), concatenated."""

@@ -202,3 +202,105 @@ def test_the_command_line_option_makes_the_encoder_stream():
     assert (kit.encoder.chunk_frames, kit.encoder.context_frames) == (10, 30)
     plain = load_kit(parser.parse_args(["--checkpoint", "random"]), say=lambda *_: None)
     assert not isinstance(plain.encoder, ChunkedEncoder)
+
+
+def test_a_model_trained_on_chunked_features_hears_only_those(tmp_path):
+    """An encoder spec's `stream_input` (every encoder takes it: a recipe's prepare.encoder, so the export's
+    components.json) gives a streaming encoder; --stream-input may repeat it but not change it."""
+    import argparse
+    import json
+
+    from omnivox.cli.model_options import add_model_options, load_kit
+    from omnivox.core.contracts.manager import get_plugin_manager
+    from omnivox.core.runtime.speech_kit import COMPONENTS_FILE, RANDOM_MODEL
+    from omnivox.plugins.random_models import TINY_COMPONENTS, TINY_WHISPER_DIMS
+    from omnivox.training.recipe import check_component
+
+    check_component({"_component_": "whisper", "dims": TINY_WHISPER_DIMS, "stream_input": "200:600"},
+                    "prepare.encoder", "encoders", ())
+    directory = tmp_path / "export"
+    SpeechKit.load_model(RANDOM_MODEL).save_pretrained(directory)
+    encoder = {"name": "whisper", "params": {"dims": TINY_WHISPER_DIMS, "seed": 0, "stream_input": "200:600"}}
+    record = {"encoder": encoder, "codec": TINY_COMPONENTS["codec"]}
+    (directory / COMPONENTS_FILE).write_text(json.dumps(record))
+    assert isinstance(SpeechKit.load(str(directory), say=lambda *_: None).encoder, ChunkedEncoder)
+    parser = argparse.ArgumentParser()
+    add_model_options(parser)
+    same = load_kit(parser.parse_args(["--checkpoint", str(directory), "--stream-input", "200:600"]),
+                    say=lambda *_: None)
+    assert same.encoder.setting == "200:600" and not isinstance(same.encoder.inner, ChunkedEncoder)
+    with pytest.raises(ConfigError, match="trained on chunked features"):
+        load_kit(parser.parse_args(["--checkpoint", str(directory), "--stream-input", "500"]), say=lambda *_: None)
+    plain = get_plugin_manager().create("encoders", "whisper", dims=TINY_WHISPER_DIMS, seed=0)
+    assert not isinstance(plain, ChunkedEncoder)
+
+
+def run_turn(conversation, feats, task="A1A2", early=None, max_steps=10):
+    decoder = conversation.turn(task=task, audio_features=feats, max_steps=max_steps, early=early)
+    return decoder, [e for e in decoder.run() if isinstance(e, Done)][0].result
+
+
+@pytest.mark.parametrize("task,strategy", [("A1A2", "text-delay"), ("A1A2", "batch-parallel")])
+def test_a_conversation_turn_prefilled_early_continues_the_history_exactly(model, task, strategy):
+    """The early prefill copies the conversation's cache; the turn then gives the tokens of a turn that continued
+    the cache, and the conversation goes on from it as after any turn."""
+    from omnivox.core.kernel.conversation import Conversation
+
+    first, second, third = features(9, 1), features(17, 2), features(6, 3)
+    ours, ref = Conversation(model, strategy=strategy), Conversation(model, strategy=strategy)
+    for conversation in (ours, ref):
+        run_turn(conversation, first, task)
+    early = ours.early_prefill(task)
+    before = (ours.state.length, ours.state.cache.backbone.layers[0].keys.clone())
+    for a, b in ((0, 5), (5, 12)):
+        early.extend(second[a:b])
+    assert (ours.state.length, *[torch.equal(ours.state.cache.backbone.layers[0].keys, before[1])]) == (
+        before[0], True)  # the history's own cache is untouched while the turn is spoken
+    decoder, got = run_turn(ours, second, task, early=early)
+    _, want = run_turn(ref, second, task)
+    assert decoder.skipped == 13 and torch.equal(got.tokens, want.tokens)
+    assert ours.length == ref.length and ours.state.length == ref.state.length
+    assert torch.equal(run_turn(ours, third, task)[1].tokens, run_turn(ref, third, task)[1].tokens)
+
+
+def test_an_early_prefill_of_a_history_that_changed_is_not_used(model):
+    from omnivox.core.kernel.conversation import Conversation
+
+    ours, ref = Conversation(model), Conversation(model)
+    for conversation in (ours, ref):
+        run_turn(conversation, features(9, 1))
+    early = ours.early_prefill("A1A2")
+    early.extend(features(12, 2)[:8])
+    for conversation in (ours, ref):
+        conversation.truncate(4)  # the first answer was cut while the second question was spoken
+    decoder, got = run_turn(ours, features(12, 2), early=early)
+    assert decoder.skipped == 0
+    assert torch.equal(got.tokens, run_turn(ref, features(12, 2))[1].tokens)
+
+
+def test_a_conversation_streamed_through_the_stages_answers_as_one_continued(kit, monkeypatch):
+    """LMStage with session memory: both turns' prompts are prefilled early (the second on a copy of the first's
+    cache), and the tokens are those of the same conversation decoded from the whole features."""
+    from omnivox.core.kernel.conversation import Conversation
+
+    used = []
+    usable = EarlyPrefill.usable
+    monkeypatch.setattr(EarlyPrefill, "usable", lambda self, setup: used.append(usable(self, setup)) or used[-1])
+    never_emit_audio_specials(kit.model)
+    encoder = ChunkedEncoder(kit.encoder, chunk_ms=200, context_ms=400)
+    questions = [tone(20000, seed=4), tone(14000, seed=5)]
+    events = []
+    for turn, x in enumerate(questions):
+        events += [e if not hasattr(e, "turn_id") else _in_turn(e, turn) for e in paced_turn(x)]
+    lm = LMStage("text-delay", model=kit.model, max_steps=12, threads=1, memory=True)
+    asyncio.run(Pipeline([EncoderStage(encoder), lm]).run(events))
+    ref = Conversation(kit.model, strategy="text-delay")
+    for turn, x in enumerate(questions):
+        want = run_turn(ref, encoder.encode(x, 16000), max_steps=12)[1]
+        assert torch.equal(lm.results[("default", turn)].tokens, want.tokens)
+    assert used == [60, 40]
+
+
+def _in_turn(event, turn: int):
+    event.turn_id = turn
+    return event

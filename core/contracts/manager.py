@@ -87,7 +87,13 @@ class Registry:
         ones of a `config`), write them into `directory` and return the params that load them from there (None:
         nothing to write); `mini_omni`: {"params", "local"}, this component as a Mini-Omni checkpoint's own when
         it records no components. A model declares `components`: the encoder and codec it was trained with, a
-        record in components.json's form or the export directory that holds one."""
+        record in components.json's form or the export directory that holds one. Every encoder's factory also
+        takes `stream_input: "CHUNK_MS[:CONTEXT_MS]"` (core/chunked_encoder.py `streamable`), so a recipe can train
+        a model on the chunked features streaming input gives, and its export records them."""
+        if self.kind == "encoders":
+            from omnivox.core.chunked_encoder import streamable
+
+            factory = streamable(factory)
         if name in self.entries:
             other = self.entries[name].plugin
             raise PluginError(

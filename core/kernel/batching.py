@@ -134,17 +134,15 @@ class BatchEngine:
         """Queues a turn; returns its decoder, whose `state` holds the turn's cache and positions after Done.
         With a `conversation` (of this engine's model) the turn is that conversation's next turn
         (`Conversation.turn`: it continues the conversation's cache). With an `early` prefill (its `extend`s
-        queued by `prefill_early` before this call), only the rest of the prompt is prefilled."""
-        if early is not None and conversation is not None:
-            raise InputError("a conversation's turn continues its cache: it cannot start from an early prefill",
-                             "prefill early only turns without a conversation")
+        queued by `prefill_early` before this call; for a conversation's turn, from `Conversation.early_prefill`),
+        only the rest of the prompt is prefilled."""
         if conversation is None:
             decoder = TurnDecoder(prepare(self.model, **stream_kwargs), early=early)
         elif conversation.lm is not self.lm:
             raise InputError("the conversation decodes with another model than this BatchEngine",
                              "make the Conversation with the engine's model")
         else:
-            decoder = conversation.turn(**stream_kwargs)
+            decoder = conversation.turn(early=early, **stream_kwargs)
         turn = BatchTurn(decoder, emit)
         with self._wake:
             self.waiting.append(turn)

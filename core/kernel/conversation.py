@@ -31,7 +31,7 @@ import torch
 
 from omnivox.core.errors import InputError
 from omnivox.core.kernel.conversation_format import ConversationFormat, TurnRecord
-from omnivox.core.kernel.generation import DecodeState, TurnDecoder, prepare
+from omnivox.core.kernel.generation import DecodeState, EarlyPrefill, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM
 from omnivox.core.kernel.strategies import DecodingStrategy, get_strategy
 from omnivox.core.kernel.tokens import Prompt
@@ -204,12 +204,29 @@ class Conversation:
         return True
 
     # ---- turns ------------------------------------------------------------------------------------
+    def early_prefill(self, task: str) -> EarlyPrefill | None:
+        """An EarlyPrefill for the next turn (streaming input: its prompt prefilled while its audio arrives) on a
+        copy of the cache as it is now; None while a turn decodes or when the next turn cannot continue the cache
+        (no cache, a changed context, action results waiting): that turn prefills at its end."""
+        self._settle(strict=False)
+        state = self.state
+        if self.decoding or self.results:
+            return None
+        if state is None and not self.turns and not self.context_ids:  # the first turn: nothing before its prompt
+            return EarlyPrefill(self.model, task=task, strategy=self.strategy)
+        if state is None or state.cache is None or state.length != self.length or (
+                self._state_context != self.context_ids):
+            return None
+        return EarlyPrefill(self.model, task=task, strategy=self.strategy, base=state)
+
     def turn(self, *, task: str, audio_features=None, text_ids=None, strategy=None, sampling=None,
              max_steps: int | None = None, force_layout: bool = False, cancel=None,
-             turn_id: object = None) -> TurnDecoder:
+             turn_id: object = None, early: EarlyPrefill | None = None) -> TurnDecoder:
         """The next turn's decoder (`generation.stream`'s arguments; `strategy`, when given, must be the
         conversation's). It continues the conversation's cache, or re-prefills it (see the module docstring).
-        The previous turn must have ended (its Done, or its error)."""
+        `early`: the turn's prompt prefilled while its audio arrived, on a copy of the cache (`early_prefill`); used
+        when the turn continues the cache as it was then. The previous turn must have ended (its Done, or its
+        error)."""
         self._settle(strict=True)
         if strategy is not None and get_strategy(strategy).name != self.strategy.name:
             raise InputError(f"this conversation decodes with {self.strategy.name}, not {get_strategy(strategy).name}",
@@ -243,11 +260,16 @@ class Conversation:
             setup = replace(setup, prompt=prompt, features=features)
             state = self.state = DecodeState(self.lm.new_cache())
             self._state_context = list(self.context_ids)
+            if early is not None and (early.base is not None or prompt.length != own.length):
+                early = None  # prefilled after a history that is not the one this prompt has
         elif results:  # continue the cache: the results are prefilled with the turn's own prompt
             prompt, features = self.format.render(self.lm.layout, [], results, own, setup.features)
             setup = replace(setup, prompt=prompt, features=features)
             self.turns.extend(results)
-        decoder = TurnDecoder(setup, state, fill_post_cache=True)
+            early = None
+        if early is not None and early.base is not None and (early.base is not state or early.start != state.length):
+            early = None  # the history changed since it was copied
+        decoder = TurnDecoder(setup, state, fill_post_cache=True, early=early)
         self._open = _OpenTurn(decoder, own, own_features, task, turn_id, state.length)
         return decoder
 
@@ -267,6 +289,7 @@ class Conversation:
         if decoder.error is not None:  # the cache may hold part of the turn, or nothing (a failed batched step)
             self.state = None
             return
+        self.state = decoder.state  # the state it continued, or its early prefill's copy of it
         if open_turn.forget:  # taken back: the cache returns to where the turn began
             self._crop(open_turn.start)
             return

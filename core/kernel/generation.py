@@ -297,15 +297,15 @@ class TurnDecoder:
                  early: EarlyPrefill | None = None):
         self.setup = setup
         self.lm, self.rule, self.sampling = setup.lm, setup.rule, setup.sampling
-        if state is not None and early is not None:
-            raise InputError("a turn either continues a decode state or starts from an early prefill, not both",
-                             "prefill early only turns that start a fresh state")
         if state is not None:
             _check_continues(state, setup)
-        self.early = early  # the prompt's first positions, prefilled while the audio arrived (or nothing)
+        # the prompt's first positions, prefilled while the audio arrived (on a copy of `state`'s cache, when given):
+        # `prefill` continues it when it is usable, else `state` (or a fresh one)
+        self.early = early
         self.skipped = 0  # positions of the prompt the early prefill had done (set by `prefill`)
         self.state = state if state is not None else early.state if early is not None else DecodeState(
             setup.lm.new_cache())
+        self._fallback = state
         self.fill_post_cache = fill_post_cache
         self.done: Done | None = None
         self.error: BaseException | None = None
@@ -358,11 +358,11 @@ class TurnDecoder:
         ids, features, lengths, spans = prompt.ids, self.setup.features, prompt.audio_lengths, prompt.audio_spans
         frames = self.early.usable(self.setup) if self.early is not None else 0
         if frames:  # the early prefill holds positions 0..frames: the rest of the prompt follows them
-            self.skipped = 1 + frames
+            self.state, self.skipped = self.early.state, 1 + frames
             ids, features, lengths = ids[..., self.skipped:], features[:, frames:], None
             spans = tuple(((0, features.shape[1]),) for _ in range(ids.shape[0]))
-        elif self.early is not None:  # nothing usable: a fresh state
-            self.state = DecodeState(lm.new_cache())
+        elif self.early is not None:  # nothing usable: the state given, or a fresh one
+            self.state = self._fallback if self._fallback is not None else DecodeState(lm.new_cache())
         with torch.inference_mode():
             out = lm(ids.to(lm.device), features, lengths, cache=self.state.cache, last_only=True,
                      text_rows=text_rows, audio_rows=audio_rows, audio_spans=spans)
@@ -438,16 +438,17 @@ class TurnDecoder:
 class EarlyPrefill:
     """An audio-in turn's prompt prefilled while its audio still arrives (streaming input, core/chunked_encoder.py).
 
-        EarlyPrefill(model, task=, strategy=) ──► extend(features (n, F)) per FeaturesPart: the prompt's next
-        positions (the input marker first, then one per frame) into a fresh DecodeState
-        TurnDecoder(setup, early=it) ──► its prefill checks the frames are the first ones of the turn's features
-        and feeds only the rest of the prompt (the last frames, eoa, the answer markers)
+        EarlyPrefill(model, task=, strategy=, base=) ──► extend(features (n, F)) per FeaturesPart: the prompt's
+        next positions (the input marker first, then one per frame) into a fresh DecodeState, or into a copy of
+        `base` (a conversation's history: its cache is copied when this is made, and never written)
+        TurnDecoder(setup, base, early=it) ──► its prefill checks the frames are the first ones of the turn's
+        features and feeds only the rest of the prompt (the last frames, eoa, the answer markers)
 
     An audio prompt's first 1 + f positions do not depend on its length T (core/kernel/tokens.py audio_prompt), and
     the LM is causal, so prefilling them early gives the keys and values of one whole prefill (the same greedy
     tokens, tests/test_stream_input.py). A failed extend leaves it unusable: the turn prefills whole."""
 
-    def __init__(self, model, *, task: str, strategy: str | DecodingStrategy):
+    def __init__(self, model, *, task: str, strategy: str | DecodingStrategy, base: DecodeState | None = None):
         self.lm: OmniLM = model.lm if hasattr(model, "lm") else model
         self.strategy = get_strategy(strategy)
         self.strategy.check_task(task)
@@ -455,7 +456,10 @@ class EarlyPrefill:
             raise InputError(f"task {task} takes text: nothing to prefill while audio arrives",
                              "prefill early only audio-in turns (A1A2, A1T2, A1T1)")
         self.task = task
-        self.state = DecodeState(self.lm.new_cache())
+        self.base = base  # the state the turn would continue (None: a fresh one)
+        self.start = base.length if base is not None else 0  # positions before the turn's prompt
+        self.state = DecodeState(_copied(base.cache, self.lm), base.length) if base is not None else DecodeState(
+            self.lm.new_cache())
         self.parts: list[torch.Tensor] = []  # (n, F) each, in order
         self.frames = 0
         self.failed: BaseException | None = None
@@ -469,7 +473,7 @@ class EarlyPrefill:
             return
         try:
             features = _check_features(self.lm, features, self.task)  # (1, n, F)
-            n, done = features.shape[1], self.state.length
+            n, done = features.shape[1], self.state.length - self.start  # done: the prompt's positions so far
             prompt = self.strategy.prompt(self.lm.layout, self.task, n_frames=self.frames + n)
             ids = prompt.ids[..., done:1 + self.frames + n]  # (rows, S, positions): the marker first, then frames
             if self.state.length + ids.shape[-1] + 3 > self.lm.config.block_size:
@@ -495,3 +499,19 @@ class EarlyPrefill:
             return 0
         early = torch.cat(self.parts).to(setup.features)
         return self.frames if torch.equal(early, setup.features[0, :self.frames]) else 0
+
+
+def _copied(cache: OmniCache | None, lm: OmniLM) -> OmniCache:
+    """A copy of `cache` (every layer's keys and values), so that extending it leaves the original as it was."""
+    if cache is None:
+        raise InputError("the decode state to continue holds no cache (its turn still decodes)",
+                         "prefill early only once the previous turn has ended")
+    copy = lm.new_cache()
+    copy.length = cache.length
+    for theirs, mine in ((cache.backbone, copy.backbone), (cache.post, copy.post)):
+        for layer, own in zip(theirs.layers if theirs is not None else (), mine.layers if mine is not None else (),
+                              strict=True):
+            if layer.is_initialized:
+                own.lazy_initialization(layer.keys, layer.values)
+                own.keys, own.values = layer.keys.clone(), layer.values.clone()
+    return copy

@@ -327,8 +327,6 @@ class LMStage(Stage):
         early = held[0] if held is not None else None
         if isinstance(event, Features):
             features = torch.as_tensor(event.features, dtype=torch.float32)
-            if conversation is not None:
-                early = None  # a conversation's turn continues its cache
             self.engine.submit(deliver, task=self.task or "A1A2", audio_features=features, early=early, **options)
         else:
             task = self.task if self.task in ("T1A2", "T1T2") else "T1A2"
@@ -365,20 +363,25 @@ class LMStage(Stage):
                 self.conversations.cut(event.session_id, event.turn_id, delivered)
 
     def _prefill_early(self, event: FeaturesPart) -> None:
-        """Frames of a turn still being spoken: prefilled in the engine's thread (streaming input), unless the
-        session keeps a conversation (its turns continue the conversation's cache: they prefill at the end)."""
+        """Frames of a turn still being spoken: prefilled in the engine's thread (streaming input). A session's
+        conversation continues a copy of its cache (when its previous turn has ended: else the turn prefills at
+        its end, as it does when the history changes meanwhile)."""
         from omnivox.core.kernel.generation import EarlyPrefill
 
         task = self.task or "A1A2"
-        if self.conversations.get(event.session_id, self.model, self.strategy) is not None or task in (
-                "T1A2", "T1T2"):
+        if task in ("T1A2", "T1T2"):
             return
         key = event.turn
         held = self.early.get(key)  # [its EarlyPrefill, frames queued]
         if held is None:
-            if event.start != 0:  # its first frames went by (e.g. the session kept a conversation then)
+            if event.start != 0:  # its first frames went by (its previous turn was decoding then)
                 return
-            held = self.early[key] = [EarlyPrefill(self.model, task=task, strategy=self.strategy), 0]
+            conversation = self.conversations.get(event.session_id, self.model, self.strategy)
+            early = (EarlyPrefill(self.model, task=task, strategy=self.strategy) if conversation is None
+                     else conversation.early_prefill(task))
+            if early is None:
+                return
+            held = self.early[key] = [early, 0]
             while len(self.early) > KEEP_EARLY:  # turns that never ended (their audio was dropped)
                 self.early.pop(next(iter(self.early)))
         if event.start != held[1]:  # a part is missing: the turn prefills whole
