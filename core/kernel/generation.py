@@ -5,6 +5,8 @@ the one turn decoder that they and core/kernel/batching.py's BatchEngine decode 
     prefill(): the prompt's forward ──► advance(out): sample, append the column, TextPiece / FramePiece, stop?
     each step: the forward of the column fed back ──► advance(out)     (alone: `step()`; batched: BatchEngine)
     finish(reason) ──► Done(GenerationResult); the DecodeState (KV cache + positions) outlives the turn
+    streaming input: EarlyPrefill.extend(frames so far) while the audio arrives ──► TurnDecoder(..., early=)
+    whose prefill feeds only the rest of the prompt
 
 One KV-cached prefill, then one forward per step of the single new column; only the head rows the step
 samples: the last position (`last_only`), the text row's text logits and the audio row's audio logits
@@ -491,7 +493,7 @@ class EarlyPrefill:
 
     def usable(self, setup: TurnSetup) -> int:
         """Frames prefilled that `setup` (the turn as finally asked) starts with: 0 when none, or when the task,
-        the strategy or the frames differ (the turn then prefills whole, on a fresh state)."""
+        the strategy or the frames differ (the turn then prefills whole, on the state it was given or a fresh one)."""
         if self.failed is not None or not self.frames or setup.task != self.task or (
                 setup.strategy.name != self.strategy.name) or setup.features is None:
             return 0
