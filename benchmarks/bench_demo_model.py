@@ -173,10 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     kit = SpeechKit.load(args.checkpoint, say=lambda line: None)  # as `omnivox chat` chooses
     model, encoder, codec = kit.model, kit.encoder, kit.codec
     if args.stream_input:
-        from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input
+        from omnivox.core.chunked_encoder import chunked
 
-        chunk_ms, context_ms = parse_stream_input(args.stream_input)
-        encoder = ChunkedEncoder(encoder, chunk_ms=chunk_ms, context_ms=context_ms)
+        encoder = chunked(encoder, args.stream_input)
     questions = test_questions(data, args.limit)
     print(f"{args.checkpoint}: {model.source}; {len(questions)} held-out questions; torch threads {args.threads}")
     start = time.perf_counter()

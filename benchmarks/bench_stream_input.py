@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bench_live import questions  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
-from omnivox.core.chunked_encoder import ChunkedEncoder, parse_stream_input  # noqa: E402
+from omnivox.core.chunked_encoder import ChunkedEncoder, chunked  # noqa: E402
 from omnivox.core.runtime.events import (  # noqa: E402
     AudioChunk,
     AudioOut,
@@ -165,9 +165,8 @@ def main() -> int:
         settings = {f"chunked {encoder.setting}, at the end": AtTheEnd(encoder),
                     f"streaming {encoder.setting}": encoder}
     else:
-        chunk_ms, context_ms = parse_stream_input(args.stream_input)
-        settings = {"whole (off)": encoder, f"streaming {chunk_ms}:{context_ms}": ChunkedEncoder(
-            encoder, chunk_ms=chunk_ms, context_ms=context_ms)}
+        streaming = chunked(encoder, args.stream_input)
+        settings = {"whole (off)": encoder, f"streaming {streaming.setting}": streaming}
     print(f"{args.shape}: {args.turns} questions per setting, gap {args.gap} s, answers of {args.max_steps} steps, "
           f"{args.threads} cores; end of speech -> first audio, the end-of-turn decision included")
     with tempfile.TemporaryDirectory() as tmp:

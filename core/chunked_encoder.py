@@ -93,10 +93,6 @@ class ChunkedEncoder:
     def feature_dim(self) -> int:
         return self.inner.feature_dim
 
-    @property
-    def chunk_samples(self) -> int:
-        return self.chunk_frames * self.samples_per_frame
-
     def num_frames(self, num_samples: int, sample_rate: int) -> int:
         return self.inner.num_frames(num_samples, sample_rate)
 
@@ -108,9 +104,13 @@ class ChunkedEncoder:
     def encode(self, pcm: Any, sample_rate: int) -> torch.Tensor:
         """PCM -> (T, F): every chunk (the last one ending with the audio), concatenated."""
         x = audio.convert(pcm, sample_rate, to_rate=self.sample_rate, mono=True, what="audio for the encoder")
-        total = self.num_frames(len(x), self.sample_rate)
-        chunks = -(-total // self.chunk_frames)
-        return torch.cat([self.encode_chunk(x, k, last=k == chunks - 1) for k in range(chunks)])
+        return self.encode_from(x, 0)
+
+    def encode_from(self, x: np.ndarray, first: int) -> torch.Tensor:
+        """(T - first * F, feature_dim): chunks `first`.. of the whole utterance `x` (mono, at the encoder's rate),
+        the last one ending with it; what is left at the end of a turn whose first chunks were encoded early."""
+        chunks = -(-self.num_frames(len(x), self.sample_rate) // self.chunk_frames)
+        return torch.cat([self.encode_chunk(x, k, last=k == chunks - 1) for k in range(first, chunks)])
 
     def chunk_ready(self, k: int, received: int) -> bool:
         """Chunk k is final (not the utterance's last) once `received` samples (at the encoder's rate) arrived:

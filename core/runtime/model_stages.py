@@ -35,6 +35,7 @@ from omnivox.core.contracts.codec import push_frames
 from omnivox.core.errors import ConfigError, InputError
 from omnivox.core.kernel.actions import ActionFormat, ActionIssue, ActionParser, ParsedAction, check_names
 from omnivox.core.kernel.threads import set_threads
+from omnivox.core.kernel.tokens import AUDIO_IN_TASKS
 from omnivox.core.runtime.conversations import SessionConversations
 from omnivox.core.runtime.events import (
     Action,
@@ -129,7 +130,7 @@ class EncoderStage(Stage):
                                  "send at least one chunk of audio before ending the turn")
             pcm = np.concatenate(chunks, axis=1)
             if parts:  # the chunks not encoded yet, the last one ending with the audio
-                features = await self._off_loop(self._rest, pcm[0], parts)
+                features = torch.cat([*parts, await self._off_loop(self.encoder.encode_from, pcm[0], len(parts))])
             else:
                 features = await self._off_loop(self.encoder.encode, pcm, rate)  # (T, F)
             yield Features(features=features, frames_per_second=self.encoder.frame_rate, **same_turn(event))
@@ -153,13 +154,6 @@ class EncoderStage(Stage):
             parts.append(features)
             yield FeaturesPart(features=features, start=(len(parts) - 1) * encoder.chunk_frames, session_id=key[0],
                                turn_id=key[1])
-
-    def _rest(self, x: np.ndarray, parts: list[torch.Tensor]) -> torch.Tensor:
-        """(T, F): `parts` (the chunks encoded during the turn) and the chunks after them; in the encoder's thread."""
-        encoder = self.encoder
-        chunks = -(-encoder.num_frames(len(x), encoder.sample_rate) // encoder.chunk_frames)
-        rest = [encoder.encode_chunk(x, k, last=k == chunks - 1) for k in range(len(parts), chunks)]
-        return torch.cat([*parts, *rest])
 
     async def _off_loop(self, fn, *args):
         if self._executor is None:
@@ -369,7 +363,7 @@ class LMStage(Stage):
         from omnivox.core.kernel.generation import EarlyPrefill
 
         task = self.task or "A1A2"
-        if task in ("T1A2", "T1T2"):
+        if task not in AUDIO_IN_TASKS:
             return
         key = event.turn
         held = self.early.get(key)  # [its EarlyPrefill, frames queued]
