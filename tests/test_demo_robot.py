@@ -4,6 +4,7 @@ replies as the ASR yardstick writes them, follow-up answers, splits; one small b
 import json
 import random
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from omnivox.training.data import read_manifest
 from omnivox.training.demo_domain import DemoConfig, build_demo
 from omnivox.training.demo_robot import (
     COMMANDS,
+    EXTRA_ROOMS,
     PHRASINGS,
     RobotConfig,
     build_robot,
@@ -103,14 +105,16 @@ def test_build_small_set(tmp_path):
     demo = DemoConfig(intents=["day_after", "capital"], variants=1, min_per_intent=0, test_per_intent=2)
     build_demo(tmp_path, demo, progress=False)
     config = RobotConfig(commands=["light", "stop"], command_variants=1, context_variants=1, contexts_per_question=1,
-                         follow_ups_per_kind=2, test_per_intent=2, demo=demo)
+                         follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2, extra_phrasings=1,
+                         extra_levels=True, typed_copies=True)
     meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
     rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
             for split in ("train", "test")}
     for split in rows:  # every history resolves; the training manifest reads as training will read it
         examples = read_manifest(tmp_path / f"robot_{split}.jsonl", require_prepared=False)
         follow_ups = [ex for ex in examples if meta[ex.id]["group"] == "follow-up"]
-        assert follow_ups and all(len(ex.history) == 1 and ex.history[0].task == ex.task for ex in follow_ups)
+        # a follow-up's first turn answers in its kind (a typed copy of a spoken follow-up keeps the spoken turn)
+        assert follow_ups and all(len(ex.history) == 1 and ex.history[0].task[2:] == ex.task[2:] for ex in follow_ups)
     voices = json.loads((tmp_path / "demo.json").read_text())["questions"]
     held = set(demo.test_voices)
     test_audio = {r["question_audio"] for r in rows["test"] if "question_audio" in r}
@@ -129,3 +133,20 @@ def test_build_small_set(tmp_path):
     shutil.copytree(tmp_path / "audio", again / "audio", ignore=shutil.ignore_patterns("r"))
     build_robot(again, config, progress=False)
     assert (again / "robot_train.jsonl").read_text() == (tmp_path / "robot_train.jsonl").read_text()  # seeded
+    # the training-only values: extra rooms and off-grid levels in training, never in test; the test split and the
+    # other training lines are those of a build without them
+    def rooms(rows):
+        return {room for r in rows for room in EXTRA_ROOMS
+                if f"the {room} light" in r["answer_text"] or r["answer_text"] == f"i am in the {room}"}
+
+    assert rooms(rows["train"]) == set(EXTRA_ROOMS[:config.extra_rooms]) and config.extra_rooms > 0
+    assert not rooms(rows["test"])
+    assert any(r["answer_text"] == "my battery is at seven percent" for r in rows["train"])
+    typed = {(meta[r["id"]]["question"], r.get("context")) for r in rows["train"] if r["task"] == "T1T2"}
+    assert all((meta[r["id"]]["question"], r.get("context")) in typed for r in rows["train"] if r["task"] == "A1T2")
+    plain = tmp_path / "plain"
+    shutil.copytree(again, plain, ignore=shutil.ignore_patterns("robot*"))
+    build_robot(plain, replace(config, extra_rooms=0, extra_levels=False, typed_copies=False), progress=False)
+    assert (plain / "robot_test.jsonl").read_text() == (tmp_path / "robot_test.jsonl").read_text()
+    kept = (plain / "robot_train.jsonl").read_text()
+    assert (tmp_path / "robot_train.jsonl").read_text().startswith(kept)  # the extras come after, nothing moved

@@ -20,6 +20,7 @@ from omnivox.core.errors import CheckpointError, ConfigError, InputError
 from omnivox.training.freeze import GROUP_PREFIXES, group_of
 from omnivox.training.loss import token_losses
 from omnivox.training.recipe import build_model, load_recipe
+from omnivox.training.schedule import global_batch
 from omnivox.training.trainer import TrainingRecipe, train
 from omnivox.training.weights import read_init_state, write_native
 
@@ -373,3 +374,27 @@ def test_export_keeps_the_seeded_codec_the_frames_came_from(data, tmp_path):
     original = create("codecs", "snac", config=section["config"], seed=section["seed"])
     frames = torch.from_numpy(np.load(data.parent / "cache" / "c0.npy")).long()
     assert torch.equal(exported.decode(frames), original.decode(frames))
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_the_trainer_takes_its_batches_from_the_order(tmp_path, window, random_init):
+    """training.group_by_length: one epoch still trains every line once; grouped, a batch holds lines of about
+    one length (here: the 4 longest, the next 4, ...); the same position gives the same batch (resume)."""
+    data = make_manifest(tmp_path / "data", n=12)
+    recipe = load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(
+        data, tmp_path / "run", init_from=random_init, training__batch_size=4, training__group_by_length=window,
+        data__tasks="[A1A2]"))
+    trainer = TrainingRecipe(recipe)
+    trainer.setup()
+    try:
+        lengths = trainer.check_lengths(trainer.dataset)
+        batches = []
+        for _ in range(3):
+            batches.append(global_batch(12, recipe.data["seed"], trainer.position, 4, trainer.order))
+            trainer.train_step(trainer.next_batch())
+    finally:
+        trainer.cleanup()
+    assert sorted(i for b in batches for i in b) == list(range(12))  # one epoch: every line once
+    by_length = sorted(range(12), key=lambda i: -lengths[i])
+    neighbours = {frozenset(by_length[k:k + 4]) for k in range(0, 12, 4)}
+    assert ({frozenset(b) for b in batches} == neighbours) == bool(window)  # grouped: the 4 longest, ...

@@ -24,6 +24,9 @@ Splits (seeded, before any audio): the test split holds the LAST phrasing of eve
 (light room/switch pairs, move direction/distance pairs, battery levels) and held-out voices and rates, as
 demo_domain does. Context ("battery: 40%, location: kitchen", either order) is also given to a share of the other
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
+Training only: every spoken line also typed (typed_copies), and 40 more rooms and the battery levels off the 5-grid
+(extra_rooms, extra_levels), so that copying the value from the question or the context, not recalling a trained
+pair, is what fits the data; these lines come last, from their own seeded generator (the test split is the same).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
     audio/r/q/*.wav, audio/r/a/*.wav    new questions and answers
@@ -63,6 +66,14 @@ ACTION_NAMES = ("light", "move", "turn", "stop", "volume")
 COMMANDS = ("light", "move", "turn", "stop", "volume")
 CONTEXT_INTENTS = ("battery", "location")
 BATTERY_LEVELS = list(range(5, 101, 5))
+# Training-only values (RobotConfig.extra_rooms, extra_levels): rooms no test line names, battery levels off the
+# 5-grid. With 8 rooms and 20 levels the model can answer by recalling trained pairs; with many values it must
+# copy the room from the question or the level from the context, which held-out pairs need.
+EXTRA_ROOMS = ["attic", "porch", "pantry", "nursery", "study", "den", "cellar", "basement", "laundry room",
+               "guest room", "playroom", "workshop", "library", "lounge", "foyer", "balcony", "terrace", "sunroom",
+               "studio", "gym", "closet", "loft", "corridor", "lobby", "spare room", "utility room", "music room",
+               "game room", "family room", "reading room", "storage room", "back room", "front room", "cloakroom",
+               "conservatory", "greenhouse", "shed", "garden", "patio", "landing"]
 
 # Phrasings; the LAST one of each list is held out for the test split. {on}: "on"/"off", {d}: a direction.
 PHRASINGS: dict[str, list[str]] = {
@@ -130,10 +141,14 @@ class Item:
         return self.reply + (action_format().render(*self.action) if self.action else "")
 
 
+def light_item(room: str, on: str) -> Item:
+    return Item("light", f"{room}:{on}", {"room": room, "on": on}, f"turning {on} the {room} light",
+                ("light", {"room": room, "on": on == "on"}))
+
+
 def command_items(intent: str) -> list[Item]:
     if intent == "light":
-        return [Item("light", f"{room}:{on}", {"room": room, "on": on}, f"turning {on} the {room} light",
-                     ("light", {"room": room, "on": on == "on"})) for room in ROOMS for on in ("on", "off")]
+        return [light_item(room, on) for room in ROOMS for on in ("on", "off")]
     if intent == "move":
         return [Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {metres(n)}",
                      ("move", {"direction": "forward" if d == "forward" else "back", "metres": n}))
@@ -204,6 +219,10 @@ class RobotConfig:
     context_share: float = 0.3  # single questions that also carry a (random) context
     unrelated_history_share: float = 0.3  # single questions that follow an unrelated earlier turn
     replay: float = 1.0  # share of demo_domain's spoken training questions replayed (A1A2 + A1T2)
+    extra_rooms: int = 40  # training-only rooms (EXTRA_ROOMS[:n]) for light commands and location questions
+    extra_phrasings: int = 3  # training phrasings per extra (room, on/off) light pair
+    extra_levels: bool = True  # also train battery questions at the levels 1..99 off the 5-grid
+    typed_copies: bool = True  # every spoken training line also typed (A1T2 -> T1T2; A1A2 -> T1A2 but singles')
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -215,6 +234,8 @@ class RobotConfig:
             raise ConfigError(f"commands={self.commands}", f"name some of: {', '.join(COMMANDS)}")
         if not 0 < self.test_values < 0.5:
             raise ConfigError(f"test_values={self.test_values}", "hold out a share in (0, 0.5)")
+        if not 0 <= self.extra_rooms <= len(EXTRA_ROOMS):
+            raise ConfigError(f"extra_rooms={self.extra_rooms}", f"use 0..{len(EXTRA_ROOMS)}")
         for name in ("context_share", "unrelated_history_share", "replay"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}={getattr(self, name)}", f"give {name} a share in 0..1")
@@ -246,9 +267,10 @@ class _Builder:
                                        d.answer_word_gap))
         return self.answers[reply]
 
-    def speak(self, text: str, split: str, voice: str | None = None) -> tuple[str, str]:
+    def speak(self, text: str, split: str, voice: str | None = None, rng: random.Random | None = None
+              ) -> tuple[str, str]:
         """A new question recording; returns (its path, its voice)."""
-        d, rng = self.demo, self.rng
+        d, rng = self.demo, rng or self.rng
         test = split == "test"
         voice = voice or rng.choice(d.test_voices if test else d.voices)
         rate, pitch = rng.choice(d.test_rates if test else d.rates), rng.choice(d.pitches)
@@ -333,6 +355,7 @@ def build_robot(data_dir: str | Path, config: RobotConfig | None = None, *, prog
     _context_questions(b)
     _follow_ups(b, old, typed, commands)
     _unrelated_history(b)
+    _extra_values(b)
     render_all(b.jobs, RenderConfig(config.demo.jobs, config.demo.sample_rate), progress)
     dropped = _fit_block(b, old)
     for split, lines in b.rows.items():
@@ -537,8 +560,7 @@ def _follow_up_turn(intent: str, kind: str, first, template: str, rng: random.Ra
             room = rng.choice([r for r in ROOMS if r != room])
         else:
             on = "off" if on == "on" else "on"
-        item = next(i for i in command_items("light") if i.slots == {"room": room, "on": on})
-        return template.format(room=room, on=on), item.answer, "light"
+        return template.format(room=room, on=on), light_item(room, on).answer, "light"
     made = _follow_up_answer(intent, kind, first, rng)
     if made is None:
         return None
@@ -564,6 +586,47 @@ def _unrelated_history(b: _Builder) -> None:
             if other not in taken and other != row["id"]:
                 row["history"] = [other]
                 break
+
+
+def _extra_values(b: _Builder) -> None:
+    """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from
+    one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid),
+    each spoken once (A1A2, A1T2) and typed (T1T2, T1A2). Drawn from their own seeded generator, after every
+    other line, so the lines and the test split that a build without them makes stay as they are."""
+    config = b.config
+    rng = random.Random(config.seed * 1000 + 7)
+    if config.typed_copies:
+        for row in list(b.rows["train"]):
+            info = b.meta[row["id"]]
+            task = {"A1T2": "T1T2", "A1A2": "T1A2" if info["group"] != "single" else None}.get(row["task"])
+            if task:
+                b.line("train", task, info["intent"], info["group"], info["question"], row["answer_text"],
+                       history=row.get("history"), context=row.get("context"))
+
+    def add(intent: str, group: str, text: str, answer: str, context: str | None) -> None:
+        rel, _ = b.speak(text, "train", rng=rng)
+        for task in ("A1A2", "A1T2"):
+            b.line("train", task, intent, group, text, answer, audio=rel, context=context)
+        for task in ("T1T2", "T1A2"):
+            b.line("train", task, intent, group, text, answer, context=context)
+
+    def any_context(room: str | None = None, level: int | None = None) -> str:
+        return context_text(level or rng.choice(BATTERY_LEVELS), room or rng.choice(ROOMS + rooms), rng.randrange(2))
+
+    rooms = EXTRA_ROOMS[: config.extra_rooms]
+    for room in rooms:
+        for on in ("on", "off"):
+            item = light_item(room, on)
+            for p in rng.sample(range(len(PHRASINGS["light"]) - 1), config.extra_phrasings):
+                context = any_context() if rng.random() < config.context_share else None
+                add("light", "command", PHRASINGS["light"][p].format(**item.slots), item.answer, context)
+        for p in rng.sample(range(len(PHRASINGS["location"]) - 1), 2):
+            add("location", "context", PHRASINGS["location"][p], context_reply("location", 0, room), any_context(room))
+    if config.extra_levels:
+        for level in range(1, 100):
+            if level % 5:
+                text = PHRASINGS["battery"][rng.randrange(len(PHRASINGS["battery"]) - 1)]
+                add("battery", "context", text, context_reply("battery", level, ""), any_context(level=level))
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:

@@ -20,7 +20,8 @@ A recipe is one YAML mapping with these top-level keys (defaults in DEFAULTS):
                 stream gets no gradient there)
     logger:     {_component_, ...}
     training:   {max_steps, batch_size (global), grad_clip, log_every, checkpoint_every, keep_checkpoints,
-                 eval_every, distributed: ddp | fsdp, device: cpu | cuda | auto, num_threads}
+                 eval_every, distributed: ddp | fsdp, device: cpu | cuda | auto, num_threads, group_by_length:
+                 0 | W (batches of about one length, sorted within runs of W batches: less padding)}
     export:     null | DIR (default OUTPUT_DIR/export): the final weights in the native inference format
     trainer:    {_component_}: the recipe object that runs the steps (training/trainer.py TrainingRecipe, or
                 a subclass of it that overrides a step, e.g. `loss` or `train_step`)
@@ -69,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"text_weight": 1.0, "audio_weight": 1.0, "task_streams": {}},
     "logger": {"_component_": "omnivox.training.metric_logging.MetricsLogger"},
     "training": {"max_steps": 100, "batch_size": 8, "grad_clip": 1.0, "log_every": 10, "checkpoint_every": 0,
-                 "keep_checkpoints": 2, "eval_every": 0, "distributed": "ddp", "device": "cpu", "num_threads": None},
+                 "keep_checkpoints": 2, "eval_every": 0, "distributed": "ddp", "device": "cpu", "num_threads": None,
+                 "group_by_length": 0},
     "export": None,
     "trainer": {"_component_": "omnivox.training.trainer.TrainingRecipe"},
     "progress": True,
@@ -242,7 +244,7 @@ def _check_scalars(data: dict[str, Any], source: str) -> None:
         need(isinstance(t[key], int) and not isinstance(t[key], bool) and t[key] > 0, f"training.{key}",
              f"= {t[key]!r} must be a positive integer", f"write training.{key}: N")
     need(isinstance(data["progress"], bool), "progress", f"= {data['progress']!r}", "write progress: true or false")
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every"):
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "group_by_length"):
         need(isinstance(t[key], int) and t[key] >= 0, f"training.{key}", f"= {t[key]!r} must be an integer >= 0",
              f"write training.{key}: N (0 = {'never' if key != 'keep_checkpoints' else 'keep all'})")
     need(t["grad_clip"] is None or (isinstance(t["grad_clip"], (int, float)) and t["grad_clip"] > 0),

@@ -19,6 +19,7 @@ what `omnivox chat --checkpoint` loads."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -48,7 +49,7 @@ from omnivox.training.distributed import digest, full_state, set_full_state, set
 from omnivox.training.freeze import apply_trainable
 from omnivox.training.loss import combine, mask_streams, term_names, token_losses
 from omnivox.training.recipe import Recipe, build
-from omnivox.training.schedule import global_batch
+from omnivox.training.schedule import epoch_order, global_batch
 from omnivox.training.weights import load_init, resolve_tokenizer, write_native
 
 
@@ -156,6 +157,9 @@ class TrainingRecipe:
         lengths = self.check_lengths(self.dataset)
         self.say(f"data: {len(self.dataset)} examples, {min(lengths)}..{max(lengths)} positions "
                  f"(context {self.config.block_size})")
+        n, seed, size, window = len(self.dataset), r["seed"], self.t["batch_size"], self.t["group_by_length"]
+        self.order = functools.lru_cache(maxsize=2)(
+            lambda epoch: epoch_order(n, seed, epoch, size, lengths, window))
         self.eval_set = None
         if r["eval_data"] is not None:
             self.eval_set = build(r["eval_data"], f"{self.recipe.source}: eval_data", "datasets")
@@ -189,7 +193,7 @@ class TrainingRecipe:
     # ---- one step ----------------------------------------------------------------------------------------
     def next_batch(self) -> Batch:
         """This rank's share of the next global batch (samples position..position+batch_size-1)."""
-        indices = global_batch(len(self.dataset), self.cfg["seed"], self.position, self.t["batch_size"])
+        indices = global_batch(len(self.dataset), self.cfg["seed"], self.position, self.t["batch_size"], self.order)
         return self.make_batch(self.dataset, indices[self.ctx.rank::self.ctx.world])
 
     def make_batch(self, dataset, indices: list[int]) -> Batch:
