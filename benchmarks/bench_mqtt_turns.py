@@ -5,7 +5,7 @@ espeak-ng questions of the model's domain in held-out phrasings (bench_listen.DE
 streams them) at real time, in 20 ms blocks stamped with their capture time.
 
     python benchmarks/bench_mqtt_turns.py [--turns 16] [--gap 3] [--turn-end default|off] [--speculate P]
-        [--schedule MS:P,MS:P]
+        [--schedule MS:P,MS:P] [--per-turn]
 
 Per turn, on the device's clock (the worker runs on the same machine):
   decide    end of speech (the device VAD's) -> the turn's end decided (the detector's wait and compute;
@@ -40,6 +40,7 @@ from bench_turn_end import asks_of  # noqa: E402
 from mqtt_support import Mosquitto, ServeProcess  # noqa: E402
 
 RATE, BLOCK = 16000, 320  # 20 ms blocks
+PARTS = ("total", "decide", "answer", "worker", "encoder")
 
 
 async def device(broker_url: str, stream: np.ndarray, turn_end: str, speculate: float | None,
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=3.0, help="seconds of silence after each question")
     parser.add_argument("--turn-end", default="default", help="the device VAD's end-of-turn detector, or off")
     parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--per-turn", action="store_true", help="also print each turn's parts")
     parser.add_argument("--speculate", type=float, default=None, help="ask on a guess at P(complete) >= this")
     parser.add_argument("--schedule", default=None, metavar="MS:P,MS:P", help="the detector's asks (ms of silence) "
                         "and the P(complete) that ends the turn at each (default 64:0.9999,160:0.9999)")
@@ -101,8 +103,12 @@ def main() -> int:
     for row in rows:
         if not row["answered"]:
             print(f"  turn {row['turn']}: no audio (turn-end {row['why'][0]}, errors {row['why'][1]})")
+    if args.per_turn:
+        for row in answered:
+            print(f"  turn {row['turn']:2d}: " + "  ".join(f"{part} {row[part]:.0f}" for part in PARTS
+                                                          if row[part] is not None))
     print(f"{'part':<10}{'p50 ms':>8}{'p90 ms':>8}")
-    for part in ("total", "decide", "answer", "worker", "encoder"):
+    for part in PARTS:
         values = [r[part] for r in answered if r[part] is not None]
         print(f"{part:<10}{statistics.median(values):8.0f}{float(np.percentile(values, 90)):8.0f}")
     return 0

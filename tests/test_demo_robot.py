@@ -13,6 +13,8 @@ from omnivox.training.demo_domain import DemoConfig, build_demo
 from omnivox.training.demo_robot import (
     COMMANDS,
     EXTRA_ROOMS,
+    EXTRA_STOPS,
+    FRAMES,
     PHRASINGS,
     RobotConfig,
     build_robot,
@@ -23,6 +25,7 @@ from omnivox.training.demo_robot import (
     score_line,
     score_reply,
 )
+from omnivox.training.demo_robot import _Builder, _commands, _extra_values
 from omnivox.training.demo_robot import _follow_up_turn as follow_up_turn
 
 
@@ -99,6 +102,40 @@ def test_phrasings_fill_their_slots():
                 assert "{" not in template.format(**item.slots)
 
 
+def test_polite_frames_and_more_stops_reach_training_only_and_keep_the_commands_answer(tmp_path):
+    """RobotConfig.frames and extra_stops (off in the shipped model): each framed recording keeps its command's
+    answer, no test phrasing ("can you ...", "freeze") is trained, and the test split and the earlier lines are
+    those of a build without them. (Lines only: nothing is rendered.)"""
+    def built(**extras):
+        config = RobotConfig(commands=["move", "turn", "stop"], extra_rooms=0, extra_levels=False, typed_copies=False,
+                             **extras)
+        b = _Builder(tmp_path, config, {})
+        _commands(b)
+        _extra_values(b)
+        return b
+
+    b = built(frames={"turn": 2, "stop": 2, "move": 1}, extra_stops=True)
+    answers = {b.meta[r["id"]]["question"]: b.meta[r["id"]]["answer"] for r in b.rows["train"]}
+    framed = {}  # framed question -> the trained question inside it
+    for q in answers:
+        for head, _, tail in (frame.partition("{x}") for frame in FRAMES):
+            inner = q[len(head):len(q) - len(tail)]
+            if q.startswith(head) and q.endswith(tail) and inner in answers and inner != q:
+                framed[q] = inner
+    assert {b.meta[r["id"]]["intent"] for r in b.rows["train"] if b.meta[r["id"]]["question"] in framed} == \
+        {"move", "turn", "stop"}
+    assert all(answers[q] == answers[inner] for q, inner in framed.items())  # a frame keeps the command's answer
+    assert set(EXTRA_STOPS) <= set(answers)
+    held_out = {PHRASINGS[intent][-1].format(**item.slots) for intent in ("move", "turn", "stop")
+                for item in command_items(intent)}
+    assert not held_out & set(answers) and not any(q.startswith("can you") for q in answers)
+    plain = built()
+    assert b.rows["test"] == plain.rows["test"] and b.rows["train"][:len(plain.rows["train"])] == plain.rows["train"]
+    assert len(b.rows["train"]) > len(plain.rows["train"])
+    with pytest.raises(Exception, match="frames="):
+        RobotConfig(frames={"dance": 1})
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_build_small_set(tmp_path):
@@ -106,7 +143,7 @@ def test_build_small_set(tmp_path):
     build_demo(tmp_path, demo, progress=False)
     config = RobotConfig(commands=["light", "stop"], command_variants=1, context_variants=1, contexts_per_question=1,
                          follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2, extra_phrasings=1,
-                         extra_levels=True, typed_copies=True)
+                         extra_levels=True, typed_copies=True, frames={"stop": 1}, extra_stops=True)
     meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
     rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
             for split in ("train", "test")}
@@ -123,7 +160,8 @@ def test_build_small_set(tmp_path):
     assert all(voices[r["id"].rsplit("-", 1)[0]]["voice"] in held for r in rows["test"] if r["id"].startswith("q"))
     last = {intent: template for intent, templates in PHRASINGS.items() for template in templates[-1:]}
     train_questions = {meta[r["id"]]["question"] for r in rows["train"] if meta[r["id"]]["group"] == "command"}
-    assert not any(q == last["stop"] for q in train_questions)  # the held-out phrasing stays out of training
+    assert not any(last["stop"] in q for q in train_questions)  # the held-out phrasing stays out of training
+    assert set(EXTRA_STOPS) <= train_questions
     assert any(meta[r["id"]]["question"] == last["stop"] for r in rows["test"])
     assert all("context" in r for r in rows["train"] if meta[r["id"]]["group"] == "context")
     again = tmp_path / "again"
@@ -146,7 +184,8 @@ def test_build_small_set(tmp_path):
     assert all((meta[r["id"]]["question"], r.get("context")) in typed for r in rows["train"] if r["task"] == "A1T2")
     plain = tmp_path / "plain"
     shutil.copytree(again, plain, ignore=shutil.ignore_patterns("robot*"))
-    build_robot(plain, replace(config, extra_rooms=0, extra_levels=False, typed_copies=False), progress=False)
+    build_robot(plain, replace(config, extra_rooms=0, extra_levels=False, typed_copies=False, frames={},
+                               extra_stops=False), progress=False)
     assert (plain / "robot_test.jsonl").read_text() == (tmp_path / "robot_test.jsonl").read_text()
     kept = (plain / "robot_train.jsonl").read_text()
     assert (tmp_path / "robot_train.jsonl").read_text().startswith(kept)  # the extras come after, nothing moved

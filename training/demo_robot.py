@@ -24,7 +24,7 @@ Splits (seeded, before any audio): the test split holds the LAST phrasing of eve
 (light room/switch pairs, move direction/distance pairs, battery levels) and held-out voices and rates, as
 demo_domain does. Context ("battery: 40%, location: kitchen", either order) is also given to a share of the other
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
-Training only: every spoken line also typed (typed_copies), and 40 more rooms and the battery levels off the 5-grid
+Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid
 (extra_rooms, extra_levels), so that copying the value from the question or the context, not recalling a trained
 pair, is what fits the data; these lines come last, from their own seeded generator (the test split is the same).
 
@@ -74,6 +74,13 @@ EXTRA_ROOMS = ["attic", "porch", "pantry", "nursery", "study", "den", "cellar", 
                "studio", "gym", "closet", "loft", "corridor", "lobby", "spare room", "utility room", "music room",
                "game room", "family room", "reading room", "storage room", "back room", "front room", "cloakroom",
                "conservatory", "greenhouse", "shed", "garden", "patio", "landing"]
+# Optional training-only commands (RobotConfig.frames, extra_stops; off in the shipped model, see docs/demo_model.md):
+# polite frames around trained command phrasings (none is a test phrasing: those start "can you" or are "freeze"),
+# and more ways to say stop. A frame that does not change the command teaches that the command is the verb phrase.
+FRAMES = ["could you {x}", "would you {x}", "would you please {x}", "i want you to {x}", "{x} for me",
+          "robot, {x}", "now {x}", "{x} right away"]
+EXTRA_STOPS = ["hold still", "stay still", "don't move", "stop there", "wait there", "stop the robot",
+               "stand still", "stop where you are"]
 
 # Phrasings; the LAST one of each list is held out for the test split. {on}: "on"/"off", {d}: a direction.
 PHRASINGS: dict[str, list[str]] = {
@@ -223,6 +230,9 @@ class RobotConfig:
     extra_phrasings: int = 3  # training phrasings per extra (room, on/off) light pair
     extra_levels: bool = True  # also train battery questions at the levels 1..99 off the 5-grid
     typed_copies: bool = True  # every spoken training line also typed (A1T2 -> T1T2; A1A2 -> T1A2 but singles')
+    frames: dict[str, int] = field(default_factory=dict)  # per command intent: in how many polite frames (FRAMES)
+    # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
+    extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -236,6 +246,8 @@ class RobotConfig:
             raise ConfigError(f"test_values={self.test_values}", "hold out a share in (0, 0.5)")
         if not 0 <= self.extra_rooms <= len(EXTRA_ROOMS):
             raise ConfigError(f"extra_rooms={self.extra_rooms}", f"use 0..{len(EXTRA_ROOMS)}")
+        if set(self.frames) - set(COMMANDS) or any(not isinstance(n, int) or n < 0 for n in self.frames.values()):
+            raise ConfigError(f"frames={self.frames}", f"map commands ({', '.join(COMMANDS)}) to counts >= 0")
         for name in ("context_share", "unrelated_history_share", "replay"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}={getattr(self, name)}", f"give {name} a share in 0..1")
@@ -591,8 +603,9 @@ def _unrelated_history(b: _Builder) -> None:
 def _extra_values(b: _Builder) -> None:
     """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from
     one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid),
-    each spoken once (A1A2, A1T2) and typed (T1T2, T1A2). Drawn from their own seeded generator, after every
-    other line, so the lines and the test split that a build without them makes stay as they are."""
+    and, if asked, polite frames around the command recordings and more ways to say stop, each spoken once (A1A2,
+    A1T2) and typed (T1T2, T1A2). Drawn from their own seeded generator, after every other line, so the lines
+    and the test split that a build without them makes stay as they are."""
     config = b.config
     rng = random.Random(config.seed * 1000 + 7)
     if config.typed_copies:
@@ -610,10 +623,11 @@ def _extra_values(b: _Builder) -> None:
         for task in ("T1T2", "T1A2"):
             b.line("train", task, intent, group, text, answer, context=context)
 
+    rooms = EXTRA_ROOMS[: config.extra_rooms]
+
     def any_context(room: str | None = None, level: int | None = None) -> str:
         return context_text(level or rng.choice(BATTERY_LEVELS), room or rng.choice(ROOMS + rooms), rng.randrange(2))
 
-    rooms = EXTRA_ROOMS[: config.extra_rooms]
     for room in rooms:
         for on in ("on", "off"):
             item = light_item(room, on)
@@ -627,6 +641,17 @@ def _extra_values(b: _Builder) -> None:
             if level % 5:
                 text = PHRASINGS["battery"][rng.randrange(len(PHRASINGS["battery"]) - 1)]
                 add("battery", "context", text, context_reply("battery", level, ""), any_context(level=level))
+    said = [(b.meta[row["id"]], row.get("context")) for row in b.rows["train"] if row["task"] == "A1A2"
+            and b.meta[row["id"]]["group"] == "command"]  # one per training command recording
+    for info, context in said:
+        if not info["question"].startswith(("can you", "please")):
+            for frame in rng.sample(FRAMES, config.frames.get(info["intent"], 0)):
+                add(info["intent"], "command", frame.format(x=info["question"]), info["answer"], context)
+    if config.extra_stops and "stop" in config.commands:
+        stop = command_items("stop")[0]
+        for text in EXTRA_STOPS:
+            for _ in range(config.command_variants):
+                add("stop", "command", text, stop.answer, any_context() if rng.random() < config.context_share else None)
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
