@@ -243,6 +243,36 @@ def test_when_the_context_is_full_the_oldest_whole_turns_go_and_the_rest_is_pref
     assert conversation.state.length == conversation.length == 49
 
 
+def test_a_full_context_is_cut_to_the_low_water_mark_so_the_next_turns_continue_the_cache():
+    """low_water 1.0 (drop only what must go) re-prefills every turn once the context is full; 0.5 cuts the history
+    to half the block (the newest turns stay), so the next turns continue that cache. A turn after a cut decodes
+    exactly as a fresh prefill of the kept turns."""
+    model = tiny_model(block_size=64)
+    questions = [[11 + 10 * i, 12 + 10 * i, 13 + 10 * i] for i in range(10)]
+    refills = {}
+    for low_water in (1.0, 0.5):
+        conversation = Conversation(model, strategy="text-delay", low_water=low_water)
+        refills[low_water] = []
+        for i, question in enumerate(questions):
+            decoder = conversation.turn(**kwargs("T1T2", question, 6), turn_id=i)
+            kept = conversation.history  # the earlier turns this one sees
+            if i and decoder.state.length == 0:  # a fresh cache: turns were cut
+                refills[low_water].append(i)
+                ids = [t.turn_id for t in kept]
+                assert ids == list(range(i - len(ids), i)) and ids  # the newest turns stay, the latest always
+                assert low_water == 1.0 or len(ids) == 1 or sum(t.length for t in kept) <= 0.5 * 64
+                *_, done = decoder.run()
+                past = [("T1T2", questions[t.turn_id], t.answer) for t in kept]
+                expected, _ = fresh(model, "text-delay", [], past, "T1T2", question, 6)
+                assert torch.equal(done.result.tokens, expected.tokens)
+            else:
+                [*decoder.run()]
+    assert len(refills[0.5]) < len(refills[1.0]) and refills[0.5], refills
+    assert refills[1.0] == list(range(refills[1.0][0], len(questions)))  # full: every turn re-prefills
+    with pytest.raises(InputError, match="low_water must be a share"):
+        Conversation(model, low_water=0)
+
+
 def test_a_declared_answer_reserve_keeps_the_history_beside_a_large_max_steps():
     """max_steps 600 in a 64-position model would push every earlier turn out; the model's declared answer_reserve
     (ConversationFormat) bounds what a turn keeps free, and an answer longer than that stops at the context's end."""

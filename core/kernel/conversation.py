@@ -11,8 +11,10 @@
 Context-full policy: a turn needs `history + prompt + reserve` positions within the model's block_size, `reserve`
 being the turn's `max_steps` (or the conversation's `reserve` when it has none), at most the `answer_reserve` the
 model's ConversationFormat declares; while it would not fit, the oldest whole turn is dropped (the context segment
-always stays), and the rest is prefilled once. An answer that outgrows its reserve stops at the end of the
-context (stop reason "context").
+always stays), and once one is, older turns keep going until the history takes at most `low_water` of the block
+(default half; the latest turn always stays): the rest is prefilled once, and the next turns continue that cache
+instead of each re-prefilling a full one (measured: docs/conversations.md). An answer that outgrows its reserve
+stops at the end of the context (stop reason "context").
 Interruption: `truncate(columns)` keeps only the answer columns of the last turn that were delivered (played or
 sent); the cache is cropped to match. `reset()` drops the history and keeps the context.
 Action results: `add_result(name, result)` writes a device's result (ActionFormat.render_result, as a result segment
@@ -54,11 +56,12 @@ class _OpenTurn:
 class Conversation:
     """The turns of one session as one conversation (see the module docstring). `context`: text (str, with the
     model's tokenizer) or text ids; `memory=False` keeps only the context (every turn sees the context segment
-    and no earlier turn); `reserve`: positions kept free for the answer of a turn without `max_steps`."""
+    and no earlier turn); `reserve`: positions kept free for the answer of a turn without `max_steps`;
+    `low_water`: the share of the block the history is cut to when turns must go."""
 
     def __init__(self, model, *, strategy: str | DecodingStrategy = "text-delay",
                  context: str | Sequence[int] | None = None, memory: bool = True, reserve: int = 64,
-                 format: ConversationFormat | None = None):
+                 format: ConversationFormat | None = None, low_water: float = 0.5):
         self.model = model
         self.lm: OmniLM = model.lm if hasattr(model, "lm") else model
         if not isinstance(self.lm, OmniLM):
@@ -67,9 +70,12 @@ class Conversation:
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
             raise InputError(f"reserve must be a non-negative integer, got {reserve!r}",
                              "pass the positions to keep free for an answer")
+        if isinstance(low_water, bool) or not isinstance(low_water, (int, float)) or not 0 < low_water <= 1:
+            raise InputError(f"low_water must be a share of the context in (0, 1], got {low_water!r}",
+                             "pass e.g. 0.5 (cut the history to half the context when it is full)")
         self.strategy = get_strategy(strategy)
         self.format = format or ConversationFormat.of(model)
-        self.memory, self.reserve = memory, reserve
+        self.memory, self.reserve, self.low_water = memory, reserve, low_water
         self.turns: list[TurnRecord] = []  # the kept history, oldest first
         self.state: DecodeState | None = None  # the cache the next turn continues (None: re-prefill)
         self.context_ids: list[int] = []
@@ -249,8 +255,9 @@ class Conversation:
                              "send shorter action results (or fewer)")
         self.results = []
         dropped = False
-        while self.turns and self.length + waiting + own.length + reserve > block:
-            self.turns.pop(0)  # context full: the oldest whole turn goes
+        while self.turns and (self.length + waiting + own.length + reserve > block
+                              or dropped and len(self.turns) > 1 and self.length > self.low_water * block):
+            self.turns.pop(0)  # context full: the oldest whole turn goes, then more down to the low-water mark
             dropped = True
         state = self.state
         if (dropped or state is None or state.cache is None or state.length != self.length
