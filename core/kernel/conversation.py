@@ -11,9 +11,9 @@
 Context-full policy: a turn needs `history + prompt + reserve` positions within the model's block_size, `reserve`
 being the turn's `max_steps` (or the conversation's `reserve` when it has none), at most the `answer_reserve` the
 model's ConversationFormat declares; while it would not fit, the oldest whole turn is dropped (the context segment
-always stays), and once one is, older turns keep going until the history takes at most `low_water` of the block
-(default half; the latest turn always stays): the rest is prefilled once, and the next turns continue that cache
-instead of each re-prefilling a full one (measured: docs/conversations.md). An answer that outgrows its reserve
+always stays), and once one is, older turns keep going until the context and the kept turns take at most
+`low_water` of the block (default half; this cut never takes the latest turn): the rest is prefilled once, and the
+next turns continue that cache instead of each re-prefilling a full one (measured: docs/conversations.md). An answer that outgrows its reserve
 stops at the end of the context (stop reason "context").
 Interruption: `truncate(columns)` keeps only the answer columns of the last turn that were delivered (played or
 sent); the cache is cropped to match. `reset()` drops the history and keeps the context.
@@ -57,7 +57,7 @@ class Conversation:
     """The turns of one session as one conversation (see the module docstring). `context`: text (str, with the
     model's tokenizer) or text ids; `memory=False` keeps only the context (every turn sees the context segment
     and no earlier turn); `reserve`: positions kept free for the answer of a turn without `max_steps`;
-    `low_water`: the share of the block the history is cut to when turns must go."""
+    `low_water`: the share of the block that the context and the kept turns are cut to when turns must go."""
 
     def __init__(self, model, *, strategy: str | DecodingStrategy = "text-delay",
                  context: str | Sequence[int] | None = None, memory: bool = True, reserve: int = 64,
