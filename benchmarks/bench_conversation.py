@@ -11,7 +11,6 @@ text token and -> first complete codec frame, p50 / p90, the turns that re-prefi
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import threading
 import time
@@ -24,10 +23,10 @@ def question_features(encoder, text: str) -> np.ndarray:
     import soundfile
 
     from omnivox.core import audio
+    from omnivox.training.synthetic import speak
 
     with tempfile.TemporaryDirectory() as folder:
-        wav = Path(folder) / "q.wav"
-        subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+        wav = speak(text, Path(folder) / "q.wav", voice="en")  # espeak-ng's default voice
         pcm, rate = soundfile.read(wav, dtype="float32")
     return encoder.encode(audio.resample(pcm, rate, 16000), 16000)
 

@@ -17,6 +17,9 @@ from omnivox.training.demo_robot import (
     FRAMES,
     PHRASINGS,
     RobotConfig,
+    _Builder,
+    _commands,
+    _extra_values,
     build_robot,
     command_items,
     context_reply,
@@ -25,7 +28,6 @@ from omnivox.training.demo_robot import (
     score_line,
     score_reply,
 )
-from omnivox.training.demo_robot import _Builder, _commands, _extra_values
 from omnivox.training.demo_robot import _follow_up_turn as follow_up_turn
 
 

@@ -641,17 +641,19 @@ def _extra_values(b: _Builder) -> None:
             if level % 5:
                 text = PHRASINGS["battery"][rng.randrange(len(PHRASINGS["battery"]) - 1)]
                 add("battery", "context", text, context_reply("battery", level, ""), any_context(level=level))
-    said = [(b.meta[row["id"]], row.get("context")) for row in b.rows["train"] if row["task"] == "A1A2"
-            and b.meta[row["id"]]["group"] == "command"]  # one per training command recording
-    for info, context in said:
-        if not info["question"].startswith(("can you", "please")):
-            for frame in rng.sample(FRAMES, config.frames.get(info["intent"], 0)):
-                add(info["intent"], "command", frame.format(x=info["question"]), info["answer"], context)
+    if config.frames:
+        said = [(b.meta[row["id"]], row.get("context")) for row in b.rows["train"] if row["task"] == "A1A2"
+                and b.meta[row["id"]]["group"] == "command"]  # one per training command recording
+        for info, context in said:
+            if not info["question"].startswith(("can you", "please")):
+                for frame in rng.sample(FRAMES, config.frames.get(info["intent"], 0)):
+                    add(info["intent"], "command", frame.format(x=info["question"]), info["answer"], context)
     if config.extra_stops and "stop" in config.commands:
         stop = command_items("stop")[0]
         for text in EXTRA_STOPS:
             for _ in range(config.command_variants):
-                add("stop", "command", text, stop.answer, any_context() if rng.random() < config.context_share else None)
+                context = any_context() if rng.random() < config.context_share else None
+                add("stop", "command", text, stop.answer, context)
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:

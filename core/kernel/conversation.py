@@ -13,8 +13,8 @@ being the turn's `max_steps` (or the conversation's `reserve` when it has none),
 model's ConversationFormat declares; while it would not fit, the oldest whole turn is dropped (the context segment
 always stays), and once one is, older turns keep going until the context and the kept turns take at most
 `low_water` of the block (default half; this cut never takes the latest turn): the rest is prefilled once, and the
-next turns continue that cache instead of each re-prefilling a full one (measured: docs/conversations.md). An answer that outgrows its reserve
-stops at the end of the context (stop reason "context").
+next turns continue that cache instead of each re-prefilling a full one (measured: docs/conversations.md). An
+answer that outgrows its reserve stops at the end of the context (stop reason "context").
 Interruption: `truncate(columns)` keeps only the answer columns of the last turn that were delivered (played or
 sent); the cache is cropped to match. `reset()` drops the history and keeps the context.
 Action results: `add_result(name, result)` writes a device's result (ActionFormat.render_result, as a result segment
