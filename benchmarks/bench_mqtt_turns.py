@@ -15,7 +15,8 @@ Per turn, on the device's clock (the worker runs on the same machine):
   encoder   the worker's encoder stage busy on the turn (its metrics' stage_busy_ms)
   total     end of speech -> first audio-out received and playable (not before the decision)
 --speculate P: DeviceTurns(speculate=P) asks a pause the detector finds complete with P(complete) >= P at once (a
-guess: audio-stop goes out before the decision) and takes it back if the speaker goes on.
+guess: audio-stop goes out before the decision) and takes it back if the speaker goes on; 0 asks every pause at
+its first ask, before the detector has answered.
 Needs mosquitto and espeak-ng (make install).
 """
 

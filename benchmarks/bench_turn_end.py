@@ -10,6 +10,7 @@ chunks, as a microphone would feed it (no wall clock: audio time). Per rule it p
   false cut-ins   turns ended inside the inner pause (the speaker was mid-sentence)
   decision        end of speech -> end of turn decided, in audio time: p50 / p90 over the recordings that were
                   not cut in (the silence the rule waits for; VAD frames are 32 ms)
+  held            complete sentences whose end was decided later than 500 ms (by the hold: the detector was unsure)
   detector        its compute per question asked (Whisper tiny.en encoder on the last 3 s + the network), p50 /
                   p90 wall ms on this machine; it adds to the decision when the detector is on
 With --accuracy, the default model (models/demo) answers the recordings that are demo questions (not the robot's
@@ -47,6 +48,7 @@ from omnivox.plugins.silero_vad import (  # noqa: E402
 )
 
 CHUNK_S = 0.032
+HELD_MS = 500  # a decision later than this came from the hold (1000 ms) or a silence rule, not an early ask
 
 
 class TimedDetector:
@@ -72,7 +74,9 @@ def evaluate(make_vad, streams: list[dict], data: Path) -> dict:
             cut_ins += 1
         elif ends:
             delays.append((ends[-1] - item["speech_end_s"]) * 1000)
-    return {"false_cut_ins": cut_ins / len(streams), "n": len(streams), "delays": delays}
+    held = sum(delay > HELD_MS for delay in delays)
+    return {"false_cut_ins": cut_ins / len(streams), "n": len(streams), "delays": delays,
+            "held": held / max(1, len(delays))}
 
 
 def accuracy(make_vads: dict, streams: list[dict], data: Path, log=print) -> dict:
@@ -169,14 +173,24 @@ def main() -> int:
     schedule = ", ".join(f">= {bar:g} at {ms}" for ms, bar in turn_end_asks(TURN_END_SILENCE_MS))
     rules[f"default: {schedule}"] = vad(turn_end=args.detector)
     print(f"{len(streams)} held-out recordings, inner pauses 300-800 ms\n")
-    print(f"{'rule':<48}{'false cut-ins':>15}{'decision p50':>14}{'p90':>8}")
+    print(f"{'rule':<48}{'false cut-ins':>15}{'decision p50':>14}{'p90':>8}{'held':>8}")
     figures = {}
-    for name, make in rules.items():
-        got = evaluate(make, streams, data)
-        figures[name] = {"false_cut_ins": got["false_cut_ins"], "decision_p50_ms": percentile(got["delays"], 50),
-                         "decision_p90_ms": percentile(got["delays"], 90)}
+    from omnivox.training.everyday import everyday_sentences
+
+    everyday = {text for group in everyday_sentences().values() for text in group["test"]}
+    groups = {"everyday sentences": [s for s in streams if s["text"] in everyday],
+              "demo questions and commands": [s for s in streams if s["text"] not in everyday]}
+    rows = [(name, make, streams) for name, make in rules.items()]
+    if all(groups.values()):  # data built with `everyday`: the default rule on each group too
+        rows += [(f"  default, {group} ({len(part)})", rules[f"default: {schedule}"], part)
+                 for group, part in groups.items()]
+    for name, make, part in rows:
+        got = evaluate(make, part, data)
+        figures[name.strip()] = {"false_cut_ins": got["false_cut_ins"], "held": got["held"],
+                                 "decision_p50_ms": percentile(got["delays"], 50),
+                                 "decision_p90_ms": percentile(got["delays"], 90)}
         print(f"{name:<48}{got['false_cut_ins']:>14.1%}{percentile(got['delays'], 50):>11.0f} ms"
-              f"{percentile(got['delays'], 90):>5.0f} ms")
+              f"{percentile(got['delays'], 90):>5.0f} ms{got['held']:>8.1%}")
     print(f"\ndetector compute per question: p50 {statistics.median(timed.ms):.0f} ms, p90 "
           f"{percentile(timed.ms, 90):.0f} ms over {len(timed.ms)} questions ({args.threads} thread(s))")
     figures["detector_ms"] = {"p50": statistics.median(timed.ms), "p90": percentile(timed.ms, 90)}

@@ -17,7 +17,9 @@ carries the last ask's 160 ms of silence, not 1000).
 With `speculate` (a P(complete) bar below the asks'), an ask that does not end the turn but reaches it emits
 EndLikely (once per pause): a client may ask the utterance so far on that guess and keep the answer unplayed; if
 the speaker goes on, VoiceResumed follows (the guess is wrong: take it back), else the turn's AudioStop (the guess
-stands). plugins/mqtt/device_turns.py does this over MQTT.
+stands). plugins/mqtt/device_turns.py does this over MQTT. `speculate=0` guesses at every pause's first ask
+before the detector is asked (EndLikely's probability is NaN then), so that the answer and the detector run side by
+side; the detector's answer still decides when the turn ends.
 Without a detector, `end_silence_ms` is the rule.
 
 Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd/VoiceStarted/VoiceStopped of the raw stream, e.g.
@@ -36,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -142,9 +144,11 @@ class SileroVAD(Stage):
             raise ConfigError(f"vad turn_end_silence_ms={self.asks[-1][0]} must be below hold_silence_ms="
                               f"{hold_silence_ms}", "ask the detector early, e.g. 64 and 160 ms, and hold 1000")
         if speculate is not None and (isinstance(speculate, bool) or not isinstance(speculate, (int, float))
-                                      or not 0.0 < speculate <= min(bar for _, bar in self.asks)):
-            raise ConfigError(f"vad speculate={speculate!r} must be above 0 and at most the turn-end threshold "
-                              f"({min(bar for _, bar in self.asks)})", "use e.g. 0.5, or leave it out (no guesses)")
+                                      or not 0.0 <= speculate <= min(bar for _, bar in self.asks)):
+            raise ConfigError(f"vad speculate={speculate!r} must be between 0 and the turn-end threshold "
+                              f"({min(bar for _, bar in self.asks)})",
+                              "use e.g. 0.5, 0 to guess at every pause before the detector answers, or leave it "
+                              "out (no guesses)")
         if duplex not in DUPLEX:
             raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
         self.threshold, self.duplex = threshold, duplex
@@ -174,6 +178,7 @@ class SileroVAD(Stage):
         self._asked = 0  # the detector's asks in this pause
         self._held: list[AudioChunk] = []  # silence past the last ask (see _holds_back)
         self._guessed = False  # an EndLikely went out in this pause
+        self._ask_due: tuple[float, float] | None = None  # (threshold, at): an ask whose guess went out first
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
@@ -199,9 +204,11 @@ class SileroVAD(Stage):
             for out in self._stop(event.session_id, event.timestamp):
                 yield out
 
-    def push(self, chunk: AudioChunk) -> list[Event]:
+    def push(self, chunk: AudioChunk, early: Callable[[list[Event]], None] | None = None) -> list[Event]:
         """Cut `chunk` (of a continuous stream) into turns: the events it yields, in order (also for a caller that
-        runs the VAD outside a pipeline, e.g. plugins/mqtt/device_turns.py)."""
+        runs the VAD outside a pipeline, e.g. plugins/mqtt/device_turns.py). With `speculate=0` a pause's guess is
+        made before the detector is asked: `early`, if given, gets the events up to and including that EndLikely
+        at once (the detector then runs), and they are not returned again."""
         import torch
 
         if chunk.rate not in FRAME:
@@ -222,7 +229,14 @@ class SileroVAD(Stage):
             at = chunk.timestamp - (len(samples) - start - size) / self._rate
             with torch.no_grad():
                 self.probability = float(self.model(torch.from_numpy(frame), self._rate))
-            out += self._step(frame, self.probability, chunk.session_id, at)
+            events = self._step(frame, self.probability, chunk.session_id, at)
+            if self._ask_due is not None:  # a guess went out before the detector was asked: ask it now
+                if early is not None:
+                    early(out + events)
+                    out, events = [], []
+                bar, asked_at = self._ask_due
+                events += self._ask(bar, chunk.session_id, asked_at)
+            out += events
         return out
 
     def _step(self, frame: np.ndarray, p: float, session: str, at: float) -> list[Event]:
@@ -244,13 +258,12 @@ class SileroVAD(Stage):
                         self._silence >= self._ms_to_frames(self.asks[self._asked][0]):
                     bar = self.asks[self._asked][1]
                     self._asked += 1
-                    complete = self.detector.probability(np.concatenate(self._recent))
-                    if complete >= bar:
-                        out += self._stop(session, at)
-                    elif self.speculate is not None and complete >= self.speculate and not self._guessed:
-                        self._guessed = True
-                        out.append(EndLikely(probability=complete, session_id=session, turn_id=self.turn_id,
+                    if self.speculate == 0 and not self._guessed:  # P(complete) >= 0 holds: guess before asking
+                        self._guessed, self._ask_due = True, (bar, at)
+                        out.append(EndLikely(probability=float("nan"), session_id=session, turn_id=self.turn_id,
                                              timestamp=self._speech_end))
+                    else:
+                        out += self._ask(bar, session, at)
             return out
         if p >= self.threshold or (self._onset and p >= self.off_threshold):
             if not self._onset:
@@ -262,6 +275,19 @@ class SileroVAD(Stage):
         self._pre_roll.extend(self._onset)
         self._pre_roll.append(frame)
         self._onset = []
+        return []
+
+    def _ask(self, bar: float, session: str, at: float) -> list[Event]:
+        """Ask the detector about the utterance so far (in a pause, at `at`): the turn ends if P(complete) >= bar;
+        a guess (EndLikely) goes out if it reaches `speculate` and none went out in this pause."""
+        self._ask_due = None
+        complete = self.detector.probability(np.concatenate(self._recent))
+        if complete >= bar:
+            return self._stop(session, at)
+        if self.speculate is not None and complete >= self.speculate and not self._guessed:
+            self._guessed = True
+            return [EndLikely(probability=complete, session_id=session, turn_id=self.turn_id,
+                              timestamp=self._speech_end)]
         return []
 
     def _start(self, session: str, at: float) -> list[Event]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,40 @@ def test_a_guess_is_asked_at_once_taken_back_when_the_speaker_goes_on_and_return
     assert all(answer.ok and answer.audio for answer in answers), [(a.reason, a.errors) for a in answers]
     assert 0.15 <= returned_at[1] - turns.speech_end[1] <= 0.25  # returned at the sure ask (160 ms), not the guess
     assert withdrawn.reason == "interrupted"  # the guess's answer was stopped
+
+
+def test_a_guess_at_zero_is_answered_while_the_device_detector_decides(broker, tmp_path):
+    """speculate=0: audio-stop goes out at the pause's first ask, before the detector answers; the detector here
+    answers only once the worker's first reply to that turn has arrived (it would wait in vain otherwise), and
+    its 'complete' ends the turn: one question, answered, asked once."""
+    from omnivox.plugins.silero_vad import SileroVAD
+
+    question = spoken("what day comes after monday", tmp_path)
+    stream = np.concatenate([np.zeros(RATE // 2, np.float32), question, np.zeros(RATE, np.float32)])
+    holder: dict = {}
+
+    class WaitsForTheAnswer:
+        seen_reply = None
+
+        def probability(self, pcm):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not holder["session"].turns[0].answer.replies:
+                time.sleep(0.01)
+            self.seen_reply = bool(holder["session"].turns[0].answer.replies)
+            return 0.99999
+
+    detector = WaitsForTheAnswer()
+
+    async def scenario():
+        async with running_service(broker.url), Client(broker.url, site="robot") as client:
+            holder["session"] = await client.session()
+            turns = await DeviceTurns.start(holder["session"], SileroVAD(turn_end=detector, speculate=0))
+            asked, step = [], RATE // 50
+            for start in range(0, len(stream), step):
+                asked += await turns.push(stream[start:start + step], at=(start + step) / RATE)
+            return asked, [await turn.result(30) for turn in asked], turns
+
+    asked, answers, turns = asyncio.run(scenario())
+    assert detector.seen_reply is True  # the worker answered the guess while the detector was deciding
+    assert [turn.id for turn in asked] == [0] and turns.guesses == 1 and turns.withdrawn == 0
+    assert answers[0].ok and answers[0].audio, (answers[0].reason, answers[0].errors)

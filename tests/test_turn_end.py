@@ -60,6 +60,28 @@ def test_the_recipe_loads_and_builds_the_shipped_shape():
     assert net.config == load_net(REPO / "models/turn_end").config  # the shipped detector is this recipe's
 
 
+def test_everyday_sentences_hold_out_frames_and_no_benchmark_question_is_trained():
+    """training/everyday.py: the test side's prefixes, clauses and sentences never occur in training, and none
+    of the latency benchmarks' questions (whose turn ends they time) is one of its training sentences."""
+    import re
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_listen import DEMO_QUESTIONS, QUESTIONS
+
+    from omnivox.training.everyday import TEST_PREFIXES, everyday_sentences
+    from omnivox.training.turn_end import TurnEndDataConfig, sentences
+
+    groups = everyday_sentences()
+    train = {t for g in groups.values() for t in g["train"]}
+    test = {t for g in groups.values() for t in g["test"]}
+    assert train and test and not train & test
+    assert not any(t.startswith(prefix) for t in train for prefix in TEST_PREFIXES)
+    picked = sentences(TurnEndDataConfig(everyday=True, train_sentences=2000))
+    assert train & set(picked["train"]) and test <= set(picked["test"])
+    benchmarked = {re.sub(r"[^a-z ]", "", q.lower()).strip() for q in DEMO_QUESTIONS + QUESTIONS}
+    assert len(benchmarked) == 13 and not benchmarked & train
+
+
 def test_the_detector_must_be_asked_before_the_hold():
     with pytest.raises(ConfigError, match="turn_end_silence_ms=1200 must be below hold_silence_ms=1000"):
         SileroVAD(turn_end="default", turn_end_silence_ms=1200)
@@ -182,8 +204,42 @@ def test_a_probable_end_is_announced_once_per_pause_and_taken_back_when_the_spea
     last_guess = events.index(guesses[1])
     assert not any(isinstance(e, VoiceResumed) for e in events[last_guess:])  # the end guess stood
     assert any(isinstance(e, AudioStop) for e in events[last_guess:])  # ... and the turn ended after it
-    with pytest.raises(ConfigError, match="speculate=0.99999 must be above 0 and at most"):
+    with pytest.raises(ConfigError, match="speculate=0.99999 must be between 0 and the turn-end threshold"):
         SileroVAD(turn_end="default", speculate=0.99999, turn_end_threshold=0.999)
+
+
+@needs_espeak
+def test_a_guess_at_zero_goes_out_before_the_detector_is_asked_and_the_detector_still_decides(paused_question):
+    """speculate=0: at each pause's first ask, `early` gets the events up to the EndLikely (probability NaN) while
+    the detector has not been asked yet; its answers then decide as without a guess (0.2: the turn goes on,
+    VoiceResumed; 0.99999 at the end: the turn ends at the first ask). Nothing is returned twice."""
+    from omnivox.core.runtime.events import AudioChunk, AudioStop, EndLikely, VoiceResumed, VoiceStopped
+
+    pcm, speech_end = paused_question
+    detector = ScriptedDetector([0.2, 0.1, 0.99999])
+    vad = SileroVAD(turn_end=detector, speculate=0)
+    asyncio.run(vad.setup())
+    fmt, early, returned, asked_at_guess = audio.AudioFormat(16000, 2, 1), [], [], []
+
+    def guess_now(events):
+        asked_at_guess.append(len(detector.asked))
+        early.extend(events)
+
+    for start in range(0, len(pcm), 320):
+        returned += vad.push(AudioChunk(audio=audio.to_bytes(pcm[None, start:start + 320], fmt), rate=16000,
+                                        timestamp=(start + 320) / 16000), guess_now)
+    guesses = [e for e in early if isinstance(e, EndLikely)]
+    assert len(guesses) == 2 and all(np.isnan(g.probability) for g in guesses)
+    assert asked_at_guess == [0, 2]  # each guess went out before that pause's first ask (the 1st pause asked twice)
+    assert not any(isinstance(e, EndLikely) for e in returned)
+    assert sum(isinstance(e, VoiceResumed) for e in returned) == 1  # the inner pause's guess was wrong
+    stop = next(e for e in returned if isinstance(e, AudioStop))
+    voice_stopped = next(e for e in returned if isinstance(e, VoiceStopped))
+    assert abs(voice_stopped.timestamp - speech_end) < 0.1
+    assert 0.06 <= stop.timestamp - voice_stopped.timestamp <= 0.1  # ended at the first ask (64 ms): the detector
+    assert detector.answers == []
+    chunks = [e for e in early + returned if isinstance(e, AudioChunk)]
+    assert len({id(e) for e in chunks}) == len(chunks)
 
 
 @needs_espeak

@@ -44,6 +44,7 @@ class TurnEndDataConfig:
     train_sentences: int = 1500
     test_sentences: int = 300
     frames: int = TurnEndConfig.frames
+    everyday: bool = False  # also everyday sentences beyond the demo's domain (training/everyday.py)
     seed: int = 0
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -58,8 +59,8 @@ class TurnEndDataConfig:
 
 def sentences(config: TurnEndDataConfig) -> dict[str, list[str]]:
     """split -> sentence texts of at least two words: demo_domain's questions and demo_robot's commands (the
-    test split: their held-out phrasings and values), drawn intent by intent in turn, so that a few greetings
-    weigh as much as thousands of sums."""
+    test split: their held-out phrasings and values), and with `everyday` training/everyday.py's groups, drawn
+    intent by intent in turn, so that a few greetings weigh as much as thousands of sums."""
     from omnivox.training.demo_domain import questions
     from omnivox.training.demo_robot import COMMANDS, PHRASINGS, command_items
 
@@ -73,6 +74,12 @@ def sentences(config: TurnEndDataConfig) -> dict[str, list[str]]:
             for item in items:
                 text = template.format(**item.slots) if item else template
                 by_split["test" if p == len(templates) - 1 else "train"].setdefault(intent, set()).add(text)
+    if config.everyday:
+        from omnivox.training.everyday import everyday_sentences
+
+        for group, splits in everyday_sentences().items():
+            for split, texts in splits.items():
+                by_split[split].setdefault(group, set()).update(texts)
     held = set().union(*by_split["test"].values())
     rng = random.Random(config.seed)
     out = {}

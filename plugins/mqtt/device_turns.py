@@ -17,7 +17,8 @@ With `speculate` (a P(complete) bar, e.g. 0.5), a pause the detector finds proba
 (VoiceResumed), the guess is taken back (`interrupt` with `withdraw`: its answer stops, it leaves the
 conversation's history) and the whole utterance is asked again as a new turn. A guess that stands has its answer
 started one ask early, or, when the detector stayed unsure until the hold ended the turn, ready by then
-(benchmarks/bench_mqtt_turns.py --speculate).
+(benchmarks/bench_mqtt_turns.py --speculate). `speculate=0` asks every pause on a guess at its first ask, before
+the detector has answered: the worker starts answering while the device's detector decides.
 
 `speech_end[turn_id]` is the end of speech the VAD saw (time.monotonic(), the capture clock of `push`'s `at`): a
 device measures what its user waits, end of speech -> first `audio-out`, from it (Answer.first_audio_at).
@@ -34,7 +35,7 @@ import numpy as np
 
 from omnivox.core import audio
 from omnivox.core.errors import ConfigError
-from omnivox.core.runtime.events import AudioChunk, AudioStart, AudioStop, EndLikely, VoiceResumed, VoiceStopped
+from omnivox.core.runtime.events import AudioChunk, AudioStart, AudioStop, EndLikely, Event, VoiceResumed, VoiceStopped
 from omnivox.plugins.mqtt.client import Session, Turn
 from omnivox.plugins.silero_vad import SileroVAD
 
@@ -55,6 +56,7 @@ class DeviceTurns:
         self._turn: Turn | None = None  # the question being spoken
         self._guess: Turn | None = None  # asked on an EndLikely, not yet ended by the VAD: its answer is unplayed
         self._spoken: list[bytes] = []  # the utterance's audio so far (asked again whole if the guess was wrong)
+        self._speech_end: float | None = None  # the VAD's VoiceStopped of the question being ended
         self._format = audio.AudioFormat(rate=rate, width=2, channels=1)
 
     @classmethod
@@ -70,8 +72,21 @@ class DeviceTurns:
         to the question being spoken; returns the turns whose question ended with them (answers stream on)."""
         chunk = AudioChunk(audio=audio.to_bytes(np.asarray(pcm, np.float32)[None, :], self._format), rate=self.rate,
                            timestamp=time.monotonic() if at is None else at)
-        ended, speech_end = [], None
-        for event in await asyncio.to_thread(self.vad.push, chunk):  # the detector takes ~25 ms: off the loop
+        loop, early = asyncio.get_running_loop(), []
+
+        def guess_now(events: list[Event]) -> None:  # (the VAD's thread) a guess made before the detector answers
+            early.append(asyncio.run_coroutine_threadsafe(self._handle(events), loop))
+
+        events = await asyncio.to_thread(self.vad.push, chunk, guess_now)  # the detector takes ~25 ms: off the loop
+        ended = []
+        for handled in early:
+            ended += await asyncio.wrap_future(handled)
+        return ended + await self._handle(events)
+
+    async def _handle(self, events: list[Event]) -> list[Turn]:
+        """Act on the VAD's events in order: the turns whose question they ended."""
+        ended = []
+        for event in events:
             if isinstance(event, AudioStart):
                 self._turn, self._spoken = await self.session.start_turn(event.rate), []
             elif self._turn is None:
@@ -86,13 +101,13 @@ class DeviceTurns:
             elif isinstance(event, VoiceResumed) and self._guess is not None:
                 await self._reask()
             elif isinstance(event, VoiceStopped):
-                speech_end = event.timestamp
+                self._speech_end = event.timestamp
             elif isinstance(event, AudioStop):
                 if self._guess is None:
                     await self._turn.stop()
-                self.speech_end[self._turn.id] = speech_end if speech_end is not None else event.timestamp
+                self.speech_end[self._turn.id] = self._speech_end if self._speech_end is not None else event.timestamp
                 ended.append(self._turn)
-                self._turn = self._guess = None
+                self._turn = self._guess = self._speech_end = None
         return ended
 
     async def _reask(self) -> None:
