@@ -181,7 +181,8 @@ def main() -> int:
     groups = {"everyday sentences": [s for s in streams if s["text"] in everyday],
               "demo questions and commands": [s for s in streams if s["text"] not in everyday]}
     rows = [(name, make, streams) for name, make in rules.items()]
-    if all(groups.values()):  # data built with `everyday`: the default rule on each group too
+    built = json.loads((data / "summary.json").read_text())["config"] if (data / "summary.json").is_file() else {}
+    if built.get("everyday"):  # the default rule on each group too
         rows += [(f"  default, {group} ({len(part)})", rules[f"default: {schedule}"], part)
                  for group, part in groups.items()]
     for name, make, part in rows:
