@@ -64,7 +64,8 @@ async def session(url: str, stream: np.ndarray, ends: list[float]) -> list[dict]
         first = min((at for t, _, _, at in live.audio if t == turn), default=None)
         metrics = next((m for m in live.of("metrics") if m["turn"] == turn), {})
         rows.append({"turn": turn, "total": None if first is None else (first - start - end) * 1000,
-                     "server": metrics.get("first_audio_ms")})
+                     "server": metrics.get("first_audio_ms"),
+                     "encoder": (metrics.get("stage_busy_ms") or {}).get("encoder")})
     return rows
 
 
@@ -91,7 +92,8 @@ def main() -> int:
     answered = [r for r in rows if r["total"] is not None]
     print(f"{len(answered)} of {len(rows)} questions answered aloud (default model, /v1/live, server detector)")
     print(f"{'part':<28}{'p50 ms':>8}{'p90 ms':>8}")
-    for name, key in (("end of speech -> 1st audio", "total"), ("server first_audio_ms", "server")):
+    for name, key in (("end of speech -> 1st audio", "total"), ("server first_audio_ms", "server"),
+                      ("server encoder busy", "encoder")):
         values = [r[key] for r in answered if r[key] is not None]
         print(f"{name:<28}{statistics.median(values):8.0f}{float(np.percentile(values, 90)):8.0f}")
     return 0

@@ -72,6 +72,7 @@ def test_two_questions_in_one_stream_are_two_answered_turns(server, questions):
     first_audio = min(at for turn, _, _, at in live.audio if turn == 1)
     assert live.of("turn-start")[0]["at"] < first_audio < live.of("turn-end")[0]["at"]
     assert [m["turn"] for m in live.of("metrics")] == [1, 2] and live.of("metrics")[0]["first_audio_ms"] > 0
+    assert live.of("metrics")[0]["stage_busy_ms"]["encoder"] >= 0  # where the turn's time went, per stage
     assert not live.of("error") and not live.of("interrupted")
     # voice-stopped places the end of speech in the stream sent (Silero ends speech a little after the last
     # loud sample): a client times the answer from it

@@ -208,7 +208,8 @@ class LiveSession:
             elif isinstance(event, Metrics):
                 await self.send(event_json("metrics", turn=turn, first_text_ms=event.first_text_ms,
                                            first_audio_ms=event.first_audio_ms, audio_s=event.audio_s,
-                                           rtf=event.rtf, text_tokens=event.text_tokens))
+                                           rtf=event.rtf, text_tokens=event.text_tokens,
+                                           stage_busy_ms=dict(event.stage_busy_ms)))
             elif isinstance(event, TurnEnd):
                 self._ended(turn)
                 await self.send(event_json("turn-end", turn=turn, reason=event.reason))
