@@ -175,14 +175,14 @@ def main() -> int:
     print(f"{len(streams)} held-out recordings, inner pauses 300-800 ms\n")
     print(f"{'rule':<48}{'false cut-ins':>15}{'decision p50':>14}{'p90':>8}{'held':>8}")
     figures = {}
-    from omnivox.training.everyday import everyday_sentences
-
-    everyday = {text for group in everyday_sentences().values() for text in group["test"]}
-    groups = {"everyday sentences": [s for s in streams if s["text"] in everyday],
-              "demo questions and commands": [s for s in streams if s["text"] not in everyday]}
     rows = [(name, make, streams) for name, make in rules.items()]
     built = json.loads((data / "summary.json").read_text())["config"] if (data / "summary.json").is_file() else {}
     if built.get("everyday"):  # the default rule on each group too
+        from omnivox.training.everyday import everyday_sentences
+
+        everyday = {text for group in everyday_sentences().values() for text in group["test"]}
+        groups = {"everyday sentences": [s for s in streams if s["text"] in everyday],
+                  "demo questions and commands": [s for s in streams if s["text"] not in everyday]}
         rows += [(f"  default, {group} ({len(part)})", rules[f"default: {schedule}"], part)
                  for group, part in groups.items()]
     for name, make, part in rows:

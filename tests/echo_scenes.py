@@ -63,14 +63,14 @@ def run_scene(vad: SileroVAD, assistant: np.ndarray, *, echo_db: float = -6.0, d
     return {"barge_ins": barge_ins, "echoes": vad.echoes}
 
 
-def stream_events(vad: SileroVAD, pcm: np.ndarray, rate: int, chunk_s: float) -> list:
+def stream_events(vad: SileroVAD, pcm: np.ndarray, rate: int, chunk_s: float, early=None) -> list:
     """What the VAD emits for the mono `pcm` streamed in `chunk_s` chunks stamped with their audio time (as a
-    microphone's capture times)."""
+    microphone's capture times); `early` goes to each push (SileroVAD.push)."""
     fmt, step, events = audio.AudioFormat(rate, 2, 1), int(chunk_s * rate), []
     for start in range(0, len(pcm), step):
         piece = pcm[start:start + step]
         events += vad.push(AudioChunk(audio=audio.to_bytes(piece[None, :], fmt), rate=rate,
-                                       timestamp=(start + len(piece)) / rate))
+                                       timestamp=(start + len(piece)) / rate), early)
     return events
 
 

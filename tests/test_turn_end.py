@@ -219,15 +219,13 @@ def test_a_guess_at_zero_goes_out_before_the_detector_is_asked_and_the_detector_
     detector = ScriptedDetector([0.2, 0.1, 0.99999])
     vad = SileroVAD(turn_end=detector, speculate=0)
     asyncio.run(vad.setup())
-    fmt, early, returned, asked_at_guess = audio.AudioFormat(16000, 2, 1), [], [], []
+    early, asked_at_guess = [], []
 
     def guess_now(events):
         asked_at_guess.append(len(detector.asked))
         early.extend(events)
 
-    for start in range(0, len(pcm), 320):
-        returned += vad.push(AudioChunk(audio=audio.to_bytes(pcm[None, start:start + 320], fmt), rate=16000,
-                                        timestamp=(start + 320) / 16000), guess_now)
+    returned = stream_events(vad, pcm, 16000, 0.02, guess_now)
     guesses = [e for e in early if isinstance(e, EndLikely)]
     assert len(guesses) == 2 and all(np.isnan(g.probability) for g in guesses)
     assert asked_at_guess == [0, 2]  # each guess went out before that pause's first ask (the 1st pause asked twice)
