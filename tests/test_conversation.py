@@ -33,7 +33,7 @@ CONTEXT = "battery forty percent"
 TURNS = {  # strategy -> three turns (task, question): text and audio in, text and audio out
     "parallel": [("T1A2", [5, 9, 17, 3]), ("A1T2", AUDIO[5]), ("A1A2", AUDIO[7])],
     "text-delay": [("A1A2", AUDIO[6]), ("T1T2", [3, 4, 5, 6, 7]), ("T1A2", [7, 8])],
-    "batch-parallel": [("A1A2", AUDIO[4]), ("A1A2", AUDIO[6]), ("A1A2", AUDIO[5])],
+    "batch-parallel": [("A1A2", AUDIO[4]), ("T1A2", [5, 9, 17]), ("A1A2", AUDIO[5])],
 }
 
 

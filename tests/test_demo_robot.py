@@ -5,10 +5,13 @@ import json
 import random
 import shutil
 from dataclasses import replace
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from omnivox.training.data import read_manifest
+from omnivox.plugins.random_models import tiny_model
+from omnivox.training.data import Example, read_manifest
 from omnivox.training.demo_domain import DemoConfig, build_demo
 from omnivox.training.demo_robot import (
     COMMANDS,
@@ -20,6 +23,7 @@ from omnivox.training.demo_robot import (
     _Builder,
     _commands,
     _extra_values,
+    answer_turns,
     build_robot,
     command_items,
     context_reply,
@@ -72,6 +76,21 @@ def test_commands_score_the_exact_action_and_the_reply():
     assert score_line(info, "A1T2", wrong)["action_right"] is False
     spoken = {"action": right["action"], "reply": "", "transcript": "Moving forward 3 meters."}
     assert score_line(info, "A1A2", spoken) == {"action_right": True, "spoken_right": True}
+
+
+def test_speech_answers_can_be_scored_with_batch_parallel_decoding():
+    """`evaluate --strategy batch-parallel`: a typed question's spoken answer is written by its T1T2 twin row."""
+    model = tiny_model(seed=2)
+    heard = SimpleNamespace(transcribe=lambda pcm, rate: "heard")
+    codec = SimpleNamespace(decode=lambda frames: np.zeros(160, np.float32), grid=SimpleNamespace(sample_rate=16000))
+
+    def answer(task, **kwargs):
+        line = Example("q", task, "test:1", "", question_text="turn on the light")
+        return answer_turns(model, [line], None, codec=codec, transcriber=heard, max_steps=24, **kwargs)
+
+    batch, twin = answer("T1A2", strategy="batch-parallel"), answer("T1T2")
+    assert batch["text"] == twin["text"] and batch["transcript"] == "heard"
+    assert answer("T1A2")["text"] != twin["text"]  # by itself the speech row writes other text
 
 
 def test_follow_ups_answer_about_the_previous_turn():

@@ -250,6 +250,14 @@ def test_unknown_strategy_lists_the_valid_ones():
         get_strategy("delay")
 
 
-def test_batch_parallel_generates_a1a2_only():
-    with pytest.raises(PluginError, match="unknown batch-parallel task 'T1A2'; valid choices: A1A2\n"):
-        BatchParallelStrategy().prompt(layout_for(2), "T1A2", text_ids=[1])
+def test_batch_parallel_generates_speech_answers_only():
+    with pytest.raises(PluginError, match="unknown batch-parallel task 'T1T2'; valid choices: A1A2, T1A2\n"):
+        BatchParallelStrategy().prompt(layout_for(2), "T1T2", text_ids=[1])
+
+
+def test_batch_parallel_typed_prompt_pairs_t1a2_with_t1t2():
+    L = layout_for(2)
+    prompt = BatchParallelStrategy().prompt(L, "T1A2", text_ids=[4, 5])
+    assert prompt.tasks == ("T1A2", "T1T2") and prompt.audio_lengths is None
+    assert torch.equal(prompt.ids[0], L.text_prompt([4, 5], "T1A2").ids[0])
+    assert torch.equal(prompt.ids[1], L.text_prompt([4, 5], "T1T2").ids[0])

@@ -50,6 +50,19 @@ def test_first_frame_comes_at_the_earliest_column_and_frames_match_generate(stra
     assert [e.token for e in got if isinstance(e, TextPiece)] == result.text_ids
 
 
+@pytest.mark.parametrize("speech, twin, source", [("A1A2", "A1T2", dict(audio_features=FEATURES)),
+                                                  ("T1A2", "T1T2", dict(text_ids=[5, 9, 17, 3]))])
+def test_batch_parallel_speaks_its_text_twins_greedy_text(speech, twin, source):
+    """Row 1 is fed what its text task alone is fed: the speech answer's text is that task's text, while its
+    audio streams are row 0's own."""
+    model = speaking_model()
+    batch = generate(model, task=speech, strategy="batch-parallel", max_steps=20, **source)
+    alone = generate(model, task=twin, max_steps=20, **source)
+    assert batch.text_ids == alone.text_ids and batch.frames.shape[0] > 0
+    delayed = generate(model, task=speech, strategy="text-delay", max_steps=20, **source)
+    assert batch.text_ids != delayed.text_ids  # the random model's speech row writes other text by itself
+
+
 def test_events_arrive_before_the_next_step_runs():
     model = speaking_model()
     calls = []
@@ -152,7 +165,7 @@ def test_accepts_an_omnilm_and_a_string():
     (dict(task="A1A3", audio_features=FEATURES), PluginError, "unknown task 'A1A3'.*A1A2, A1T1, A1T2, T1A2"),
     (dict(task="A1A2", audio_features=FEATURES, strategy="delay"), PluginError,
      "unknown strategy 'delay'.*batch-parallel, parallel, text-delay"),
-    (dict(task="T1A2", text_ids=[1], strategy="batch-parallel"), PluginError, "batch-parallel task 'T1A2'"),
+    (dict(task="T1T2", text_ids=[1], strategy="batch-parallel"), PluginError, "batch-parallel task 'T1T2'"),
     (dict(task="A1A2", audio_features=torch.randn(8, 31)), InputError, r"shape \(1, 8, 31\), expected"),
     (dict(task="A1A2", audio_features=torch.randn(0, 32)), InputError, "0 frames"),
     (dict(task="A1A2"), InputError, "no audio_features"),

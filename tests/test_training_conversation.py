@@ -37,6 +37,7 @@ CASES = {  # name -> strategy, turn 1 task, turn 2 task
     "text-delay T1T2 A1T1": ("text-delay", "T1T2", "A1T1"),
     "parallel T1A2 A1T2": ("parallel", "T1A2", "A1T2"),
     "batch-parallel A1A2 A1A2": ("batch-parallel", "A1A2", "A1A2"),
+    "batch-parallel T1A2 A1A2": ("batch-parallel", "T1A2", "A1A2"),
 }
 
 

@@ -695,17 +695,18 @@ def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def answer_turns(model, turns: list, context: str | None, *, codec=None, transcriber=None, max_steps: int = 200
-                 ) -> dict[str, Any]:
-    """Greedy answers of `model` to a conversation's turns (Examples; the last is scored), with `context`.
-    Returns the last turn's text (the text stream, actions included), its plain reply, its action, and for
-    audio-out tasks the yardstick's transcript of its speech (decoded by `codec`)."""
+def answer_turns(model, turns: list, context: str | None, *, codec=None, transcriber=None, max_steps: int = 200,
+                 strategy: str = "text-delay") -> dict[str, Any]:
+    """Greedy answers of `model` to a conversation's turns (Examples; the last is scored), with `context`, decoded
+    with `strategy` (batch-parallel: speech-answer conversations only). Returns the last turn's text (the text
+    stream, actions included), its plain reply, its action, and for audio-out tasks the yardstick's transcript of
+    its speech (decoded by `codec`)."""
     import torch
 
     from omnivox.core.kernel.conversation import Conversation
     from omnivox.core.kernel.sampling import SamplingConfig
 
-    conversation = Conversation(model, strategy="text-delay", context=context)
+    conversation = Conversation(model, strategy=strategy, context=context)
     with torch.no_grad():
         for ex in turns:
             source = {"audio_features": ex.features()} if ex.audio_in else \
@@ -763,9 +764,11 @@ def summarise(details: list[dict[str, Any]], log=print) -> dict[str, Any]:
 
 
 def evaluate(export: str | Path, manifest: str | Path, *, limit: int | None = None, groups: tuple[str, ...] | None
-             = None, transcriber=None, codec_dir: str | Path | None = None, log=print) -> dict[str, Any]:
+             = None, transcriber=None, codec_dir: str | Path | None = None, speech_strategy: str = "text-delay",
+             log=print) -> dict[str, Any]:
     """Run the export on a prepared robot test manifest (beside its robot.json): every line (or at most `limit`
-    per group, task and intent) as a conversation (its history turns first, its context), scored by `score_line`."""
+    per group, task and intent) as a conversation (its history turns first, its context), scored by `score_line`.
+    Speech-answer lines (A1A2, T1A2) decode with `speech_strategy`, text-answer lines with text-delay."""
     import torch
 
     from omnivox.core.contracts.manager import create
@@ -794,7 +797,8 @@ def evaluate(export: str | Path, manifest: str | Path, *, limit: int | None = No
         if (groups and info["group"] not in groups) or (limit is not None and taken[key] >= limit):
             continue
         taken[key] += 1
-        row = answer_turns(model, [*ex.history, ex], ex.context, codec=codec, transcriber=transcriber)
+        row = answer_turns(model, [*ex.history, ex], ex.context, codec=codec, transcriber=transcriber,
+                           strategy=speech_strategy if ex.audio_out else "text-delay")
         details.append({"id": ex.id, "task": ex.task, "group": info["group"], "intent": info["intent"],
                         "question": info["question"], "expected": info["answer"], "context": ex.context}
                        | row | score_line(info, ex.task, row))
@@ -814,12 +818,15 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--groups", help="comma-separated: single, typed, follow-up, command, context")
     ev.add_argument("--codec", help="the mel codec's directory (default: the one inside EXPORT)")
     ev.add_argument("--json", help="write the report (with every answer) here")
+    ev.add_argument("--strategy", default="text-delay", help="decoding of the speech answers (A1A2, T1A2): "
+                    "text-delay or batch-parallel")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(build_robot(args.data_dir, load_robot_config(args.set)))
         return 0
     report = evaluate(args.export, args.manifest, limit=args.limit,
-                      groups=tuple(args.groups.split(",")) if args.groups else None, codec_dir=args.codec)
+                      groups=tuple(args.groups.split(",")) if args.groups else None, codec_dir=args.codec,
+                      speech_strategy=args.strategy)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return 0

@@ -139,6 +139,13 @@ class TokenLayout:
         return Prompt(ids=torch.cat([speech.ids, text.ids]), audio_lengths=(n_frames, n_frames),
                       tasks=("A1A2", "A1T2"))
 
+    def batch_text_prompt(self, text_ids: Sequence[int]) -> Prompt:
+        """Two-row prompt of batch parallel decoding for typed input: row 0 = T1A2 (answer_a), row 1 = T1T2
+        (pad_a), both over the same text (equal lengths: only the last audio column differs)."""
+        speech = self.text_prompt(text_ids, "T1A2")
+        text = self.text_prompt(text_ids, "T1T2")
+        return Prompt(ids=torch.cat([speech.ids, text.ids]), audio_lengths=None, tasks=("T1A2", "T1T2"))
+
 
 @dataclass
 class Prompt:

@@ -1,10 +1,12 @@
-"""Scheme 3 (paper 3.2, batch parallel decoding), A1A2 only: two rows over the same audio. Row 0 is an A1A2
-prompt and produces the audio; row 1 is an A1T2 prompt and produces the text. Each step, row 1's text id is
-fed to BOTH rows, row 0's audio ids to row 0, and row 1 gets pad_a on every audio stream (upstream
-`generate_TA_BATCH` / `run_AT_batch_stream`). The answer grid (row 0's audio + row 1's text) uses the
-text-delay layout, as upstream reconstructs it with `reconscruct_snac`.
+"""Scheme 3 (paper 3.2, batch parallel decoding) for speech answers: two rows over the same input. Row 0 is the
+speech task's prompt (A1A2, or T1A2 for typed input) and produces the audio; row 1 is its text twin's prompt (A1T2,
+T1T2) and produces the text. Each step, row 1's text id is fed to BOTH rows, row 0's audio ids to row 0, and row 1
+gets pad_a on every audio stream (upstream `generate_TA_BATCH` / `run_AT_batch_stream`, which does this for A1A2;
+T1A2 is the same trick on a typed question). Row 1 is fed exactly what its task alone would be fed, so the text is
+the text twin's greedy text. The answer grid (row 0's audio + row 1's text) uses the text-delay layout, as upstream
+reconstructs it with `reconscruct_snac`.
 
-Training: each row is an ordinary sequence; row 0 trains as A1A2 and row 1 as A1T2 with the text-delay
+Training: each row is an ordinary sequence; row 0 trains as A1A2/T1A2 and row 1 as A1T2/T1T2 with the text-delay
 targets of `layout_target` (the batch trick needs no special training data)."""
 
 from __future__ import annotations
@@ -31,12 +33,17 @@ class BatchStepRule(StepRule):
 
 class BatchParallelStrategy(TextDelayStrategy):
     name = "batch-parallel"
-    description = "two rows: the text-only row's text drives the audio row (scheme 3, A1A2)"
-    tasks = ("A1A2",)
+    description = "two rows: the text-only row's text drives the audio row (scheme 3, A1A2 and T1A2)"
+    tasks = ("A1A2", "T1A2")
 
     def prompt(self, layout: TokenLayout, task: str, n_frames: int | None = None,
                text_ids: Sequence[int] | None = None) -> Prompt:
         self.check_task(task)
+        if task == "T1A2":
+            if text_ids is None:
+                raise InputError("batch parallel decoding of T1A2 takes text, but no text ids were given",
+                                 "pass text_ids")
+            return layout.batch_text_prompt(text_ids)
         if n_frames is None:
             raise InputError("batch parallel decoding takes audio, but no encoder frame count was given",
                              "pass n_frames (the audio features' length)")
