@@ -137,6 +137,36 @@ def test_kill_and_resume_gives_identical_weights(data, random_init, tmp_path):
     assert state["step"] == 12 and state["position"] == 48
 
 
+def test_the_export_is_the_weight_average_and_it_resumes(data, random_init, tmp_path):
+    """training.ema_decay: the export holds the moving average of the trainable weights over the steps (each step's
+    weights, from its checkpoint), and a run resumed from a checkpoint exports the same average."""
+    recipe = str(RECIPES / "tiny_stage3_finetune.yaml")
+    common = dict(init_from=random_init, training__max_steps=6, training__batch_size=4, training__ema_decay=0.3,
+                  training__checkpoint_every=1, training__keep_checkpoints=0, data__tasks="[A1A2, T1A2]")
+    train(load_recipe(recipe, overrides(data, tmp_path / "a", **common)))
+    exported = load_file(str(tmp_path / "a" / "export" / "model.safetensors"))
+    average, _ = read_init_state(random_init)
+    for step in range(1, 7):
+        weights = load_file(str(tmp_path / "a" / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
+        decay = min(0.3, (1 + step) / (10 + step))
+        average = {k: decay * average[k] + (1 - decay) * weights[k] for k in weights}
+    trained = [k for k in exported if group_of(k) != "encoder"]
+    assert trained and all(torch.allclose(exported[k], average[k], atol=1e-6) for k in trained)
+    assert not torch.equal(exported[trained[0]], weights[trained[0]])  # not the last step's weights
+
+    resumed = tmp_path / "b"
+    train(load_recipe(recipe, overrides(data, resumed, resume=tmp_path / "a" / "checkpoints" / "step_000003",
+                                        **common)))
+    again = load_file(str(resumed / "export" / "model.safetensors"))
+    assert all(torch.equal(again[k], exported[k]) for k in exported)
+
+    plain = dict(common, training__ema_decay="null")
+    train(load_recipe(recipe, overrides(data, tmp_path / "c", **plain)))
+    with pytest.raises(CheckpointError, match="holds no weight average, but training.ema_decay is set"):
+        train(load_recipe(recipe, overrides(data, tmp_path / "d", resume=tmp_path / "c" / "checkpoints" /
+                                            "step_000003", **common)))
+
+
 def _no_step_taken(out: Path) -> bool:
     return not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()
 

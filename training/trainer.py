@@ -50,6 +50,7 @@ from omnivox.training.freeze import apply_trainable
 from omnivox.training.loss import combine, mask_streams, term_names, token_losses
 from omnivox.training.recipe import Recipe, build
 from omnivox.training.schedule import epoch_order, global_batch
+from omnivox.training.weight_average import WeightAverage
 from omnivox.training.weights import load_init, resolve_tokenizer, write_native
 
 
@@ -189,6 +190,10 @@ class TrainingRecipe:
         self.optimizer = build(r["optimizer"], f"{source}: optimizer", params=self.params)
         self.scheduler = build(r["scheduler"], f"{source}: scheduler", optimizer=self.optimizer,
                                total_steps=t["max_steps"])
+        if t["ema_decay"] is not None and self.fsdp:
+            raise ConfigError("training.ema_decay is not supported with FSDP (each rank holds a shard)",
+                              "use training.distributed: ddp, or ema_decay: null")
+        self.average = WeightAverage(unwrap(self.wrapped), t["ema_decay"]) if t["ema_decay"] is not None else None
 
     # ---- one step ----------------------------------------------------------------------------------------
     def next_batch(self) -> Batch:
@@ -214,6 +219,8 @@ class TrainingRecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self.average is not None:
+            self.average.update(self.step)
         self.position += self.t["batch_size"]
         reduced = self.ctx.all_sum(torch.cat([total.detach().view(1), terms]))  # (2 + A,)
         return StepResult(float(reduced[0]), reduced[1:], counts, float(grad_norm))
@@ -297,6 +304,8 @@ class TrainingRecipe:
             state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "step": self.step,
                      "position": self.position, "rng": rng_state(), "world_size": self.ctx.world,
                      "recipe": self.cfg["name"]}
+            if self.average is not None:
+                state["weight_average"] = self.average.state_dict()
             write_checkpoint(root, self.step, model_state, self.config, self.tokenizer, state, self.recipe.to_yaml(),
                              self.t["keep_checkpoints"])
             self.say(f"checkpoint saved: {final} (step {self.step})")
@@ -311,6 +320,11 @@ class TrainingRecipe:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.position = state["step"], state["position"]
         set_rng_state(state["rng"])
+        if self.average is not None:
+            if "weight_average" not in state:
+                raise CheckpointError(f"{path} holds no weight average, but training.ema_decay is set",
+                                      "resume with the ema_decay the run started with, or start a new output_dir")
+            self.average.load_state_dict(state["weight_average"])
         self.say(f"resumed from {path} at step {self.step} (sample {self.position})")
 
     # ---- export ------------------------------------------------------------------------------------------
@@ -318,6 +332,8 @@ class TrainingRecipe:
         """The final weights in the native inference format (+ the encoder chat needs), the loss curve and
         summary.json; checks that data-parallel replicas hold identical weights."""
         model_state, _ = full_state(self.wrapped, self.optimizer, self.fsdp)  # complete on rank 0 (FSDP)
+        if self.average is not None:
+            model_state = self.average.averaged(model_state)
         replicas = [digest(unwrap(self.wrapped).state_dict())] if not self.fsdp else []  # FSDP: no replicas
         if self.ctx.world > 1 and not self.fsdp:
             gathered: list[Any] = [None] * self.ctx.world
@@ -337,6 +353,7 @@ class TrainingRecipe:
         replace_dir(tmp, export)
         png = self.logger.close()
         summary = {"name": self.cfg["name"], "steps": self.step, "world_size": self.ctx.world,
+                   "ema_decay": self.t["ema_decay"],
                    "distributed": self.t["distributed"], "checkpoint": str(self.last_checkpoint),
                    "export": str(export), "loss_png": str(png) if png else None, "eval": final_eval,
                    "replica_digests": replicas, "export_digest": digest(model_state)}
