@@ -59,6 +59,8 @@ def test_every_command_answer_carries_its_action_and_speaks_only_the_reply():
     ("battery", "my battery is at forty five percent", "My battery is at 45%.", True),
     ("battery", "my battery is at forty five percent", "My battery is at 40%.", False),
     ("battery", "my battery is at one hundred percent", "my battery is at one hundred percent", True),
+    ("battery", "my battery is at one hundred percent", "My battery is at 100%.", True),
+    ("battery", "my battery is at one hundred percent", "My battery is at 10%.", False),
     ("location", "i am in the dining room", "I am in the dining room.", True),
     ("location", "i am in the dining room", "I am in the kitchen.", False),
     ("capital", "the capital of peru is lima", "The capital of Peru is Lima.", True),

@@ -147,11 +147,11 @@ def contents(intent: str) -> list[tuple[str, dict[str, str], str]]:
 
 # ------------------------------------------------------------------------------------------ scoring
 def spoken_words(text: str) -> list[str]:
-    """Lower-case words with numbers below 100 spelled out ('7' -> 'seven', '47' -> 'forty seven'),
-    punctuation dropped."""
+    """Lower-case words with numbers below 1000 spelled out ('7' -> 'seven', '47' -> 'forty seven', '100' -> 'one
+    hundred', as the yardstick writes "my battery is at 100%"), punctuation dropped."""
     text = text.lower().replace("-", " ")
-    text = re.sub(r"\d+", lambda m: f" {number_words(int(m.group()))} " if int(m.group()) < 100 else
-                  f" {m.group()} ", text)
+    text = re.sub(r"\d+", lambda m: f" {spoken_numbers.number_words(int(m.group()))} " if int(m.group()) < 1000
+                  else f" {m.group()} ", text)
     return re.findall(r"[a-z0-9']+", text)
 
 
