@@ -167,6 +167,14 @@ def test_the_export_is_the_weight_average_and_it_resumes(data, random_init, tmp_
                                             "step_000003", **common)))
 
 
+def test_a_weight_average_missing_a_trainable_weight_is_refused():
+    from omnivox.training.weight_average import WeightAverage
+
+    average = WeightAverage(torch.nn.Linear(2, 2), 0.9)
+    with pytest.raises(CheckpointError, match=r"weight average lacks trainable weights \['bias'\]"):
+        average.load_state_dict({"weight": torch.zeros(2, 2)})
+
+
 def _no_step_taken(out: Path) -> bool:
     return not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()
 

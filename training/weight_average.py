@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from omnivox.core.errors import CheckpointError
+
 
 class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
@@ -32,5 +34,6 @@ class WeightAverage:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.average) - set(state)
         if missing:
-            raise KeyError(f"the weight average lacks {sorted(missing)[:3]}")
+            raise CheckpointError(f"the checkpoint's weight average lacks trainable weights {sorted(missing)[:3]}",
+                                  "resume with the trainable map the run started with, or start a new output_dir")
         self.average = {name: state[name].float().clone() for name in self.average}
