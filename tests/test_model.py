@@ -15,6 +15,7 @@ from upstream_reference import (
 
 from omnivox.core.kernel.batching import BatchCache
 from omnivox.core.kernel.checkpoint import OmniModel, convert_upstream
+from omnivox.core.kernel.strategies import BatchParallelStrategy
 
 TOL = 1e-4
 AUDIO_TASKS = {"A1A2": ("answer_a", "answer_t"), "A1T2": ("pad_a", "answer_t"), "A1T1": ("pad_a", "asr")}
@@ -69,7 +70,7 @@ def test_text_prompts_match_upstream_layout_and_logits(checkpoint, task):
 def test_batch_prompt_matches_upstream_layout_and_logits(checkpoint):
     cfg, sd, model = checkpoint
     T = 6
-    prompt = model.layout.batch_audio_prompt(T)
+    prompt = BatchParallelStrategy().prompt(model.layout, "A1A2", n_frames=T)
     rows = torch.stack(_absolute(model, prompt.ids), dim=1)
     assert torch.equal(rows[0], torch.tensor(upstream_audio_prompt(cfg, T, "answer_a", "answer_t")))
     assert torch.equal(rows[1], torch.tensor(upstream_audio_prompt(cfg, T, "pad_a", "answer_t")))

@@ -131,21 +131,6 @@ class TokenLayout:
         ids = torch.tensor([audio_row] * self.audio_streams + [text_row]).unsqueeze(0)
         return Prompt(ids=ids, audio_lengths=None, tasks=(task,))
 
-    def batch_audio_prompt(self, n_frames: int) -> Prompt:
-        """Two-row prompt of batch parallel decoding: row 0 = A1A2 (answer_a, answer_t), row 1 = A1T2
-        (pad_a, answer_t), both over the same audio."""
-        speech = self.audio_prompt(n_frames, "A1A2")
-        text = self.audio_prompt(n_frames, "A1T2")
-        return Prompt(ids=torch.cat([speech.ids, text.ids]), audio_lengths=(n_frames, n_frames),
-                      tasks=("A1A2", "A1T2"))
-
-    def batch_text_prompt(self, text_ids: Sequence[int]) -> Prompt:
-        """Two-row prompt of batch parallel decoding for typed input: row 0 = T1A2 (answer_a), row 1 = T1T2
-        (pad_a), both over the same text (equal lengths: only the last audio column differs)."""
-        speech = self.text_prompt(text_ids, "T1A2")
-        text = self.text_prompt(text_ids, "T1T2")
-        return Prompt(ids=torch.cat([speech.ids, text.ids]), audio_lengths=None, tasks=("T1A2", "T1T2"))
-
 
 @dataclass
 class Prompt:

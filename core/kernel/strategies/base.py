@@ -149,14 +149,7 @@ class DecodingStrategy:
                text_ids: Sequence[int] | None = None) -> Prompt:
         """The inference prompt: audio-in tasks need `n_frames` encoder frames, text-in tasks `text_ids`."""
         self.check_task(task)
-        if task in AUDIO_IN_TASKS:
-            if n_frames is None:
-                raise InputError(f"task {task} takes audio, but no encoder frame count was given",
-                                 "pass n_frames (the audio features' length)")
-            return layout.audio_prompt(n_frames, task)
-        if text_ids is None:
-            raise InputError(f"task {task} takes text, but no text ids were given", "pass text_ids")
-        return layout.text_prompt(text_ids, task)
+        return task_prompt(layout, task, n_frames, text_ids)
 
     # ---- (a) training layout -------------------------------------------------------------------------
     def layout_target(self, layout: TokenLayout, text_ids: Sequence[int], frames: torch.Tensor | None,
@@ -222,6 +215,19 @@ class DecodingStrategy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def task_prompt(layout: TokenLayout, task: str, n_frames: int | None = None,
+                text_ids: Sequence[int] | None = None) -> Prompt:
+    """The single-row prompt of `task` (tokens.py): over `n_frames` encoder frames or over `text_ids`."""
+    if task in AUDIO_IN_TASKS:
+        if n_frames is None:
+            raise InputError(f"task {task} takes audio, but no encoder frame count was given",
+                             "pass n_frames (the audio features' length)")
+        return layout.audio_prompt(n_frames, task)
+    if text_ids is None:
+        raise InputError(f"task {task} takes text, but no text ids were given", "pass text_ids")
+    return layout.text_prompt(text_ids, task)
 
 
 def answer_text(layout: TokenLayout, text_stream: Sequence[int]) -> list[int]:

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
-from omnivox.core.errors import InputError
-from omnivox.core.kernel.strategies.base import StepRule
+from omnivox.core.kernel.strategies.base import StepRule, task_prompt
 from omnivox.core.kernel.strategies.text_delay import TextDelayStrategy
 from omnivox.core.kernel.tokens import Prompt, TokenLayout
+
+TEXT_TWIN = {"A1A2": "A1T2", "T1A2": "T1T2"}  # speech task -> the text task whose row writes its text
 
 
 class BatchStepRule(StepRule):
@@ -38,16 +39,13 @@ class BatchParallelStrategy(TextDelayStrategy):
 
     def prompt(self, layout: TokenLayout, task: str, n_frames: int | None = None,
                text_ids: Sequence[int] | None = None) -> Prompt:
+        """Row 0: `task`'s prompt; row 1: its text twin's (A1T2 / T1T2) over the same input (equal lengths: only
+        the last audio column differs)."""
         self.check_task(task)
-        if task == "T1A2":
-            if text_ids is None:
-                raise InputError("batch parallel decoding of T1A2 takes text, but no text ids were given",
-                                 "pass text_ids")
-            return layout.batch_text_prompt(text_ids)
-        if n_frames is None:
-            raise InputError("batch parallel decoding takes audio, but no encoder frame count was given",
-                             "pass n_frames (the audio features' length)")
-        return layout.batch_audio_prompt(n_frames)
+        speech = task_prompt(layout, task, n_frames, text_ids)
+        text = task_prompt(layout, TEXT_TWIN[task], n_frames, text_ids)
+        lengths = None if speech.audio_lengths is None else speech.audio_lengths * 2
+        return Prompt(ids=torch.cat([speech.ids, text.ids]), audio_lengths=lengths, tasks=(task, TEXT_TWIN[task]))
 
     def step_rule(self, layout: TokenLayout, task: str, force_layout: bool = False) -> StepRule:
         self.check_task(task)
