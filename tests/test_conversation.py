@@ -50,14 +50,12 @@ def context_segment(layout, ids: list[int], rows: int) -> torch.Tensor:
 
 
 def fed_columns(layout, strategy: str, result) -> torch.Tensor:
-    """(rows, S, n) what the turn fed back: every column but a last one cut by max_steps / a cancel; batch parallel
-    decoding feeds row 1 pad_a on its audio streams and the text."""
+    """(rows, S, n) what the turn fed back as the history keeps it: every column but a last one cut by max_steps /
+    a cancel; batch parallel decoding fed row 1 pad_a on its audio streams, but both rows keep row 0's columns (the
+    answer as spoken)."""
     n = result.steps if result.stop_reason in ("eoa", "eot") else result.steps - 1
     cols = result.tokens[:, :n]
-    if strategy != "batch-parallel":
-        return cols.unsqueeze(0)
-    text_row = torch.cat([torch.full((layout.audio_streams, n), layout.pad_a), cols[-1:]])
-    return torch.stack([cols, text_row])
+    return cols.unsqueeze(0).expand(2 if strategy == "batch-parallel" else 1, -1, -1)
 
 
 def fresh(model, strategy: str, context: list[int], past: list[tuple], task, question, max_steps=14):
@@ -72,7 +70,8 @@ def fresh(model, strategy: str, context: list[int], past: list[tuple], task, que
         if audio:
             feats.append(q)
             spans.append((at + 1, q.shape[0]))
-        parts += [own.ids] + ([fed] if fed is not None else [])
+        ids = own.ids if fed is None else own.ids[:1].expand(rows, -1, -1)  # a past turn: its spoken row, twice
+        parts += [ids] + ([fed] if fed is not None else [])
         at += own.length + (fed.shape[-1] if fed is not None else 0)
     whole = Prompt(torch.cat(parts, dim=-1), None, (task,), tuple(tuple(spans) for _ in range(rows)) if feats else None)
     features = torch.cat(feats).unsqueeze(0).expand(rows, -1, -1) if feats else None

@@ -307,7 +307,10 @@ class Conversation:
         rows, streams = open_turn.prompt.ids.shape[:2]
         answer = (torch.cat([decoder.rule.feed(c) for c in decoder.columns[:fed]], dim=-1).cpu() if fed
                   else torch.empty(rows, streams, 0, dtype=torch.long))  # (rows, S, fed)
-        self.turns.append(TurnRecord(open_turn.prompt, open_turn.features, answer, len(decoder.columns),
+        prompt = open_turn.prompt
+        if rows > 1:  # batch parallel: every row keeps the turn as spoken (see _keep_spoken_row)
+            prompt, answer = _keep_spoken_row(self.state.cache, open_turn.start, prompt, answer)
+        self.turns.append(TurnRecord(prompt, open_turn.features, answer, len(decoder.columns),
                                      open_turn.task, open_turn.turn_id))
         if open_turn.cut is not None:
             self._cut_last(open_turn.cut)
@@ -330,6 +333,26 @@ class Conversation:
             return
         _crop_cache(state.cache, length)
         state.length = length
+
+
+def _keep_spoken_row(cache: OmniCache, start: int, prompt: Prompt, answer: torch.Tensor
+                     ) -> tuple[Prompt, torch.Tensor]:
+    """A batch parallel turn's history as every row keeps it: row 0's, the turn as asked and spoken. Row 1 (the
+    text twin) fed pad_a on its audio streams while row 0 spoke; a later turn's text row that saw those columns
+    would read a history no training conversation has (a spoken turn is trained as spoken). The cache's positions
+    from `start` (the turn's) take row 0's keys and values in every row; returns the prompt (rows, S, T) and the
+    answer (rows, S, n) with row 0 in every row."""
+    rows = prompt.ids.shape[0]
+    for dynamic in (cache.backbone, cache.post):
+        for layer in dynamic.layers if dynamic is not None else ():
+            if layer.is_initialized:
+                for name in ("keys", "values"):
+                    kv = getattr(layer, name)  # (rows, H, L, Dh)
+                    spoken = kv[:1, :, start:].expand(rows, -1, -1, -1)
+                    setattr(layer, name, torch.cat([kv[:, :, :start], spoken], dim=2))
+    tasks = (prompt.tasks[0],) * rows if prompt.tasks else prompt.tasks
+    spoken_prompt = replace(prompt, ids=prompt.ids[:1].expand(rows, -1, -1).clone(), tasks=tasks)
+    return spoken_prompt, answer[:1].expand(rows, -1, -1).clone()
 
 
 def _crop_cache(cache: OmniCache, length: int) -> None:

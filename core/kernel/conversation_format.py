@@ -7,8 +7,8 @@
 
 `context_t` is the text special `eot + context_token` (default 5, the first special Mini-Omni leaves unused),
 `result_t` is `eot + result_token` (default 6). A
-turn's answer columns "as fed" are the ids each column fed back to the model (`StepRule.feed`: batch parallel
-decoding feeds row 1 pad_a on its audio streams), i.e. what the KV cache holds; the column that stopped the turn
+turn's answer columns "as fed" are the ids each column fed back to the model (`StepRule.feed`; a batch parallel
+turn is kept as its row 0 fed it, in both rows), i.e. what the KV cache holds; the column that stopped the turn
 (eoa/eot) is never appended, and the last column of a turn cut by its step budget or a cancel is never fed.
 
 A model declares its format in its config (`conversation:` in model_config.yaml / config.yaml, a mapping of the
