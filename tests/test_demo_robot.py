@@ -40,6 +40,8 @@ def test_every_command_answer_carries_its_action_and_speaks_only_the_reply():
         for item in command_items(intent):
             assert expected_action(item.answer) == item.action
             assert plain_reply(item.answer) == item.reply and "<" not in item.reply
+    by = command_items("move", move_by=True)[2]
+    assert by.reply == "moving forward by three metres" and by.action == command_items("move")[2].action
     light = command_items("light")[0]
     assert light.answer == 'turning on the kitchen light<act>light {"room": "kitchen", "on": true}</act>'
 
@@ -52,6 +54,9 @@ def test_every_command_answer_carries_its_action_and_speaks_only_the_reply():
     ("move", "moving forward three metres", "Moving forward 3 meters.", True),
     ("move", "moving forward three metres", "Moving forward 4 meters.", False),
     ("move", "moving back one metre", "moving back one meter", True),
+    ("move", "moving back by two metres", "Moving back by 2 meters.", True),
+    ("move", "moving back by two metres", "moving back two metres", True),
+    ("move", "moving back by two metres", "moving back by to meters", False),
     ("turn", "turning left", "Turning left.", True),
     ("turn", "turning left", "Turning right.", False),
     ("stop", "stopping", "Stopping.", True),

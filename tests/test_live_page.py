@@ -14,15 +14,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.weights]
 TOKEN = "live-3b9d21"
 QUESTIONS = [("What is the capital of France?", "capital", "the capital of france is paris"),
              ("What is the day after friday?", "day_after", "saturday comes after friday")]
+# Over a cut answer the demo model's day questions depend on where the VAD ends the question: "what is the day
+# after friday?" after "the capital of france is p..." is right in 33 of 45 cuts (answer cut at 3 places, the
+# question's audio starting and ending +-50 ms apart; "august comes after july" otherwise), "what is the capital
+# of germany?" in 45 of 45 (docs/demo_model.md). The barge-in test asks that one.
+BARGE_IN = [QUESTIONS[0], ("What is the capital of Germany?", "capital", "the capital of germany is berlin")]
 
 
-def heard_right(page, turns: list[int]) -> list[tuple[str, bool]]:
+def heard_right(page, turns: list[int], questions=QUESTIONS) -> list[tuple[str, bool]]:
     """Per turn, what the yardstick heard in the answer the page received and whether it is the right answer."""
     from omnivox.plugins.fw_transcriber import Transcriber
     from omnivox.training.demo_domain import score_answer
 
     asr, out = Transcriber(), []
-    for turn, (_, intent, expected) in zip(turns, QUESTIONS, strict=True):
+    for turn, (_, intent, expected) in zip(turns, questions, strict=True):
         got = answer_audio(page, turn)
         heard = asr.transcribe(*got) if got is not None else ""
         out.append((heard, score_answer(intent, expected, heard)))
@@ -58,12 +63,12 @@ def test_one_live_session_in_the_browser_answers_two_spoken_questions_aloud(tmp_
 
 def test_a_question_over_the_answer_stops_its_playback_in_the_browser_and_is_answered(tmp_path):
     # the second question starts 1 s after the first ends: while the first answer (about 3 s) plays
-    microphone, _ = microphone_wav(tmp_path, [q for q, _, _ in QUESTIONS], [1.0, 4.0])
+    microphone, _ = microphone_wav(tmp_path, [q for q, _, _ in BARGE_IN], [1.0, 4.0])
     with demo_server(tmp_path) as server, browser_page(microphone, server) as page:
         page.goto(server.url + "/")
         page.click("#live")
         live = wait_for_turns(page, 2)
-        _, (heard, right) = heard_right(page, [1, 2])
+        _, (heard, right) = heard_right(page, [1, 2], BARGE_IN)
     first, second = live["turns"]["1"], live["turns"]["2"]
     assert live["errors"] == [], (live, page.console)
     assert first["interrupted"] and [b["turn"] for b in live["bargeIns"]] == [1], live

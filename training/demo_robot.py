@@ -153,11 +153,14 @@ def light_item(room: str, on: str) -> Item:
                 ("light", {"room": room, "on": on == "on"}))
 
 
-def command_items(intent: str) -> list[Item]:
+def command_items(intent: str, move_by: bool = False) -> list[Item]:
+    """The (value, reply, action) items of command `intent`; `move_by`: a move is confirmed "moving forward by
+    four metres" (the yardstick hears the answer voice say it right more often than "moving forward four metres")."""
     if intent == "light":
         return [light_item(room, on) for room in ROOMS for on in ("on", "off")]
     if intent == "move":
-        return [Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {metres(n)}",
+        by = "by " if move_by else ""
+        return [Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {by}{metres(n)}",
                      ("move", {"direction": "forward" if d == "forward" else "back", "metres": n}))
                 for d in ("forward", "back") for n in range(1, 10)]
     if intent == "turn":
@@ -200,7 +203,7 @@ def score_reply(intent: str, expected: str, transcript: str) -> bool:
     said = " ".join(spoken_words(transcript.replace("%", " percent")))
     said, want = f" {said} ".replace(" meters ", " metres ").replace(" meter ", " metre "), spoken_words(expected)
     if intent in ("light", "move", "turn", "volume", "location"):
-        keys = [w for w in want if w not in ("turning", "moving", "the", "light", "volume", "i", "am", "in")]
+        keys = [w for w in want if w not in ("turning", "moving", "by", "the", "light", "volume", "i", "am", "in")]
         return all(f" {k} " in said for k in keys)
     if intent == "stop":
         return " stop" in said
@@ -233,6 +236,7 @@ class RobotConfig:
     frames: dict[str, int] = field(default_factory=dict)  # per command intent: in how many polite frames (FRAMES)
     # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
     extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
+    move_by: bool = False  # confirm moves as "moving forward by four metres" (command_items)
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -440,7 +444,7 @@ def _commands(b: _Builder) -> dict[str, list]:
     """Every command intent: spoken (A1A2, A1T2; command_variants voices in training) and typed (T1T2, T1A2)."""
     made: dict[str, list] = defaultdict(list)
     for intent in b.config.commands:
-        items = command_items(intent)
+        items = command_items(intent, b.config.move_by)
         held = _held_values([i.key for i in items], b.config.test_values, b.rng) if intent in ("light", "move") \
             else set()
         for split, pairs in _split_items(items, len(PHRASINGS[intent]), held, b.config, b.rng).items():
