@@ -97,13 +97,16 @@ def test_trainable_map_is_exact(stage, data, random_init, tmp_path):
     assert {group_of(k) for k in changed} == want
 
 
-def _run_cli(args: list[str], stderr=subprocess.STDOUT) -> subprocess.Popen:
+def _run_cli(args: list[str], stderr=subprocess.STDOUT, threads: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    if threads is not None:  # torch's intra-op threads: float sums differ in their last bits across counts
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen([sys.executable, "-m", "omnivox.cli.main", "train", *args], stdout=subprocess.PIPE,
                             stderr=stderr, text=True, env=env)
 
 
 @pytest.mark.slow  # a subprocess start plus two short runs
+@pytest.mark.usefixtures("single_thread")  # the killed subprocess and this process sum floats alike (1 thread each)
 def test_kill_and_resume_gives_identical_weights(data, random_init, tmp_path):
     recipe = str(RECIPES / "tiny_stage3_finetune.yaml")
     common = dict(init_from=random_init, training__max_steps=12, training__batch_size=4,
@@ -112,7 +115,7 @@ def test_kill_and_resume_gives_identical_weights(data, random_init, tmp_path):
     train(full_run)
 
     killed = tmp_path / "killed"
-    proc = _run_cli([recipe, *overrides(data, killed, **common)])
+    proc = _run_cli([recipe, *overrides(data, killed, **common)], threads=1)
     for line in proc.stdout:
         if line.startswith("checkpoint saved") and "step 3)" in line:
             proc.send_signal(signal.SIGKILL)
