@@ -343,22 +343,26 @@ def _keep_spoken_row(cache: OmniCache, start: int, prompt: Prompt, answer: torch
     from `start` (the turn's) take row 0's keys and values in every row; returns the prompt (rows, S, T) and the
     answer (rows, S, n) with row 0 in every row."""
     rows = prompt.ids.shape[0]
-    for dynamic in (cache.backbone, cache.post):
-        for layer in dynamic.layers if dynamic is not None else ():
-            if layer.is_initialized:
-                for name in ("keys", "values"):
-                    kv = getattr(layer, name)  # (rows, H, L, Dh)
-                    spoken = kv[:1, :, start:].expand(rows, -1, -1, -1)
-                    setattr(layer, name, torch.cat([kv[:, :, :start], spoken], dim=2))
-    tasks = (prompt.tasks[0],) * rows if prompt.tasks else prompt.tasks
-    spoken_prompt = replace(prompt, ids=prompt.ids[:1].expand(rows, -1, -1).clone(), tasks=tasks)
+
+    def spoken(kv: torch.Tensor) -> torch.Tensor:  # (rows, H, L, Dh): row 0's positions from `start` in every row
+        return torch.cat([kv[:, :, :start], kv[:1, :, start:].expand(rows, -1, -1, -1)], dim=2)
+
+    for layer in _cache_layers(cache):
+        layer.keys, layer.values = spoken(layer.keys), spoken(layer.values)
+    spoken_prompt = replace(prompt, ids=prompt.ids[:1].expand(rows, -1, -1).clone(), tasks=(prompt.tasks[0],) * rows)
     return spoken_prompt, answer[:1].expand(rows, -1, -1).clone()
 
 
 def _crop_cache(cache: OmniCache, length: int) -> None:
     """Every layer's keys/values (rows, H, L, Dh) keep their first `length` positions."""
+    for layer in _cache_layers(cache):
+        layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+    cache.length = length
+
+
+def _cache_layers(cache: OmniCache):
+    """The initialised layers of the backbone's and the post-adapter's caches (each with keys/values)."""
     for dynamic in (cache.backbone, cache.post):
         for layer in dynamic.layers if dynamic is not None else ():
             if layer.is_initialized:
-                layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
-    cache.length = length
+                yield layer
