@@ -84,6 +84,23 @@ def test_two_questions_in_one_stream_are_two_answered_turns(server, questions):
     assert all(abs(e["server_time"] - time.time()) < 60 for e in live.of("voice-started"))
 
 
+def test_audio_sent_faster_than_real_time_keeps_its_place_in_the_stream(server, questions):
+    # the page sends what it heard while the session opened in one burst, then streams in real time: the end of
+    # speech is still placed at its sample in the stream, not squeezed to the burst's arrival
+    held = np.concatenate([silence(0.3), questions[0][: len(questions[0]) // 2]])
+
+    async def scenario():
+        async with LiveClient(server.url) as live:
+            await live.stream(held, realtime=False)
+            await live.stream(np.concatenate([questions[0][len(questions[0]) // 2:], silence(0.8)]))
+            await live.until(lambda e: e["event"] == "voice-stopped")
+            return live
+
+    stop = run(scenario()).of("voice-stopped")[0]["stream_s"]
+    end = (0.3 * RATE + np.flatnonzero(np.abs(questions[0]) > 0.02)[-1]) / RATE
+    assert 0.0 <= stop - end <= 0.2, (stop, end)
+
+
 def test_speech_over_an_answer_barges_in_and_becomes_the_next_turn(long_server, questions):
     async def scenario():
         async with LiveClient(long_server.url) as live:

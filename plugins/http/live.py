@@ -116,13 +116,14 @@ class LiveSession:
             await self._from_vad(event)
 
     def _capture_time(self) -> float:
-        """When the last sample received was captured (time.monotonic): the stream's own clock, which starts at the
-        first frame's arrival and runs with the samples, so that a VAD time maps back to a place in the client's
-        stream (`voice-stopped`'s `stream_s`); never later than the arrival (a client catching up after a stall)."""
+        """When the last sample received was captured (time.monotonic): the stream's own clock, which runs with the
+        samples, so that a VAD time maps back to a place in the client's stream (`voice-stopped`'s `stream_s` =
+        seconds of audio sent). It starts at the first frame's arrival and moves earlier when samples arrive faster
+        than real time (a page sending what it heard while the session opened, a client catching up after a
+        stall): audio was never captured after it arrived."""
         now = time.monotonic()
-        if self.origin is None:
-            self.origin = now - self.received / self.rate
-        return min(now, self.origin + self.received / self.rate)
+        self.origin = min(self.origin if self.origin is not None else now, now - self.received / self.rate)
+        return self.origin + self.received / self.rate
 
     async def _from_vad(self, event: Event) -> None:
         turn = event.turn_id

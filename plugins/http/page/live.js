@@ -15,21 +15,27 @@ const KEPT_TURNS = 8; // answers whose audio the page keeps (omnivox.live.answer
 const HEADER = 12; // b"OVA\x01", uint32 turn, uint32 seq (big-endian)
 const FRAME = 160; // samples per microphone frame (10 ms at 16 kHz, mic-worklet.js)
 const FRAME_TIMES = 32768; // microphone frames whose capture time is kept (5.5 min)
+const HELD_FRAMES = 500; // microphone frames (5 s) kept while the session opens, sent once it has started
 
 const live = (omnivox.live = {
   state: "off", // off, connecting, listening, hearing, thinking, speaking
   session: null,
   // turn -> {text, latencyMs (from the end of speech the server's VAD heard), fromLastLoudMs (from the last loud
   // microphone frame), split, serverFirstAudioMs, audioSeconds (received), playedSeconds (at a barge-in),
-  // underruns, interrupted, reason}
+  // underruns, interrupted, reason, speechEndS (where the server heard the speech end, in seconds of the
+  // microphone stream from its first frame)}
   turns: {},
   bargeIns: [], // {turn, ms}: the server's detection (its clock) to the page's playback stopping (audio clock)
+  startMs: null, // Start live pressed to the session started
+  heldFrames: 0, // microphone frames captured while the session opened, sent once it started (none lost)
   errors: [],
   answerAudio: (turn) => answerAudio(turn), // {rate, pcm: base64 s16le} of a kept answer
 });
 let socket = null;
 let microphone = null; // {stream, source, node}
 let seq = 0;
+let held = []; // frames captured before the session started (at most HELD_FRAMES, the newest)
+let startPressed = null; // performance.now() when Start live was pressed
 const frameTimes = new Float64Array(FRAME_TIMES); // seq % FRAME_TIMES -> context time after the frame's last sample
 let lastLoud = null; // context time after the last loud microphone frame
 const playing = {}; // turn -> {rate, waiting, waitingS, nodes, playAt, first, chunks, lastLoud}
@@ -55,17 +61,18 @@ async function startLive() {
   $("live").disabled = true;
   setState("connecting");
   // a new session: its turns are numbered from 1 again
-  Object.assign(live, { turns: {}, bargeIns: [], errors: [] });
+  Object.assign(live, { turns: {}, bargeIns: [], errors: [], startMs: null, heldFrames: 0 });
+  startPressed = performance.now();
   for (const turn of Object.keys(playing)) delete playing[turn];
   $("live-transcript").replaceChildren();
   $("live-status").textContent = "";
   const ctx = audioContext();
   let stream;
   try {
+    await ctx.audioWorklet.addModule("mic-worklet.js"); // first: the microphone's frames flow from the moment it opens
     stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    await ctx.audioWorklet.addModule("mic-worklet.js");
   } catch (err) {
     $("live").disabled = false;
     return liveFailed(`no microphone: ${err.message} (allow microphone access)`);
@@ -74,6 +81,7 @@ async function startLive() {
   const node = new AudioWorkletNode(ctx, "omnivox-mic", { numberOfOutputs: 0 });
   microphone = { stream, source, node };
   seq = 0;
+  held = [];
   socket = new WebSocket(liveUrl());
   socket.binaryType = "arraybuffer";
   socket.onopen = () => socket.send(JSON.stringify({ event: "start", version: 1, rate: 16000 }));
@@ -85,14 +93,24 @@ async function startLive() {
   $("live-stop").disabled = false;
 }
 
+// What the user says while the session opens is kept (the newest HELD_FRAMES) and sent once it has started, so
+// a first question spoken right after pressing Start live is heard whole.
 function onMicrophone({ pcm, level, time }) {
   if (level > LOUD) lastLoud = time;
-  if (!socket || socket.readyState !== WebSocket.OPEN || live.session === null) return;
   const frame = new Uint8Array(HEADER + pcm.byteLength);
   frame.set([0x4f, 0x56, 0x41, 0x01]); // "OVA" 1
+  frame.set(new Uint8Array(pcm), HEADER);
+  if (!socket || socket.readyState !== WebSocket.OPEN || live.session === null) {
+    held.push({ frame, time });
+    if (held.length > HELD_FRAMES) held.shift();
+    return;
+  }
+  sendFrame(frame, time);
+}
+
+function sendFrame(frame, time) {
   new DataView(frame.buffer).setUint32(8, seq);
   frameTimes[seq++ % FRAME_TIMES] = time;
-  frame.set(new Uint8Array(pcm), HEADER);
   socket.send(frame);
 }
 
@@ -100,7 +118,7 @@ function turnOf(turn) {
   if (!live.turns[turn]) {
     live.turns[turn] = { text: "", latencyMs: null, fromLastLoudMs: null, split: null, serverFirstAudioMs: null,
       audioSeconds: 0, playedSeconds: null, underruns: 0, interrupted: false, reason: null, speechEnd: null,
-      decidedAt: null };
+      speechEndS: null, decidedAt: null };
     const row = document.createElement("li");
     row.id = `live-turn-${turn}`;
     $("live-transcript").append(row);
@@ -124,6 +142,10 @@ function onEvent(event) {
   switch (event.event) {
     case "started":
       live.session = event.session;
+      live.startMs = performance.now() - startPressed;
+      live.heldFrames = held.length;
+      held.forEach(({ frame, time }) => sendFrame(frame, time));
+      held = [];
       setState("listening");
       break;
     case "voice-started":
@@ -134,6 +156,7 @@ function onEvent(event) {
     case "voice-stopped":
       turnOf(turn).decidedAt = audioContext().currentTime;
       turnOf(turn).speechEnd = streamTime(event.stream_s);
+      turnOf(turn).speechEndS = event.stream_s;
       setState("thinking");
       break;
     case "text":
@@ -267,6 +290,7 @@ function closeMicrophone() {
   microphone.node.port.onmessage = null;
   microphone.stream.getTracks().forEach((track) => track.stop());
   microphone = null;
+  held = [];
 }
 
 async function onClosed() {
