@@ -3,6 +3,7 @@ replies as the ASR yardstick writes them, follow-up answers, splits; one small b
 
 import json
 import random
+import re
 import shutil
 from dataclasses import replace
 from types import SimpleNamespace
@@ -169,9 +170,10 @@ def test_polite_frames_and_more_stops_reach_training_only_and_keep_the_commands_
 def test_build_small_set(tmp_path):
     demo = DemoConfig(intents=["day_after", "capital"], variants=1, min_per_intent=0, test_per_intent=2)
     build_demo(tmp_path, demo, progress=False)
-    config = RobotConfig(commands=["light", "stop"], command_variants=1, context_variants=1, contexts_per_question=1,
-                         follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2, extra_phrasings=1,
-                         extra_levels=True, typed_copies=True, frames={"stop": 1}, extra_stops=True)
+    config = RobotConfig(commands=["light", "move", "stop"], command_variants=1, context_variants=1,
+                         contexts_per_question=1, follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2,
+                         extra_phrasings=1, extra_levels=True, typed_copies=True, frames={"stop": 1}, extra_stops=True,
+                         extra_distances=2)
     meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
     rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
             for split in ("train", "test")}
@@ -208,12 +210,18 @@ def test_build_small_set(tmp_path):
     assert rooms(rows["train"]) == set(EXTRA_ROOMS[:config.extra_rooms]) and config.extra_rooms > 0
     assert not rooms(rows["test"])
     assert any(r["answer_text"] == "my battery is at seven percent" for r in rows["train"])
+    def distances(rows):
+        return {int(m) for r in rows for m in re.findall(r'"metres": (\d+)', r["answer_text"])}
+
+    assert 'moving back eleven metres<act>move {"direction": "back", "metres": 11}</act>' in \
+        {r["answer_text"] for r in rows["train"]}
+    assert {10, 11} <= distances(rows["train"]) and max(distances(rows["test"])) <= 9
     typed = {(meta[r["id"]]["question"], r.get("context")) for r in rows["train"] if r["task"] == "T1T2"}
     assert all((meta[r["id"]]["question"], r.get("context")) in typed for r in rows["train"] if r["task"] == "A1T2")
     plain = tmp_path / "plain"
     shutil.copytree(again, plain, ignore=shutil.ignore_patterns("robot*"))
     build_robot(plain, replace(config, extra_rooms=0, extra_levels=False, typed_copies=False, frames={},
-                               extra_stops=False), progress=False)
+                               extra_stops=False, extra_distances=0), progress=False)
     assert (plain / "robot_test.jsonl").read_text() == (tmp_path / "robot_test.jsonl").read_text()
     kept = (plain / "robot_train.jsonl").read_text()
     assert (tmp_path / "robot_train.jsonl").read_text().startswith(kept)  # the extras come after, nothing moved

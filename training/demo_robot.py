@@ -24,8 +24,8 @@ Splits (seeded, before any audio): the test split holds the LAST phrasing of eve
 (light room/switch pairs, move direction/distance pairs, battery levels) and held-out voices and rates, as
 demo_domain does. Context ("battery: 40%, location: kitchen", either order) is also given to a share of the other
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
-Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid
-(extra_rooms, extra_levels), so that copying the value from the question or the context, not recalling a trained
+Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid,
+if asked moves of 10 metres and more (extra_rooms, extra_levels, extra_distances), so that copying the value from the question or the context, not recalling a trained
 pair, is what fits the data; these lines come last, from their own seeded generator (the test split is the same).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
@@ -153,16 +153,18 @@ def light_item(room: str, on: str) -> Item:
                 ("light", {"room": room, "on": on == "on"}))
 
 
+def move_item(d: str, n: int, move_by: bool = False) -> Item:
+    return Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {'by ' if move_by else ''}{metres(n)}",
+                ("move", {"direction": d, "metres": n}))
+
+
 def command_items(intent: str, move_by: bool = False) -> list[Item]:
     """The (value, reply, action) items of command `intent`; `move_by`: a move is confirmed "moving forward by
     four metres" (the yardstick hears the answer voice say it right more often than "moving forward four metres")."""
     if intent == "light":
         return [light_item(room, on) for room in ROOMS for on in ("on", "off")]
     if intent == "move":
-        by = "by " if move_by else ""
-        return [Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {by}{metres(n)}",
-                     ("move", {"direction": "forward" if d == "forward" else "back", "metres": n}))
-                for d in ("forward", "back") for n in range(1, 10)]
+        return [move_item(d, n, move_by) for d in ("forward", "back") for n in range(1, 10)]
     if intent == "turn":
         return [Item("turn", d, {"d": d}, f"turning {d}", ("turn", {"direction": d})) for d in ("left", "right")]
     if intent == "stop":
@@ -237,6 +239,7 @@ class RobotConfig:
     # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
     extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
     move_by: bool = False  # confirm moves as "moving forward by four metres" (command_items)
+    extra_distances: int = 0  # training-only move distances 10 .. 9 + n metres (in extra_phrasings phrasings each)
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -248,6 +251,8 @@ class RobotConfig:
             raise ConfigError(f"commands={self.commands}", f"name some of: {', '.join(COMMANDS)}")
         if not 0 < self.test_values < 0.5:
             raise ConfigError(f"test_values={self.test_values}", "hold out a share in (0, 0.5)")
+        if not 0 <= self.extra_distances <= 90:
+            raise ConfigError(f"extra_distances={self.extra_distances}", "use 0..90 (distances 10..99)")
         if not 0 <= self.extra_rooms <= len(EXTRA_ROOMS):
             raise ConfigError(f"extra_rooms={self.extra_rooms}", f"use 0..{len(EXTRA_ROOMS)}")
         if set(self.frames) - set(COMMANDS) or any(not isinstance(n, int) or n < 0 for n in self.frames.values()):
@@ -606,7 +611,8 @@ def _unrelated_history(b: _Builder) -> None:
 
 def _extra_values(b: _Builder) -> None:
     """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from
-    one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid),
+    one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid,
+    distances of 10 metres and more),
     and, if asked, polite frames around the command recordings and more ways to say stop, each spoken once (A1A2,
     A1T2) and typed (T1T2, T1A2). Drawn from their own seeded generator, after every other line, so the lines
     and the test split that a build without them makes stay as they are."""
@@ -640,6 +646,13 @@ def _extra_values(b: _Builder) -> None:
                 add("light", "command", PHRASINGS["light"][p].format(**item.slots), item.answer, context)
         for p in rng.sample(range(len(PHRASINGS["location"]) - 1), 2):
             add("location", "context", PHRASINGS["location"][p], context_reply("location", 0, room), any_context(room))
+    if "move" in config.commands:
+        for n in range(10, 10 + config.extra_distances):
+            for d in ("forward", "back"):
+                item = move_item(d, n, config.move_by)
+                for p in rng.sample(range(len(PHRASINGS["move"]) - 1), config.extra_phrasings):
+                    context = any_context() if rng.random() < config.context_share else None
+                    add("move", "command", PHRASINGS["move"][p].format(**item.slots), item.answer, context)
     if config.extra_levels:
         for level in range(1, 100):
             if level % 5:
