@@ -25,8 +25,9 @@ Splits (seeded, before any audio): the test split holds the LAST phrasing of eve
 demo_domain does. Context ("battery: 40%, location: kitchen", either order) is also given to a share of the other
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
 Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid,
-if asked moves of 10 metres and more (extra_rooms, extra_levels, extra_distances), so that copying the value from the question or the context, not recalling a trained
-pair, is what fits the data; these lines come last, from their own seeded generator (the test split is the same).
+if asked moves of 10 metres and more (extra_rooms, extra_levels, extra_distances), so that copying the value from
+the question or the context, not recalling a trained pair, is what fits the data; these lines come last, from
+their own seeded generator (the test split is the same).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
     audio/r/q/*.wav, audio/r/a/*.wav    new questions and answers
