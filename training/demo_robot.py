@@ -236,6 +236,7 @@ class RobotConfig:
     extra_phrasings: int = 3  # training phrasings per extra (room, on/off) light pair
     extra_levels: bool = True  # also train battery questions at the levels 1..99 off the 5-grid
     typed_copies: bool = True  # every spoken training line also typed (A1T2 -> T1T2; A1A2 -> T1A2 but singles')
+    typed_spoken_singles: float = 0.0  # share of the replayed single questions' A1A2 lines also typed as T1A2
     frames: dict[str, int] = field(default_factory=dict)  # per command intent: in how many polite frames (FRAMES)
     # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
     extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
@@ -258,7 +259,7 @@ class RobotConfig:
             raise ConfigError(f"extra_rooms={self.extra_rooms}", f"use 0..{len(EXTRA_ROOMS)}")
         if set(self.frames) - set(COMMANDS) or any(not isinstance(n, int) or n < 0 for n in self.frames.values()):
             raise ConfigError(f"frames={self.frames}", f"map commands ({', '.join(COMMANDS)}) to counts >= 0")
-        for name in ("context_share", "unrelated_history_share", "replay"):
+        for name in ("context_share", "unrelated_history_share", "replay", "typed_spoken_singles"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}={getattr(self, name)}", f"give {name} a share in 0..1")
 
@@ -615,8 +616,9 @@ def _extra_values(b: _Builder) -> None:
     one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid,
     distances of 10 metres and more),
     and, if asked, polite frames around the command recordings and more ways to say stop, each spoken once (A1A2,
-    A1T2) and typed (T1T2, T1A2). Drawn from their own seeded generator, after every other line, so the lines
-    and the test split that a build without them makes stay as they are."""
+    A1T2) and typed (T1T2, T1A2), and typed copies (T1A2) of single questions' spoken answers. Drawn from their
+    own seeded generators, after every other line, so the lines and the test split that a build without them
+    makes stay as they are."""
     config = b.config
     rng = random.Random(config.seed * 1000 + 7)
     if config.typed_copies:
@@ -672,6 +674,13 @@ def _extra_values(b: _Builder) -> None:
             for _ in range(config.command_variants):
                 context = any_context() if rng.random() < config.context_share else None
                 add("stop", "command", text, stop.answer, context)
+    if config.typed_spoken_singles:  # last, from a generator of their own: the lines above stay as they are
+        pick = random.Random(config.seed * 1000 + 11)
+        for row in [r for r in b.rows["train"] if r["task"] == "A1A2" and b.meta[r["id"]]["group"] == "single"]:
+            if pick.random() < config.typed_spoken_singles:
+                info = b.meta[row["id"]]
+                b.line("train", "T1A2", info["intent"], "single", info["question"], row["answer_text"],
+                       history=row.get("history"), context=row.get("context"))
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
