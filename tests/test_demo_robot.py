@@ -173,7 +173,7 @@ def test_build_small_set(tmp_path):
     config = RobotConfig(commands=["light", "move", "stop"], command_variants=1, context_variants=1,
                          contexts_per_question=1, follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2,
                          extra_phrasings=1, extra_levels=True, typed_copies=True, frames={"stop": 1}, extra_stops=True,
-                         extra_distances=2, typed_spoken_singles=0.5)
+                         extra_distances=2, typed_spoken_singles=0.5, cut_histories=0.5)
     meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
     rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
             for split in ("train", "test")}
@@ -219,12 +219,19 @@ def test_build_small_set(tmp_path):
     singles = {(meta[r["id"]]["question"], r["task"]) for r in rows["train"] if meta[r["id"]]["group"] == "single"}
     typed_spoken = {q for q, task in singles if task == "T1A2"}
     assert typed_spoken and typed_spoken < {q for q, task in singles if task == "A1A2"}
+    by_id = {r["id"]: r for r in rows["train"]}
+    cut = [r for r in rows["train"] if "history_cut" in r]  # after a barged-in spoken answer
+    assert cut and all(0.15 <= r["history_cut"] <= 0.85 and by_id[r["history"][0]]["task"] in ("A1A2", "T1A2")
+                       for r in cut)
+    assert not any("history_cut" in r for r in rows["test"])
     typed = {(meta[r["id"]]["question"], r.get("context")) for r in rows["train"] if r["task"] == "T1T2"}
     assert all((meta[r["id"]]["question"], r.get("context")) in typed for r in rows["train"] if r["task"] == "A1T2")
     plain = tmp_path / "plain"
     shutil.copytree(again, plain, ignore=shutil.ignore_patterns("robot*"))
     build_robot(plain, replace(config, extra_rooms=0, extra_levels=False, typed_copies=False, frames={},
-                               extra_stops=False, extra_distances=0, typed_spoken_singles=0.0), progress=False)
+                               extra_stops=False, extra_distances=0, typed_spoken_singles=0.0, cut_histories=0.0),
+                progress=False)
     assert (plain / "robot_test.jsonl").read_text() == (tmp_path / "robot_test.jsonl").read_text()
-    kept = (plain / "robot_train.jsonl").read_text()
-    assert (tmp_path / "robot_train.jsonl").read_text().startswith(kept)  # the extras come after, nothing moved
+    kept = [json.loads(line) for line in (plain / "robot_train.jsonl").read_text().splitlines()]
+    made = [{k: v for k, v in r.items() if k != "history_cut"} for r in rows["train"]]
+    assert made[:len(kept)] == kept  # the extras come after, nothing moved; cuts change no other field

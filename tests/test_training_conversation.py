@@ -149,6 +149,43 @@ def test_a_history_line_is_laid_out_as_the_conversation_prefills_its_next_turn(c
         assert out.audio_logits[0, :, T - 1].argmax(-1).tolist() == first_column[:layout.audio_streams].tolist()
 
 
+@pytest.mark.parametrize("strategy_name", ["text-delay", "batch-parallel"])
+def test_a_cut_history_is_laid_out_as_the_conversation_keeps_an_interrupted_turn(strategy_name, model, tmp_path):
+    """`history_cut`: the last history turn as a barge-in leaves it (Conversation.truncate: the columns played)."""
+    strategy, layout, tokenizer = get_strategy(strategy_name), model.layout, model.tokenizer
+    answer_ids = tokenizer.encode("the answer was long")
+    frames = torch.randint(0, layout.codebook_size, (9, layout.audio_streams), generator=_g)
+    conversation = Conversation(model, strategy=strategy_name)
+    decoder = conversation.turn(task="A1A2", max_steps=64, turn_id=1, **question("A1A2", 6, tokenizer))
+    done = scripted_turn(decoder, strategy.layout_target(layout, answer_ids, frames, "A1A2"), True,
+                         layout.audio_streams)
+    whole = conversation.history[0].answer.shape[-1]
+    conversation.truncate(round(whole * 0.4), turn_id=1)  # 40% of the answer was played when the user spoke
+    own = prepare(model, strategy=strategy_name, task="T1A2", **question("T1A2", 5, tokenizer))
+    expected, _ = conversation.prompt(own.prompt, own.features)
+    answer2 = torch.randint(0, layout.codebook_size, (3, layout.audio_streams), generator=_g)
+    rows = [manifest_line(tmp_path, "t1", "A1A2", 6, tokenizer.decode(done.result.text_ids), done.result.frames),
+            manifest_line(tmp_path, "t2", "T1A2", 5, "fine", answer2, history=["t1"], history_cut=0.4)]
+    examples = {e.id: e for e in read_manifest(write(tmp_path, rows))}
+    seq = build_sequence(examples["t2"], tokenizer, strategy, layout, model.lm.config.block_size,
+                         model.lm.config.whisper_adapter_dim, format=ConversationFormat.of(model))
+    assert conversation.history[0].answer.shape[-1] == round(whole * 0.4) < whole
+    assert torch.equal(seq.input_ids[:, :expected.length], expected.ids[0])
+    assert seq.labels[:, expected.length - 1:].ne(IGNORE).any()  # the loss is on this line's answer
+
+
+@pytest.mark.parametrize("cut", [0, 1, 1.5, "half", True, None])
+def test_a_bad_history_cut_names_the_line(cut, tmp_path):
+    rows = [manifest_line(tmp_path, "t1", "T1T2", 5, "one", None),
+            manifest_line(tmp_path, "t2", "T1T2", 5, "two", None, history_cut=cut,
+                          **({"history": ["t1"]} if cut is not None else {}))]
+    if cut is None:  # a share without a history
+        rows[1]["history_cut"] = 0.5
+    with pytest.raises(InputError, match=r"manifest.jsonl:2: history_cut .* is not a share") as info:
+        read_manifest(write(tmp_path, rows))
+    assert info.value.fix
+
+
 def test_a_line_without_history_or_context_gives_the_single_turn_sequence(model, tmp_path):
     layout, tokenizer, strategy = model.layout, model.tokenizer, get_strategy("text-delay")
     frames = torch.randint(0, layout.codebook_size, (3, layout.audio_streams), generator=_g)
@@ -257,12 +294,12 @@ def test_prepare_passes_history_and_context_through(tmp_path):
     from omnivox.training.prepare import prepare
 
     rows = [manifest_line(tmp_path, "t1", "T1T2", 5, "one", None),
-            manifest_line(tmp_path, "t2", "A1T2", 5, "two", None, history=["t1"], context=CONTEXT)]
+            manifest_line(tmp_path, "t2", "A1T2", 5, "two", None, history=["t1"], context=CONTEXT, history_cut=0.3)]
     recipe = load_recipe(REPO / "recipes" / "tiny_stage3_finetune.yaml", [f"output_dir={tmp_path / 'run'}"])
     out = prepare(recipe, write(tmp_path, rows), log=lambda _: None, progress=False)
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written[1]["history"] == ["t1"] and written[1]["context"] == CONTEXT and "history" not in written[0]
-    assert [h.id for h in read_manifest(out)[1].history] == ["t1"]
+    assert [h.id for h in read_manifest(out)[1].history] == ["t1"] and read_manifest(out)[1].history_cut == 0.3
 
 
 def test_a_context_is_laid_out_as_the_models_format_reads_it(model, tmp_path):

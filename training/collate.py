@@ -63,7 +63,8 @@ def build_sequence(example: Example, tokenizer, strategy, layout: TokenLayout, b
 
     A conversation line (history / context, see data.py) is laid out as inference prefills it:
     `format.render` (the model's ConversationFormat; default: the default format) of the context segment, each
-    history turn (its prompt, then `fed_answer` of its target) and this line's prompt, then this line's answer
+    history turn (its prompt, then `fed_answer` of its target; the last one's first `history_cut` share when
+    given) and this line's prompt, then this line's answer
     as teacher forcing appends it; only this answer has labels. Strategies with several prompt rows (batch
     parallel decoding) train row 0, as for a single turn."""
     from omnivox.core.kernel.strategies.base import teacher_forcing
@@ -72,13 +73,15 @@ def build_sequence(example: Example, tokenizer, strategy, layout: TokenLayout, b
     prompt, features, target = _turn(example, tokenizer, strategy, layout, feature_dim, load_features)
     rows = prompt.ids.shape[0]
     turns = []
-    for past in example.history:
+    for n, past in enumerate(example.history, 1):
         if past.task not in strategy.tasks:
             raise InputError(f"{example.source}: history line {past.id!r} ({past.source}) is a {past.task} turn, "
                              f"which strategy {strategy.name} does not decode",
                              f"give this line history turns of tasks {', '.join(strategy.tasks)}")
         p, f, t = _turn(past, tokenizer, strategy, layout, feature_dim, load_features)
-        answer = fed_answer(strategy, layout, past, t, rows)
+        answer = fed_answer(strategy, layout, past, t, rows)  # (rows, S, columns)
+        if n == len(example.history) and example.history_cut is not None:  # cut by a barge-in: what was played
+            answer = answer[..., :max(1, round(answer.shape[-1] * example.history_cut))]
         turns.append(TurnRecord(p, f, answer, answer.shape[-1], past.task, past.id))
     context = []
     if example.context:

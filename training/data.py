@@ -26,6 +26,9 @@ Conversations (both fields optional; a line without them is a single turn):
      "context": "battery: 40%, ..."       context text: the model's context segment (ConversationFormat) before
                                           the history; this line's own context is the one used (a history
                                           line's context is not), as a conversation re-prefills after a change
+     "history_cut": 0.4                   the last history turn was cut (a barge-in): this share (0 < x < 1)
+                                          of its answer columns as fed is kept, as a conversation keeps what
+                                          was played (Conversation's cut); needs a history
 
 The loss covers this line's answer only; the history and context are input."""
 
@@ -44,7 +47,7 @@ from omnivox.core.errors import InputError
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, AUDIO_OUT_TASKS, TASKS
 
 FIELDS = ("id", "task", "question_audio", "question_features", "question_text", "answer_text", "answer_audio",
-          "answer_frames", "history", "context")
+          "answer_frames", "history", "context", "history_cut")
 PATH_FIELDS = ("question_audio", "question_features", "answer_audio")
 
 
@@ -63,6 +66,7 @@ class Example:
     answer_frames: Path | list | None = None
     context: str | None = None  # context text (None: no context segment)
     history_ids: tuple[str, ...] = ()  # the `history` field as written
+    history_cut: float | None = None  # the share of the last history turn's answer columns kept (None: whole)
     history: list[Example] = dataclasses.field(default_factory=list)  # those lines (read_manifest), oldest first
 
     @property
@@ -201,9 +205,14 @@ def _parse_line(line: str, path: Path, number: int, require_prepared: bool) -> E
     context = row.get("context")
     if context is not None and not isinstance(context, str):
         raise InputError(f"{where}: context must be text", 'write e.g. "context": "battery: 40%"')
+    cut = row.get("history_cut")
+    if cut is not None and (isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 < cut < 1
+                            or not history):
+        raise InputError(f"{where}: history_cut {cut!r} is not a share in (0, 1) of a history's last answer",
+                         'write e.g. "history_cut": 0.4 on a line with a history, or leave it out')
     example = Example(id=row["id"], task=task, source=where, answer_text=row["answer_text"],
                       question_text=row.get("question_text"), answer_frames=frames, context=context or None,
-                      history_ids=tuple(history), **paths)
+                      history_ids=tuple(history), history_cut=cut, **paths)
     if example.audio_in and not (example.question_audio or example.question_features):
         raise InputError(f"{where}: task {task} needs question_audio", "add the question's audio file")
     if not example.audio_in and not (isinstance(example.question_text, str) and example.question_text.strip()):

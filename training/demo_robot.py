@@ -237,6 +237,8 @@ class RobotConfig:
     extra_levels: bool = True  # also train battery questions at the levels 1..99 off the 5-grid
     typed_copies: bool = True  # every spoken training line also typed (A1T2 -> T1T2; A1A2 -> T1A2 but singles')
     typed_spoken_singles: float = 0.0  # share of the replayed single questions' A1A2 lines also typed as T1A2
+    cut_histories: float = 0.0  # share of the lines after an unrelated spoken answer that follow it cut short
+    # (history_cut 0.15..0.85: the user spoke over it), as a conversation keeps a barged-in answer
     frames: dict[str, int] = field(default_factory=dict)  # per command intent: in how many polite frames (FRAMES)
     # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
     extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
@@ -259,7 +261,7 @@ class RobotConfig:
             raise ConfigError(f"extra_rooms={self.extra_rooms}", f"use 0..{len(EXTRA_ROOMS)}")
         if set(self.frames) - set(COMMANDS) or any(not isinstance(n, int) or n < 0 for n in self.frames.values()):
             raise ConfigError(f"frames={self.frames}", f"map commands ({', '.join(COMMANDS)}) to counts >= 0")
-        for name in ("context_share", "unrelated_history_share", "replay", "typed_spoken_singles"):
+        for name in ("context_share", "unrelated_history_share", "replay", "typed_spoken_singles", "cut_histories"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}={getattr(self, name)}", f"give {name} a share in 0..1")
 
@@ -379,6 +381,7 @@ def build_robot(data_dir: str | Path, config: RobotConfig | None = None, *, prog
     _follow_ups(b, old, typed, commands)
     _unrelated_history(b)
     _extra_values(b)
+    _cut_histories(b)
     render_all(b.jobs, RenderConfig(config.demo.jobs, config.demo.sample_rate), progress)
     dropped = _fit_block(b, old)
     for split, lines in b.rows.items():
@@ -609,6 +612,19 @@ def _unrelated_history(b: _Builder) -> None:
             if other not in taken and other != row["id"]:
                 row["history"] = [other]
                 break
+
+
+def _cut_histories(b: _Builder) -> None:
+    """A share (cut_histories) of the training lines that follow an unrelated spoken answer follow it cut short, as
+    after a barge-in (`history_cut`: the share of its columns played). Their own generator: no other line moves."""
+    if not b.config.cut_histories:
+        return
+    pick, by_id = random.Random(b.config.seed * 1000 + 13), {row["id"]: row for row in b.rows["train"]}
+    for row in b.rows["train"]:
+        history = row.get("history", ())
+        if len(history) == 1 and by_id[history[0]]["task"].endswith("A2") and \
+                b.meta[row["id"]]["group"] != "follow-up" and pick.random() < b.config.cut_histories:
+            row["history_cut"] = round(pick.uniform(0.15, 0.85), 2)
 
 
 def _extra_values(b: _Builder) -> None:
