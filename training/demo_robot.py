@@ -732,6 +732,7 @@ def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
                     del b.meta[row["id"]]
                     continue
                 del row["history"]
+                row.pop("history_cut", None)
             kept.append(row)
         b.rows[split] = kept
     return dropped
