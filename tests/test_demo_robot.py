@@ -24,6 +24,7 @@ from omnivox.training.demo_robot import (
     _Builder,
     _commands,
     _extra_values,
+    _fit_block,
     answer_turns,
     build_robot,
     command_items,
@@ -235,3 +236,13 @@ def test_build_small_set(tmp_path):
     kept = [json.loads(line) for line in (plain / "robot_train.jsonl").read_text().splitlines()]
     made = [{k: v for k, v in r.items() if k != "history_cut"} for r in rows["train"]]
     assert made[:len(kept)] == kept  # the extras come after, nothing moved; cuts change no other field
+
+
+def test_a_history_dropped_for_length_takes_its_cut_with_it(tmp_path):
+    """A line too long with its history loses the history, and its history_cut (a cut of no history is refused)."""
+    rows = [{"id": "t1", "task": "T1T2", "question_text": "what is it", "answer_text": "x" * 300},
+            {"id": "t2", "task": "T1T2", "question_text": "and now", "answer_text": "y" * 200, "history": ["t1"],
+             "history_cut": 0.5}]
+    b = SimpleNamespace(out=tmp_path, rows={"train": rows}, meta={"t1": {"group": "single"}, "t2": {"group": "single"}})
+    assert _fit_block(b, None) == 1
+    assert "history" not in b.rows["train"][1] and "history_cut" not in b.rows["train"][1]
