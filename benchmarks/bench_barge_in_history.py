@@ -75,23 +75,24 @@ def main() -> int:
     total = 0
     for question, intent, expected in QUESTIONS:
         pcm, start, end = asked[question]
+        heard = [kit.encoder.encode(bounded(pcm, start, end, before, after), RATE)
+                 for before in args.starts for after in args.ends]
         right, wrong = 0, collections.Counter()
-        for cut in args.cuts:
-            for before in args.starts:
-                for after in args.ends:
-                    chat = Conversation(kit.model, strategy="text-delay")
-                    *_, done = chat.turn(task="A1A2", audio_features=first, sampling=greedy,
-                                         max_steps=args.max_steps, turn_id=1).run()
-                    chat.truncate(min(cut, chat.history[-1].answer.shape[-1]), turn_id=1)
-                    features = kit.encoder.encode(bounded(pcm, start, end, before, after), RATE)
-                    *_, done = chat.turn(task="A1A2", audio_features=features, sampling=greedy,
-                                         max_steps=args.max_steps, turn_id=2).run()
-                    text = kit.model.tokenizer.decode(done.result.text_ids)
-                    if score_answer(intent, expected, text):
-                        right += 1
-                    else:
-                        wrong[text] += 1
-        variants = len(args.cuts) * len(args.starts) * len(args.ends)
+        for cut in args.cuts:  # the first answer once per cut; each variant is asked, then forgotten
+            chat = Conversation(kit.model, strategy="text-delay")
+            *_, done = chat.turn(task="A1A2", audio_features=first, sampling=greedy, max_steps=args.max_steps,
+                                 turn_id=1).run()
+            chat.truncate(min(cut, chat.history[-1].answer.shape[-1]), turn_id=1)
+            for features in heard:
+                *_, done = chat.turn(task="A1A2", audio_features=features, sampling=greedy,
+                                     max_steps=args.max_steps, turn_id=2).run()
+                chat.forget(2)  # as if never asked: the next variant follows the same cut answer
+                text = kit.model.tokenizer.decode(done.result.text_ids)
+                if score_answer(intent, expected, text):
+                    right += 1
+                else:
+                    wrong[text] += 1
+        variants = len(args.cuts) * len(heard)
         total += right
         print(f"  {question:<34} {right:>3}/{variants}  " + "; ".join(f"{t!r} x{n}" for t, n in wrong.most_common(3)),
               flush=True)
