@@ -637,13 +637,17 @@ def _extra_values(b: _Builder) -> None:
     makes stay as they are."""
     config = b.config
     rng = random.Random(config.seed * 1000 + 7)
+
+    def typed_copy(row: dict, task: str) -> None:  # the spoken line `row` asked as text, in `task`
+        info = b.meta[row["id"]]
+        b.line("train", task, info["intent"], info["group"], info["question"], row["answer_text"],
+               history=row.get("history"), context=row.get("context"))
+
     if config.typed_copies:
         for row in list(b.rows["train"]):
-            info = b.meta[row["id"]]
-            task = {"A1T2": "T1T2", "A1A2": "T1A2" if info["group"] != "single" else None}.get(row["task"])
+            task = {"A1T2": "T1T2", "A1A2": "T1A2" if b.meta[row["id"]]["group"] != "single" else None}.get(row["task"])
             if task:
-                b.line("train", task, info["intent"], info["group"], info["question"], row["answer_text"],
-                       history=row.get("history"), context=row.get("context"))
+                typed_copy(row, task)
 
     def add(intent: str, group: str, text: str, answer: str, context: str | None) -> None:
         rel, _ = b.speak(text, "train", rng=rng)
@@ -694,9 +698,7 @@ def _extra_values(b: _Builder) -> None:
         pick = random.Random(config.seed * 1000 + 11)
         for row in [r for r in b.rows["train"] if r["task"] == "A1A2" and b.meta[r["id"]]["group"] == "single"]:
             if pick.random() < config.typed_spoken_singles:
-                info = b.meta[row["id"]]
-                b.line("train", "T1A2", info["intent"], "single", info["question"], row["answer_text"],
-                       history=row.get("history"), context=row.get("context"))
+                typed_copy(row, "T1A2")
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
