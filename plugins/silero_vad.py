@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -109,7 +111,14 @@ def turn_end_asks(silence_ms: int | Sequence[int], threshold: float | Sequence[f
 
 
 def load_silero():
-    """Silero VAD's TorchScript model, from the copy inside the silero-vad package (no download)."""
+    """A fresh Silero VAD TorchScript model (its recurrent state is per stream), copied from the one loaded from the
+    silero-vad package (no download) on the first call: later streams start in milliseconds, not a second."""
+    return copy.deepcopy(_silero_template())
+
+
+@functools.cache
+def _silero_template():
+    """The model as loaded: never run, only copied (a run would leave its state in the copies)."""
     try:
         from silero_vad import load_silero_vad
     except ImportError:

@@ -127,6 +127,31 @@ def renice_browser(microphone: Path, nice: int) -> int:
     return threads
 
 
+def slow_session_start(page, seconds: float) -> None:
+    """Hold each live session's `started` message `seconds` before the page's handler sees it (and what comes
+    after it, in order): the page then sees the session open as slowly as on a busy machine. Set before goto."""
+    page.add_init_script("""(() => {
+      const native = Object.getOwnPropertyDescriptor(WebSocket.prototype, "onmessage");
+      Object.defineProperty(WebSocket.prototype, "onmessage", {
+        configurable: true,
+        get() { return native.get.call(this); },
+        set(handler) {
+          let state = "before", queue = [];
+          native.set.call(this, (message) => {
+            if (state === "before" && typeof message.data === "string" && message.data.includes('"started"')) {
+              state = "holding";
+              setTimeout(() => { state = "after"; handler(message); queue.splice(0).forEach(handler); }, DELAY_MS);
+            } else if (state === "holding") {
+              queue.push(message);
+            } else {
+              handler(message);
+            }
+          });
+        },
+      });
+    })();""".replace("DELAY_MS", str(round(seconds * 1000))))
+
+
 def wait_for_turns(page, turns: int, timeout_s: float = 90.0) -> dict:
     """window.omnivox.live once `turns` turns have ended and their answers have played out."""
     page.wait_for_function(f"""() => {{

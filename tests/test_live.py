@@ -173,6 +173,27 @@ def test_a_bad_start_is_refused_with_its_named_error(server, start, code):
     assert closed in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
 
 
+def test_without_silero_vad_a_live_session_is_refused_with_the_install_hint(monkeypatch):
+    import aiohttp
+
+    from omnivox.core.errors import ConfigError
+    from omnivox.plugins import silero_vad
+
+    def missing():
+        raise ConfigError("the Silero VAD stage needs the silero-vad package", 'pip install "omnivox[vad]"')
+
+    monkeypatch.setattr(silero_vad, "_silero_template", missing)
+    with serving(max_steps=24) as served:  # the server itself starts: /chat and /v1/chat need no VAD
+        async def scenario():
+            async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "/v1/live") as ws:
+                await ws.send_str('{"event": "start", "version": 1, "rate": 16000}')
+                return json.loads((await ws.receive(timeout=10)).data)
+
+        error = run(scenario())
+    assert error["event"] == "error" and error["code"] == "live-unavailable", error
+    assert "silero-vad" in error["message"] and "omnivox[vad]" in error["fix"]
+
+
 def test_a_client_gone_mid_answer_frees_its_session(server, questions):
     async def scenario():
         live = LiveClient(server.url)

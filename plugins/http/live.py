@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
+from omnivox.core.errors import ConfigError
 from omnivox.core.runtime.events import (
     Action,
     ActionWarning,
@@ -284,7 +285,11 @@ async def live(service: HttpService, request: web.Request) -> web.StreamResponse
         return ws
     live_session = None
     try:
-        vad = await service.live_vad()
+        try:
+            vad = await service.live_vad()
+        except ConfigError as exc:  # silero-vad not installed
+            await _refuse(ws, ProtocolError("live-unavailable", exc.problem, exc.fix))
+            return ws
         live_session = LiveSession(service, ws, session_id, rate, vad)
         service.answers[session_id] = live_session.queue
         await live_session.send(event_json("started", version=LIVE_VERSION, session=session_id,
