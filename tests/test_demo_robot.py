@@ -16,6 +16,7 @@ from omnivox.training.data import Example, read_manifest
 from omnivox.training.demo_domain import DemoConfig, build_demo
 from omnivox.training.demo_robot import (
     COMMANDS,
+    EXTRA_LOCATIONS,
     EXTRA_ROOMS,
     EXTRA_STOPS,
     FRAMES,
@@ -174,7 +175,7 @@ def test_build_small_set(tmp_path):
     config = RobotConfig(commands=["light", "move", "stop"], command_variants=1, context_variants=1,
                          contexts_per_question=1, follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2,
                          extra_phrasings=1, extra_levels=True, typed_copies=True, frames={"stop": 1}, extra_stops=True,
-                         extra_distances=2, typed_spoken_singles=0.5, cut_histories=0.5)
+                         extra_locations=True, extra_distances=2, typed_spoken_singles=0.5, cut_histories=0.5)
     meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
     rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
             for split in ("train", "test")}
@@ -192,7 +193,8 @@ def test_build_small_set(tmp_path):
     last = {intent: template for intent, templates in PHRASINGS.items() for template in templates[-1:]}
     train_questions = {meta[r["id"]]["question"] for r in rows["train"] if meta[r["id"]]["group"] == "command"}
     assert not any(last["stop"] in q for q in train_questions)  # the held-out phrasing stays out of training
-    assert set(EXTRA_STOPS) <= train_questions
+    assert set(EXTRA_STOPS) <= train_questions and set(EXTRA_LOCATIONS) <= train_questions
+    assert not any(last["location"] in q for q in train_questions)
     assert any(meta[r["id"]]["question"] == last["stop"] for r in rows["test"])
     assert all("context" in r for r in rows["train"] if meta[r["id"]]["group"] == "context")
     again = tmp_path / "again"

@@ -82,6 +82,13 @@ FRAMES = ["could you {x}", "would you {x}", "would you please {x}", "i want you 
           "robot, {x}", "now {x}", "{x} right away"]
 EXTRA_STOPS = ["hold still", "stay still", "don't move", "stop there", "wait there", "stop the robot",
                "stand still", "stop where you are"]
+# Optional training-only location questions (RobotConfig.extra_locations): with 6 training phrasings the model took
+# the held-out "where are you now" for "who are you"; more ways to ask, none the held-out one, teach that "where" and
+# "room" carry the question.
+EXTRA_LOCATIONS = ["where are you at the moment", "where are you currently", "which room are you in at the moment",
+                   "where in the house are you", "what room are you in at present", "where are you standing",
+                   "tell me which room you are in", "where exactly are you", "say which room you are in",
+                   "where are you at present"]
 
 # Phrasings; the LAST one of each list is held out for the test split. {on}: "on"/"off", {d}: a direction.
 PHRASINGS: dict[str, list[str]] = {
@@ -242,6 +249,7 @@ class RobotConfig:
     frames: dict[str, int] = field(default_factory=dict)  # per command intent: in how many polite frames (FRAMES)
     # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
     extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
+    extra_locations: bool = False  # also train the location questions in EXTRA_LOCATIONS (context_variants voices)
     move_by: bool = False  # confirm moves as "moving forward by four metres" (command_items)
     extra_distances: int = 0  # training-only move distances 10 .. 9 + n metres (in extra_phrasings phrasings each)
     seed: int = 1
@@ -631,7 +639,8 @@ def _extra_values(b: _Builder) -> None:
     """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from
     one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid,
     distances of 10 metres and more),
-    and, if asked, polite frames around the command recordings and more ways to say stop, each spoken once (A1A2,
+    and, if asked, polite frames around the command recordings, more ways to say stop and to ask where the robot
+    is, each spoken once (A1A2,
     A1T2) and typed (T1T2, T1A2), and typed copies (T1A2) of single questions' spoken answers. Drawn from their
     own seeded generators, after every other line, so the lines and the test split that a build without them
     makes stay as they are."""
@@ -694,6 +703,11 @@ def _extra_values(b: _Builder) -> None:
             for _ in range(config.command_variants):
                 context = any_context() if rng.random() < config.context_share else None
                 add("stop", "command", text, stop.answer, context)
+    if config.extra_locations:
+        for text in EXTRA_LOCATIONS:
+            for _ in range(config.context_variants):
+                room = rng.choice(ROOMS + rooms)
+                add("location", "context", text, context_reply("location", 0, room), any_context(room))
     if config.typed_spoken_singles:  # last, from a generator of their own: the lines above stay as they are
         pick = random.Random(config.seed * 1000 + 11)
         for row in [r for r in b.rows["train"] if r["task"] == "A1A2" and b.meta[r["id"]]["group"] == "single"]:
