@@ -233,7 +233,8 @@ def test_build_small_set(tmp_path):
     plain = tmp_path / "plain"
     shutil.copytree(again, plain, ignore=shutil.ignore_patterns("robot*"))
     build_robot(plain, replace(config, extra_rooms=0, extra_levels=False, typed_copies=False, frames={},
-                               extra_stops=False, extra_distances=0, typed_spoken_singles=0.0, cut_histories=0.0),
+                               extra_stops=False, extra_locations=False, extra_distances=0, typed_spoken_singles=0.0,
+                               cut_histories=0.0),
                 progress=False)
     assert (plain / "robot_test.jsonl").read_text() == (tmp_path / "robot_test.jsonl").read_text()
     kept = [json.loads(line) for line in (plain / "robot_train.jsonl").read_text().splitlines()]
