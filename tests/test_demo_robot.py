@@ -134,12 +134,12 @@ def test_phrasings_fill_their_slots():
 
 
 def test_polite_frames_and_more_stops_reach_training_only_and_keep_the_commands_answer(tmp_path):
-    """RobotConfig.frames and extra_stops (off in the shipped model): each framed recording keeps its command's
+    """RobotConfig.frames and extra_stops: each framed recording keeps its command's
     answer, no test phrasing ("can you ...", "freeze") is trained, and the test split and the earlier lines are
     those of a build without them. (Lines only: nothing is rendered.)"""
     def built(**extras):
         config = RobotConfig(commands=["move", "turn", "stop"], extra_rooms=0, extra_levels=False, typed_copies=False,
-                             **extras)
+                             extra_locations=False, **extras)
         b = _Builder(tmp_path, config, {})
         _commands(b)
         _extra_values(b)
@@ -160,7 +160,7 @@ def test_polite_frames_and_more_stops_reach_training_only_and_keep_the_commands_
     held_out = {PHRASINGS[intent][-1].format(**item.slots) for intent in ("move", "turn", "stop")
                 for item in command_items(intent)}
     assert not held_out & set(answers) and not any(q.startswith("can you") for q in answers)
-    plain = built()
+    plain = built(frames={}, extra_stops=False)
     assert b.rows["test"] == plain.rows["test"] and b.rows["train"][:len(plain.rows["train"])] == plain.rows["train"]
     assert len(b.rows["train"]) > len(plain.rows["train"])
     with pytest.raises(Exception, match="frames="):
@@ -217,7 +217,7 @@ def test_build_small_set(tmp_path):
     def distances(rows):
         return {int(m) for r in rows for m in re.findall(r'"metres": (\d+)', r["answer_text"])}
 
-    assert 'moving back eleven metres<act>move {"direction": "back", "metres": 11}</act>' in \
+    assert 'moving back by eleven metres<act>move {"direction": "back", "metres": 11}</act>' in \
         {r["answer_text"] for r in rows["train"]}
     assert {10, 11} <= distances(rows["train"]) and max(distances(rows["test"])) <= 9
     singles = {(meta[r["id"]]["question"], r["task"]) for r in rows["train"] if meta[r["id"]]["group"] == "single"}

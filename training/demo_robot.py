@@ -8,7 +8,7 @@ previous turn, and typed questions answered as spoken ones are; all of it as con
 What it adds (answers have one fixed form; a command's reply is followed by its action's markup `<act>NAME {json}
 </act>`, as docs/actions.md advises: in text-delay the audio follows the text, so the reply's words lead):
     light     "turn on the kitchen light"   -> turning on the kitchen light<act>light {"room": "kitchen", ...}</act>
-    move      "move forward three metres"   -> moving forward three metres<act>move {"direction": "forward", ...}</act>
+    move      "move forward three metres"   -> moving forward by three metres<act>move {"direction": ...}</act>
     turn      "turn left"                   -> turning left<act>turn {"direction": "left"}</act>
     stop      "stop"                        -> stopping<act>stop</act>
     volume    "turn the volume up"          -> turning the volume up<act>volume {"change": "up"}</act>
@@ -26,8 +26,10 @@ demo_domain does. Context ("battery: 40%, location: kitchen", either order) is a
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
 Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid,
 if asked moves of 10 metres and more (extra_rooms, extra_levels, extra_distances), so that copying the value from
-the question or the context, not recalling a trained pair, is what fits the data; these lines come last, from
-their own seeded generator (the test split is the same).
+the question or the context, not recalling a trained pair, is what fits the data; polite frames around commands,
+more ways to say stop and to ask where the robot is, half the single questions also typed with a spoken answer, and
+a share of lines after an answer cut short (frames, extra_stops, extra_locations, typed_spoken_singles,
+cut_histories). These lines come last, from their own seeded generators (the test split is the same).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
     audio/r/q/*.wav, audio/r/a/*.wav    new questions and answers
@@ -75,14 +77,14 @@ EXTRA_ROOMS = ["attic", "porch", "pantry", "nursery", "study", "den", "cellar", 
                "studio", "gym", "closet", "loft", "corridor", "lobby", "spare room", "utility room", "music room",
                "game room", "family room", "reading room", "storage room", "back room", "front room", "cloakroom",
                "conservatory", "greenhouse", "shed", "garden", "patio", "landing"]
-# Optional training-only commands (RobotConfig.frames, extra_stops; off in the shipped model, see docs/demo_model.md):
+# Training-only commands (RobotConfig.frames, extra_stops; on in the shipped model, see docs/demo_model.md):
 # polite frames around trained command phrasings (none is a test phrasing: those start "can you" or are "freeze"),
 # and more ways to say stop. A frame that does not change the command teaches that the command is the verb phrase.
 FRAMES = ["could you {x}", "would you {x}", "would you please {x}", "i want you to {x}", "{x} for me",
           "robot, {x}", "now {x}", "{x} right away"]
 EXTRA_STOPS = ["hold still", "stay still", "don't move", "stop there", "wait there", "stop the robot",
                "stand still", "stop where you are"]
-# Optional training-only location questions (RobotConfig.extra_locations): with 6 training phrasings the model took
+# Training-only location questions (RobotConfig.extra_locations): with 6 training phrasings the model took
 # the held-out "where are you now" for "who are you"; more ways to ask, none the held-out one, teach that "where" and
 # "room" carry the question.
 EXTRA_LOCATIONS = ["where are you at the moment", "where are you currently", "which room are you in at the moment",
@@ -231,26 +233,26 @@ class RobotConfig:
     commands: list[str] = field(default_factory=lambda: list(COMMANDS))  # a subset builds a smaller set
     command_variants: int = 3  # voices per training command text
     context_variants: int = 8  # voices per training battery/location question text
-    follow_ups_per_kind: int = 160  # training follow-ups per intent and kind (spoken; a quarter as many typed)
-    contexts_per_question: int = 4  # (battery, room) contexts each spoken battery/location question is trained with
+    follow_ups_per_kind: int = 240  # training follow-ups per intent and kind (spoken; a quarter as many typed)
+    contexts_per_question: int = 6  # (battery, room) contexts each spoken battery/location question is trained with
     test_values: float = 0.15  # share of light/move value pairs and battery levels held out for the test split
     test_per_intent: int = 24  # test questions per intent and kind (at most)
     validation_per_intent: int = 4
     context_share: float = 0.3  # single questions that also carry a (random) context
     unrelated_history_share: float = 0.3  # single questions that follow an unrelated earlier turn
-    replay: float = 1.0  # share of demo_domain's spoken training questions replayed (A1A2 + A1T2)
+    replay: float = 0.8  # share of demo_domain's spoken training questions replayed (A1A2 + A1T2)
     extra_rooms: int = 40  # training-only rooms (EXTRA_ROOMS[:n]) for light commands and location questions
     extra_phrasings: int = 3  # training phrasings per extra (room, on/off) light pair
     extra_levels: bool = True  # also train battery questions at the levels 1..99 off the 5-grid
     typed_copies: bool = True  # every spoken training line also typed (A1T2 -> T1T2; A1A2 -> T1A2 but singles')
-    typed_spoken_singles: float = 0.0  # share of the replayed single questions' A1A2 lines also typed as T1A2
-    cut_histories: float = 0.0  # share of the lines after an unrelated spoken answer that follow it cut short
+    typed_spoken_singles: float = 0.5  # share of the replayed single questions' A1A2 lines also typed as T1A2
+    cut_histories: float = 0.3  # share of the lines after an unrelated spoken answer that follow it cut short
     # (history_cut 0.15..0.85: the user spoke over it), as a conversation keeps a barged-in answer
-    frames: dict[str, int] = field(default_factory=dict)  # per command intent: in how many polite frames (FRAMES)
-    # each training recording is also said, e.g. {turn: 3, stop: 3, volume: 3}
-    extra_stops: bool = False  # also train the ways to say stop in EXTRA_STOPS
-    extra_locations: bool = False  # also train the location questions in EXTRA_LOCATIONS (context_variants voices)
-    move_by: bool = False  # confirm moves as "moving forward by four metres" (command_items)
+    # per command intent: in how many polite frames (FRAMES) each training recording is also said ({} for none)
+    frames: dict[str, int] = field(default_factory=lambda: {"turn": 3, "stop": 3, "volume": 3})
+    extra_stops: bool = True  # also train the ways to say stop in EXTRA_STOPS
+    extra_locations: bool = True  # also train the location questions in EXTRA_LOCATIONS (context_variants voices)
+    move_by: bool = True  # confirm moves as "moving forward by four metres" (command_items)
     extra_distances: int = 0  # training-only move distances 10 .. 9 + n metres (in extra_phrasings phrasings each)
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
