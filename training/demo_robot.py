@@ -640,12 +640,11 @@ def _cut_histories(b: _Builder) -> None:
 def _extra_values(b: _Builder) -> None:
     """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from
     one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid,
-    distances of 10 metres and more),
-    and, if asked, polite frames around the command recordings, more ways to say stop and to ask where the robot
-    is, each spoken once (A1A2,
-    A1T2) and typed (T1T2, T1A2), and typed copies (T1A2) of single questions' spoken answers. Drawn from their
-    own seeded generators, after every other line, so the lines and the test split that a build without them
-    makes stay as they are."""
+    distances of 10 metres and more), and, as configured, polite frames around the command recordings (one
+    recording each), more ways to say stop (command_variants voices) and to ask where the robot is
+    (context_variants voices), each spoken (A1A2, A1T2) and typed (T1T2, T1A2), and typed copies (T1A2) of single
+    questions' spoken answers. Drawn from their own seeded generators, after every other line, so the lines and the
+    test split that a build without them makes stay as they are."""
     config = b.config
     rng = random.Random(config.seed * 1000 + 7)
 
