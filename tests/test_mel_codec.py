@@ -159,6 +159,31 @@ def test_export_loads_by_path_and_round_trips_the_files(trained, codec, tmp_path
     assert (trained[1].parent / "metrics.csv").read_text().startswith("step,loss,stage_0,stage_1")
 
 
+def test_prepare_encodes_again_with_a_codec_retrained_in_place(trained, codec, tmp_path):
+    """`omnivox prepare` caches answer frames per codec: a codec replaced at the same path (a retrained codec
+    copied over the old export) must not get the old codec's cached frames."""
+    from omnivox.training.prepare import prepare
+
+    root, export = trained
+    place = codec.save(tmp_path / "codec")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "task": "T1A2", "question_text": "x", "answer_text": "x",
+                                    "answer_audio": str(root / "audio" / "eval0.wav")}) + "\n")
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "tiny_stage3_finetune.yaml",
+                         [f"output_dir={tmp_path / 'run'}", f"prepare.codec={{_component_: mel, model: {place}}}"])
+
+    def frames() -> np.ndarray:
+        out = prepare(recipe, manifest, log=lambda _: None, progress=False)
+        return np.load(tmp_path / json.loads(out.read_text())["answer_frames"])
+
+    first = frames()
+    other = MelCodec(codec.config, codec.codebooks.flip(1), codec.mean)  # the same codes in reverse order
+    other.save(place)
+    again = frames()
+    x, rate = soundfile.read(root / "audio" / "eval0.wav", dtype="float32")
+    assert np.array_equal(again, other.encode(x, rate).numpy()) and not np.array_equal(again, first)
+
+
 def test_bad_codec_directories_say_how_to_get_one(tmp_path):
     with pytest.raises(CheckpointError, match="omnivox train recipes/codec_mel.yaml"):
         omnivox.create("codecs", "mel", model=str(tmp_path))

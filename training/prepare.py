@@ -2,7 +2,8 @@
 
 Answer audio -> codec frames (N, slots) int16/int32 .npy; question audio -> encoder features (T, F) float32
 .npy. Files are cached under MANIFEST_DIR/cache/<component hash>/ by the audio file's content hash, so a
-rerun only encodes new audio. The output manifest is the input one plus `answer_frames` /
+rerun only encodes new audio; the component hash covers the files a component's settings name (a codec
+retrained in place gets a new cache). The output manifest is the input one plus `answer_frames` /
 `question_features` fields (paths relative to its folder); training reads it."""
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ def _hash_file(path: Path) -> str:
 
 
 def _tag(section: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:12]
+    """The cache folder's name for a component `section`: its settings, plus the content of every local file or
+    folder a setting names, so a codec retrained at the same path gets a new folder instead of the old codes."""
+    digest = hashlib.sha256(json.dumps(section, sort_keys=True).encode())
+    for key, value in sorted(section.items()):
+        path = Path(value) if isinstance(value, str) and key != "_component_" else None
+        if path is not None and path.exists():
+            files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+            for f in files:
+                digest.update(f"{key}/{f.relative_to(path) if path.is_dir() else f.name}".encode())
+                digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def prepare(recipe: Recipe, manifest: str | Path, out: str | Path | None = None, log=print,
