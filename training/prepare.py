@@ -36,7 +36,9 @@ def _tag(section: dict[str, Any]) -> str:
             files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
             for f in files:
                 digest.update(f"{key}/{f.relative_to(path) if path.is_dir() else f.name}".encode())
-                digest.update(f.read_bytes())
+                with f.open("rb") as stream:  # in blocks: a setting may name a checkpoint of gigabytes
+                    while block := stream.read(1 << 20):
+                        digest.update(block)
     return digest.hexdigest()[:12]
 
 
