@@ -164,7 +164,7 @@ def test_prepare_encodes_again_with_a_codec_retrained_in_place(trained, codec, t
     copied over the old export) must not get the old codec's cached frames."""
     from omnivox.training.prepare import prepare
 
-    root, export = trained
+    root = trained[0]
     place = codec.save(tmp_path / "codec")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "task": "T1A2", "question_text": "x", "answer_text": "x",

@@ -23,7 +23,12 @@ from omnivox.training.recipe import Recipe, build
 
 
 def _hash_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+    """A file's content hash, read in blocks (a component's setting may name a checkpoint of gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:24]
 
 
 def _tag(section: dict[str, Any]) -> str:
@@ -35,10 +40,7 @@ def _tag(section: dict[str, Any]) -> str:
         if path is not None and path.exists():
             files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
             for f in files:
-                digest.update(f"{key}/{f.relative_to(path) if path.is_dir() else f.name}".encode())
-                with f.open("rb") as stream:  # in blocks: a setting may name a checkpoint of gigabytes
-                    while block := stream.read(1 << 20):
-                        digest.update(block)
+                digest.update(f"{key}/{f.relative_to(path) if path.is_dir() else f.name}:{_hash_file(f)}".encode())
     return digest.hexdigest()[:12]
 
 
