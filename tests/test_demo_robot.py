@@ -16,6 +16,7 @@ from omnivox.training.data import Example, read_manifest
 from omnivox.training.demo_domain import DemoConfig, build_demo
 from omnivox.training.demo_robot import (
     COMMANDS,
+    EXTRA_DIRECTIONS,
     EXTRA_LOCATIONS,
     EXTRA_ROOMS,
     EXTRA_STOPS,
@@ -31,6 +32,7 @@ from omnivox.training.demo_robot import (
     command_items,
     context_reply,
     expected_action,
+    metres,
     plain_reply,
     score_line,
     score_reply,
@@ -165,6 +167,32 @@ def test_polite_frames_and_more_stops_reach_training_only_and_keep_the_commands_
     assert len(b.rows["train"]) > len(plain.rows["train"])
     with pytest.raises(Exception, match="frames="):
         RobotConfig(frames={"dance": 1})
+
+
+def test_compass_moves_pair_every_distance_with_new_directions_in_training_only(tmp_path):
+    """RobotConfig.extra_directions: moves in compass directions at every distance 1..9, confirmed and acted as the
+    question says, in training only; the test split and the earlier lines are those of a build without them."""
+    def built(n):
+        config = RobotConfig(commands=["move", "turn"], extra_rooms=0, extra_levels=False, typed_copies=False,
+                             extra_locations=False, extra_stops=False, frames={}, extra_directions=n)
+        b = _Builder(tmp_path, config, {})
+        _commands(b)
+        _extra_values(b)
+        return b
+
+    b, plain = built(3), built(0)
+    assert b.rows["test"] == plain.rows["test"] and b.rows["train"][:len(plain.rows["train"])] == plain.rows["train"]
+    added = [b.meta[r["id"]] for r in b.rows["train"][len(plain.rows["train"]):]]
+    assert {expected_action(m["answer"])[1]["direction"] for m in added} == set(EXTRA_DIRECTIONS[:3])
+    for m in added:
+        name, args = expected_action(m["answer"])
+        assert name == "move" and args["direction"] in m["question"] and metres(args["metres"]) in m["question"]
+        assert plain_reply(m["answer"]) == f"moving {args['direction']} by {metres(args['metres'])}"
+    assert {expected_action(m["answer"])[1]["metres"] for m in added} == set(range(1, 10))
+    assert not {expected_action(b.meta[r["id"]]["answer"])[1]["direction"] for r in b.rows["test"]
+                if b.meta[r["id"]]["intent"] == "move"} & set(EXTRA_DIRECTIONS)
+    with pytest.raises(Exception, match="extra_directions="):
+        RobotConfig(extra_directions=len(EXTRA_DIRECTIONS) + 1)
 
 
 @pytest.mark.slow

@@ -25,7 +25,8 @@ Splits (seeded, before any audio): the test split holds the LAST phrasing of eve
 demo_domain does. Context ("battery: 40%, location: kitchen", either order) is also given to a share of the other
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
 Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid,
-if asked moves of 10 metres and more (extra_rooms, extra_levels, extra_distances), so that copying the value from
+if asked moves of 10 metres and more or in compass directions (extra_rooms, extra_levels, extra_distances,
+extra_directions), so that copying the value from
 the question or the context, not recalling a trained pair, is what fits the data; polite frames around commands,
 more ways to say stop and to ask where the robot is, half the single questions also typed with a spoken answer, and
 a share of lines after an answer cut short (frames, extra_stops, extra_locations, typed_spoken_singles,
@@ -84,6 +85,10 @@ FRAMES = ["could you {x}", "would you {x}", "would you please {x}", "i want you 
           "robot, {x}", "now {x}", "{x} right away"]
 EXTRA_STOPS = ["hold still", "stay still", "don't move", "stop there", "wait there", "stop the robot",
                "stand still", "stop where you are"]
+# Training-only move directions (RobotConfig.extra_directions): with two directions and nine distances the model
+# recalls a held-out (direction, distance) pair as a trained one; each distance said with many directions teaches
+# that both are copied from the question. Compass words: none is a turn ("left") or volume ("up") word.
+EXTRA_DIRECTIONS = ["north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest"]
 # Training-only location questions (RobotConfig.extra_locations): with 6 training phrasings the model took
 # the held-out "where are you now" for "who are you"; more ways to ask, none the held-out one, teach that "where" and
 # "room" carry the question.
@@ -254,6 +259,7 @@ class RobotConfig:
     extra_locations: bool = True  # also train the location questions in EXTRA_LOCATIONS (context_variants voices)
     move_by: bool = True  # confirm moves as "moving forward by four metres" (command_items)
     extra_distances: int = 0  # training-only move distances 10 .. 9 + n metres (in extra_phrasings phrasings each)
+    extra_directions: int = 0  # training-only move directions EXTRA_DIRECTIONS[:n], each at 1..9 metres (likewise)
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -267,6 +273,8 @@ class RobotConfig:
             raise ConfigError(f"test_values={self.test_values}", "hold out a share in (0, 0.5)")
         if not 0 <= self.extra_distances <= 90:
             raise ConfigError(f"extra_distances={self.extra_distances}", "use 0..90 (distances 10..99)")
+        if not 0 <= self.extra_directions <= len(EXTRA_DIRECTIONS):
+            raise ConfigError(f"extra_directions={self.extra_directions}", f"use 0..{len(EXTRA_DIRECTIONS)}")
         if not 0 <= self.extra_rooms <= len(EXTRA_ROOMS):
             raise ConfigError(f"extra_rooms={self.extra_rooms}", f"use 0..{len(EXTRA_ROOMS)}")
         if set(self.frames) - set(COMMANDS) or any(not isinstance(n, int) or n < 0 for n in self.frames.values()):
@@ -659,8 +667,8 @@ def _extra_values(b: _Builder) -> None:
             if task:
                 typed_copy(row, task)
 
-    def add(intent: str, group: str, text: str, answer: str, context: str | None) -> None:
-        rel, _ = b.speak(text, "train", rng=rng)
+    def add(intent: str, group: str, text: str, answer: str, context: str | None, gen: random.Random = rng) -> None:
+        rel, _ = b.speak(text, "train", rng=gen)
         for task in ("A1A2", "A1T2"):
             b.line("train", task, intent, group, text, answer, audio=rel, context=context)
         for task in ("T1T2", "T1A2"):
@@ -668,8 +676,8 @@ def _extra_values(b: _Builder) -> None:
 
     rooms = EXTRA_ROOMS[: config.extra_rooms]
 
-    def any_context(room: str | None = None, level: int | None = None) -> str:
-        return context_text(level or rng.choice(BATTERY_LEVELS), room or rng.choice(ROOMS + rooms), rng.randrange(2))
+    def any_context(room: str | None = None, level: int | None = None, gen: random.Random = rng) -> str:
+        return context_text(level or gen.choice(BATTERY_LEVELS), room or gen.choice(ROOMS + rooms), gen.randrange(2))
 
     for room in rooms:
         for on in ("on", "off"):
@@ -714,6 +722,14 @@ def _extra_values(b: _Builder) -> None:
         for row in [r for r in b.rows["train"] if r["task"] == "A1A2" and b.meta[r["id"]]["group"] == "single"]:
             if pick.random() < config.typed_spoken_singles:
                 typed_copy(row, "T1A2")
+    if config.extra_directions and "move" in config.commands:  # their own generator too
+        gen = random.Random(config.seed * 1000 + 17)
+        for d in EXTRA_DIRECTIONS[: config.extra_directions]:
+            for n in range(1, 10):
+                item = move_item(d, n, config.move_by)
+                for p in gen.sample(range(len(PHRASINGS["move"]) - 1), config.extra_phrasings):
+                    context = any_context(gen=gen) if gen.random() < config.context_share else None
+                    add("move", "command", PHRASINGS["move"][p].format(**item.slots), item.answer, context, gen)
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
