@@ -101,7 +101,9 @@ def browser_page(microphone: Path, server: Server):
 def renice_browser(microphone: Path, nice: int) -> int:
     """Set the niceness of every thread of the chromium that plays `microphone` (the process whose command line
     names it, and all its descendants); returns how many threads. On a machine shared with the server, a browser
-    that does not compete for the server's cores stands for a phone or a second computer."""
+    that does not compete for the server's cores stands for a phone or a second computer. Chromium runs its audio
+    threads (capture, echo cancellation, the AudioWorklet, output) real time (SCHED_RR) where it may, as root
+    does, and a niceness does not reach such a thread, so those are first put back to the normal policy."""
     parents, roots = {}, set()
     for proc in Path("/proc").iterdir():
         try:
@@ -122,6 +124,8 @@ def renice_browser(microphone: Path, nice: int) -> int:
     for pid in filter(in_browser, parents):
         for task in Path(f"/proc/{pid}/task").glob("*"):
             with contextlib.suppress(OSError):
+                if os.sched_getscheduler(int(task.name)) in (os.SCHED_RR, os.SCHED_FIFO):
+                    os.sched_setscheduler(int(task.name), os.SCHED_OTHER, os.sched_param(0))
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
                 threads += 1
     return threads
