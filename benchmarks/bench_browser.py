@@ -117,7 +117,7 @@ def main() -> int:
             print("per round, browser / listen p50 ms: " + ", ".join(f"{b:.0f} / {q:.0f}" for b, q in per_round))
     stops = [b["ms"] for b in barged["bargeIns"]]
     print(f"\nbarge-in: {len(stops)} of {args.barge_ins} questions over an answer stopped it; server detection -> "
-          f"the page's playback stopped: p50 {statistics.median(stops) if stops else float('nan'):.0f} ms, max "
+          f"the page's playback stopped: p50 {median(stops):.0f} ms, max "
           f"{max(stops, default=float('nan')):.0f} ms (the bar: 200)")
     return 0
 

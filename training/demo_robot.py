@@ -24,13 +24,13 @@ Splits (seeded, before any audio): the test split holds the LAST phrasing of eve
 (light room/switch pairs, move direction/distance pairs, battery levels) and held-out voices and rates, as
 demo_domain does. Context ("battery: 40%, location: kitchen", either order) is also given to a share of the other
 questions, and a share of single questions follow an unrelated earlier turn, so that neither changes an answer.
-Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid,
-if asked moves of 10 metres and more or in compass directions (extra_rooms, extra_levels, extra_distances,
-extra_directions), so that copying the value from
-the question or the context, not recalling a trained pair, is what fits the data; polite frames around commands,
-more ways to say stop and to ask where the robot is, half the single questions also typed with a spoken answer, and
-a share of lines after an answer cut short (frames, extra_stops, extra_locations, typed_spoken_singles,
-cut_histories). These lines come last, from their own seeded generators (the test split is the same).
+Training only: every spoken line also typed (typed_copies), 40 more rooms, the battery levels off the 5-grid, if
+asked moves of 10 metres and more or in compass directions (extra_rooms, extra_levels, extra_distances,
+extra_directions), so that copying the value from the question or the context, not recalling a trained pair, is what
+fits the data; polite frames around commands, more ways to say stop and to ask where the robot is, half the single
+questions also typed with a spoken answer, and a share of lines after an answer cut short (frames, extra_stops,
+extra_locations, typed_spoken_singles, cut_histories). These lines come last, from their own seeded generators (the
+test split is the same).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
     audio/r/q/*.wav, audio/r/a/*.wav    new questions and answers
@@ -646,10 +646,10 @@ def _cut_histories(b: _Builder) -> None:
 
 
 def _extra_values(b: _Builder) -> None:
-    """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from
-    one copy per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid,
-    distances of 10 metres and more), and, as configured, polite frames around the command recordings (one
-    recording each), more ways to say stop (command_variants voices) and to ask where the robot is
+    """Typed copies of the spoken training lines (typed lines are short, and the typed path learned little from one copy
+    per text), and training lines over the training-only values (EXTRA_ROOMS, levels off the 5-grid, distances of 10
+    metres and more, moves in EXTRA_DIRECTIONS), and, as configured, polite frames around the command recordings
+    (one recording each), more ways to say stop (command_variants voices) and to ask where the robot is
     (context_variants voices), each spoken (A1A2, A1T2) and typed (T1T2, T1A2), and typed copies (T1A2) of single
     questions' spoken answers. Drawn from their own seeded generators, after every other line, so the lines and the
     test split that a build without them makes stay as they are."""
@@ -687,13 +687,15 @@ def _extra_values(b: _Builder) -> None:
                 add("light", "command", PHRASINGS["light"][p].format(**item.slots), item.answer, context)
         for p in rng.sample(range(len(PHRASINGS["location"]) - 1), 2):
             add("location", "context", PHRASINGS["location"][p], context_reply("location", 0, room), any_context(room))
+    def add_moves(pairs: list[tuple[str, int]], gen: random.Random) -> None:  # (direction, metres), phrased anew
+        for d, n in pairs:
+            item = move_item(d, n, config.move_by)
+            for p in gen.sample(range(len(PHRASINGS["move"]) - 1), config.extra_phrasings):
+                context = any_context(gen=gen) if gen.random() < config.context_share else None
+                add("move", "command", PHRASINGS["move"][p].format(**item.slots), item.answer, context, gen)
+
     if "move" in config.commands:
-        for n in range(10, 10 + config.extra_distances):
-            for d in ("forward", "back"):
-                item = move_item(d, n, config.move_by)
-                for p in rng.sample(range(len(PHRASINGS["move"]) - 1), config.extra_phrasings):
-                    context = any_context() if rng.random() < config.context_share else None
-                    add("move", "command", PHRASINGS["move"][p].format(**item.slots), item.answer, context)
+        add_moves([(d, n) for n in range(10, 10 + config.extra_distances) for d in ("forward", "back")], rng)
     if config.extra_levels:
         for level in range(1, 100):
             if level % 5:
@@ -723,13 +725,8 @@ def _extra_values(b: _Builder) -> None:
             if pick.random() < config.typed_spoken_singles:
                 typed_copy(row, "T1A2")
     if config.extra_directions and "move" in config.commands:  # their own generator too
-        gen = random.Random(config.seed * 1000 + 17)
-        for d in EXTRA_DIRECTIONS[: config.extra_directions]:
-            for n in range(1, 10):
-                item = move_item(d, n, config.move_by)
-                for p in gen.sample(range(len(PHRASINGS["move"]) - 1), config.extra_phrasings):
-                    context = any_context(gen=gen) if gen.random() < config.context_share else None
-                    add("move", "command", PHRASINGS["move"][p].format(**item.slots), item.answer, context, gen)
+        add_moves([(d, n) for d in EXTRA_DIRECTIONS[: config.extra_directions] for n in range(1, 10)],
+                  random.Random(config.seed * 1000 + 17))
 
 
 def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
