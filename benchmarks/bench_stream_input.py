@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,6 +34,7 @@ from bench_live import questions  # noqa: E402
 
 from omnivox.core import audio  # noqa: E402
 from omnivox.core.chunked_encoder import ChunkedEncoder, chunked  # noqa: E402
+from omnivox.core.kernel.threads import set_threads  # noqa: E402
 from omnivox.core.runtime.events import (  # noqa: E402
     AudioChunk,
     AudioOut,
@@ -92,8 +93,8 @@ class AtTheEnd:
         return self.encoder.encode(pcm, sample_rate)
 
 
-def build(shape: str, checkpoint: str):
-    """(encoder, model, codec, LMStage params) of the shape."""
+def build(shape: str, checkpoint: str, lookahead_frames: float = 2.0):
+    """(encoder, model, codec, LMStage params) of the shape (`lookahead_frames`: the SNAC decoder's, mini-omni)."""
     if shape == "demo":
         from omnivox.core.runtime.speech_kit import SpeechKit
 
@@ -112,8 +113,8 @@ def build(shape: str, checkpoint: str):
     never_emit_audio_specials(fp32)
     model = OmniModel(quantize(copy.deepcopy(fp32.lm), DEFAULT_SCHEME), None)
     encoder = load_whisper_encoder(dims=SMALL, seed=0, trim=True)
-    return encoder, model, SnacCodec.load(config=SNAC_24KHZ_CONFIG, seed=0), dict(strategy="batch-parallel",
-                                                                                    task="A1A2")
+    codec = SnacCodec.load(config=SNAC_24KHZ_CONFIG, seed=0, lookahead_frames=lookahead_frames)
+    return encoder, model, codec, dict(strategy="batch-parallel", task="A1A2")
 
 
 async def run_session(encoder, model, codec, lm_params, stream, ends, session, max_steps):
@@ -155,12 +156,13 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=3.0, help="seconds of silence after each question")
     parser.add_argument("--max-steps", type=int, default=24, help="answer length in LM steps")
     parser.add_argument("--stream-input", default="500:1500", metavar="CHUNK_MS[:CONTEXT_MS]")
+    parser.add_argument("--lookahead-frames", type=float, default=2.0,
+                        help="--shape mini-omni: the SNAC streaming decoder's lookahead (1: low latency, ~40 dB)")
     parser.add_argument("--checkpoint", default="demo", help="--shape demo: the model (a streaming-trained export: "
                         "its chunked features at the end of speech against the same streamed)")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    encoder, model, codec, lm_params = build(args.shape, args.checkpoint)
+    set_threads(1)  # as the commands that answer run (core/kernel/threads.py): the LM's engine thread alone runs a team
+    encoder, model, codec, lm_params = build(args.shape, args.checkpoint, args.lookahead_frames)
     if isinstance(encoder, ChunkedEncoder):  # the model was trained on chunked features: they are its only ones
         settings = {f"chunked {encoder.setting}, at the end": AtTheEnd(encoder),
                     f"streaming {encoder.setting}": encoder}
@@ -168,7 +170,7 @@ def main() -> int:
         streaming = chunked(encoder, args.stream_input)
         settings = {"whole (off)": encoder, f"streaming {streaming.setting}": streaming}
     print(f"{args.shape}: {args.turns} questions per setting, gap {args.gap} s, answers of {args.max_steps} steps, "
-          f"{args.threads} cores; end of speech -> first audio, the end-of-turn decision included")
+          f"{os.cpu_count()} cores; end of speech -> first audio, the end-of-turn decision included")
     with tempfile.TemporaryDirectory() as tmp:
         stream, ends = questions(2, args.gap, Path(tmp))  # warm both settings on two questions
         for i, enc in enumerate(settings.values()):

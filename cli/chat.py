@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true",
                    help="int8 dynamic quantisation of the LM (CPU; ~3x faster decode, tokens may differ)")
     p.add_argument("--quiet", action="store_true", help="no live text, no metrics")
-    p.set_defaults(func=chat)
+    p.set_defaults(answers=True, func=chat)
 
 
 class TranscriptPrinter(Stage):

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     talk.add_argument("--context", metavar="TEXT",
                       help="the conversation's context text, seen by every turn and kept across resets (e.g. "
                            "'battery forty percent, in the kitchen')")
-    p.set_defaults(func=listen)
+    p.set_defaults(answers=True, func=listen)
 
 
 @dataclass

@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        if getattr(args, "answers", False):  # one torch thread here: the LM's engine thread alone runs a team
+            from omnivox.core.kernel.threads import using_threads  # (core/kernel/threads.py)
+
+            with using_threads(1):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except OmnivoxError as exc:
         print(f"omnivox {args.command}: error: {exc}", file=sys.stderr)

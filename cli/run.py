@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         help="override a stage parameter (value parsed as YAML); repeatable",
     )
     parser.add_argument("--quiet", action="store_true", help="do not print the metrics summary")
-    parser.set_defaults(func=run)
+    parser.set_defaults(answers=True, func=run)
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="a session's turns form one conversation (MQTT: the session; HTTP: a `conversation` "
                             "id); default: what the model declares (on for the demo model, off for Mini-Omni "
                             "checkpoints, trained on single turns; docs/conversations.md)")
-    p.set_defaults(func=serve, prepare=lambda parser: add_transport_options(parser, config))
+    p.set_defaults(answers=True, func=serve, prepare=lambda parser: add_transport_options(parser, config))
 
 
 def add_transport_options(parser: argparse.ArgumentParser, config: argparse.Action) -> None:

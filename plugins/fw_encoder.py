@@ -121,11 +121,11 @@ def joined_split_model(cache: Path | None = None) -> Path:
 
 
 def default_threads(threads: int | None) -> int:
-    """CTranslate2 intra-op threads: `threads`, or torch's setting when None (so one knob rules both)."""
+    """CTranslate2 intra-op threads: `threads`, or every core when None. CTranslate2 runs its own OpenMP runtime
+    (its wheel bundles libgomp), so its team does not make torch's LM team sleep between regions
+    (core/kernel/threads.py), and it keeps every core where the commands that answer run torch on 1 thread."""
     if threads is None:
-        import torch
-
-        return torch.get_num_threads()
+        return os.cpu_count() or 1
     if threads < 1:
         raise ConfigError(f"threads={threads}", "use 1 or more CPU threads (or leave it unset)")
     return threads

@@ -47,6 +47,7 @@ import numpy as np
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import ConfigError, InputError
+from omnivox.core.kernel.threads import using_threads
 from omnivox.core.runtime.bus import Bus, Subscription
 from omnivox.core.runtime.events import (
     AudioChunk,
@@ -217,7 +218,13 @@ class SileroVAD(Stage):
         """Cut `chunk` (of a continuous stream) into turns: the events it yields, in order (also for a caller that
         runs the VAD outside a pipeline, e.g. plugins/mqtt/device_turns.py). With `speculate=0` a pause's guess is
         made before the detector is asked: `early`, if given, gets the events up to and including that EndLikely
-        at once (the detector then runs), and they are not returned again."""
+        at once (the detector then runs), and they are not returned again. Silero and the detector's network run
+        on 1 torch thread, in whichever thread calls: one that kept a team of its own would make the LM's
+        steps sleep between regions (core/kernel/threads.py)."""
+        with using_threads(1):
+            return self._push(chunk, early)
+
+    def _push(self, chunk: AudioChunk, early: Callable[[list[Event]], None] | None) -> list[Event]:
         import torch
 
         if chunk.rate not in FRAME:

@@ -1,10 +1,13 @@
 """A thread's torch thread budget holds when another thread sets a different one (torch initialises each thread
-lazily from the count set last by any thread), for a bare thread, the stages' executors and the LM's engine."""
+lazily from the count set last by any thread), for a bare thread, the stages' executors and the LM's engine; the
+engine's steps take every core until a turn has a codec frame (core/kernel/threads.py says why)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
+import pytest
 import torch
 
 from omnivox.core.kernel.batching import BatchEngine
@@ -12,7 +15,8 @@ from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import Done
 from omnivox.core.kernel.threads import set_threads, using_threads
-from omnivox.core.runtime.model_stages import torch_executor
+from omnivox.core.runtime.model_stages import _in_own_thread, torch_executor
+from omnivox.plugins.random_models import tiny_model
 
 
 def _count_after_another_thread_sets(setter, other: int) -> int:
@@ -32,6 +36,30 @@ def _count_after_another_thread_sets(setter, other: int) -> int:
     go.set()
     worker.join()
     return seen[0]
+
+
+def _engine_thread_counts(model, **turn) -> tuple[int, list[tuple[int, int]]]:
+    """One turn on an engine (its thread: 1 torch thread; prefills: 2): the torch count of its prefill, and per
+    batched forward (the count, the codec frames the turn had when it ran)."""
+    engine, forwards, first, done = BatchEngine(model, prefill_threads=2), [], [], threading.Event()
+    step = engine.lm.step
+
+    def counted(*args, **kwargs):
+        forwards.append((torch.get_num_threads(), engine.active[0].decoder.n_frames))
+        return step(*args, **kwargs)
+
+    def emit(piece):  # runs in the engine's thread, the first time inside the prefill
+        if not first:
+            first.append(torch.get_num_threads())
+        if isinstance(piece, (Done, Exception)):
+            done.set()
+
+    engine.lm.step = counted
+    engine.start(1)
+    engine.submit(emit, **turn)
+    assert done.wait(30)
+    engine.stop()
+    return first[0], forwards
 
 
 def test_set_threads_holds_where_torch_set_num_threads_is_overridden():
@@ -54,18 +82,30 @@ def test_executors_and_the_engine_keep_their_budget():
             torch.set_num_threads(3)
             assert pool.submit(torch.get_num_threads).result() == 1
         model = OmniModel.random(OmniConfig.tiny(), seed=0)
-        engine, counts, done = BatchEngine(model, prefill_threads=2), [], threading.Event()
-
-        def emit(piece):  # runs in the engine's thread, in each step (the first in the prefill)
-            counts.append(torch.get_num_threads())
-            if isinstance(piece, (Done, Exception)):
-                done.set()
-
         torch.set_num_threads(3)
-        engine.start(1)
-        engine.submit(emit, task="T1T2", text_ids=[5, 6, 7], max_steps=4)
-        assert done.wait(30)
-        engine.stop()
-        assert counts[0] == 2 and set(counts[1:]) == {1}  # the prefill (alone) on 2 threads, then the steps on 1
+        # a text answer: the codec never has work, so its prefill and every step take every core
+        prefill, forwards = _engine_thread_counts(model, task="T1T2", text_ids=[5, 6, 7], max_steps=6)
+        assert prefill == 2 and len(forwards) == 5 and {n for n, _ in forwards} == {2}
+        # a spoken answer: every core until it has a codec frame (the prefill and the frames' delay), then 1
+        prefill, forwards = _engine_thread_counts(tiny_model(), task="T1A2", text_ids=[5, 6, 7], max_steps=12)
+        assert prefill == 2 and {n for n, frames in forwards if frames == 0} == {2}
+        assert {n for n, frames in forwards if frames > 0} == {1}
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_encoding_runs_in_a_thread_of_its_own_that_ends_with_it():
+    """EncoderStage's jobs (and the LM stage's load): every core, in a thread whose OpenMP team goes with it."""
+    seen = []
+
+    def job(x):
+        seen.append((threading.current_thread(), torch.get_num_threads()))
+        return 2 * x
+
+    assert asyncio.run(_in_own_thread("omnivox-encoder", 2, job, 21)) == 42
+    thread, count = seen[0]
+    assert count == 2 and thread is not threading.main_thread()
+    thread.join(5)
+    assert not thread.is_alive()
+    with pytest.raises(ValueError, match="invalid literal"):  # the job's error reaches the awaiting coroutine
+        asyncio.run(_in_own_thread("omnivox-encoder", 1, int, "x"))

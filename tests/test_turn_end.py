@@ -16,6 +16,7 @@ import torch
 
 from omnivox.core import audio
 from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.core.kernel.threads import using_threads
 from omnivox.plugins.audio_files import read_audio
 from omnivox.plugins.silero_vad import SileroVAD
 from omnivox.plugins.turn_end import TurnEndConfig, TurnEndNet, last_frames, load_net, save_detector
@@ -88,13 +89,15 @@ def test_the_detector_must_be_asked_before_the_hold():
 
 
 class ScriptedDetector:
-    """Answers P(complete) from a list, one per question, and keeps the audio it was asked about."""
+    """Answers P(complete) from a list, one per question, and keeps the audio it was asked about (and the torch
+    thread count it was asked on)."""
 
     def __init__(self, answers):
-        self.answers, self.asked = list(answers), []
+        self.answers, self.asked, self.threads = list(answers), [], []
 
     def probability(self, pcm):
         self.asked.append(len(pcm))
+        self.threads.append(torch.get_num_threads())
         return self.answers.pop(0)
 
 
@@ -143,6 +146,18 @@ def test_a_pause_judged_complete_ends_the_turn_there(paused_question):
     pcm, _ = paused_question
     detector = ScriptedDetector([0.99999, 0.99999])
     assert len(turns(pcm, turn_end=detector)) == 2 and len(detector.asked) == 2
+
+
+@needs_espeak
+def test_the_vad_runs_on_one_torch_thread_whatever_its_callers_count(paused_question):
+    """A thread that runs the VAD (the event loop, or asyncio.to_thread's) never starts a team of its own: one
+    would make the LM's steps sleep between regions (core/kernel/threads.py)."""
+    pcm, _ = paused_question
+    detector = ScriptedDetector([0.99999, 0.99999])
+    with using_threads(2):
+        assert len(turns(pcm, turn_end=detector)) == 2
+        assert torch.get_num_threads() == 2  # the caller's own count, back
+    assert detector.threads == [1, 1]
 
 
 @needs_espeak

@@ -112,7 +112,9 @@ class BatchEngine:
     arguments (bad input raises there) and an `emit` callback that receives the turn's events, Done last.
     At most `max_rows` batch rows decode at once; later turns wait for rows to free up. A turn that joins while
     no other decodes is prefilled on `prefill_threads` torch threads (default: every core; the codec has no
-    audio to decode then), the steps on the engine thread's own count (`start(threads)`)."""
+    audio to decode then), and so are the steps before any active turn has a codec frame (the first 8 of a
+    Mini-Omni answer, every step of a text answer); the others run on the engine thread's own count
+    (`start(threads)`)."""
 
     def __init__(self, model, max_rows: int = 16, prefill_threads: int | None = None):
         self.model = model
@@ -230,8 +232,10 @@ class BatchEngine:
             text_rows += [start + r for r in text]
             audio_rows += [start + r for r in audio]
             start += turn.decoder.rows
+        # no turn has a frame for the codec yet: the step takes every core, as a lone prefill does
+        solo = all(t.decoder.n_frames == 0 for t in turns)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), using_threads(self.prefill_threads) if solo else nullcontext():
                 out = lm.step(ids, self.batch.cache, positions, mask, text_rows, audio_rows)
         except Exception as error:  # noqa: BLE001 - every turn of the failed step ends with the error
             for turn in list(turns):

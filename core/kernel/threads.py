@@ -4,7 +4,14 @@ torch keeps the count per thread (OpenMP's nthreads-var), but a thread that has 
 initialised lazily, at its first one, from the count most recently set by ANY thread: `torch.set_num_threads(1)`
 in a new thread is silently replaced by 2 if another thread sets 2 before this one's first parallel op. That is
 how the LM's one-thread decode thread sometimes ran two OpenMP threads next to the codec's thread on a 2-core
-machine (the same pipeline run gave RTF 0.55 or 0.75). `set_threads` runs the lazy initialisation first."""
+machine (the same pipeline run gave RTF 0.55 or 0.75). `set_threads` runs the lazy initialisation first.
+
+A process that answers keeps ONE thread with a multi-thread team: the LM's engine thread (core/kernel/batching.py).
+libgomp spins between parallel regions only while the process has no more OpenMP threads than cores; once a
+second thread has run a team of its own (the main thread loading the model on every core, an encoder's thread),
+every team sleeps and wakes on a futex at each parallel region. An int8 step at Mini-Omni shape has ~200 small
+ones: on 2 threads it took 56 ms instead of 38 (1 thread: 61; 2 cores, torch 2.13). So the commands that answer (chat,
+listen, run, serve) run with 1 thread in the main thread, whose count the encoder's and codec's threads inherit."""
 
 from __future__ import annotations
 
@@ -29,3 +36,4 @@ def using_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+

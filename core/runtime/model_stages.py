@@ -84,6 +84,32 @@ async def _off_loop(executor: ThreadPoolExecutor, fn, *args):
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
+async def _in_own_thread(name: str, threads: int, fn, *args):
+    """fn(*args) in a new thread with `threads` torch threads, awaited. The thread, and the OpenMP team it starts,
+    end with the call: while it runs, the LM's team sleeps between regions; after, it spins again
+    (core/kernel/threads.py)."""
+    loop, done = asyncio.get_running_loop(), asyncio.Event()
+    result: list = []
+
+    def run():
+        set_threads(threads)
+        try:
+            result.append((True, fn(*args)))
+        except BaseException as error:  # noqa: BLE001 - raised again in the awaiting coroutine
+            result.append((False, error))
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:  # the loop closed meanwhile (the pipeline was torn down): nobody waits
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await done.wait()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
 def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
     """The keys of `per_turn` that an Interruption (one turn, or all turns of its session) covers."""
     return [k for k in per_turn if k[0] == event.session_id and event.turn_id in (None, k[1])]
@@ -93,15 +119,16 @@ class EncoderStage(Stage):
     """Collects a turn's audio between AudioStart and AudioStop, then emits its Features (T, F).
     With a streaming encoder (core/chunked_encoder.py ChunkedEncoder) and mono audio at its rate, each chunk is
     encoded as soon as its audio has arrived and sent on as a FeaturesPart (the LM prefills it during speech); the
-    Features at AudioStop are the same frames, the last chunk's added."""
+    Features at AudioStop are the same frames, the last chunk's added. Each encoding runs in a thread of its own
+    on `threads` torch threads (default: every core), which ends with it (core/kernel/threads.py: a thread that
+    lived on with its team would make the LM's steps sleep between regions)."""
 
     consumes = (AudioStart, AudioChunk, AudioStop)
 
     def __init__(self, encoder, *, name: str | None = None, threads: int | None = None):
         super().__init__(name or "encoder")
         self.encoder = encoder
-        self.threads = threads  # torch threads of its executor (None: those of the thread that starts it)
-        self._executor: ThreadPoolExecutor | None = None
+        self.threads = threads or os.cpu_count() or 1
         self._chunks: dict[tuple[str, int], list[np.ndarray]] = {}
         self._rate: dict[tuple[str, int], int] = {}
         self._parts: dict[tuple[str, int], list[torch.Tensor]] = {}  # streaming: the chunks' features so far
@@ -156,9 +183,7 @@ class EncoderStage(Stage):
                                turn_id=key[1])
 
     async def _off_loop(self, fn, *args):
-        if self._executor is None:
-            self._executor = torch_executor("omnivox-encoder", self.threads)
-        return await _off_loop(self._executor, fn, *args)
+        return await _in_own_thread("omnivox-encoder", self.threads, fn, *args)
 
     async def on_interrupt(self, event: Interruption) -> None:
         for key in _turn_keys(self._chunks, event):
@@ -166,11 +191,6 @@ class EncoderStage(Stage):
             self._rate.pop(key, None)
             self._parts.pop(key, None)
             self._received.pop(key, None)
-
-    async def teardown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
 
 
 class IncrementalText:
@@ -273,7 +293,9 @@ class LMStage(Stage):
                 raise ConfigError("the LM stage has no model",
                                   "give it `checkpoint: DIR` or the name of a registered model "
                                   "(`omnivox plugins` lists them under models, e.g. tiny-random)")
-            self.model = await asyncio.to_thread(SpeechKit.load_model, self.checkpoint, self.sampling.seed or 0)
+            # on every core, in a thread that ends with the load (its team with it: core/kernel/threads.py)
+            self.model = await _in_own_thread("omnivox-load", os.cpu_count() or 1, SpeechKit.load_model,
+                                              self.checkpoint, self.sampling.seed or 0)
         if self.int8:
             from omnivox.core.kernel.quantize import quantize_int8
 
