@@ -47,7 +47,6 @@ import numpy as np
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import ConfigError, InputError
-from omnivox.core.kernel.threads import using_threads
 from omnivox.core.runtime.bus import Bus, Subscription
 from omnivox.core.runtime.events import (
     AudioChunk,
@@ -221,6 +220,8 @@ class SileroVAD(Stage):
         at once (the detector then runs), and they are not returned again. Silero and the detector's network run
         on 1 torch thread, in whichever thread calls: one that kept a team of its own would make the LM's
         steps sleep between regions (core/kernel/threads.py)."""
+        from omnivox.core.kernel.threads import using_threads  # (torch: not at import, as the CLI's parser needs)
+
         with using_threads(1):
             return self._push(chunk, early)
 

@@ -11,7 +11,9 @@ libgomp spins between parallel regions only while the process has no more OpenMP
 second thread has run a team of its own (the main thread loading the model on every core, an encoder's thread),
 every team sleeps and wakes on a futex at each parallel region. An int8 step at Mini-Omni shape has ~200 small
 ones: on 2 threads it took 56 ms instead of 38 (1 thread: 61; 2 cores, torch 2.13). So the commands that answer (chat,
-listen, run, serve) run with 1 thread in the main thread, whose count the encoder's and codec's threads inherit."""
+listen, run, serve) run their main thread on 1 thread, the VAD runs on 1 wherever it is called, the codec's thread
+on 1, and the encoder's jobs and the LM stage's load take every core in threads that end with them
+(core/runtime/model_stages.py)."""
 
 from __future__ import annotations
 
@@ -36,4 +38,3 @@ def using_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
