@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,26 +88,17 @@ async def _in_own_thread(name: str, threads: int, fn, *args):
     """fn(*args) in a new thread with `threads` torch threads, awaited. The thread, and the OpenMP team it starts,
     end with the call: while it runs, the LM's team sleeps between regions; after, it spins again
     (core/kernel/threads.py)."""
-    loop, done = asyncio.get_running_loop(), asyncio.Event()
-    result: list = []
+    future: Future = Future()
 
     def run():
         set_threads(threads)
         try:
-            result.append((True, fn(*args)))
+            future.set_result(fn(*args))
         except BaseException as error:  # noqa: BLE001 - raised again in the awaiting coroutine
-            result.append((False, error))
-        try:
-            loop.call_soon_threadsafe(done.set)
-        except RuntimeError:  # the loop closed meanwhile (the pipeline was torn down): nobody waits
-            pass
+            future.set_exception(error)
 
     threading.Thread(target=run, name=name, daemon=True).start()
-    await done.wait()
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value
+    return await asyncio.wrap_future(future)  # (a loop closed meanwhile is not told)
 
 
 def _turn_keys(per_turn: dict, event: Interruption) -> list[tuple[str, int]]:
