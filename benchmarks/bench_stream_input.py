@@ -3,6 +3,7 @@
 CodecStage), fed espeak-ng questions (bench_listen.DEMO_QUESTIONS) at real time in 20 ms frames.
 
     python benchmarks/bench_stream_input.py [--shape mini-omni|demo] [--turns 12] [--stream-input 500:1500]
+                                            [--speculate 0]
 
 --shape mini-omni: random weights of Mini-Omni's shape (Whisper small trimmed, the int8 LM, batch-parallel, SNAC
 24 kHz; answers of --max-steps steps); demo: the shipped demo model (faster-whisper tiny.en trimmed, text-delay,
@@ -11,6 +12,8 @@ compared with its own features computed at the end of speech. End of speech: the
 -34 dBFS, at the time its 20 ms frame was sent; first audio: the turn's first AudioOut. Split per turn (p50):
 decision (end of speech -> the VAD's AudioStop), features (-> the encoder's Features), prefill (-> the first text
 token: the prompt's rest prefilled), first frame (-> the first codec frame), codec (-> the first audio).
+--speculate P adds, per setting, the same with the VAD speculating (a guess at P starts the answer, HoldGuesses
+holds it until the VAD decides: core/runtime/guesses.py); its "decision" part is then the guess's AudioStop.
 Each round runs the stream once per setting, their order swapped every round."""
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from omnivox.core.runtime.events import (  # noqa: E402
     Features,
     TextToken,
 )
+from omnivox.core.runtime.guesses import HoldGuesses  # noqa: E402
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage  # noqa: E402
 from omnivox.core.runtime.pipeline import Pipeline  # noqa: E402
 from omnivox.core.runtime.stage import Stage  # noqa: E402
@@ -117,13 +121,16 @@ def build(shape: str, checkpoint: str, lookahead_frames: float = 2.0):
     return encoder, model, codec, dict(strategy="batch-parallel", task="A1A2")
 
 
-async def run_session(encoder, model, codec, lm_params, stream, ends, session, max_steps):
-    """One stream through the pipeline: per question, (end of speech, AudioStop, Features, first audio) times."""
+async def run_session(encoder, model, codec, lm_params, stream, ends, session, max_steps, speculate=None):
+    """One stream through the pipeline: per question, (end of speech, AudioStop, Features, first audio) times;
+    and the guesses the VAD took back."""
     source = PacedStream(stream, session)
     before, after = Tap("tap_vad", (AudioStop,)), Tap("tap_encoder", (Features,))
     lm, first = Tap("tap_lm", (TextToken, CodecFrame)), Tap("tap_out", (AudioOut,))
-    stages = [source, SileroVAD(turn_end="default"), before, EncoderStage(encoder), after,
-              LMStage(model=model, max_steps=max_steps, **lm_params), lm, CodecStage(codec), first]
+    hold = [] if speculate is None else [HoldGuesses()]
+    vad = SileroVAD(turn_end="default", speculate=speculate)
+    stages = [source, vad, before, EncoderStage(encoder), after,
+              LMStage(model=model, max_steps=max_steps, **lm_params), lm, *hold, CodecStage(codec), first]
     await Pipeline(stages).run()
     stops = sorted((t, turn) for (kind, turn), t in before.seen.items())  # the VAD's turns, in time order
     rows = []
@@ -134,17 +141,19 @@ async def run_session(encoder, model, codec, lm_params, stream, ends, session, m
                  lm.seen.get(("TextToken", turn)), lm.seen.get(("CodecFrame", turn)),
                  first.seen.get(("AudioOut", turn))]
         rows.append(None if None in times else [sent, *times])
-    return rows
+    return rows, vad.withdrawn
 
 
-def summary(name: str, rows: list) -> None:
+def summary(name: str, rows: list, per_turn: bool = False) -> None:
     got = np.array([[*np.diff(r), r[-1] - r[0]] for r in rows if r]) * 1000  # the parts, then the whole
     if not len(got):
-        print(f"{name:<24} no turn answered")
+        print(f"{name:<36} no turn answered")
         return
     p50, p90 = np.percentile(got[:, -1], 50), np.percentile(got[:, -1], 90)
+    if per_turn:  # per turn: the parts, then the whole (ms)
+        print(name, np.round(got).astype(int).tolist())
     split = " / ".join(f"{v:.0f}" for v in np.median(got[:, :-1], axis=0))
-    print(f"{name:<24} {len(got):>3}/{len(rows):<3} p50 {p50:6.0f} ms  p90 {p90:6.0f} ms   split p50 (decision / "
+    print(f"{name:<36} {len(got):>3}/{len(rows):<3} p50 {p50:6.0f} ms  p90 {p90:6.0f} ms   split p50 (decision / "
           f"features / prefill / first frame / codec): {split} ms", flush=True)
 
 
@@ -158,6 +167,9 @@ def main() -> int:
     parser.add_argument("--stream-input", default="500:1500", metavar="CHUNK_MS[:CONTEXT_MS]")
     parser.add_argument("--lookahead-frames", type=float, default=2.0,
                         help="--shape mini-omni: the SNAC streaming decoder's lookahead (1: low latency, ~40 dB)")
+    parser.add_argument("--speculate", type=float, metavar="P", help="also run each setting with the VAD "
+                        "speculating at P(complete) >= P (0: at every pause's first ask, before the detector)")
+    parser.add_argument("--per-turn", action="store_true", help="also print each turn's parts and total")
     parser.add_argument("--checkpoint", default="demo", help="--shape demo: the model (a streaming-trained export: "
                         "its chunked features at the end of speech against the same streamed)")
     args = parser.parse_args()
@@ -169,20 +181,31 @@ def main() -> int:
     else:
         streaming = chunked(encoder, args.stream_input)
         settings = {"whole (off)": encoder, f"streaming {streaming.setting}": streaming}
+    settings = {name: (enc, None) for name, enc in settings.items()}
+    if args.speculate is not None:
+        settings.update({f"{name}, speculate {args.speculate:g}": (enc, args.speculate)
+                         for name, (enc, _) in settings.items()})
     print(f"{args.shape}: {args.turns} questions per setting, gap {args.gap} s, answers of {args.max_steps} steps, "
           f"{os.cpu_count()} cores; end of speech -> first audio, the end-of-turn decision included")
     with tempfile.TemporaryDirectory() as tmp:
         stream, ends = questions(2, args.gap, Path(tmp))  # warm both settings on two questions
-        for i, enc in enumerate(settings.values()):
-            asyncio.run(run_session(enc, model, codec, lm_params, stream, ends, f"warm{i}", args.max_steps))
+        for i, (enc, speculate) in enumerate(settings.values()):
+            asyncio.run(run_session(enc, model, codec, lm_params, stream, ends, f"warm{i}", args.max_steps,
+                                    speculate))
+        withdrawn = dict.fromkeys(settings, 0)
         stream, ends = questions(args.turns, args.gap, Path(tmp))
         results = {name: [] for name in settings}
         for r in range(args.rounds):  # the settings' order swapped every round
             for name in (list(settings) if r % 2 == 0 else list(settings)[::-1]):
-                results[name] += asyncio.run(run_session(settings[name], model, codec, lm_params, stream, ends,
-                                                         f"s{r}{len(results[name])}", args.max_steps))
+                enc, speculate = settings[name]
+                rows, taken_back = asyncio.run(run_session(enc, model, codec, lm_params, stream, ends,
+                                                           f"s{r}{len(results[name])}", args.max_steps, speculate))
+                results[name] += rows
+                withdrawn[name] += taken_back
     for name, rows in results.items():
-        summary(name, rows)
+        summary(name, rows, args.per_turn)
+        if settings[name][1] is not None:
+            print(f"{'':<36} guesses taken back (the speaker went on): {withdrawn[name]}")
     return 0
 
 

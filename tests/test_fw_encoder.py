@@ -140,6 +140,48 @@ def test_trimmed_features_equal_those_of_the_30_s_window_log_mel_and_repeats_are
     assert len(calls) == 1
 
 
+def test_the_same_samples_asked_twice_at_once_are_encoded_once(clip):
+    """The detector and the encoder stage asking at once (a VAD that guesses before asking its detector): the
+    second waits for the first's encoding and gets the same features; after a failed encoding it encodes itself."""
+    import threading
+    import time
+
+    _, pcm, rate = clip
+    x = audio.resample(pcm[0], rate, 16000)[:16000] * 0.5  # samples no other test encoded
+    detector, stage = load_fw_encoder(threads=1, trim=True), load_fw_encoder(threads=1, trim=True)
+    calls = []
+    encode_trimmed = detector._encode_trimmed
+
+    def slow(samples, frames):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return encode_trimmed(samples, frames)
+
+    detector._encode_trimmed = stage._encode_trimmed = slow
+    got = {}
+    threads = [threading.Thread(target=lambda e=e, n=n: got.update({n: e.encode(x, 16000)}), name=n)
+               for n, e in (("detector", detector), ("stage", stage))]
+    threads[0].start()
+    time.sleep(0.05)
+    threads[1].start()
+    for thread in threads:
+        thread.join(10)
+    assert calls == ["detector"] and torch.equal(got["detector"], got["stage"])
+
+    def broken(samples, frames):
+        calls.append("broken")
+        time.sleep(0.3)
+        raise RuntimeError("out of memory")
+
+    detector._encode_trimmed, y = broken, x[:8000].copy()
+    failed = threading.Thread(target=lambda: pytest.raises(RuntimeError, detector.encode, y, 16000))
+    failed.start()
+    time.sleep(0.05)
+    assert stage.encode(y, 16000).shape[0] == stage._frames_16k(len(y))  # it waited, then encoded itself
+    failed.join(10)
+    assert calls == ["detector", "broken", "MainThread"]  # the stage (here: the main thread) encoded it
+
+
 def test_bad_input_and_bad_model(tmp_path, encoder):
     with pytest.raises(InputError, match="empty"):
         encoder.encode(np.zeros(0, np.float32), 16000)

@@ -113,3 +113,41 @@ def test_actions_and_action_warnings_are_printed_on_the_console_and_kept_in_the_
         "turn 3: warning: action dropped (unknown-action): no action 'fly'\\x1b[2J",  # made terminal-safe
     ]
     assert view.reports[3].actions == [{"name": "light", "arguments": {"room": "kitchen", "on": True}}]
+
+
+def test_listen_speculates_when_told_and_then_holds_the_guessed_answers():
+    """--speculate P: the VAD guesses (docs/turn_taking.md) and the pipeline gains HoldGuesses right after the LM;
+    without the detector there is nothing to guess from, and the option says so."""
+    plain = [type(s).__name__ for s in listen.build(parse_args(["listen", "--checkpoint", "random"]),
+                                                    say=lambda line: None)[0].stages]
+    pipeline, _, vad, *_ = listen.build(parse_args(["listen", "--checkpoint", "random", "--speculate", "0"]),
+                                        say=lambda line: None)
+    stages = [type(s).__name__ for s in pipeline.stages]
+    assert vad.speculate == 0 and "HoldGuesses" not in plain
+    assert stages[stages.index("LMStage") + 1] == "HoldGuesses"
+    with pytest.raises(ConfigError, match="speculate needs an end-of-turn detector"):
+        listen.build(parse_args(["listen", "--checkpoint", "random", "--turn-end", "off", "--speculate", "0"]),
+                     say=lambda line: None)
+
+
+def test_a_guess_taken_back_is_not_reported_as_a_turn_on_the_console():
+    from omnivox.core.runtime.guesses import Guesses
+
+    async def decided() -> Guesses:  # turn 1 withdrawn (the speaker went on), turn 2 stood
+        guesses = Guesses()
+        for turn, stands in ((1, False), (2, True)):
+            guesses.guessed(("default", turn))
+            guesses.decide(("default", turn), stands=stands)
+        return guesses
+
+    view, out = listen.TurnView(), io.StringIO()
+    view.lm_done |= {1, 2}
+    view.reports[2] = listen.TurnReport(2, text="ten")
+    played = SimpleNamespace(finished_at=1.0, first_frame=0, last_frame=10, underruns=0, dropped=False,
+                             first_played_at=None, first_audio_at=None)
+    speaker = SimpleNamespace(turns={("default", 1): played, ("default", 2): played})
+    vad = SimpleNamespace(voice_started_at={}, speaking=False, turn_id=2, guesses=asyncio.run(decided()))
+    console = listen.Console(vad, view, speaker, out=out)
+    console.tick(-60.0)
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == ["turn 2 [done]"]
+    assert console.finished == 1

@@ -172,6 +172,36 @@ def test_encoder_stage_sends_chunks_during_the_turn(kit):
     assert torch.equal(torch.cat([p.features for p in parts]), final[0].features[:60])
 
 
+def test_a_turn_asked_again_whole_takes_the_previous_turns_chunks(kit, monkeypatch):
+    """A guess withdrawn and asked again (plugins/silero_vad.py): turn 2's first chunk holds all of turn 1's audio
+    and more; turn 1's whole chunks are sent on at once, not encoded again, and turn 2's features are still those
+    of its audio encoded whole. A turn that does not begin with the previous one's audio encodes everything."""
+    encoder = ChunkedEncoder(kit.encoder, chunk_ms=200, context_ms=400)
+    x, sink, encoded = tone(36000), Collect(), []
+    encode_chunk = encoder.encode_chunk
+    monkeypatch.setattr(encoder, "encode_chunk", lambda pcm, k, **kw: encoded.append(k) or encode_chunk(pcm, k, **kw))
+
+    def turn(turn_id: int, pcm: np.ndarray, first: int) -> list:
+        events = paced_turn(pcm[first:])
+        head = AudioChunk(audio=audio.to_bytes(pcm[None, :first], audio.AudioFormat(rate=16000)), rate=16000)
+        events.insert(2, head)
+        for event in events:
+            event.turn_id = turn_id
+        return events
+
+    asyncio.run(Pipeline([EncoderStage(encoder), sink]).run(
+        [*paced_turn(x[:20000]), *turn(1, x, 24000), *turn(2, tone(24000, seed=1), 3200)]))
+    assert encoded[:7] == [0, 1, 2, 3, 4, 5, 6]  # turn 0: chunks 0-5 as they came, 6 (the last) at its end
+    again = encoded[7:encoded.index(0, 7)]
+    assert again[0] == 6 and 0 not in again  # turn 1: chunks 0-5 were turn 0's
+    parts = [e for e in sink.seen if isinstance(e, FeaturesPart) and e.turn_id == 1]
+    final = next(e for e in sink.seen if isinstance(e, Features) and e.turn_id == 1)
+    assert [p.start for p in parts] == [10 * k for k in range(len(parts))] and len(parts) == 11
+    assert all(len(p.features) == 10 for p in parts)
+    assert torch.equal(final.features, encoder.encode(x, 16000))
+    assert encoded[encoded.index(0, 7):][:3] == [0, 1, 2]  # turn 2: other audio, encoded from its start
+
+
 def test_a_streamed_turn_answers_as_a_whole_one(kit, monkeypatch):
     """Through EncoderStage and LMStage: the turn's prompt is mostly prefilled before its end, and the answer's
     tokens are those of the same features decoded whole."""

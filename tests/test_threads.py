@@ -109,3 +109,29 @@ def test_an_encoding_runs_in_a_thread_of_its_own_that_ends_with_it():
     assert not thread.is_alive()
     with pytest.raises(ValueError, match="invalid literal"):  # the job's error reaches the awaiting coroutine
         asyncio.run(_in_own_thread("omnivox-encoder", 1, int, "x"))
+
+
+def test_an_encoding_whose_turn_is_interrupted_ends_quietly(monkeypatch):
+    """A turn interrupted while its encoding runs (a withdrawn guess): the awaiting coroutine is cancelled, the
+    thread finishes its job and hands the result to no one, without an error in the thread."""
+    import time
+
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    threads = []
+
+    def job():
+        threads.append(threading.current_thread())
+        time.sleep(0.05)
+        return 1
+
+    async def interrupted():
+        task = asyncio.create_task(_in_own_thread("omnivox-encoder", 1, job))
+        await asyncio.sleep(0.01)  # the job is running
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(interrupted())
+    threads[0].join(5)
+    assert errors == [] and not threads[0].is_alive()

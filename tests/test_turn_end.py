@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,115 @@ def test_the_recipe_builds_trains_and_exports_a_detector_the_vad_loads(tmp_path)
     detector = TurnEndDetector(summary["export"])
     pcm, _ = read_audio(data / streams[0]["audio"])
     assert 0.0 <= detector.probability(pcm[0]) <= 1.0
+
+
+def chunks_of(pcm: np.ndarray, chunk_s: float = 0.02) -> list:
+    """The mono 16 kHz `pcm` as a microphone's AudioChunks, stamped with their audio time."""
+    from omnivox.core.runtime.events import AudioChunk
+
+    fmt, step = audio.AudioFormat(16000, 2, 1), int(chunk_s * 16000)
+    return [AudioChunk(audio=audio.to_bytes(pcm[None, i:i + step], fmt), rate=16000, timestamp=(i + step) / 16000)
+            for i in range(0, len(pcm), step)]
+
+
+@needs_espeak
+def test_in_a_pipeline_a_guess_ends_the_turn_and_a_wrong_one_is_withdrawn_and_asked_again_whole(paused_question):
+    """speculate=0 in a pipeline: the inner pause's guess ends turn 1 there (AudioStop); the speaker goes on, so
+    turn 1 is withdrawn (Interruption, Withdrawn, TurnEnd interrupted) and turn 2 carries the whole utterance so far
+    in one chunk, then the rest; the end's guess ends turn 2 and its TurnEnd says it stands. The pipeline's Guesses
+    hold the fates: turn 1 withdrawn, turn 2 standing."""
+    from omnivox.core.runtime.events import (
+        AudioChunk,
+        AudioStart,
+        AudioStop,
+        EndLikely,
+        Interruption,
+        TurnEnd,
+        TurnStart,
+        VoiceResumed,
+        VoiceStopped,
+        Withdrawn,
+    )
+    from omnivox.core.runtime.guesses import HoldGuesses, shared_guesses
+    from omnivox.core.runtime.pipeline import Pipeline
+    from omnivox.core.runtime.testing import of_turn, run_pipeline
+
+    pcm, speech_end = paused_question
+    vad = SileroVAD(turn_end=ScriptedDetector([0.2, 0.1, 0.99999]), speculate=0)
+    pipeline = Pipeline([vad, HoldGuesses()])  # (without it the VAD refuses to guess: the answers would be heard)
+    out = asyncio.run(run_pipeline(pipeline, chunks_of(pcm)))
+    first, second = of_turn(out, 1), of_turn(out, 2)
+    kinds = [type(e) for e in first if not isinstance(e, (AudioChunk, Interruption))]
+    assert kinds[-6:] == [EndLikely, VoiceStopped, AudioStop, VoiceResumed, Withdrawn, TurnEnd]
+    assert first[-1].reason == "interrupted"
+    assert [e.reason for e in first if isinstance(e, Interruption)] == ["withdrawn"]  # (a system event: at once)
+    asked_first = b"".join(e.audio for e in first if isinstance(e, AudioChunk))
+    assert isinstance(second[0], TurnStart) and isinstance(second[2], AudioStart)
+    assert isinstance(second[3], AudioChunk) and second[3].audio.startswith(asked_first)  # all of it again
+    asked_second = b"".join(e.audio for e in second if isinstance(e, AudioChunk))
+    assert len(asked_second) > len(asked_first) + 2 * 16000 * 0.5  # the pause (~700 ms) and 'france' too
+    kinds = [type(e) for e in second if not isinstance(e, AudioChunk)]
+    assert kinds[-4:] == [EndLikely, VoiceStopped, AudioStop, TurnEnd] and second[-1].reason == "done"
+    stopped = next(e for e in second if isinstance(e, VoiceStopped))
+    assert abs(stopped.timestamp - speech_end) < 0.1  # the end of speech; the turn was asked at the first ask:
+    assert 0.06 <= next(e for e in second if isinstance(e, AudioStop)).timestamp - stopped.timestamp <= 0.1
+    guesses = shared_guesses(pipeline.shared)
+    assert guesses.decision(("default", 1)).result() is None and guesses.decision(("default", 2)).result() > 0
+    assert guesses.withdrawn(("default", 1)) and not guesses.withdrawn(("default", 2)) and vad.withdrawn == 1
+    alone = SileroVAD(turn_end=ScriptedDetector([]), speculate=0)
+    with pytest.raises(ConfigError, match="(?s)without HoldGuesses.*speech_pipeline"):
+        asyncio.run(run_pipeline(Pipeline([alone]), []))
+
+
+class SlowDetector(ScriptedDetector):
+    """A ScriptedDetector that takes `slow_s` over its last answer (a decision the answer can beat); `done_at`:
+    time.monotonic() when it gave that answer."""
+
+    def __init__(self, answers, slow_s: float):
+        super().__init__(answers)
+        self.slow_s, self.done_at = slow_s, None
+
+    def probability(self, pcm):
+        if len(self.answers) == 1:
+            time.sleep(self.slow_s)
+            self.done_at = time.monotonic()
+        return super().probability(pcm)
+
+
+@needs_espeak
+def test_a_guessed_answer_reaches_no_one_before_the_decision_and_a_withdrawn_one_never(paused_question):
+    """The tiny random model answers each guess at once, behind HoldGuesses: the withdrawn turn's answer never
+    comes out and leaves the conversation; the standing turn's answer, made while the detector took 1 s to decide,
+    comes out only after it decided."""
+    from omnivox.core.runtime.events import AudioOut, DataEvent, TextToken
+    from omnivox.core.runtime.guesses import HoldGuesses
+    from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
+    from omnivox.core.runtime.speech_kit import SpeechKit
+    from omnivox.core.runtime.speech_pipeline import speech_pipeline
+    from omnivox.core.runtime.stage import Stage
+    from omnivox.core.runtime.testing import of_turn, run_pipeline
+
+    pcm, _ = paused_question
+    kit = SpeechKit.random(seed=0)
+    detector = SlowDetector([0.2, 0.1, 0.99999], slow_s=1.0)
+    made: dict[int, float] = {}
+
+    class Made(Stage):  # right after the LM: when each turn's first piece of answer was made
+        async def process(self, event):
+            made.setdefault(event.turn_id, event.timestamp)
+            yield event
+
+    lm = LMStage("text-delay", model=kit.model, task="A1A2", max_steps=8, threads=1, memory=True)
+    stages = [SileroVAD(turn_end=detector, speculate=0), EncoderStage(kit.encoder), lm, Made(), HoldGuesses(),
+              CodecStage(kit.codec)]
+    out = asyncio.run(run_pipeline(stages, chunks_of(pcm), timeout=60))
+    assert not [e for e in of_turn(out, 1) if isinstance(e, DataEvent)]  # the withdrawn guess: nothing
+    answer = [e for e in of_turn(out, 2) if isinstance(e, DataEvent)]
+    assert any(isinstance(e, TextToken) for e in answer) and any(isinstance(e, AudioOut) for e in answer)
+    assert made[2] < detector.done_at <= min(e.timestamp for e in answer)  # made before the decision, held
+    assert [t.turn_id for t in lm.conversations.sessions["default"].history] == [2]
+    held = [type(s).__name__ for s in speech_pipeline([], model=kit.model, encoder=kit.encoder, vad=SileroVAD(
+        turn_end=detector, speculate=0)).stages]
+    assert held == ["SileroVAD", "EncoderStage", "LMStage", "HoldGuesses"]  # comes with a VAD that speculates
+    assert "HoldGuesses" not in [type(s).__name__ for s in speech_pipeline([], model=kit.model, vad=SileroVAD(
+        turn_end=detector)).stages]

@@ -66,6 +66,7 @@ from omnivox.core.runtime.stage import Stage
 log = logging.getLogger(__name__)
 KEEP_RESULTS = 64  # LMStage.results keeps the GenerationResult of this many recent turns
 KEEP_EARLY = 16  # LMStage keeps the early prefills of at most this many turns still being spoken
+KEEP_PREVIOUS = 16  # EncoderStage keeps the last streamed turn of at most this many sessions (for a re-asked one)
 
 
 def default_lm_threads() -> int:
@@ -91,6 +92,8 @@ async def _in_own_thread(name: str, threads: int, fn, *args):
     future: Future = Future()
 
     def run():
+        if not future.set_running_or_notify_cancel():  # the awaiting turn was interrupted before it started
+            return
         set_threads(threads)
         try:
             future.set_result(fn(*args))
@@ -112,7 +115,10 @@ class EncoderStage(Stage):
     encoded as soon as its audio has arrived and sent on as a FeaturesPart (the LM prefills it during speech); the
     Features at AudioStop are the same frames, the last chunk's added. Each encoding runs in a thread of its own
     on `threads` torch threads (default: every core), which ends with it (core/kernel/threads.py: a thread that
-    lived on with its team would make the LM's steps sleep between regions)."""
+    lived on with its team would make the LM's steps sleep between regions).
+    A turn whose audio begins with all of the session's previous turn's (a VAD's guess withdrawn and the utterance
+    asked again whole: plugins/silero_vad.py) takes that turn's whole chunks' features instead of encoding them
+    again: a chunk's features are a function of its audio and the audio before it."""
 
     consumes = (AudioStart, AudioChunk, AudioStop)
 
@@ -124,6 +130,7 @@ class EncoderStage(Stage):
         self._rate: dict[tuple[str, int], int] = {}
         self._parts: dict[tuple[str, int], list[torch.Tensor]] = {}  # streaming: the chunks' features so far
         self._received: dict[tuple[str, int], int] = {}  # streaming: samples so far
+        self._previous: dict[str, tuple] = {}  # session -> its last streamed turn's (audio, whole chunks' features)
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
         key = event.turn
@@ -138,6 +145,8 @@ class EncoderStage(Stage):
             self._chunks.setdefault(key, []).append(chunk)
             if self._streams(key, chunk):
                 self._received[key] += chunk.shape[1]
+                for part in self._reused_parts(key):
+                    yield part
                 async for part in self._ready_parts(key):
                     yield part
         else:  # AudioStop
@@ -148,7 +157,13 @@ class EncoderStage(Stage):
                                  "send at least one chunk of audio before ending the turn")
             pcm = np.concatenate(chunks, axis=1)
             if parts:  # the chunks not encoded yet, the last one ending with the audio
-                features = torch.cat([*parts, await self._off_loop(self.encoder.encode_from, pcm[0], len(parts))])
+                rest = await self._off_loop(self.encoder.encode_from, pcm[0], len(parts))  # (T - len * F, F)
+                features = torch.cat([*parts, rest])
+                size = self.encoder.chunk_frames
+                whole = (len(rest) - 1) // size  # the chunks of `rest` before the last one
+                self._previous[key[0]] = (pcm[0], [*parts, *(rest[:whole * size].split(size) if whole else ())])
+                while len(self._previous) > KEEP_PREVIOUS:
+                    self._previous.pop(next(iter(self._previous)))
             else:
                 features = await self._off_loop(self.encoder.encode, pcm, rate)  # (T, F)
             yield Features(features=features, frames_per_second=self.encoder.frame_rate, **same_turn(event))
@@ -161,6 +176,21 @@ class EncoderStage(Stage):
             self._parts.pop(key)  # not streamable: encoded whole at AudioStop
             return False
         return True
+
+    def _reused_parts(self, key: tuple[str, int]) -> list[Event]:
+        """At a turn's first chunk: the previous turn's chunk features, when this turn's audio begins with all of
+        its audio (sent on as FeaturesParts); the previous turn is forgotten either way."""
+        previous = self._previous.pop(key[0], None)
+        parts = self._parts[key]
+        if previous is None or parts:
+            return []
+        audio_before, its_parts = previous
+        x = np.concatenate(self._chunks[key], axis=1)[0]
+        if len(x) < len(audio_before) or not np.array_equal(x[:len(audio_before)], audio_before):
+            return []
+        parts += its_parts
+        return [FeaturesPart(features=f, start=k * self.encoder.chunk_frames, session_id=key[0], turn_id=key[1])
+                for k, f in enumerate(its_parts)]
 
     async def _ready_parts(self, key: tuple[str, int]) -> AsyncIterator[Event]:
         parts, encoder = self._parts[key], self.encoder

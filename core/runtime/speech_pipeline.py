@@ -1,6 +1,8 @@
 """The speech pipeline, built once for `omnivox chat`, `listen` and `serve`:
 
-    source(s) -> [VAD] -> [encoder] -> LM + strategy -> [stages after the LM] -> [codec] -> sink(s)
+    source(s) -> [VAD] -> [encoder] -> LM + strategy -> [HoldGuesses] -> [stages after the LM] -> [codec] -> sink(s)
+
+HoldGuesses (core/runtime/guesses.py) comes with a VAD that speculates: its guessed turns' answers wait there.
 
 Several sources are chained in order (each after the first passes the events of the ones before it through, as
 a `TransportInput` does); several sinks each read what the last middle stage sends."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omnivox.core.runtime.guesses import HoldGuesses
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage
 from omnivox.core.runtime.pipeline import Pipeline
 from omnivox.core.runtime.stage import Stage
@@ -26,7 +29,10 @@ def speech_pipeline(sources: Sequence[Stage], *, model, sinks: Sequence[Stage] =
     middle: list[Stage] = [] if vad is None else [vad]
     if encoder is not None:
         middle.append(EncoderStage(encoder))
-    middle += [LMStage(lm.pop("strategy", "text-delay"), model=model, **lm), *after_lm]
+    middle.append(LMStage(lm.pop("strategy", "text-delay"), model=model, **lm))
+    if getattr(vad, "speculate", None) is not None:
+        middle.append(HoldGuesses())
+    middle += after_lm
     if codec is not None:
         middle.append(CodecStage(codec))
     last = middle[-1].name
