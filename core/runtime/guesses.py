@@ -62,8 +62,11 @@ class Guesses:
 
 
 def shared_guesses(shared: dict[str, Any]) -> Guesses:
-    """The pipeline's Guesses (`Stage.shared`), created on first use."""
-    return shared.setdefault("guesses", Guesses())
+    """The pipeline's Guesses (`Stage.shared`), created on first use (as core/runtime/playback.py's PlaybackState)."""
+    guesses = shared.get("guesses")
+    if guesses is None:
+        guesses = shared["guesses"] = Guesses()
+    return guesses
 
 
 class HoldGuesses(Stage):
@@ -75,14 +78,16 @@ class HoldGuesses(Stage):
 
     def __init__(self, name: str | None = None):
         super().__init__(name or "hold_guesses")
+        self.guesses: Guesses | None = None  # the pipeline's, once attached
 
     def attach(self, bus: Bus, inputs, shared: dict | None = None) -> Subscription:
         sub = super().attach(bus, inputs, shared)
-        shared_guesses(self.shared).held = True
+        self.guesses = shared_guesses(self.shared)
+        self.guesses.held = True
         return sub
 
     async def process(self, event: Event) -> AsyncIterator[Event]:
-        decision = shared_guesses(self.shared).decision(event.turn)
+        decision = self.guesses.decision(event.turn)
         if decision is not None:
             stood_at = await asyncio.shield(decision)  # (an Interruption of the turn cancels the wait, not it)
             if stood_at is None:
