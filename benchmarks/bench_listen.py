@@ -3,7 +3,7 @@ the speaker, over N spoken questions, through real PortAudio devices (the virtua
 ALSA file plugin + a private PulseAudio, real-time paced) and the tiny random model.
 
     python benchmarks/bench_listen.py [--turns 10] [--gap 9] [--max-steps 16] [--checkpoint demo] [--turn-end off]
-                                      [--speculate 0]
+                                      [--speculate off]
 
 `omnivox listen --trace` records, per turn, where the latency goes:
   vad       end of speech -> end of turn decided (the end-of-turn detector's wait and compute, --turn-end; or
@@ -73,7 +73,7 @@ def echo_gate_figures() -> None:
 
 
 def listen_turns(checkpoint: str, turns: int, gap: float, max_steps: int, turn_end: str = "default",
-                 jitter_ms: int | None = None, speculate: float | None = None) -> tuple[list[dict], dict]:
+                 jitter_ms: int | None = None, speculate: str | None = None) -> tuple[list[dict], dict]:
     """`omnivox listen --trace` through the virtual devices, asked `turns` questions each followed by `gap` s of
     silence: its answered turns (latency_ms and PARTS) and its summary."""
     with tempfile.TemporaryDirectory() as folder:
@@ -115,8 +115,9 @@ def main() -> int:
     parser.add_argument("--turn-end", default="default", help="listen's end-of-turn detector: default or off "
                         "(the silence rule alone; docs/turn_taking.md)")
     parser.add_argument("--jitter-ms", type=int, default=None, help="listen's --jitter-ms (default: listen's)")
-    parser.add_argument("--speculate", type=float, default=None, help="listen's --speculate (default: no guesses; "
-                        "the vad part is then the guess, the wait for the decision counts in the model's)")
+    parser.add_argument("--speculate", default=None, metavar="P|off", help="listen's --speculate (default: "
+                        "listen's, a guess at each pause's first ask; the vad part is then the guess, the wait for "
+                        "the decision counts in the model's; off: answers start at the decision)")
     args = parser.parse_args()
     if not args.skip_echo:
         echo_gate_figures()
@@ -130,7 +131,7 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"{len(turns)} answered turns of {args.turns} (half duplex, model {args.checkpoint}, max {args.max_steps} "
-          f"steps, end-of-turn detector {args.turn_end}, speculate {args.speculate})"
+          f"steps, end-of-turn detector {args.turn_end}, speculate {args.speculate or 'as listen'})"
           f"; speaker underruns {summary['speaker_underruns']}, mic blocks dropped {summary['mic_blocks_dropped']}")
     total = [t["latency_ms"] for t in turns]
     median = statistics.median(total)

@@ -36,6 +36,7 @@ from omnivox.core.runtime.stage import Stage
 from omnivox.plugins.silero_vad import TURN_END_SILENCE_MS, TURN_END_THRESHOLD
 from omnivox.plugins.sounddevice_io import JITTER_MS
 
+DEFAULT_SPECULATE = 0.0  # the guess bar with the detector: each pause's first ask (docs/turn_taking.md)
 NO_TURN = -1  # the turn_id of a conversation control that belongs to no turn (as the MQTT and HTTP services)
 
 
@@ -69,11 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="P(complete) that ends the turn at an ask: one for all, or one per ask (default 0.9999)")
     p.add_argument("--hold-silence-ms", type=int, default=1000,
                    help="silence that ends a turn the detector judged unfinished")
-    p.add_argument("--speculate", type=float, metavar="P",
+    p.add_argument("--speculate", type=speculation, metavar="P|off",
                    help="start answering at a pause the detector finds complete with P(complete) >= P, before it "
                         "decides (0: at each pause's first ask, before the detector answers); nothing is played "
                         "before the decision, and a guess the speaker talks on after is dropped "
-                        "(docs/turn_taking.md)")
+                        f"(docs/turn_taking.md). Default: {DEFAULT_SPECULATE:g} with the end-of-turn detector, "
+                        "off without it; 'off': answer only once the turn is decided")
     p.add_argument("--pre-roll-ms", type=int, default=300, help="audio kept from before the detected speech")
     p.add_argument("--jitter-ms", type=int, default=JITTER_MS, help="audio buffered before an answer starts playing "
                    "(raise it for a model slower than real time: fewer underruns, later first audio)")
@@ -288,7 +290,7 @@ def build(args: argparse.Namespace, say=print):
                     pre_roll_ms=args.pre_roll_ms, duplex=args.duplex, echo_gate=not args.no_echo_gate,
                     turn_end=None if args.turn_end == "off" else args.turn_end,
                     turn_end_silence_ms=args.turn_end_silence_ms, turn_end_threshold=args.turn_end_threshold,
-                    hold_silence_ms=args.hold_silence_ms, speculate=args.speculate)
+                    hold_silence_ms=args.hold_silence_ms, speculate=speculate_bar(args))
     view = TurnView()
     speaker = SpeakerOutput(args.output_device, rate=codec.grid.sample_rate, jitter_ms=args.jitter_ms,
                             record=args.record)
@@ -298,6 +300,26 @@ def build(args: argparse.Namespace, say=print):
                                        int8=args.int8, memory=keeps_memory(args, model),
                                        context=args.context or None), after_lm=[view])
     return pipeline, mic, vad, view, speaker
+
+
+def speculation(value: str) -> float | str:
+    """--speculate's value: a P(complete) bar, or 'off'."""
+    if value == "off":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a probability nor 'off' (e.g. 0, 0.5, off)") from None
+
+
+def speculate_bar(args: argparse.Namespace) -> float | None:
+    """The VAD's guess bar: --speculate as given ('off': none); by default DEFAULT_SPECULATE with the end-of-turn
+    detector, none without one (there is nothing to guess from)."""
+    if args.speculate == "off":
+        return None
+    if args.speculate is None:
+        return None if args.turn_end == "off" else DEFAULT_SPECULATE
+    return args.speculate
 
 
 def keeps_memory(args: argparse.Namespace, model) -> bool:

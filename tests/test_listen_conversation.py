@@ -115,19 +115,25 @@ def test_actions_and_action_warnings_are_printed_on_the_console_and_kept_in_the_
     assert view.reports[3].actions == [{"name": "light", "arguments": {"room": "kitchen", "on": True}}]
 
 
-def test_listen_speculates_when_told_and_then_holds_the_guessed_answers():
-    """--speculate P: the VAD guesses (docs/turn_taking.md) and the pipeline gains HoldGuesses right after the LM;
-    without the detector there is nothing to guess from, and the option says so."""
-    plain = [type(s).__name__ for s in listen.build(parse_args(["listen", "--checkpoint", "random"]),
-                                                    say=lambda line: None)[0].stages]
-    pipeline, _, vad, *_ = listen.build(parse_args(["listen", "--checkpoint", "random", "--speculate", "0"]),
-                                        say=lambda line: None)
-    stages = [type(s).__name__ for s in pipeline.stages]
-    assert vad.speculate == 0 and "HoldGuesses" not in plain
-    assert stages[stages.index("LMStage") + 1] == "HoldGuesses"
+def test_listen_speculates_by_default_and_holds_the_guessed_answers():
+    """listen guesses at each pause's first ask by default (docs/turn_taking.md), with HoldGuesses right after the
+    LM; `--speculate off` and `--turn-end off` (nothing to guess from) answer only decided turns; asking for a
+    guess without the detector, or a bar that is no number, is refused by name."""
+    def built(*options):
+        pipeline, _, vad, *_ = listen.build(parse_args(["listen", "--checkpoint", "random", *options]),
+                                            say=lambda line: None)
+        return vad.speculate, [type(s).__name__ for s in pipeline.stages]
+
+    speculate, stages = built()
+    assert speculate == 0 and stages[stages.index("LMStage") + 1] == "HoldGuesses"
+    assert built("--speculate", "0.5")[0] == 0.5
+    for options in (["--speculate", "off"], ["--turn-end", "off"]):
+        speculate, stages = built(*options)
+        assert speculate is None and "HoldGuesses" not in stages
     with pytest.raises(ConfigError, match="speculate needs an end-of-turn detector"):
-        listen.build(parse_args(["listen", "--checkpoint", "random", "--turn-end", "off", "--speculate", "0"]),
-                     say=lambda line: None)
+        built("--turn-end", "off", "--speculate", "0")
+    with pytest.raises(SystemExit):
+        parse_args(["listen", "--speculate", "soon"])
 
 
 def test_a_guess_taken_back_is_not_reported_as_a_turn_on_the_console():
