@@ -3,15 +3,18 @@ LM, SNAC 24 kHz streaming decode, one spoken question, and where the wall clock 
 
 The pipeline is the chat one (EncoderStage -> LMStage -> CodecStage -> a recording sink), run once per
 thread placement, in the same process on the same weights:
-  shared   every heavy stage on torch's default threads (--threads): before the placement of issue 11, the LM
-           and the codec each start --threads OpenMP threads on the same cores
+  shared   the LM and the codec each on --threads OpenMP threads on the same cores (before the placement of
+           issue 11)
   placed   the LM stage's default: LM thread --threads - 1 torch threads (at least 1), codec thread 1
   lm-all   LM thread --threads torch threads, codec thread 1 (the codec's default)
 Per placement it prints: time to first audio (ms from the end of the question, and LM steps), the real-time
 factor from the first LM step (the LM's start, prefill included) to the last sample, RTF including the
 encoder, the wall-clock split (encoder, prefill, LM steps, codec busy), and each stage's busy time over the
 same work run alone (the encoder on the same audio; the LM generating the same turn; the codec stream-decoding
-the same frames on its thread budget): 1.0 = no slowdown from sharing the cores.
+the same frames on its thread budget): 1.0 = no slowdown from sharing the cores. As the commands that answer
+run (core/kernel/threads.py), the main thread keeps 1 torch thread and the encoder runs on --threads in a thread
+that ends with it, so that the LM's engine thread alone keeps a team (until 2026-12-05 the main thread ran
+--threads; the placed RTF was the same both ways that day, 0.78 / 0.77 against 0.80 / 0.82).
 
 With --upstream-repo DIR (a Mini-Omni checkout, `pip install lightning`; see bench_vs_upstream.py) the weights
 are a fabricated upstream-format checkpoint read by both sides, and upstream's own streaming path runs on them in
@@ -51,6 +54,7 @@ from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.generation import Done
 from omnivox.core.kernel.quantize import DEFAULT_SCHEME, SCHEMES, quantize
 from omnivox.core.kernel.strategies import get_strategy
+from omnivox.core.kernel.threads import set_threads
 from omnivox.core.runtime.events import AudioChunk, AudioOut, AudioStart, AudioStop, TextToken, TurnEnd, TurnStart
 from omnivox.core.runtime.model_stages import CodecStage, EncoderStage, LMStage, torch_executor
 from omnivox.core.runtime.pipeline import Pipeline
@@ -140,7 +144,8 @@ def alone(encoder, model, codec, pcm, frames: torch.Tensor, chunks: list[int], a
     """The same work, one stage at a time, each on its thread budget in the pipeline (the codec decoding the
     same chunks of frames)."""
     t = time.perf_counter()
-    features = encoder.encode(pcm.reshape(1, -1), 16000)  # the encoder's budget: the process's threads
+    with torch_executor("bench-encoder", args.threads) as pool:  # as EncoderStage: every core, a thread that ends
+        features = pool.submit(encoder.encode, pcm.reshape(1, -1), 16000).result()
     enc = time.perf_counter() - t
     done, last, engine = threading.Event(), [], BatchEngine(model)  # as the LM stage runs it (prefill on every core)
 
@@ -253,7 +258,9 @@ def main() -> None:
     print(f"Mini-Omni shape (random weights), LM {args.scheme}, {args.strategy}, {args.steps} steps; Whisper small "
           f"({'trimmed' if args.trim else 'padded 30 s'}); SNAC 24 kHz streaming; {args.seconds:.0f} s {what}; "
           f"{args.threads} cores")
-    placements = {"shared": (args.threads, None), "placed": (max(1, args.threads - 1), 1), "lm-all": (args.threads, 1)}
+    set_threads(1)  # as the commands that answer: the LM's engine thread alone keeps a team
+    placements = {"shared": (args.threads, args.threads), "placed": (max(1, args.threads - 1), 1),
+                  "lm-all": (args.threads, 1)}
     run_pipeline(encoder, model, codec, pcm[:8000], argparse.Namespace(**{**vars(args), "steps": 9}), 1, 1)  # warm
     print(f"{'placement':<10}{'first audio':>18}{'RTF (LM start)':>16}{'RTF (all)':>11}  split s: encoder / prefill / "
           f"LM steps / codec busy   busy vs alone: encoder / LM / codec")
