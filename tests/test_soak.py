@@ -53,6 +53,7 @@ class Device:
         self.good: list[int] = []  # good turns
         self.refused: list[int] = []  # turns a bad input made end
         self.answers: Counter = Counter()  # turn-end reasons of the good turns
+        self.failed: list[tuple] = []  # good turns not done: (site, turn, reason, the turn's error messages)
         self.errors: list[tuple[str, str | None]] = []  # (kind, error code received)
         self.done = 0  # good turns finished
 
@@ -88,6 +89,8 @@ class Device:
         result = probe.result(turn, mark, timeout=300)
         self.good.append(turn)
         self.answers[result["reason"]] += 1
+        if result["reason"] != "done":
+            self.failed.append((self.site, turn, result["reason"], result["errors"]))
 
     def bad_input(self, kind: str) -> None:
         mark = self.raw.mark()
@@ -174,7 +177,9 @@ def test_soak_8_devices_100_turns_each_good_and_bad_mixed(tmp_path):
     assert not crossed, f"messages that crossed sessions: {crossed[:10]}"
     assert not missing, f"turns without exactly one turn-end (site, turn, count): {missing[:10]}"
     assert not twice, f"turns that ended more than once: {twice[:10]}"
-    assert reasons == Counter(done=good), reasons
+    failed = [f for d in devices for f in d.failed]
+    assert reasons == Counter(done=good), \
+        f"{dict(reasons)}; good turns not done (site, turn, reason, errors): {failed[:5]}"
     assert not wrong, f"bad inputs answered otherwise than documented (site, kind, got, documented): {wrong[:10]}"
     assert growth <= 5.0, f"RSS grew {growth:.2f}% (from {rss['warm']} KiB to {rss['end']} KiB)"
     found = server.error_tracebacks()
