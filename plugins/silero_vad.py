@@ -214,7 +214,8 @@ class SileroVAD(Stage):
         if self.speculate is not None and self.guesses is not None and not self.guesses.held:
             raise ConfigError(f"vad speculate={self.speculate} in a pipeline without HoldGuesses: the answers started "
                               "on a guess would be heard before the turn is decided",
-                              "use omnivox listen --speculate, or build the pipeline with speech_pipeline(...) or "
+                              "use omnivox listen (it adds HoldGuesses when it speculates, by default), or build "
+                              "the pipeline with speech_pipeline(...) or "
                               "put omnivox.core.runtime.guesses.HoldGuesses right after the LM stage in Python; in a "
                               "YAML pipeline leave speculate out")
         self.model = await asyncio.to_thread(load_silero)  # (a TorchScript load: not on the event loop)
