@@ -3,7 +3,7 @@
 CodecStage), fed espeak-ng questions (bench_listen.DEMO_QUESTIONS) at real time in 20 ms frames.
 
     python benchmarks/bench_stream_input.py [--shape mini-omni|demo] [--turns 12] [--stream-input 500:1500]
-                                            [--speculate 0]
+                                            [--speculate 0] [--no-whole] [--first-lookahead-frames 1 2]
 
 --shape mini-omni: random weights of Mini-Omni's shape (Whisper small trimmed, the int8 LM, batch-parallel, SNAC
 24 kHz; answers of --max-steps steps); demo: the shipped demo model (faster-whisper tiny.en trimmed, text-delay,
@@ -12,8 +12,11 @@ compared with its own features computed at the end of speech. End of speech: the
 -34 dBFS, at the time its 20 ms frame was sent; first audio: the turn's first AudioOut. Split per turn (p50):
 decision (end of speech -> the VAD's AudioStop), features (-> the encoder's Features), prefill (-> the first text
 token: the prompt's rest prefilled), first frame (-> the first codec frame), codec (-> the first audio).
---speculate P adds, per setting, the same with the VAD speculating (a guess at P starts the answer, HoldGuesses
-holds it until the VAD decides: core/runtime/guesses.py); its "decision" part is then the guess's AudioStop.
+--speculate P [P ...] adds, per setting and value, the same with the VAD speculating (a guess at P starts the
+answer, HoldGuesses holds it until the VAD decides: core/runtime/guesses.py); its "decision" part is then the guess's
+AudioStop.
+--first-lookahead-frames F [F ...] (mini-omni): the SNAC decoder's lookahead for a turn's first audio; with several
+values every setting runs once per value, on the same weights. --no-whole: only the streaming settings.
 Each round runs the stream once per setting, their order swapped every round."""
 
 from __future__ import annotations
@@ -167,8 +170,13 @@ def main() -> int:
     parser.add_argument("--stream-input", default="500:1500", metavar="CHUNK_MS[:CONTEXT_MS]")
     parser.add_argument("--lookahead-frames", type=float, default=2.0,
                         help="--shape mini-omni: the SNAC streaming decoder's lookahead (1: low latency, ~40 dB)")
-    parser.add_argument("--speculate", type=float, metavar="P", help="also run each setting with the VAD "
-                        "speculating at P(complete) >= P (0: at every pause's first ask, before the detector)")
+    parser.add_argument("--first-lookahead-frames", type=float, nargs="+", metavar="F",
+                        help="--shape mini-omni: the SNAC decoder's lookahead for its first audio (default 1); "
+                             "several values: each setting once per value, on the same weights")
+    parser.add_argument("--no-whole", action="store_true", help="skip the settings with streaming input off")
+    parser.add_argument("--speculate", type=float, nargs="+", metavar="P", help="also run each setting with the "
+                        "VAD speculating at P(complete) >= P (0: at every pause's first ask, before the detector), "
+                        "once per value")
     parser.add_argument("--per-turn", action="store_true", help="also print each turn's parts and total")
     parser.add_argument("--checkpoint", default="demo", help="--shape demo: the model (a streaming-trained export: "
                         "its chunked features at the end of speech against the same streamed)")
@@ -181,24 +189,30 @@ def main() -> int:
     else:
         streaming = chunked(encoder, args.stream_input)
         settings = {"whole (off)": encoder, f"streaming {streaming.setting}": streaming}
-    settings = {name: (enc, None) for name, enc in settings.items()}
-    if args.speculate is not None:
-        settings.update({f"{name}, speculate {args.speculate:g}": (enc, args.speculate)
-                         for name, (enc, _) in settings.items()})
+        if args.no_whole:
+            del settings["whole (off)"]
+    settings = {name: (enc, None, codec) for name, enc in settings.items()}
+    settings.update({f"{name}, speculate {p:g}": (enc, p, codec)
+                     for name, (enc, _, _) in list(settings.items()) for p in args.speculate or ()})
+    if args.first_lookahead_frames and args.shape == "mini-omni":  # the same weights, another first lookahead
+        codecs = {f: type(codec)(codec.model, lookahead_frames=codec.lookahead_frames, first_lookahead_frames=f)
+                  for f in args.first_lookahead_frames}
+        settings = {(f"{name}, first {f:g}" if len(codecs) > 1 else name): (enc, speculate, variant)
+                    for name, (enc, speculate, _) in settings.items() for f, variant in codecs.items()}
     print(f"{args.shape}: {args.turns} questions per setting, gap {args.gap} s, answers of {args.max_steps} steps, "
           f"{os.cpu_count()} cores; end of speech -> first audio, the end-of-turn decision included")
     with tempfile.TemporaryDirectory() as tmp:
         stream, ends = questions(2, args.gap, Path(tmp))  # warm both settings on two questions
-        for i, (enc, speculate) in enumerate(settings.values()):
-            asyncio.run(run_session(enc, model, codec, lm_params, stream, ends, f"warm{i}", args.max_steps,
+        for i, (enc, speculate, variant) in enumerate(settings.values()):
+            asyncio.run(run_session(enc, model, variant, lm_params, stream, ends, f"warm{i}", args.max_steps,
                                     speculate))
         withdrawn = dict.fromkeys(settings, 0)
         stream, ends = questions(args.turns, args.gap, Path(tmp))
         results = {name: [] for name in settings}
         for r in range(args.rounds):  # the settings' order swapped every round
             for name in (list(settings) if r % 2 == 0 else list(settings)[::-1]):
-                enc, speculate = settings[name]
-                rows, taken_back = asyncio.run(run_session(enc, model, codec, lm_params, stream, ends,
+                enc, speculate, variant = settings[name]
+                rows, taken_back = asyncio.run(run_session(enc, model, variant, lm_params, stream, ends,
                                                            f"s{r}{len(results[name])}", args.max_steps, speculate))
                 results[name] += rows
                 withdrawn[name] += taken_back

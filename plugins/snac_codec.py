@@ -18,6 +18,11 @@ of lookahead; with less, the samples just before each frame boundary miss part o
 whole decode. `lookahead_frames=1` is the low-latency choice (85 ms, ~40 dB). Measured by
 benchmarks/bench_snac_streaming.py (random weights; min SNR over +-256 samples around every frame
 boundary vs whole decode); upstream's independent 4-frame windows: 16 dB.
+`first_lookahead_frames` (default 1) starts an utterance sooner: its first audio is returned with that
+lookahead, one frame (one LM step) before the steady lookahead would allow, and the lookahead then grows by half
+a frame per frame pushed until it is `lookahead_frames`, so every push after the first still returns audio
+(half a frame each during the growth). Only the ends of those first returns are less exact (~40 dB at the
+first, between that and the steady figure at the next).
 
 Rather than re-decoding overlapping windows (cost ~ (context + 1) frames per frame), the decoder runs as
 a stream of stateful layers (`_Stream*` below): every conv keeps the last (kernel-1)*dilation inputs,
@@ -75,16 +80,21 @@ class SnacCodec:
     """A SNAC model behind the codec contract. Build with `SnacCodec.load(...)` or `SnacCodec(model)`; the
     model is changed in place (weight norm folded into plain weights; with `deterministic`, noise bypassed)."""
 
-    def __init__(self, model, *, deterministic: bool = True, lookahead_frames: float = 2.0):
+    def __init__(self, model, *, deterministic: bool = True, lookahead_frames: float = 2.0,
+                 first_lookahead_frames: float | None = 1.0):
         from snac.layers import NoiseBlock
 
         if lookahead_frames < 0:
             raise ConfigError(
                 f"lookahead_frames={lookahead_frames} is negative", "use 0 or more (default 2; 1 for low latency)"
             )
+        first = lookahead_frames if first_lookahead_frames is None else min(first_lookahead_frames, lookahead_frames)
+        if first < 0:
+            raise ConfigError(f"first_lookahead_frames={first_lookahead_frames} is negative",
+                              "use 0 or more (default 1; equal to lookahead_frames: no faster start)")
         self.model = model.eval()
         self.deterministic = deterministic
-        self.lookahead_frames = lookahead_frames
+        self.lookahead_frames, self.first_lookahead_frames = lookahead_frames, first
         strides = list(model.vq_strides)
         hop = int(math.prod(model.decoder_rates))
         if hop != int(model.hop_length):
@@ -105,6 +115,9 @@ class SnacCodec:
                 torch.nn.utils.parametrize.remove_parametrizations(module, "weight")
             if deterministic and isinstance(module, NoiseBlock):
                 module.forward = _identity
+        self.stream_layouts: dict = {}  # weights as the stream decoders read them: made here, not at a turn's start
+        if not model.attn_window_size:
+            _stream_graph(model.decoder.model, self.stream_layouts)
 
     @classmethod
     def load(cls, model: str | None = None, config: dict | None = None, *, seed: int | None = None, **kw):
@@ -174,7 +187,7 @@ class SnacCodec:
     def right_reach(self) -> int:
         """Samples of future the decoder's output depends on (its right receptive field), from the layers'
         kernels, dilations and strides: lookahead_frames >= ceil(right_reach / samples_per_frame) is exact."""
-        graph, hop = _stream_graph(self.model.decoder.model), int(self.model.hop_length)
+        graph, hop = _stream_graph(self.model.decoder.model, self.stream_layouts), int(self.model.hop_length)
         upto = 1000 * hop
         return graph.need(upto) * hop - upto
 
@@ -293,7 +306,7 @@ class _StreamConvTranspose:
     is full[pad : pad + n*s]. Computed as two matmuls over exact and speculative inputs together: the big
     first upsampler is weight-bandwidth bound at streaming chunk sizes, so its weights are read once a push."""
 
-    def __init__(self, conv: nn.ConvTranspose1d):
+    def __init__(self, conv: nn.ConvTranspose1d, layouts: dict):
         self.s = conv.stride[0]
         if conv.kernel_size[0] != 2 * self.s or conv.groups != 1:
             raise ConfigError(
@@ -302,8 +315,10 @@ class _StreamConvTranspose:
                 "stream only SNAC decoders",
             )
         w = conv.weight.detach()  # (C_in, C_out, 2s)
-        self.w_now = w[..., : self.s].permute(1, 2, 0).reshape(-1, w.shape[0])  # (C_out*s, C_in)
-        self.w_before = w[..., self.s :].permute(1, 2, 0).reshape(-1, w.shape[0])
+        if conv not in layouts:  # copies of the weights (~45 ms for the 24 kHz model): once per codec
+            layouts[conv] = (w[..., : self.s].permute(1, 2, 0).reshape(-1, w.shape[0]),  # (C_out*s, C_in)
+                             w[..., self.s :].permute(1, 2, 0).reshape(-1, w.shape[0]))
+        self.w_now, self.w_before = layouts[conv]
         self.bias = None if conv.bias is None else conv.bias.detach()[:, None]  # (C_out, 1)
         self.c_out, self.pad = w.shape[1], conv.padding[0]
         self.prev = w.new_zeros(1, w.shape[0], 1)  # the input before the first: contributes 0
@@ -385,16 +400,17 @@ def _pointwise_conv(conv: nn.Conv1d):
     return run
 
 
-def _stream_graph(module: nn.Module):
-    """Mirror SNAC's decoder module tree with streaming nodes."""
+def _stream_graph(module: nn.Module, layouts: dict):
+    """Mirror SNAC's decoder module tree with streaming nodes; `layouts`: the upsamplers' weights as the nodes
+    read them, kept by the codec across stream decoders (filled at the first)."""
     from snac.layers import DecoderBlock, NoiseBlock, ResidualUnit, Snake1d
 
     if isinstance(module, nn.Sequential):
-        return _StreamSequence([_stream_graph(m) for m in module])
+        return _StreamSequence([_stream_graph(m, layouts) for m in module])
     if isinstance(module, DecoderBlock):
-        return _stream_graph(module.block)
+        return _stream_graph(module.block, layouts)
     if isinstance(module, ResidualUnit):
-        return _StreamResidual(_stream_graph(module.block))
+        return _StreamResidual(_stream_graph(module.block, layouts))
     if isinstance(module, nn.Conv1d):
         if module.stride[0] != 1:
             raise ConfigError(
@@ -403,7 +419,7 @@ def _stream_graph(module: nn.Module):
             )
         return _StreamPointwise(_pointwise_conv(module)) if module.kernel_size[0] == 1 else _StreamConv(module)
     if isinstance(module, nn.ConvTranspose1d):
-        return _StreamConvTranspose(module)
+        return _StreamConvTranspose(module, layouts)
     if isinstance(module, Snake1d):
         return _StreamPointwise(_snake(module))
     if isinstance(module, (nn.Tanh, NoiseBlock)):
@@ -415,8 +431,9 @@ def _stream_graph(module: nn.Module):
 
 
 class SnacStreamDecoder:
-    """push(frame) returns the audio up to `lookahead_frames` before the newest frame's end; flush() the rest.
-    The concatenation equals SnacCodec.decode of all frames (see the module docstring for the lookahead)."""
+    """push(frame) returns the audio up to the lookahead before the newest frame's end (`first_lookahead_frames`
+    until audio is first returned, then growing to `lookahead_frames`); flush() the rest. The concatenation equals
+    SnacCodec.decode of all frames up to the lookahead's approximation (module docstring)."""
 
     def __init__(self, codec: SnacCodec):
         if codec.model.attn_window_size:
@@ -427,8 +444,10 @@ class SnacStreamDecoder:
             )
         self.codec = codec
         self.spf = codec.grid.samples_per_frame
-        self.lookahead = round(codec.lookahead_frames * self.spf)
-        self.graph = _stream_graph(codec.model.decoder.model)
+        self.lookahead = round(codec.lookahead_frames * self.spf)  # samples held back once grown
+        self.first_lookahead = round(codec.first_lookahead_frames * self.spf)  # ... until audio is first returned
+        self.started_at: int | None = None  # frames pushed when audio was first returned
+        self.graph = _stream_graph(codec.model.decoder.model, codec.stream_layouts)
         self.n_frames = 0
         self.emitted = 0  # samples returned so far
         self.exact_total = 0  # exact samples the layer stream has produced so far
@@ -440,13 +459,25 @@ class SnacStreamDecoder:
 
     def push_frames(self, frames) -> Tensor:
         """(n, n_slots) frames in one pass through the layer stream: fewer re-reads of the weights and less
-        speculative work than n pushes (4 frames at once: about half the compute at 1 thread)."""
+        speculative work than n pushes (4 frames at once: about half the compute at 1 thread). While the lookahead
+        still grows, frame by frame: where the first returns end then depends on the frames alone, not on how
+        they were grouped, so the same frames give the same audio."""
         self._check_open()
         frames = validate_frames(frames, self.codec.grid)
+        parts = []
+        while self._growing() and frames.shape[0] > 1:
+            parts.append(self._push(frames[:1]))
+            frames = frames[1:]
+        parts.append(self._push(frames))
+        return torch.cat(parts)
+
+    def _push(self, frames: Tensor) -> Tensor:
         with torch.inference_mode():
             z = self.codec.latents(frames)  # (1, latent_dim, n * strides[0])
             self.n_frames += frames.shape[0]
-            due = self.n_frames * self.spf - self.lookahead  # audio up to here is returned now
+            due = self.n_frames * self.spf - self._lookahead()  # audio up to here is returned now
+            if due > self.emitted and self.started_at is None:
+                self.started_at = self.n_frames
             y, n_exact = self.graph.run(z, z.shape[-1], max(due, 0))  # after n_exact: as if it ended here
             y = y[0, 0].float()
             tail = y[n_exact:]
@@ -454,6 +485,17 @@ class SnacStreamDecoder:
             if due <= self.emitted:
                 return torch.zeros(0)
             return self._emit(torch.cat([self.pending, tail]), due)
+
+    def _growing(self) -> bool:
+        """Is the lookahead still below the steady one (a first lookahead smaller than it, not yet grown)?"""
+        return self.first_lookahead < self.lookahead and (self.started_at is None or self._lookahead() < self.lookahead)
+
+    def _lookahead(self) -> int:
+        """Samples held back at this push: the first lookahead until audio was returned, then half a frame more
+        per frame pushed since, up to the steady lookahead."""
+        if self.started_at is None:
+            return self.first_lookahead
+        return min(self.lookahead, self.first_lookahead + (self.n_frames - self.started_at) * self.spf // 2)
 
     def flush(self) -> Tensor:
         """The rest of the utterance (the end-of-stream tail upstream drops). The decoder is then spent."""
@@ -489,9 +531,11 @@ def make_snac_codec(
     deterministic: bool = True,
     lookahead_frames: float = 2.0,
     seed: int | None = None,
+    first_lookahead_frames: float | None = 1.0,
 ) -> SnacCodec:
     """Factory for the registry: see SnacCodec.load."""
-    return SnacCodec.load(model, config, seed=seed, deterministic=deterministic, lookahead_frames=lookahead_frames)
+    return SnacCodec.load(model, config, seed=seed, deterministic=deterministic, lookahead_frames=lookahead_frames,
+                          first_lookahead_frames=first_lookahead_frames)
 
 
 def loads_snac(value: str) -> bool:

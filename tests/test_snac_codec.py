@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from omnivox.core.contracts.codec import Codec, StreamDecoder, push_frames
 from omnivox.core.contracts.manager import PluginManager
 from omnivox.core.errors import CheckpointError, ConfigError, InputError
+from omnivox.plugins import snac_codec
 from omnivox.plugins.snac_codec import SNAC_24KHZ_CONFIG, SnacCodec
 
 # Tiny configs: hop 4 (rates [2, 2]); 3 codebooks like the 24 kHz model, and 4 like the 32/44 kHz ones.
@@ -74,8 +75,9 @@ def test_streaming_is_seamless_on_the_real_architecture(real):
     whole = real.decode(frames)
     assert whole.shape == (n * spf,) and whole.dtype == torch.float32
 
-    assert real.lookahead_frames == 2
-    parts = stream(real, frames)
+    steady = SnacCodec(real.model, first_lookahead_frames=None)  # same weights, lookahead 2 from the start
+    assert steady.lookahead_frames == steady.first_lookahead_frames == 2
+    parts = stream(steady, frames)
     # push k returns audio up to two frames before the newest frame's end; flush the last two frames
     assert [p.numel() for p in parts] == [0, 0] + [spf] * (n - 2) + [2 * spf]
     ours = torch.cat(parts)
@@ -83,13 +85,23 @@ def test_streaming_is_seamless_on_the_real_architecture(real):
     snrs = [boundary_snr(whole, ours, t * spf) for t in range(1, n)]
     assert min(snrs) >= 60, snrs
 
+    # the default starts with 1 frame: first audio a push sooner, then half a frame a push until 2 frames
+    assert (real.lookahead_frames, real.first_lookahead_frames) == (2, 1)
+    parts = stream(real, frames)
+    assert [p.numel() for p in parts] == [0, spf, spf // 2, spf // 2, spf, spf, 2 * spf]
+    started = torch.cat(parts)
+    first_ends = [boundary_snr(whole, started, at) for at in (spf, 3 * spf // 2)]
+    assert min(first_ends) >= 35, first_ends
+    later = [boundary_snr(whole, started, t * spf) for t in range(2, n)]
+    assert min(later) >= 60, later
+
     low_latency = SnacCodec(real.model, lookahead_frames=1)  # same weights
     parts = stream(low_latency, frames)
     assert [p.numel() for p in parts] == [0] + [spf] * (n - 1) + [spf]
     snrs_1 = [boundary_snr(whole, torch.cat(parts), t * spf) for t in range(1, n)]
     assert 35 <= min(snrs_1) < min(snrs), (snrs_1, snrs)
 
-    decoder = real.stream_decoder()  # several frames per call (CodecStage's chunks): same length, same quality
+    decoder = steady.stream_decoder()  # several frames per call (CodecStage's chunks): same length, same quality
     chunked = torch.cat([decoder.push_frames(frames[0:1]), decoder.push_frames(frames[1:4]),
                          decoder.push_frames(frames[4:6]), decoder.flush()])
     assert chunked.shape == whole.shape
@@ -99,7 +111,7 @@ def test_streaming_is_seamless_on_the_real_architecture(real):
     assert boundary_snr(whole, upstream, 4 * spf) < min(snrs_1) - 10
 
     assert real.right_reach() == 5120  # 10 latents: depthwise conv 3 + residual units 39*(64+8+2+1) samples
-    exact = SnacCodec(real.model, lookahead_frames=3)  # same weights, lookahead >= 5120 samples
+    exact = SnacCodec(real.model, lookahead_frames=3, first_lookahead_frames=None)  # lookahead >= 5120 samples
     torch.testing.assert_close(torch.cat(stream(exact, frames)), whole, atol=1e-5, rtol=0)
 
 
@@ -108,7 +120,7 @@ def test_streaming_equals_whole_decode_for_any_length(tiny):
     (tail flushed); one frame less is not exact."""
     spf = tiny.grid.samples_per_frame
     frames_needed = -(-tiny.right_reach() // spf)
-    exact = SnacCodec(tiny.model, lookahead_frames=frames_needed)
+    exact = SnacCodec(tiny.model, lookahead_frames=frames_needed, first_lookahead_frames=None)
     gen = torch.Generator().manual_seed(0)
     for n in (1, 2, 5, frames_needed, frames_needed + 1, 2 * frames_needed + 3):
         frames = torch.randint(0, 32, (n, 7), generator=gen)
@@ -120,7 +132,7 @@ def test_streaming_equals_whole_decode_for_any_length(tiny):
             parts.append(push_frames(decoder, many[at:at + k]))
             at += k
         torch.testing.assert_close(torch.cat([*parts, decoder.flush()]), tiny.decode(many), atol=1e-6, rtol=0)
-    short = SnacCodec(tiny.model, lookahead_frames=frames_needed - 1)
+    short = SnacCodec(tiny.model, lookahead_frames=frames_needed - 1, first_lookahead_frames=None)
     assert not torch.allclose(torch.cat(stream(short, frames)), tiny.decode(frames), atol=1e-6, rtol=0)
 
 
@@ -221,9 +233,49 @@ def test_bad_configs():
     assert attn.decode(frames).shape == (48,)  # whole decode pads to the attention window
     with pytest.raises(ConfigError, match="attn_window_size=8"):
         attn.stream_decoder()
+    with pytest.raises(ConfigError, match="first_lookahead_frames=-1 is negative"):
+        SnacCodec.load(config=TINY, first_lookahead_frames=-1)
+
+
+def test_first_audio_comes_a_push_sooner_and_the_same_however_frames_are_grouped(tiny):
+    """The default first lookahead (1 frame) returns audio at the 2nd push, the steady 2 frames at the 3rd. While the
+    lookahead grows, frames pushed several at a time are decoded one by one: the same frames, the same audio (the
+    codec stage groups frames by timing)."""
+    spf = tiny.grid.samples_per_frame
+    frames = torch.randint(0, 32, (7, 7), generator=torch.Generator().manual_seed(4))
+    steady = SnacCodec(tiny.model, first_lookahead_frames=None)
+    assert [p.numel() for p in stream(steady, frames)][:3] == [0, 0, spf]
+    one_by_one = stream(tiny, frames)
+    assert [p.numel() for p in one_by_one][:5] == [0, spf, spf // 2, spf // 2, spf]
+    assert not torch.allclose(torch.cat(one_by_one), torch.cat(stream(steady, frames)), atol=1e-6, rtol=0)
+    for chunks in ([3, 1, 1, 1, 1], [4, 1, 1, 1], [2, 2, 1, 1, 1]):  # the growth ends at the 4th frame
+        decoder, parts, at = tiny.stream_decoder(), [], 0
+        for k in chunks:
+            parts.append(push_frames(decoder, frames[at:at + k]))
+            at += k
+        torch.testing.assert_close(torch.cat([*parts, decoder.flush()]), torch.cat(one_by_one), atol=1e-6, rtol=0)
+
+
+def test_stream_decoders_reuse_the_weight_layouts_made_at_load(tiny):
+    """A turn's stream decoder copies no weights: the upsamplers' layouts are made once, when the codec is built
+    (for the 24 kHz model that copy took ~45 ms, on the event loop, at every turn's first frame)."""
+    def upsamplers(node):
+        if isinstance(node, snac_codec._StreamConvTranspose):
+            return [node]
+        inner = getattr(node, "nodes", None) or ([node.block] if hasattr(node, "block") else [])
+        return [u for child in inner for u in upsamplers(child)]
+
+    made = {id(t) for pair in tiny.stream_layouts.values() for t in pair}
+    assert len(made) == 2 * len(TINY["decoder_rates"])  # (now, before) per upsampler, at load
+    for decoder in (tiny.stream_decoder(), tiny.stream_decoder()):
+        nodes = upsamplers(decoder.graph)
+        assert len(nodes) == len(TINY["decoder_rates"])
+        assert {id(t) for u in nodes for t in (u.w_now, u.w_before)} == made
 
 
 def test_registered_as_plugin():
     manager = PluginManager(load="snac_codec")
     codec = manager.create("codecs", "snac", config=TINY, seed=0, lookahead_frames=2)
-    assert isinstance(codec, SnacCodec) and codec.lookahead_frames == 2
+    assert isinstance(codec, SnacCodec) and (codec.lookahead_frames, codec.first_lookahead_frames) == (2, 1)
+    steady = manager.create("codecs", "snac", config=TINY, seed=0, first_lookahead_frames=None)
+    assert steady.first_lookahead_frames == 2
