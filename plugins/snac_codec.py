@@ -488,7 +488,7 @@ class SnacStreamDecoder:
 
     def _growing(self) -> bool:
         """Is the lookahead still below the steady one (a first lookahead smaller than it, not yet grown)?"""
-        return self.first_lookahead < self.lookahead and (self.started_at is None or self._lookahead() < self.lookahead)
+        return self._lookahead() < self.lookahead
 
     def _lookahead(self) -> int:
         """Samples held back at this push: the first lookahead until audio was returned, then half a frame more
