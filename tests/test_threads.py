@@ -1,6 +1,7 @@
 """A thread's torch thread budget holds when another thread sets a different one (torch initialises each thread
 lazily from the count set last by any thread), for a bare thread, the stages' executors and the LM's engine; the
-engine's steps take every core until a turn has a codec frame (core/kernel/threads.py says why)."""
+engine's steps take every core until a turn has a codec frame; numpy's BLAS runs on one thread once an engine
+starts (core/kernel/threads.py says why)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,27 @@ def test_executors_and_the_engine_keep_their_budget():
         assert {n for n, frames in forwards if frames > 0} == {1}
     finally:
         torch.set_num_threads(before)
+
+
+def test_numpys_blas_runs_on_one_thread_once_an_engine_starts_and_torchs_count_is_kept():
+    """numpy's OpenBLAS workers busy-wait after each call (faster-whisper's log-mel), taking a core from the LM."""
+    import numpy  # noqa: F401 - its OpenBLAS is loaded
+    from threadpoolctl import ThreadpoolController
+
+    def numpys() -> list[int]:
+        return [lib.num_threads for lib in ThreadpoolController().lib_controllers
+                if lib.internal_api == "openblas" and "numpy" in lib.filepath]
+
+    controller = ThreadpoolController()
+    controller.select(internal_api="openblas").limit(limits=2)  # as a fresh process on 2 cores has them
+    if numpys() != [2]:
+        pytest.skip("numpy here does not use a wheel's OpenBLAS")
+    torch_before = torch.get_num_threads()
+    engine = BatchEngine(OmniModel.random(OmniConfig.tiny(), seed=0))
+    engine.start(1)
+    engine.stop()
+    assert numpys() == [1]
+    assert torch.get_num_threads() == torch_before
 
 
 def test_an_encoding_runs_in_a_thread_of_its_own_that_ends_with_it():

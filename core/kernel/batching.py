@@ -31,7 +31,7 @@ from omnivox.core.errors import InputError
 from omnivox.core.kernel.conversation import Conversation
 from omnivox.core.kernel.generation import EarlyPrefill, Event, Piece, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
-from omnivox.core.kernel.threads import set_threads, using_threads
+from omnivox.core.kernel.threads import set_threads, single_thread_blas, using_threads
 
 
 @dataclass(eq=False)
@@ -255,8 +255,10 @@ class BatchEngine:
 
     # ---- the decode thread ---------------------------------------------------------------------------
     def start(self, threads: int | None = None) -> None:
-        """Runs `step` in a daemon thread until `stop`; `threads`: torch intra-op threads of that thread."""
+        """Runs `step` in a daemon thread until `stop`; `threads`: torch intra-op threads of that thread. numpy's
+        BLAS then runs on one thread (core/kernel/threads.py single_thread_blas: its spinning workers slow the LM)."""
         if self._thread is None:
+            single_thread_blas()
             self._stopping = False
             self._thread = threading.Thread(target=self._run, args=(threads,), name="omnivox-lm", daemon=True)
             self._thread.start()

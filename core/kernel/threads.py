@@ -1,4 +1,4 @@
-"""torch's intra-op thread count of the calling OS thread, set so that it holds.
+"""torch's intra-op thread count of the calling OS thread, set so that it holds; and numpy's BLAS kept to one.
 
 torch keeps the count per thread (OpenMP's nthreads-var), but a thread that has not yet run a parallel op is
 initialised lazily, at its first one, from the count most recently set by ANY thread: `torch.set_num_threads(1)`
@@ -13,10 +13,17 @@ every team sleeps and wakes on a futex at each parallel region. An int8 step at 
 ones: on 2 threads it took 56 ms instead of 38 (1 thread: 61; 2 cores, torch 2.13). So the commands that answer (chat,
 listen, run, serve) run their main thread on 1 thread, the VAD runs on 1 wherever it is called, the codec's thread
 on 1, and the encoder's jobs and the LM stage's load take every core in threads that end with them
-(core/runtime/model_stages.py)."""
+(core/runtime/model_stages.py).
+
+numpy's and scipy's OpenBLAS (their wheels') keep worker threads that busy-wait for ~100-200 ms after each
+multi-thread call. faster-whisper's log-mel is such a call (the end-of-turn detector's and the default model's
+encoder's): on 2 cores the spinning thread took a core from whatever came next; a Whisper-small window encoded
+right after the detector took 149 ms instead of 73. `single_thread_blas` (run when the LM's engine starts) keeps
+them on the calling thread; torch's own BLAS is not touched."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,3 +45,16 @@ def using_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def single_thread_blas() -> int:
+    """numpy's and scipy's OpenBLAS (any loaded OpenBLAS but torch's) compute on the calling thread from now on
+    (see the module docstring); the matrices they multiply here are small. Returns how many libraries it set."""
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    theirs = [lib.filepath for lib in controller.lib_controllers
+              if lib.internal_api == "openblas" and f"{os.sep}torch" not in lib.filepath]
+    if theirs:
+        controller.select(filepath=theirs).limit(limits=1)
+    return len(theirs)
