@@ -42,6 +42,7 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from omnivox.core import audio
 from omnivox.core.contracts.hookspecs import hookimpl
 from omnivox.core.errors import CheckpointError, ConfigError
+from omnivox.core.kernel.threads import single_thread_blas
 from omnivox.plugins.whisper_encoder import (
     LONG_INPUT,
     SAMPLE_RATE,
@@ -135,8 +136,13 @@ def default_threads(threads: int | None) -> int:
 
 
 def feature_extractor(path: Path, n_mels: int) -> FeatureExtractor:
-    """faster-whisper's log-mel front end, with the model's preprocessor_config.json when it has one."""
+    """faster-whisper's log-mel front end, with the model's preprocessor_config.json when it has one. Its mel
+    filterbank product is a numpy matmul: numpy's BLAS is kept to one thread from now on (core/kernel/threads.py
+    `single_thread_blas`), so the features are the same numbers in every process (2-thread OpenBLAS sums in another
+    order: ~2e-5 apart) and no BLAS worker busy-waits after each encoding."""
     import json
+
+    single_thread_blas()
 
     config_file = path / "preprocessor_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}

@@ -18,8 +18,9 @@ on 1, and the encoder's jobs and the LM stage's load take every core in threads 
 numpy's and scipy's OpenBLAS (their wheels') keep worker threads that busy-wait for ~100-200 ms after each
 multi-thread call. faster-whisper's log-mel is such a call (the end-of-turn detector's and the default model's
 encoder's): on 2 cores the spinning thread took a core from whatever came next; a Whisper-small window encoded
-right after the detector took 149 ms instead of 73. `single_thread_blas` (run when the LM's engine starts) keeps
-them on the calling thread; torch's own BLAS is not touched."""
+right after the detector took 149 ms instead of 73. `single_thread_blas` (run when the LM's engine starts and when
+a faster-whisper front end is made: the thread count also changes the log-mel's last bits, so every process that
+encodes sets the same) keeps them on the calling thread; torch's own BLAS is not touched."""
 
 from __future__ import annotations
 
