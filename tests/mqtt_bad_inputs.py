@@ -188,14 +188,19 @@ def _turn_in_progress(p: Probe) -> Expect:
 
 
 def _too_many_turns(p: Probe) -> Expect:
-    """Questions beyond max_open_turns while the first ones are answered: refused; the accepted ones end first."""
-    mark, accepted = p.device.mark(), [p.new_turn() for _ in range(int(_limit(p, "max_open_turns", 2)))]
-    for turn in accepted:
-        p.send("text", turn=turn, text="tell me a long story")
-    refused = p.new_turn()
-    p.send("text", turn=refused, text="and another one")
-    for turn in accepted:
-        p.result(turn, mark)
+    """Questions beyond max_open_turns while the first ones are answered: refused; the accepted ones end first.
+    The tiny model answers 8 steps in milliseconds, so under load the first answer can end before the extra
+    question arrives (it is then answered: CI saw it once): the three are sent again, at most 5 times."""
+    for _ in range(5):
+        mark, accepted = p.device.mark(), [p.new_turn() for _ in range(int(_limit(p, "max_open_turns", 2)))]
+        for turn in accepted:
+            p.send("text", turn=turn, text="tell me a long story")
+        refused = p.new_turn()
+        p.send("text", turn=refused, text="and another one")
+        for turn in accepted:
+            p.result(turn, mark)
+        if p.result(refused, mark)["errors"]:
+            break
     return Expect(turn=refused)
 
 
