@@ -48,9 +48,9 @@ def using_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def single_thread_blas() -> int:
+def single_thread_blas() -> None:
     """numpy's and scipy's OpenBLAS (any loaded OpenBLAS but torch's) compute on the calling thread from now on
-    (see the module docstring); the matrices they multiply here are small. Returns how many libraries it set."""
+    (see the module docstring); the matrices they multiply here are small."""
     from threadpoolctl import ThreadpoolController
 
     controller = ThreadpoolController()
@@ -58,4 +58,3 @@ def single_thread_blas() -> int:
               if lib.internal_api == "openblas" and f"{os.sep}torch" not in lib.filepath]
     if theirs:
         controller.select(filepath=theirs).limit(limits=1)
-    return len(theirs)
