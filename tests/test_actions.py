@@ -152,14 +152,17 @@ def test_several_actions_and_text_in_random_pieces_never_leak_a_byte_of_an_actio
     ("<act>light " + "x" * 300 + "</act>", "action-too-long"),
     ('<act>light {"on": true}', "unclosed-action"),
     ("</act>", "stray-action-close"),
+    ('<act>light {"level": "far"}</act>', "bad-action-number"),
+    ('<act>light {"level": true}</act>', "bad-action-number"),
 ])  # fmt: skip
 def test_each_malformed_action_is_a_named_issue_and_the_turn_goes_on(text, code):
     assert code in ISSUE_CODES
     vocabulary = ["light", "move", "stop"]
+    fmt = ActionFormat(number_words=("level",))
     rng = random.Random(code)
     turn = f"before {text} after{MOVE}" if code != "unclosed-action" else f"before {MOVE}and {text}"
     for pieces in ([turn], list(turn), chunks(turn, rng)):
-        _, plain, actions, issues = parse(pieces, vocabulary=vocabulary)
+        _, plain, actions, issues = parse(pieces, fmt, vocabulary=vocabulary)
         assert [i.code for i in issues] == [code], issues
         assert issues[0].message and len(issues[0].markup) <= 80
         assert [a.name for a in actions] == ["move"]  # the well-formed action still counts
@@ -222,6 +225,18 @@ def test_render_round_trips_through_the_parser_and_split_actions():
     assert FMT.render_result("light", {"ok": True}) == '<result>light {"ok": true}</result>'
 
 
+def test_arguments_declared_in_number_words_are_delivered_as_numbers():
+    fmt = ActionFormat(names=("move",), number_words=("metres",))
+    text = 'moving back by five metres<act>move {"direction": "back", "metres": "five"}</act>'
+    for pieces in ([text], list(text)):
+        _, plain, actions, issues = parse(pieces, fmt)
+        assert plain == "moving back by five metres" and issues == []
+        assert [a.arguments for a in actions] == [{"direction": "back", "metres": 5}]
+    assert parse(['<act>move {"direction": "back", "metres": 4}</act>'], fmt)[2][0].arguments["metres"] == 4
+    assert parse(['<act>move {"direction": "five"}</act>'], fmt)[2][0].arguments == {"direction": "five"}
+    assert ActionFormat.from_dict(fmt.to_dict()) == fmt
+
+
 @pytest.mark.parametrize("data, words", [
     ({"open": "<act>", "close": "<act>x"}, "contain one another"),
     ({"open": ""}, "non-empty marker"),
@@ -230,6 +245,7 @@ def test_render_round_trips_through_the_parser_and_split_actions():
     ({"max_chars": True}, "positive integer"),
     ({"names": ["light", "no spaces"]}, "not action names"),
     ({"names": "light"}, "not a list"),
+    ({"number_words": "metres"}, "not a list of argument names"),
     ({"opn": "<act>"}, "unknown key(s) opn"),
     ("<act>", "expected a mapping"),
 ])  # fmt: skip

@@ -47,6 +47,9 @@ def test_every_command_answer_carries_its_action_and_speaks_only_the_reply():
             assert plain_reply(item.answer) == item.reply and "<" not in item.reply
     by = command_items("move", move_by=True)[2]
     assert by.reply == "moving forward by three metres" and by.action == command_items("move")[2].action
+    said = command_items("move", move_by=True, metres_in_words=True)[2]  # the action copies the reply's words
+    assert said.answer.endswith('<act>move {"direction": "forward", "metres": "three"}</act>')
+    assert expected_action(said.answer) == by.action == ("move", {"direction": "forward", "metres": 3})
     light = command_items("light")[0]
     assert light.answer == 'turning on the kitchen light<act>light {"room": "kitchen", "on": true}</act>'
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnivox.core.kernel.spoken_numbers import number_words, spell_numbers
+from omnivox.core.kernel.spoken_numbers import number_words, spell_numbers, words_number
 
 
 @pytest.mark.parametrize("n, words", [(0, "zero"), (7, "seven"), (19, "nineteen"), (40, "forty"),
@@ -30,3 +30,14 @@ def test_number_words_refuses_what_it_cannot_say():
 ])
 def test_spell_numbers(text, spoken):
     assert spell_numbers(text) == spoken
+
+
+def test_words_number_reads_back_every_number_that_number_words_writes():
+    assert all(words_number(number_words(n)) == n for n in range(0, 1_000_000, 37))
+    assert [words_number(t) for t in ("forty-seven", "Five", "one hundred")] == [47, 5, 100]
+
+
+@pytest.mark.parametrize("text", ["five five", "seven forty", "hundred", "thousand", "zero five", "twenty zero",
+                                  "five point two", "far", "", "one thousand thousand"])
+def test_words_number_refuses_what_number_words_would_not_write(text):
+    assert words_number(text) is None

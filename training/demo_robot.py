@@ -30,7 +30,8 @@ extra_directions), so that copying the value from the question or the context, n
 fits the data; polite frames around commands, more ways to say stop and to ask where the robot is, half the single
 questions also typed with a spoken answer, and a share of lines after an answer cut short (frames, extra_stops,
 extra_locations, typed_spoken_singles, cut_histories). These lines come last, from their own seeded generators (the
-test split is the same).
+test split is the same). `metres_in_words` makes a move's action write its distance as the reply says it
+(`"metres": "four"`, read back as 4: action_format's number_words; off by default, docs/demo_model.md).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
     audio/r/q/*.wav, audio/r/a/*.wav    new questions and answers
@@ -47,7 +48,7 @@ import json
 import random
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,22 +146,26 @@ def action_format():
     """The markup the demo model declares (its model config's `actions`)."""
     from omnivox.core.kernel.actions import ActionFormat
 
-    return ActionFormat(names=ACTION_NAMES)
+    return ActionFormat(names=ACTION_NAMES, number_words=("metres",))
 
 
 @dataclass(frozen=True)
 class Item:
-    """One question content: its slots, plain reply, expected action (name, args) or None, and its value key."""
+    """One question content: its slots, plain reply, expected action (name, args as parsed) or None, its value
+    key, and the arguments as the answer writes them when they differ from the parsed ones (`written`)."""
 
     intent: str
     key: str
     slots: dict[str, str]
     reply: str
     action: tuple[str, dict[str, Any]] | None = None
+    written: dict[str, Any] | None = None
 
     @property
     def answer(self) -> str:
-        return self.reply + (action_format().render(*self.action) if self.action else "")
+        if not self.action:
+            return self.reply
+        return self.reply + action_format().render(self.action[0], self.written or self.action[1])
 
 
 def light_item(room: str, on: str) -> Item:
@@ -168,18 +173,22 @@ def light_item(room: str, on: str) -> Item:
                 ("light", {"room": room, "on": on == "on"}))
 
 
-def move_item(d: str, n: int, move_by: bool = False) -> Item:
-    return Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {'by ' if move_by else ''}{metres(n)}",
+def move_item(d: str, n: int, move_by: bool = False, words: bool = False) -> Item:
+    """A move's item; `words`: the action writes the distance as the reply says it (`"metres": "four"`, parsed
+    as 4: action_format's number_words). `action` stays the parsed (name, args)."""
+    item = Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {'by ' if move_by else ''}{metres(n)}",
                 ("move", {"direction": d, "metres": n}))
+    return replace(item, written={"direction": d, "metres": number_words(n)}) if words else item
 
 
-def command_items(intent: str, move_by: bool = False) -> list[Item]:
+def command_items(intent: str, move_by: bool = False, metres_in_words: bool = False) -> list[Item]:
     """The (value, reply, action) items of command `intent`; `move_by`: a move is confirmed "moving forward by
-    four metres" (the yardstick hears the answer voice say it right more often than "moving forward four metres")."""
+    four metres" (the yardstick hears the answer voice say it right more often than "moving forward four metres");
+    `metres_in_words`: its action writes the distance in words, as the reply says it."""
     if intent == "light":
         return [light_item(room, on) for room in ROOMS for on in ("on", "off")]
     if intent == "move":
-        return [move_item(d, n, move_by) for d in ("forward", "back") for n in range(1, 10)]
+        return [move_item(d, n, move_by, metres_in_words) for d in ("forward", "back") for n in range(1, 10)]
     if intent == "turn":
         return [Item("turn", d, {"d": d}, f"turning {d}", ("turn", {"direction": d})) for d in ("left", "right")]
     if intent == "stop":
@@ -258,6 +267,7 @@ class RobotConfig:
     extra_stops: bool = True  # also train the ways to say stop in EXTRA_STOPS
     extra_locations: bool = True  # also train the location questions in EXTRA_LOCATIONS (context_variants voices)
     move_by: bool = True  # confirm moves as "moving forward by four metres" (command_items)
+    metres_in_words: bool = False  # a move's action writes the distance in words, as said (`"metres": "four"`)
     extra_distances: int = 0  # training-only move distances 10 .. 9 + n metres (in extra_phrasings phrasings each)
     extra_directions: int = 0  # training-only move directions EXTRA_DIRECTIONS[:n], each at 1..9 metres (likewise)
     seed: int = 1
@@ -472,7 +482,7 @@ def _commands(b: _Builder) -> dict[str, list]:
     """Every command intent: spoken (A1A2, A1T2; command_variants voices in training) and typed (T1T2, T1A2)."""
     made: dict[str, list] = defaultdict(list)
     for intent in b.config.commands:
-        items = command_items(intent, b.config.move_by)
+        items = command_items(intent, b.config.move_by, b.config.metres_in_words)
         held = _held_values([i.key for i in items], b.config.test_values, b.rng) if intent in ("light", "move") \
             else set()
         for split, pairs in _split_items(items, len(PHRASINGS[intent]), held, b.config, b.rng).items():
@@ -689,7 +699,7 @@ def _extra_values(b: _Builder) -> None:
             add("location", "context", PHRASINGS["location"][p], context_reply("location", 0, room), any_context(room))
     def add_moves(pairs: list[tuple[str, int]], gen: random.Random) -> None:  # (direction, metres), phrased anew
         for d, n in pairs:
-            item = move_item(d, n, config.move_by)
+            item = move_item(d, n, config.move_by, config.metres_in_words)
             for p in gen.sample(range(len(PHRASINGS["move"]) - 1), config.extra_phrasings):
                 context = any_context(gen=gen) if gen.random() < config.context_share else None
                 add("move", "command", PHRASINGS["move"][p].format(**item.slots), item.answer, context, gen)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnivox.core.errors import ConfigError
+from omnivox.core.kernel.spoken_numbers import words_number
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # an action name: an identifier, dots and dashes allowed
 ISSUE_CODES = {
@@ -30,6 +31,7 @@ ISSUE_CODES = {
     "action-too-long": "more than max_chars characters between the markers",
     "unclosed-action": "the turn ended inside an action",
     "stray-action-close": "a close marker outside any action",
+    "bad-action-number": "an argument declared in number_words is neither a number nor a number in words",
 }
 SNIPPET = 80  # characters of a malformed action quoted in its issue
 
@@ -39,12 +41,15 @@ class ActionFormat:
     """The markup of one action: `open`, the action's name, optionally whitespace and its arguments as one JSON
     object, `close`; at most `max_chars` characters between the markers. `names`: the actions the model was
     trained on (None: any name; a caller's vocabulary replaces it). `result_open`/`result_close` wrap a device's
-    result where the model reads it back in a conversation (`render_result`)."""
+    result where the model reads it back in a conversation (`render_result`). `number_words`: the arguments the
+model writes as number words (`"metres": "five"`: a copy of the words it says); the parser gives them as
+numbers (`"metres": 5`)."""
 
     open: str = "<act>"
     close: str = "</act>"
     max_chars: int = 256
     names: tuple[str, ...] | None = None
+    number_words: tuple[str, ...] = ()
     result_open: str = "<result>"
     result_close: str = "</result>"
 
@@ -63,14 +68,18 @@ class ActionFormat:
                               "give the longest action (name and arguments) in characters, e.g. 256")
         if self.names is not None:
             object.__setattr__(self, "names", check_names(self.names, f"{where}: names"))  # a list becomes a tuple
+        if isinstance(self.number_words, str) or not all(isinstance(k, str) and k for k in self.number_words):
+            raise ConfigError(f"{where}: number_words = {self.number_words!r} is not a list of argument names",
+                              "write e.g. number_words: [metres]")
+        object.__setattr__(self, "number_words", tuple(self.number_words))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "actions") -> ActionFormat:
         """The format from a config mapping (a model_config.yaml's `actions:`); a mistake names `source`."""
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: expected a mapping (open, close, max_chars, names), "
+            raise ConfigError(f"{source}: expected a mapping (open, close, max_chars, names, number_words), "
                               f"got {type(data).__name__}", "write e.g. actions: {open: '<act>', close: '</act>'}")
-        known = ("open", "close", "max_chars", "names", "result_open", "result_close")
+        known = ("open", "close", "max_chars", "names", "result_open", "result_close", "number_words")
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(map(str, unknown))}",
@@ -96,6 +105,8 @@ class ActionFormat:
                 "result_open": self.result_open, "result_close": self.result_close}
         if self.names is not None:
             data["names"] = list(self.names)
+        if self.number_words:
+            data["number_words"] = list(self.number_words)
         return data
 
     def render(self, name: str, arguments: Mapping[str, Any] | None = None) -> str:
@@ -228,6 +239,13 @@ class ActionParser:
         if not isinstance(value, dict):
             return ActionIssue("bad-action-json", f"action {name!r} was dropped: its arguments are a JSON "
                                f"{type(value).__name__}, not an object: {quoted!r}", quoted)
+        for key in fmt.number_words:
+            said = value.get(key)
+            if isinstance(said, str) and (number := words_number(said)) is not None:
+                value[key] = number
+            elif key in value and (isinstance(said, bool) or not isinstance(said, int | float)):
+                return ActionIssue("bad-action-number", f"action {name!r} was dropped: its argument {key!r} = "
+                                   f"{said!r} is not a number (in words or digits): {quoted!r}", quoted)
         return ParsedAction(name, value, markup)
 
 
