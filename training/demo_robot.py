@@ -143,7 +143,8 @@ def percent(n: int) -> str:
 
 
 def action_format():
-    """The markup the demo model declares (its model config's `actions`)."""
+    """The markup the demo model declares (its model config's `actions`); `metres` is also read in words, as a
+    model built with metres_in_words writes it (digits pass as they are)."""
     from omnivox.core.kernel.actions import ActionFormat
 
     return ActionFormat(names=ACTION_NAMES, number_words=("metres",))

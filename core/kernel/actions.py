@@ -42,8 +42,8 @@ class ActionFormat:
     object, `close`; at most `max_chars` characters between the markers. `names`: the actions the model was
     trained on (None: any name; a caller's vocabulary replaces it). `result_open`/`result_close` wrap a device's
     result where the model reads it back in a conversation (`render_result`). `number_words`: the arguments the
-model writes as number words (`"metres": "five"`: a copy of the words it says); the parser gives them as
-numbers (`"metres": 5`)."""
+    model writes as number words (`"metres": "five"`: a copy of the words it says); the parser gives them as
+    numbers (`"metres": 5`)."""
 
     open: str = "<act>"
     close: str = "</act>"
