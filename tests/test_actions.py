@@ -246,6 +246,7 @@ def test_arguments_declared_in_number_words_are_delivered_as_numbers():
     ({"names": ["light", "no spaces"]}, "not action names"),
     ({"names": "light"}, "not a list"),
     ({"number_words": "metres"}, "not a list of argument names"),
+    ({"number_words": 5}, "not a list of argument names"),
     ({"opn": "<act>"}, "unknown key(s) opn"),
     ("<act>", "expected a mapping"),
 ])  # fmt: skip

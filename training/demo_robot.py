@@ -48,7 +48,7 @@ import json
 import random
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,9 +177,8 @@ def light_item(room: str, on: str) -> Item:
 def move_item(d: str, n: int, move_by: bool = False, words: bool = False) -> Item:
     """A move's item; `words`: the action writes the distance as the reply says it (`"metres": "four"`, parsed
     as 4: action_format's number_words). `action` stays the parsed (name, args)."""
-    item = Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {'by ' if move_by else ''}{metres(n)}",
-                ("move", {"direction": d, "metres": n}))
-    return replace(item, written={"direction": d, "metres": number_words(n)}) if words else item
+    return Item("move", f"{d}:{n}", {"d": d, "n": metres(n)}, f"moving {d} {'by ' if move_by else ''}{metres(n)}",
+                ("move", {"direction": d, "metres": n}), {"direction": d, "metres": number_words(n)} if words else None)
 
 
 def command_items(intent: str, move_by: bool = False, metres_in_words: bool = False) -> list[Item]:

@@ -68,7 +68,8 @@ class ActionFormat:
                               "give the longest action (name and arguments) in characters, e.g. 256")
         if self.names is not None:
             object.__setattr__(self, "names", check_names(self.names, f"{where}: names"))  # a list becomes a tuple
-        if isinstance(self.number_words, str) or not all(isinstance(k, str) and k for k in self.number_words):
+        if isinstance(self.number_words, str) or not isinstance(self.number_words, Iterable) \
+                or not all(isinstance(k, str) and k for k in self.number_words):
             raise ConfigError(f"{where}: number_words = {self.number_words!r} is not a list of argument names",
                               "write e.g. number_words: [metres]")
         object.__setattr__(self, "number_words", tuple(self.number_words))
