@@ -91,6 +91,7 @@ def test_bad_values_are_named(tmp_path):
         "trainable.lm=partial": "trainable.lm = 'partial'",
         "trainable.encoder=full": "encoder features are computed once",
         "training.distributed=zero3": "training.distributed = 'zero3'",
+        "training.audio_noise=1.5": "training.audio_noise = 1.5",
         "strategy=7": "strategy = 7 is not a string",
         "data._component_=nonexistent": "unknown dataset 'nonexistent'",
         "optimizer._component_=torch.optim.NoSuchOpt": "torch.optim has no 'NoSuchOpt'",

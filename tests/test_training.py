@@ -439,3 +439,27 @@ def test_the_trainer_takes_its_batches_from_the_order(tmp_path, window, random_i
     by_length = sorted(range(12), key=lambda i: -lengths[i])
     neighbours = {frozenset(by_length[k:k + 4]) for k in range(0, 12, 4)}
     assert ({frozenset(b) for b in batches} == neighbours) == bool(window)  # grouped: the 4 longest, ...
+
+
+def test_audio_noise_replaces_fed_codes_only_and_draws_the_same_at_a_position(data, random_init, tmp_path):
+    """training.audio_noise: a training batch's fed audio codes are replaced by random codes at about that share;
+    text, audio specials, padding and labels stay; the same position draws the same noise (resume)."""
+    def batch(share):
+        recipe = load_recipe(RECIPES / "tiny_stage3_finetune.yaml", overrides(
+            data, tmp_path / f"run{share}", init_from=random_init, training__batch_size=8, training__audio_noise=share,
+            data__tasks="[A1A2, T1A2]"))
+        trainer = TrainingRecipe(recipe)
+        trainer.setup()
+        try:
+            return trainer.next_batch(), trainer.next_batch(), trainer.layout
+        finally:
+            trainer.cleanup()
+
+    (clean, _, layout), (noisy, again, _) = batch(0.0), batch(0.3)
+    assert torch.equal(noisy.input_ids, again.input_ids) and torch.equal(noisy.labels, clean.labels)
+    changed = noisy.input_ids != clean.input_ids
+    codes = clean.input_ids[:, : layout.audio_streams] < layout.codebook_size
+    assert not changed[:, layout.audio_streams:].any()  # the text stream is fed as it is
+    assert not changed[:, : layout.audio_streams][~codes].any()  # specials and padding too
+    assert 0.2 < changed[:, : layout.audio_streams][codes].float().mean() < 0.4
+    assert (noisy.input_ids[:, : layout.audio_streams][codes] < layout.codebook_size).all()

@@ -22,7 +22,9 @@ A recipe is one YAML mapping with these top-level keys (defaults in DEFAULTS):
     training:   {max_steps, batch_size (global), grad_clip, log_every, checkpoint_every, keep_checkpoints,
                  eval_every, distributed: ddp | fsdp, device: cpu | cuda | auto, num_threads, group_by_length:
                  0 | W (batches of about one length, sorted within runs of W batches: less padding), ema_decay:
-                 null | D (export an exponential moving average of the weights, training/weight_average.py)}
+                 null | D (export an exponential moving average of the weights, training/weight_average.py),
+                 audio_noise: 0 | P (each fed audio code of a training batch replaced by a random one with
+                 probability P, labels kept: collate.corrupt_audio)}
     export:     null | DIR (default OUTPUT_DIR/export): the final weights in the native inference format
     trainer:    {_component_}: the recipe object that runs the steps (training/trainer.py TrainingRecipe, or
                 a subclass of it that overrides a step, e.g. `loss` or `train_step`)
@@ -72,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "logger": {"_component_": "omnivox.training.metric_logging.MetricsLogger"},
     "training": {"max_steps": 100, "batch_size": 8, "grad_clip": 1.0, "log_every": 10, "checkpoint_every": 0,
                  "keep_checkpoints": 2, "eval_every": 0, "distributed": "ddp", "device": "cpu", "num_threads": None,
-                 "group_by_length": 0, "ema_decay": None},
+                 "group_by_length": 0, "ema_decay": None, "audio_noise": 0.0},
     "export": None,
     "trainer": {"_component_": "omnivox.training.trainer.TrainingRecipe"},
     "progress": True,
@@ -255,6 +257,9 @@ def _check_scalars(data: dict[str, Any], source: str) -> None:
     need(t["device"] in DEVICES, "training.device", f"= {t['device']!r}", f"use one of: {', '.join(DEVICES)}")
     need(t["ema_decay"] is None or (isinstance(t["ema_decay"], float) and 0 < t["ema_decay"] < 1),
          "training.ema_decay", f"= {t['ema_decay']!r}", "give a decay between 0 and 1 (e.g. 0.999) or null")
+    need(isinstance(t["audio_noise"], (int, float)) and not isinstance(t["audio_noise"], bool)
+         and 0 <= t["audio_noise"] < 1, "training.audio_noise", f"= {t['audio_noise']!r}",
+         "give the share of fed audio codes replaced by random ones, in [0, 1) (0: none)")
     need(t["num_threads"] is None or (isinstance(t["num_threads"], int) and t["num_threads"] > 0),
          "training.num_threads", f"= {t['num_threads']!r}", "give a positive integer or null (torch's default)")
     for key in ("text_weight", "audio_weight"):

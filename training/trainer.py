@@ -44,7 +44,7 @@ from omnivox.training.checkpointing import (
     set_rng_state,
     write_checkpoint,
 )
-from omnivox.training.collate import Batch, build_sequence, collate
+from omnivox.training.collate import Batch, build_sequence, collate, corrupt_audio
 from omnivox.training.distributed import digest, full_state, set_full_state, setup_distributed, unwrap, wrap
 from omnivox.training.freeze import apply_trainable
 from omnivox.training.loss import combine, mask_streams, term_names, token_losses
@@ -199,14 +199,20 @@ class TrainingRecipe:
     def next_batch(self) -> Batch:
         """This rank's share of the next global batch (samples position..position+batch_size-1)."""
         indices = global_batch(len(self.dataset), self.cfg["seed"], self.position, self.t["batch_size"], self.order)
-        return self.make_batch(self.dataset, indices[self.ctx.rank::self.ctx.world])
+        return self.make_batch(self.dataset, indices[self.ctx.rank::self.ctx.world], noisy=True)
 
-    def make_batch(self, dataset, indices: list[int]) -> Batch:
+    def make_batch(self, dataset, indices: list[int], noisy: bool = False) -> Batch:
+        """The batch of `indices`; `noisy` (training batches): with training.audio_noise, its fed audio codes
+        corrupted (collate.corrupt_audio), drawn from the seed, position and rank, so a resumed run draws the same."""
         sequences = [build_sequence(dataset[i], self.tokenizer, self.strategy, self.layout, self.config.block_size,
                                     self.config.whisper_adapter_dim, format=self.format) for i in indices]
         for i, seq in zip(indices, sequences, strict=True):
             seq.labels = mask_streams(seq.labels, self.cfg["loss"]["task_streams"].get(dataset[i].task))
-        return collate(sequences, self.layout).to(self.ctx.device)
+        batch = collate(sequences, self.layout)
+        if noisy and self.t["audio_noise"]:
+            seed = (self.cfg["seed"] * 1_000_003 + self.position) * 64 + self.ctx.rank
+            corrupt_audio(batch, self.layout, self.t["audio_noise"], torch.Generator().manual_seed(seed))
+        return batch.to(self.ctx.device)
 
     def train_step(self, batch: Batch) -> StepResult:
         """Forward, loss, backward, gradient clip, optimizer and scheduler step."""
