@@ -178,15 +178,13 @@ def collate(sequences: Sequence[TrainSequence], layout: TokenLayout) -> Batch:
     return Batch(input_ids, labels, features, lengths, [list(s.audio_spans) for s in sequences])
 
 
-def corrupt_audio(batch: Batch, layout: TokenLayout, share: float, generator: torch.Generator) -> Batch:
-    """Training noise: each fed audio code (answers' and history's; specials and padding untouched) becomes a
-    uniformly random code with probability `share`. Labels are kept, so the model learns to speak the next code
-    from the text and the question even after a wrong code of its own (free-running speech drifts otherwise)."""
-    if share <= 0:
-        return batch
+def corrupt_audio(batch: Batch, layout: TokenLayout, share: float, generator: torch.Generator) -> None:
+    """Training noise, in place: each fed audio code (answers' and history's; specials and padding untouched)
+    becomes a uniformly random code with probability `share`. Labels are kept, so the model learns to speak the
+    next code from the text and the question even after a wrong code of its own (free-running speech drifts
+    otherwise)."""
     audio = batch.input_ids[:, : layout.audio_streams]  # (B, A, L) view
     codes = audio < layout.codebook_size
     hit = codes & (torch.rand(audio.shape, generator=generator) < share)
     noise = torch.randint(0, layout.codebook_size, audio.shape, generator=generator)
     audio[hit] = noise[hit]
-    return batch
