@@ -100,7 +100,7 @@ def pipeline_latency(model, encoder, codec, questions: list[dict], max_steps: in
 
     rows = []
     for q in questions[:1] + questions:  # the first turn warms up (thread pools, first calls); not counted
-        lm = LMStage("text-delay", model=model, task="A1A2", max_steps=max_steps)
+        lm = LMStage(model=model, task="A1A2", max_steps=max_steps)
         sink = Sink(lm)
         turns = asyncio.run(Pipeline([FileAudioInput(q["audio"]), EncoderStage(encoder), lm, CodecStage(codec),
                                       sink]).run())

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context", metavar="TEXT", help="context text the answer sees (a robot's state, e.g. "
                                                      "'battery: 40%%, location: kitchen'; docs/conversations.md)")
     model_options.add_model_options(p)
-    p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
+    p.add_argument("--strategy", help="decoding strategy (see `omnivox plugins`; default: the model's own, "
+                   "its config's `decoding`, else text-delay)")
     p.add_argument("--task", choices=TASKS, help="default: A1A2 for audio input, T1A2 for text input")
     p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (upstream's top_k=1)")

@@ -83,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="FILE", help="also write everything played to FILE (WAV)")
     p.add_argument("--trace", metavar="FILE", help="write one JSON line per finished turn (timings, positions)")
     p.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
-    p.add_argument("--strategy", default="text-delay", help="decoding strategy (see `omnivox plugins`)")
+    p.add_argument("--strategy", help="decoding strategy (see `omnivox plugins`; default: the model's own, "
+                   "its config's `decoding`, else text-delay)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the LM (CPU)")
     talk = p.add_argument_group("conversation (docs/conversations.md)")

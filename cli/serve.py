@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="concurrent sessions per transport (default 32; an HTTP request is a session)")
     model = p.add_argument_group("model")
     model_options.add_model_options(model)
-    model.add_argument("--strategy", help="decoding strategy (default text-delay)")
+    model.add_argument("--strategy", help="decoding strategy (default: the model's own, its config's `decoding`, "
+                       "else text-delay)")
     model.add_argument("--task", choices=[t for t in TASKS if t in AUDIO_IN_TASKS],
                        help="task of spoken turns (default A1A2; typed turns use T1A2)")
     model.add_argument("--max-steps", type=int, help="answer length bound in LM steps (default 600; random 96)")
@@ -134,7 +135,7 @@ def build_pipeline(args: argparse.Namespace, values: dict, say=print):
     chosen = list(enabled(values).values())
     return speech_pipeline([t.input(**t.serve.params(values)) for t in chosen], model=model, encoder=encoder,
                            codec=codec, sinks=[t.output() for t in chosen],
-                           lm=dict(strategy=values.get("strategy") or "text-delay", task=values.get("task") or "A1A2",
+                           lm=dict(strategy=values.get("strategy"), task=values.get("task") or "A1A2",
                                    max_steps=max_steps, int8=args.int8, memory=values.get("memory")))
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omnivox.core.contracts import manager as plugins
-from omnivox.core.errors import InputError, PluginError
+from omnivox.core.errors import ConfigError, InputError, PluginError
 from omnivox.core.kernel.checkpoint import OmniModel
 from omnivox.core.kernel.config import OmniConfig
 from omnivox.core.kernel.strategies import (
@@ -261,3 +261,43 @@ def test_batch_parallel_typed_prompt_pairs_t1a2_with_t1t2():
     assert prompt.tasks == ("T1A2", "T1T2") and prompt.audio_lengths is None
     assert torch.equal(prompt.ids[0], L.text_prompt([4, 5], "T1A2").ids[0])
     assert torch.equal(prompt.ids[1], L.text_prompt([4, 5], "T1T2").ids[0])
+
+
+def test_a_model_declares_the_strategy_used_where_none_is_named():
+    """A model config's `decoding` is what generate, a conversation and the LM stage decode with when the caller
+    names no strategy; a task that strategy cannot decode (T1T2) falls back to text-delay; a named one wins."""
+    import asyncio
+
+    from omnivox import generate
+    from omnivox.core.kernel.conversation import Conversation
+    from omnivox.core.runtime.model_stages import LMStage
+
+    model = OmniModel.random(OmniConfig.tiny(decoding="batch-parallel"), seed=4)
+    plain = OmniModel.random(OmniConfig.tiny(), seed=4)
+    features = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        declared = generate(model, task="A1A2", audio_features=features, max_steps=12)
+        batch = generate(model, task="A1A2", audio_features=features, max_steps=12, strategy="batch-parallel")
+        named = generate(model, task="A1A2", audio_features=features, max_steps=12, strategy="text-delay")
+        typed = generate(model, task="T1T2", text_ids=[3, 4, 5], max_steps=8)
+        undeclared = generate(plain, task="A1A2", audio_features=features, max_steps=12)
+    assert declared.strategy == "batch-parallel" and torch.equal(declared.tokens, batch.tokens)
+    assert (named.strategy, typed.strategy, undeclared.strategy) == ("text-delay",) * 3
+    assert Conversation(model).strategy.name == "batch-parallel"
+    assert Conversation(plain).strategy.name == Conversation(model, strategy="text-delay").strategy.name == "text-delay"
+
+    async def stage_strategy(**params):
+        stage = LMStage(model=model, threads=1, **params)
+        await stage.setup()
+        await stage.teardown()
+        return stage.strategy.name
+
+    assert asyncio.run(stage_strategy()) == "batch-parallel"
+    assert asyncio.run(stage_strategy(task="T1T2")) == "text-delay"
+    assert asyncio.run(stage_strategy(strategy="parallel")) == "parallel"
+
+
+def test_a_declared_strategy_must_exist():
+    with pytest.raises(ConfigError, match="field 'decoding'.*'batch' names no decoding strategy") as info:
+        OmniConfig.tiny(decoding="batch")
+    assert "batch-parallel" in info.value.fix

@@ -405,12 +405,12 @@ def question_key(example_id: str) -> str:
 
 
 def answer_question(model, task: str, features, info: dict[str, Any], *, codec=None, transcriber=None,
-                    max_steps: int = 160, strategy: str = "text-delay") -> dict[str, Any]:
+                    max_steps: int = 160, strategy: str | None = None) -> dict[str, Any]:
     """One greedy answer of `model` to one question (`features`: its encoder features (T, F); `info`: its
     demo.json entry), scored: {"task", "intent", "expected", "text", "correct", "exact"}, plus "transcript" (the
     yardstick's, of the spoken answer decoded by `codec`) for A1A2. A1T1 (the model's own ASR) expects the
-    question and counts only exact transcripts as correct. `strategy` decodes A1A2 (batch-parallel: the
-    text of an A1T2 row drives the audio row); the other tasks always decode with text-delay."""
+    question and counts only exact transcripts as correct. `strategy` decodes A1A2 (None: the model's own;
+    batch-parallel: the text of an A1T2 row drives the audio row); the other tasks always decode with text-delay."""
     import torch
 
     from omnivox.core.kernel.generation import generate
@@ -465,7 +465,7 @@ def summarise(details: list[dict[str, Any]], log=print) -> dict[str, Any]:
 
 def evaluate(export: str | Path, manifest: str | Path, *, tasks: tuple[str, ...] = ("A1T2", "A1A2"),
              limit: int | None = None, transcriber=None, codec_dir: str | Path | None = None,
-             strategy: str = "text-delay", log=print) -> dict[str, Any]:
+             strategy: str | None = None, log=print) -> dict[str, Any]:
     """Run the export on a prepared test manifest (beside its demo.json): per intent, the share of text
     answers (A1T2) and of spoken answers (A1A2, transcribed by the ASR yardstick) that `score_answer`
     accepts, plus exact text matches; A1T1 (the model's own ASR): exact transcripts and WER. `limit`: at most
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--tasks", default="A1T2,A1A2")
     ev.add_argument("--limit", type=int)
     ev.add_argument("--codec")
-    ev.add_argument("--strategy", default="text-delay", help="A1A2 decoding: text-delay or batch-parallel")
+    ev.add_argument("--strategy", help="A1A2 decoding: text-delay or batch-parallel (default: the model's own)")
     ev.add_argument("--json", help="write the report (with every answer) here")
     args = parser.parse_args(argv)
     if args.command == "build":

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from omnivox.core.errors import ConfigError
+from omnivox.core.errors import ConfigError, PluginError
 from omnivox.core.kernel.actions import ActionFormat
 from omnivox.core.yaml_files import read_yaml
 
@@ -74,6 +74,9 @@ class OmniConfig:
     # omnivox addition: how a conversation's history and context are laid out (core/kernel/conversation_format.py
     # ConversationFormat fields: history, memory, context_token); None: the default (whole turns, memory off)
     conversation: dict | None = None
+    # omnivox addition: the decoding strategy the model answers best with (a registered name, e.g.
+    # batch-parallel), used wherever the user names none; None: text-delay (what upstream Mini-Omni decodes A1A2 with)
+    decoding: str | None = None
 
     def __post_init__(self) -> None:
         if self.head_size is None:
@@ -139,6 +142,13 @@ class OmniConfig:
             from omnivox.core.kernel.conversation_format import ConversationFormat  # it imports this module
 
             ConversationFormat.from_dict(self.conversation, f"{source}: field 'conversation'")
+        if self.decoding is not None:
+            from omnivox.core.kernel.strategies import get_strategy  # they import this module
+
+            try:
+                get_strategy(self.decoding)
+            except PluginError as exc:
+                raise bad("decoding", f"={self.decoding!r} names no decoding strategy", exc.fix) from None
         if self.asr_adapter not in ("llamamlp", "mlp"):
             raise bad("asr_adapter", f"={self.asr_adapter!r} is unknown", "use 'llamamlp' (SwiGLU) or 'mlp' (linear)")
         if self.head_size * self.n_head <= 0 or self.head_size % 2:

@@ -35,7 +35,7 @@ from omnivox.core.errors import InputError
 from omnivox.core.kernel.conversation_format import ConversationFormat, TurnRecord
 from omnivox.core.kernel.generation import DecodeState, EarlyPrefill, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM
-from omnivox.core.kernel.strategies import DecodingStrategy, get_strategy
+from omnivox.core.kernel.strategies import DecodingStrategy, declared_strategy, get_strategy
 from omnivox.core.kernel.tokens import Prompt
 
 
@@ -57,9 +57,10 @@ class Conversation:
     """The turns of one session as one conversation (see the module docstring). `context`: text (str, with the
     model's tokenizer) or text ids; `memory=False` keeps only the context (every turn sees the context segment
     and no earlier turn); `reserve`: positions kept free for the answer of a turn without `max_steps`;
-    `low_water`: the share of the block that the context and the kept turns are cut to when turns must go."""
+    `low_water`: the share of the block that the context and the kept turns are cut to when turns must go;
+    `strategy` (one for the whole conversation) None: the one the model declares (its config's `decoding`)."""
 
-    def __init__(self, model, *, strategy: str | DecodingStrategy = "text-delay",
+    def __init__(self, model, *, strategy: str | DecodingStrategy | None = None,
                  context: str | Sequence[int] | None = None, memory: bool = True, reserve: int = 64,
                  format: ConversationFormat | None = None, low_water: float = 0.5):
         self.model = model
@@ -73,7 +74,7 @@ class Conversation:
         if isinstance(low_water, bool) or not isinstance(low_water, (int, float)) or not 0 < low_water <= 1:
             raise InputError(f"low_water must be a share of the context in (0, 1], got {low_water!r}",
                              "pass e.g. 0.5 (cut the history to half the context when it is full)")
-        self.strategy = get_strategy(strategy)
+        self.strategy = declared_strategy(model) if strategy is None else get_strategy(strategy)
         self.format = format or ConversationFormat.of(model)
         self.memory, self.reserve, self.low_water = memory, reserve, low_water
         self.turns: list[TurnRecord] = []  # the kept history, oldest first

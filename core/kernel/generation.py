@@ -30,7 +30,7 @@ import torch
 from omnivox.core.errors import InputError
 from omnivox.core.kernel.model import OmniCache, OmniLM, OmniOutput
 from omnivox.core.kernel.sampling import SamplingConfig, sample
-from omnivox.core.kernel.strategies import DecodingStrategy, StepRule, get_strategy
+from omnivox.core.kernel.strategies import DecodingStrategy, StepRule, declared_strategy, get_strategy
 from omnivox.core.kernel.tokens import AUDIO_IN_TASKS, Prompt
 
 STOP_REASONS = ("eoa", "eot", "max_steps", "context", "cancelled")
@@ -89,7 +89,7 @@ def generate(
     task: str,
     audio_features: torch.Tensor | None = None,
     text_ids: Sequence[int] | str | None = None,
-    strategy: str | DecodingStrategy = "text-delay",
+    strategy: str | DecodingStrategy | None = None,
     sampling: SamplingConfig | None = None,
     max_steps: int | None = None,
     force_layout: bool = False,
@@ -98,7 +98,8 @@ def generate(
     """Generate one answer. `model`: OmniModel or OmniLM. Audio-in tasks (A1A2, A1T2, A1T1) take
     `audio_features` (frames, F) or (1, frames, F); text-in tasks (T1A2, T1T2) take `text_ids` (or a string
     when the model has a tokenizer). `max_steps` bounds the generated columns (upstream's
-    max_returned_tokens - prompt length); default: until the context is full."""
+    max_returned_tokens - prompt length); default: until the context is full. `strategy` None: the one the model
+    declares (its config's `decoding`; text-delay when it declares none or that one cannot decode `task`)."""
     events = stream(
         model,
         task=task,
@@ -119,7 +120,7 @@ def stream(
     task: str,
     audio_features: torch.Tensor | None = None,
     text_ids: Sequence[int] | str | None = None,
-    strategy: str | DecodingStrategy = "text-delay",
+    strategy: str | DecodingStrategy | None = None,
     sampling: SamplingConfig | None = None,
     max_steps: int | None = None,
     force_layout: bool = False,
@@ -133,9 +134,9 @@ def stream(
     return TurnDecoder(setup).run()
 
 
-def prepare(model, *, task: str, audio_features=None, text_ids=None, strategy: str | DecodingStrategy = "text-delay",
-            sampling: SamplingConfig | None = None, max_steps: int | None = None, force_layout: bool = False,
-            cancel=None) -> TurnSetup:
+def prepare(model, *, task: str, audio_features=None, text_ids=None,
+            strategy: str | DecodingStrategy | None = None, sampling: SamplingConfig | None = None,
+            max_steps: int | None = None, force_layout: bool = False, cancel=None) -> TurnSetup:
     """`stream`'s arguments checked and resolved (bad input raises here): a TurnDecoder's setup."""
     lm = model.lm if hasattr(model, "lm") else model
     if not isinstance(lm, OmniLM):
@@ -143,7 +144,7 @@ def prepare(model, *, task: str, audio_features=None, text_ids=None, strategy: s
             f"model is a {type(model).__name__}, not an OmniModel or OmniLM",
             "load one with omnivox.OmniModel.from_pretrained",
         )
-    strat = get_strategy(strategy)
+    strat = declared_strategy(model, task) if strategy is None else get_strategy(strategy)
     strat.check_task(task)
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise InputError(

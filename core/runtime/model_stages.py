@@ -276,13 +276,14 @@ class LMStage(Stage):
     turn takes 2), in a thread with `threads` torch threads (default: every core but one).
     It also consumes a transport's conversation controls (SetContext, ResetConversation, Played, Withdrawn,
     ActionResult:
-    docs/conversations.md), in the session's order, so they act between turns; they go no further."""
+    docs/conversations.md), in the session's order, so they act between turns; they go no further.
+    `strategy` None decodes with the one the model declares (its config's `decoding`; else text-delay)."""
 
     consumes = (Features, FeaturesPart, TextIn, SetContext, ResetConversation, Played, Withdrawn, ActionResult)
     replaces = (FeaturesPart, SetContext, ResetConversation, Played, Withdrawn, ActionResult)
     queue_size = 8
 
-    def __init__(self, strategy, *, name: str | None = None, checkpoint: str | None = None, model=None,
+    def __init__(self, strategy=None, *, name: str | None = None, checkpoint: str | None = None, model=None,
                  task: str | None = None, max_steps: int | None = 600, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
                  force_layout: bool = False, int8: bool = False, threads: int | None = None, max_rows: int = 16,
@@ -291,7 +292,8 @@ class LMStage(Stage):
         from omnivox.core.kernel.strategies import get_strategy
 
         super().__init__(name or "lm")
-        self.strategy = get_strategy(strategy)
+        # None: the model's declared strategy, resolved once the model is loaded (setup)
+        self.strategy = None if strategy is None else get_strategy(strategy)
         self.checkpoint, self.model = checkpoint, model
         self.task, self.max_steps, self.force_layout, self.int8 = task, max_steps, force_layout, int8
         self.sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -317,6 +319,10 @@ class LMStage(Stage):
             # on every core, in a thread that ends with the load (its team with it: core/kernel/threads.py)
             self.model = await _in_own_thread("omnivox-load", os.cpu_count() or 1, SpeechKit.load_model,
                                               self.checkpoint, self.sampling.seed or 0)
+        if self.strategy is None:
+            from omnivox.core.kernel.strategies import declared_strategy
+
+            self.strategy = declared_strategy(self.model, self.task)
         if self.int8:
             from omnivox.core.kernel.quantize import quantize_int8
 

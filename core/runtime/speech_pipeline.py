@@ -23,13 +23,13 @@ def speech_pipeline(sources: Sequence[Stage], *, model, sinks: Sequence[Stage] =
                     after_lm: Sequence[Stage] = ()) -> Pipeline:
     """A Pipeline answering what `sources` send with `model`: `encoder` (an AudioEncoder; None: text in only) and
     `codec` (a Codec; None: text out only) get their stages; `lm`: the LMStage's keyword params (`strategy`,
-    default text-delay; `task`, `max_steps`, sampling, `int8`, ...); `after_lm`: stages between the LM and the codec
-    (they see text as soon as the LM makes it, e.g. a transcript printer)."""
+    default the model's declared one; `task`, `max_steps`, sampling, `int8`, ...); `after_lm`: stages between the
+    LM and the codec (they see text as soon as the LM makes it, e.g. a transcript printer)."""
     lm = dict(lm or {})
     middle: list[Stage] = [] if vad is None else [vad]
     if encoder is not None:
         middle.append(EncoderStage(encoder))
-    middle.append(LMStage(lm.pop("strategy", "text-delay"), model=model, **lm))
+    middle.append(LMStage(lm.pop("strategy", None), model=model, **lm))
     if getattr(vad, "speculate", None) is not None:
         middle.append(HoldGuesses())
     middle += after_lm

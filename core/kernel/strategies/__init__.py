@@ -16,7 +16,7 @@ from omnivox.core.kernel.strategies.text_delay import TextDelayStrategy
 
 __all__ = [
     "IGNORE_INDEX", "BatchParallelStrategy", "DecodingStrategy", "ParallelStrategy", "StepRule", "Target",
-    "TextDelayStrategy", "answer_text", "get_strategy", "teacher_forcing",
+    "TextDelayStrategy", "answer_text", "declared_strategy", "get_strategy", "teacher_forcing",
 ]
 
 
@@ -27,3 +27,14 @@ def get_strategy(strategy: str | DecodingStrategy) -> DecodingStrategy:
     from omnivox.core.contracts.manager import create
 
     return create("strategies", strategy)
+
+
+def declared_strategy(model, task: str | None = None) -> DecodingStrategy:
+    """The strategy `model` declares (its config's `decoding`), or text-delay when it declares none or the declared
+    one cannot decode `task` (None: no task given). What a stage, a conversation or `generate` use when the caller
+    names no strategy."""
+    lm = getattr(model, "lm", model)
+    strategy = get_strategy(getattr(getattr(lm, "config", None), "decoding", None) or "text-delay")
+    if task is not None and task not in strategy.tasks:
+        return get_strategy("text-delay")
+    return strategy
