@@ -231,7 +231,7 @@ def test_held_out_spoken_questions_get_right_answers_in_text_and_in_speech(tmp_p
         spoken_ok += score_answer(q.intent, q.answer, heard)
         seen.append((q.text, q.answer, text, heard))
     assert set(held_out) == set(INTENTS)
-    # measured 8/10 and 7/10: chat speaks A1A2 (text-delay), whose text and speech miss the sums (docs/demo_model.md)
+    # measured 8/10 and 7/10 (text-delay, 2026-12-05); chat's A1A2 text and speech miss the sums (docs/demo_model.md)
     assert text_ok >= 7 and spoken_ok >= 5, seen
 
 

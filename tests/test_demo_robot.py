@@ -144,7 +144,7 @@ def test_polite_frames_and_more_stops_reach_training_only_and_keep_the_commands_
     those of a build without them. (Lines only: nothing is rendered.)"""
     def built(**extras):
         config = RobotConfig(commands=["move", "turn", "stop"], extra_rooms=0, extra_levels=False, typed_copies=False,
-                             extra_locations=False, **extras)
+                             extra_locations=False, extra_directions=0, **extras)
         b = _Builder(tmp_path, config, {})
         _commands(b)
         _extra_values(b)
@@ -206,7 +206,8 @@ def test_build_small_set(tmp_path):
     config = RobotConfig(commands=["light", "move", "stop"], command_variants=1, context_variants=1,
                          contexts_per_question=1, follow_ups_per_kind=2, test_per_intent=2, demo=demo, extra_rooms=2,
                          extra_phrasings=1, extra_levels=True, typed_copies=True, frames={"stop": 1}, extra_stops=True,
-                         extra_locations=True, extra_distances=2, typed_spoken_singles=0.5, cut_histories=0.5)
+                         extra_locations=True, extra_distances=2, typed_spoken_singles=0.5, cut_histories=0.5,
+                         metres_in_words=False, extra_directions=0)  # digits: the distances read back below
     meta = json.loads(build_robot(tmp_path, config, progress=False).read_text())["lines"]
     rows = {split: [json.loads(line) for line in (tmp_path / f"robot_{split}.jsonl").read_text().splitlines()]
             for split in ("train", "test")}

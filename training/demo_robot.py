@@ -31,7 +31,7 @@ fits the data; polite frames around commands, more ways to say stop and to ask w
 questions also typed with a spoken answer, and a share of lines after an answer cut short (frames, extra_stops,
 extra_locations, typed_spoken_singles, cut_histories). These lines come last, from their own seeded generators (the
 test split is the same). `metres_in_words` makes a move's action write its distance as the reply says it
-(`"metres": "four"`, read back as 4: action_format's number_words; off by default, docs/demo_model.md).
+(`"metres": "four"`, read back as 4: action_format's number_words; on by default, docs/demo_model.md).
 
 Written into DATA_DIR (next to demo_domain's train.jsonl, so `omnivox prepare` reuses its feature cache):
     audio/r/q/*.wav, audio/r/a/*.wav    new questions and answers
@@ -267,9 +267,11 @@ class RobotConfig:
     extra_stops: bool = True  # also train the ways to say stop in EXTRA_STOPS
     extra_locations: bool = True  # also train the location questions in EXTRA_LOCATIONS (context_variants voices)
     move_by: bool = True  # confirm moves as "moving forward by four metres" (command_items)
-    metres_in_words: bool = False  # a move's action writes the distance in words, as said (`"metres": "four"`)
+    # a move's action writes the distance in words, as said (`"metres": "four"`); with the compass moves below, the
+    # text answers of held-out moves come right (docs/demo_model.md, 2026-12-06)
+    metres_in_words: bool = True
     extra_distances: int = 0  # training-only move distances 10 .. 9 + n metres (in extra_phrasings phrasings each)
-    extra_directions: int = 0  # training-only move directions EXTRA_DIRECTIONS[:n], each at 1..9 metres (likewise)
+    extra_directions: int = 8  # training-only move directions EXTRA_DIRECTIONS[:n], each at 1..9 metres (likewise)
     seed: int = 1
     demo: DemoConfig = field(default_factory=DemoConfig)
 
@@ -780,11 +782,11 @@ def _fit_block(b: _Builder, old: _OldData, limit: int = 480) -> int:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def answer_turns(model, turns: list, context: str | None, *, codec=None, transcriber=None, max_steps: int = 200,
-                 strategy: str = "text-delay") -> dict[str, Any]:
+                 strategy: str | None = None) -> dict[str, Any]:
     """Greedy answers of `model` to a conversation's turns (Examples; the last is scored), with `context`, decoded
-    with `strategy` (batch-parallel: speech-answer conversations only). Returns the last turn's text (the text
-    stream, actions included), its plain reply, its action, and for audio-out tasks the yardstick's transcript of
-    its speech (decoded by `codec`)."""
+    with `strategy` (None: the model's own; batch-parallel: speech-answer conversations only). Returns the last
+    turn's text (the text stream, actions included), its plain reply, its action, and for audio-out tasks the
+    yardstick's transcript of its speech (decoded by `codec`)."""
     import torch
 
     from omnivox.core.kernel.conversation import Conversation
@@ -848,11 +850,12 @@ def summarise(details: list[dict[str, Any]], log=print) -> dict[str, Any]:
 
 
 def evaluate(export: str | Path, manifest: str | Path, *, limit: int | None = None, groups: tuple[str, ...] | None
-             = None, transcriber=None, codec_dir: str | Path | None = None, speech_strategy: str = "text-delay",
+             = None, transcriber=None, codec_dir: str | Path | None = None, speech_strategy: str | None = None,
              log=print) -> dict[str, Any]:
     """Run the export on a prepared robot test manifest (beside its robot.json): every line (or at most `limit`
     per group, task and intent) as a conversation (its history turns first, its context), scored by `score_line`.
-    Speech-answer lines (A1A2, T1A2) decode with `speech_strategy`, text-answer lines with text-delay."""
+    Speech-answer lines (A1A2, T1A2) decode with `speech_strategy` (None: the model's own), text-answer lines
+    with text-delay."""
     import torch
 
     from omnivox.core.contracts.manager import create
@@ -902,8 +905,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--groups", help="comma-separated: single, typed, follow-up, command, context")
     ev.add_argument("--codec", help="the mel codec's directory (default: the one inside EXPORT)")
     ev.add_argument("--json", help="write the report (with every answer) here")
-    ev.add_argument("--strategy", default="text-delay", help="decoding of the speech answers (A1A2, T1A2): "
-                    "text-delay or batch-parallel")
+    ev.add_argument("--strategy", help="decoding of the speech answers (A1A2, T1A2): text-delay or "
+                    "batch-parallel (default: the model's own, its config's `decoding`)")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(build_robot(args.data_dir, load_robot_config(args.set)))
