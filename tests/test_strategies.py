@@ -284,6 +284,9 @@ def test_a_model_declares_the_strategy_used_where_none_is_named():
     assert declared.strategy == "batch-parallel" and torch.equal(declared.tokens, batch.tokens)
     assert (named.strategy, typed.strategy, undeclared.strategy) == ("text-delay",) * 3
     assert Conversation(model).strategy.name == "batch-parallel"
+    with pytest.raises(InputError, match="decodes with batch-parallel, which cannot answer T1T2") as info:
+        Conversation(model).turn(task="T1T2", text_ids=[3, 4])
+    assert "strategy='text-delay'" in info.value.fix
     assert Conversation(plain).strategy.name == Conversation(model, strategy="text-delay").strategy.name == "text-delay"
 
     async def stage_strategy(**params):

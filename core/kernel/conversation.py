@@ -238,6 +238,10 @@ class Conversation:
         if strategy is not None and get_strategy(strategy).name != self.strategy.name:
             raise InputError(f"this conversation decodes with {self.strategy.name}, not {get_strategy(strategy).name}",
                              "keep one strategy per conversation, or start a new Conversation")
+        if task not in self.strategy.tasks:
+            raise InputError(f"this conversation decodes with {self.strategy.name}, which cannot answer {task}",
+                             f"use one of {', '.join(self.strategy.tasks)}, or start the conversation with "
+                             "Conversation(model, strategy='text-delay') for text answers")
         setup = prepare(self.model, task=task, audio_features=audio_features, text_ids=text_ids,
                         strategy=self.strategy, sampling=sampling, max_steps=max_steps,
                         force_layout=force_layout, cancel=cancel)
