@@ -18,11 +18,11 @@ YAML format (recipes/pipelines/*.yaml):
       - {plugin: audio_outputs/file, params: {path: answer.wav}}
 
 Kinds (STAGE_KINDS) are plugin registries of omnivox.core.contracts.manager, and `lm`, whose stage core provides
-(CORE_STAGES): `lm/omni` decodes with the OmniLM of `checkpoint` and the decoding strategy named by `strategy`
-(a plugin of `strategies`). A plugin factory may return a Stage; a factory that returns a component (an
-encoder, a codec) is wrapped by the stage adapter of its kind: the one a plugin registers through the
-`register_stage_adapters` hook, else core's own (CORE_ADAPTERS). Every mistake raises ConfigError naming the key
-and the valid choices. The old `strategies/<name>` form still loads, with a FutureWarning naming `lm/omni`.
+(CORE_STAGES): `lm/omni` decodes with the OmniLM of `checkpoint` and the decoding strategy named by `strategy` (a
+plugin of `strategies`; without it, the one the model declares). A plugin factory may return a Stage; a factory that
+returns a component (an encoder, a codec) is wrapped by the stage adapter of its kind: the one a plugin registers
+through the `register_stage_adapters` hook, else core's own (CORE_ADAPTERS). Every mistake raises ConfigError naming
+the key and the valid choices. The old `strategies/<name>` form still loads, with a FutureWarning naming `lm/omni`.
 
 Routing: stage i reads what its `inputs` send (default: stage i-1; the first stage of a Python-built
 pipeline reads events fed with `feed`/`run(events)`, sent as INPUT). A run ends when every source has
