@@ -36,7 +36,7 @@ from omnivox.core.kernel.conversation_format import ConversationFormat, TurnReco
 from omnivox.core.kernel.generation import DecodeState, EarlyPrefill, TurnDecoder, prepare
 from omnivox.core.kernel.model import OmniCache, OmniLM
 from omnivox.core.kernel.strategies import DecodingStrategy, declared_strategy, get_strategy
-from omnivox.core.kernel.tokens import Prompt
+from omnivox.core.kernel.tokens import TASKS, Prompt
 
 
 @dataclass
@@ -238,7 +238,7 @@ class Conversation:
         if strategy is not None and get_strategy(strategy).name != self.strategy.name:
             raise InputError(f"this conversation decodes with {self.strategy.name}, not {get_strategy(strategy).name}",
                              "keep one strategy per conversation, or start a new Conversation")
-        if task not in self.strategy.tasks:
+        if task in TASKS and task not in self.strategy.tasks:  # an unknown task is prepare's error
             raise InputError(f"this conversation decodes with {self.strategy.name}, which cannot answer {task}",
                              f"use one of {', '.join(self.strategy.tasks)}, or start the conversation with "
                              "Conversation(model, strategy='text-delay') for text answers")

@@ -33,8 +33,8 @@ def declared_strategy(model, task: str | None = None) -> DecodingStrategy:
     """The strategy `model` declares (its config's `decoding`), or text-delay when it declares none or the declared
     one cannot decode `task` (None: no task given). What a stage, a conversation or `generate` use when the caller
     names no strategy."""
-    lm = getattr(model, "lm", model)
-    strategy = get_strategy(getattr(getattr(lm, "config", None), "decoding", None) or "text-delay")
+    lm = model.lm if hasattr(model, "lm") else model  # OmniModel or OmniLM
+    strategy = get_strategy(lm.config.decoding or "text-delay")
     if task is not None and task not in strategy.tasks:
         return get_strategy("text-delay")
     return strategy
