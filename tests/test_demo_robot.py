@@ -17,14 +17,17 @@ from omnivox.training.demo_domain import DemoConfig, build_demo
 from omnivox.training.demo_robot import (
     COMMANDS,
     EXTRA_DIRECTIONS,
+    EXTRA_FOLLOW_UPS,
     EXTRA_LOCATIONS,
     EXTRA_ROOMS,
     EXTRA_STOPS,
+    FOLLOW_UPS,
     FRAMES,
     PHRASINGS,
     RobotConfig,
     _Builder,
     _commands,
+    _extra_follow_ups,
     _extra_values,
     _fit_block,
     answer_turns,
@@ -50,6 +53,9 @@ def test_every_command_answer_carries_its_action_and_speaks_only_the_reply():
     said = command_items("move", move_by=True, metres_in_words=True)[2]  # the action copies the reply's words
     assert said.answer.endswith('<act>move {"direction": "forward", "metres": "three"}</act>')
     assert expected_action(said.answer) == by.action == ("move", {"direction": "forward", "metres": 3})
+    first = command_items("move", move_by=True, metres_in_words=True, metres_first=True)[2]  # the distance first
+    assert first.answer.endswith('<act>move {"metres": "three", "direction": "forward"}</act>')
+    assert expected_action(first.answer) == by.action and first.reply == by.reply
     light = command_items("light")[0]
     assert light.answer == 'turning on the kitchen light<act>light {"room": "kitchen", "on": true}</act>'
 
@@ -123,6 +129,32 @@ def test_follow_ups_answer_about_the_previous_turn():
     kitchen_on = command_items("light")[0]
     text, answer, _ = follow_up_turn("light", "toggle", kitchen_on, "now turn it {on}", rng)
     assert text == "now turn it off" and expected_action(answer) == ("light", {"room": "kitchen", "on": False})
+
+
+def test_extra_follow_ups_ask_for_sums_in_new_phrasings_after_a_spoken_first_turn(tmp_path):
+    """RobotConfig.extra_follow_ups: "more"/"less" follow-ups in EXTRA_FOLLOW_UPS' phrasings (never a held-out
+    one), spoken after a spoken training first turn and typed after it, answered from its result; a first turn
+    that has since been given a history of its own is not followed. (Lines only: nothing is rendered.)"""
+    b = _Builder(tmp_path, RobotConfig(extra_follow_ups=4), {})
+    firsts = {}
+    for intent, answer in (("add", "forty seven plus ten is fifty seven"), ("subtract", "ninety minus ten is eighty"),
+                           ("add", "twenty plus ten is thirty")):
+        ids = {task: b.line("train", task, intent, "single", "q", answer, audio="q.wav") for task in ("A1A2", "A1T2")}
+        firsts.setdefault(intent, []).append((ids, "en-us", answer))
+    b.rows["train"][-1]["history"] = [b.rows["train"][0]["id"]]  # "twenty plus ten" now follows another turn
+    b.train_firsts = firsts
+    _extra_follow_ups(b, random.Random(0))
+    added = [(r, b.meta[r["id"]]) for r in b.rows["train"][6:]]
+    by_id = {r["id"]: r for r in b.rows["train"]}
+    assert sorted(r["task"] for r, _ in added) == sorted(["A1A2", "A1T2", "T1T2", "T1A2"] * 2)
+    for row, info in added:
+        first = by_id[row["history"][0]]
+        assert first["answer_text"] != "twenty plus ten is thirty" and first["task"][2:] == row["task"][2:]
+        kind = "more" if info["intent"] == "add" else "less"
+        assert info["question"] in EXTRA_FOLLOW_UPS[kind] and info["group"] == "follow-up"
+        assert info["question"] not in FOLLOW_UPS[kind]
+    answers = {info["intent"]: row["answer_text"] for row, info in added}
+    assert answers == {"add": "fifty seven plus ten is sixty seven", "subtract": "eighty minus ten is seventy"}
 
 
 def test_context_replies_say_the_value_in_words():
